@@ -1,0 +1,36 @@
+/* common.h — error reporting, logging and small helpers shared by every
+ * engine file.  Recoverable errors are a -1 return plus a message written
+ * into a caller-supplied buffer of E2G_ERR_LEN bytes; abort() is only for
+ * broken invariants (a bug), never for bad input. */
+#ifndef E2G_COMMON_H
+#define E2G_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define E2G_ERR_LEN 256
+
+/* Writes a printf-style message into err (may be NULL) and returns -1, so a
+ * failing path reads `return e2g_fail(err, "bad %s", what);`. */
+int e2g_fail(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Allocation that aborts on failure for internal scratch; sizes coming from
+ * user input are checked by the caller before they reach it. */
+void *e2g_xmalloc(size_t n);
+void *e2g_xcalloc(size_t count, size_t n);
+
+/* Checked multiply for sizes derived from untrusted shapes: returns -1 on
+ * overflow. */
+int e2g_mul_size(size_t a, size_t b, size_t *out);
+
+/* Number of worker threads the engine uses (OpenMP + oneDNN). 0 = all cores. */
+void e2g_set_threads(int n);
+int e2g_get_threads(void);
+
+#define E2G_ASSERT(cond)                                                        \
+    do {                                                                        \
+        if (!(cond)) e2g_assert_failed(#cond, __FILE__, __LINE__);              \
+    } while (0)
+void e2g_assert_failed(const char *cond, const char *file, int line) __attribute__((noreturn));
+
+#endif

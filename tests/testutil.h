@@ -1,0 +1,35 @@
+/* testutil.h — helpers shared by the Check suites: loading the PyTorch
+ * reference tensors written by tests/refs/*_refs.py, layout conversion, and
+ * comparison with a stated tolerance that prints the first mismatches. */
+#ifndef E2G_TESTUTIL_H
+#define E2G_TESTUTIL_H
+
+#include <stddef.h>
+#include "safetensors.h"
+
+/* Opens $E2G_REFS/<name>.safetensors; fails the current test if missing. */
+e2g_st_file *ref_open(const char *name);
+/* A reference tensor converted to a malloc'd float array; *numel gets its
+ * element count when numel is non-NULL.  Fails the test if absent. */
+float *ref_tensor(const e2g_st_file *f, const char *name, size_t *numel);
+/* An integer from the reference file's metadata; fails the test if absent. */
+int ref_meta_int(const e2g_st_file *f, const char *key);
+double ref_meta_double(const e2g_st_file *f, const char *key);
+
+/* Layout conversions between PyTorch's NCHW and the engine's NHWC (malloc'd). */
+float *nchw_to_nhwc(const float *x, int n, int c, int h, int w);
+float *nhwc_to_nchw(const float *x, int n, int c, int h, int w);
+
+/* Max |got-want| / max(max|want|, 1e-12): the relative error used by every
+ * tolerance in the tests.  Prints `what`, the max error and the first few
+ * mismatches beyond tol to stderr. */
+double rel_error(const char *what, const float *got, const float *want, size_t n, double tol);
+
+/* Paths from the environment that ctest sets. */
+const char *test_bin(void);    /* the e2gan CLI */
+const char *test_source(void); /* the source tree */
+
+/* Uniform random floats in [-1, 1) from a fixed seed (xorshift). */
+void fill_random(float *x, size_t n, unsigned seed);
+
+#endif
