@@ -1,5 +1,5 @@
 /* testutil.h — helpers shared by the Check suites: loading the PyTorch
- * reference tensors written by tests/refs/*_refs.py, layout conversion, and
+ * reference tensors written by the tests/refs scripts, layout conversion, and
  * comparison with a stated tolerance that prints the first mismatches. */
 #ifndef E2G_TESTUTIL_H
 #define E2G_TESTUTIL_H
@@ -20,8 +20,9 @@ double ref_meta_double(const e2g_st_file *f, const char *key);
 float *nchw_to_nhwc(const float *x, int n, int c, int h, int w);
 float *nhwc_to_nchw(const float *x, int n, int c, int h, int w);
 
-/* Max |got-want| / max(max|want|, 1e-12): the relative error used by every
- * tolerance in the tests.  Prints `what`, the max error and the first few
+/* Max |got-want| / max|want|: the relative error used by every tolerance
+ * in the tests (absolute when the reference is all zeros, as some
+ * gradients are in theory).  Prints `what`, the max error and the first few
  * mismatches beyond tol to stderr. */
 double rel_error(const char *what, const float *got, const float *want, size_t n, double tol);
 

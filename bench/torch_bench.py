@@ -1,0 +1,48 @@
+"""torch_bench.py — the PyTorch CPU peer of `e2gan bench`: loads an e2gan-base
+file with tools/e2gan_torch.py and times the generator on random input (base
+concept 0 as context) under inference_mode.  Its last stdout line is JSON
+{"ms_per_batch": …, "images_per_s": …}, as e2gan bench prints.
+
+usage: /usr/bin/python3 bench/torch_bench.py --model BASE --size S
+       [--batch B] [--iters N] [--warmup W] [--threads T]
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
+import e2gan_torch as E  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description="PyTorch CPU peer of e2gan bench")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--size", type=int, required=True)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.set_num_interop_threads(1)
+    G = E.load_base(args.model)[0].eval()
+    x = torch.rand(args.batch, 3, args.size, args.size) * 2 - 1
+    times = []
+    with torch.inference_mode():
+        ctx = G.concept_context([0] * args.batch)
+        for i in range(args.warmup + args.iters):
+            t0 = time.perf_counter()
+            G(x, ctx)
+            if i >= args.warmup:
+                times.append((time.perf_counter() - t0) * 1e3)
+    ms = statistics.median(times)
+    print(json.dumps({"ms_per_batch": round(ms, 3), "images_per_s": round(args.batch * 1e3 / ms, 3)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,367 @@
+/* conv.c — convolutions through oneDNN (direct brgconv kernels on AVX-512).
+ *
+ * Each distinct shape gets a plan: the forward primitive plus, created on the
+ * first backward, the backward-data and backward-weights primitives and the
+ * weight reorders between PyTorch's OIHW and the blocked layouts oneDNN
+ * picks.  Plans live in a small per-thread LRU cache, so building a primitive
+ * (hundreds of µs) happens once per shape, and threads never share one.
+ * Weights are reordered on every call: it costs well under 1% of the
+ * convolution and keeps training (weights change every step) correct without
+ * any invalidation protocol. */
+#include "conv.h"
+
+#include <oneapi/dnnl/dnnl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+
+#define DNNL_CHECK(call)                                                               \
+    do {                                                                               \
+        dnnl_status_t status_ = (call);                                                \
+        if (status_ != dnnl_success) dnnl_failed(#call, status_, __FILE__, __LINE__); \
+    } while (0)
+
+/* oneDNN failing on shapes the engine validated is a bug or an exhausted
+ * machine, not bad input: report where and stop. */
+static void dnnl_failed(const char *call, dnnl_status_t status, const char *file, int line) {
+    fprintf(stderr, "e2gan: oneDNN %s failed with status %d (%s:%d)\n", call, (int)status, file,
+            line);
+    abort();
+}
+
+static dnnl_engine_t g_engine;
+static pthread_once_t g_engine_once = PTHREAD_ONCE_INIT;
+
+static void engine_init(void) { DNNL_CHECK(dnnl_engine_create(&g_engine, dnnl_cpu, 0)); }
+
+static dnnl_engine_t cpu_engine(void) {
+    pthread_once(&g_engine_once, engine_init);
+    return g_engine;
+}
+
+/* ---- per-thread scratch buffers ------------------------------------------ */
+
+enum { SCRATCH_PAD, SCRATCH_W, SCRATCH_DSRC, SCRATCH_DW, SCRATCH_DW_USER, SCRATCH_DB, SCRATCH_N };
+static _Thread_local struct {
+    void *ptr;
+    size_t bytes;
+} t_scratch[SCRATCH_N];
+
+static void *scratch(int slot, size_t bytes) {
+    if (t_scratch[slot].bytes < bytes) {
+        free(t_scratch[slot].ptr);
+        t_scratch[slot].ptr = e2g_xmalloc(bytes);
+        t_scratch[slot].bytes = bytes;
+    }
+    return t_scratch[slot].ptr;
+}
+
+/* ---- plans ----------------------------------------------------------------- */
+
+typedef struct {
+    int N, H, W, cin, cout, k, stride, pad, has_bias; /* H, W after any reflect pad */
+} plan_key;
+
+typedef struct {
+    plan_key key;
+    int Ho, Wo;
+    dnnl_memory_desc_t src_md, dst_md, bias_md, user_w_md;
+    dnnl_primitive_desc_t fwd_pd;
+    dnnl_primitive_t fwd, w_to_fwd; /* w_to_fwd NULL when OIHW is already right */
+    dnnl_primitive_t bwd_data, w_to_bwd;
+    dnnl_primitive_t bwd_weights, dw_to_user;
+    size_t fwd_w_bytes, bwd_w_bytes, dw_bytes;
+    unsigned long last_used;
+} conv_plan;
+
+#define PLAN_CACHE_SIZE 96
+static _Thread_local conv_plan *t_plans[PLAN_CACHE_SIZE];
+static _Thread_local unsigned long t_clock;
+static _Thread_local dnnl_stream_t t_stream;
+
+static dnnl_stream_t thread_stream(void) {
+    if (!t_stream) DNNL_CHECK(dnnl_stream_create(&t_stream, cpu_engine(), dnnl_stream_default_flags));
+    return t_stream;
+}
+
+static void destroy_prim(dnnl_primitive_t p) {
+    if (p) dnnl_primitive_destroy(p);
+}
+
+static void plan_free(conv_plan *p) {
+    if (!p) return;
+    dnnl_primitive_desc_destroy(p->fwd_pd);
+    destroy_prim(p->fwd);
+    destroy_prim(p->w_to_fwd);
+    destroy_prim(p->bwd_data);
+    destroy_prim(p->w_to_bwd);
+    destroy_prim(p->bwd_weights);
+    destroy_prim(p->dw_to_user);
+    free(p);
+}
+
+void conv2d_cache_clear(void) {
+    for (int i = 0; i < PLAN_CACHE_SIZE; i++) {
+        plan_free(t_plans[i]);
+        t_plans[i] = NULL;
+    }
+}
+
+/* A reorder from one layout to another, or NULL when they are the same. */
+static dnnl_primitive_t make_reorder(const dnnl_memory_desc_t *from, const dnnl_memory_desc_t *to,
+                                     size_t *to_bytes) {
+    *to_bytes = dnnl_memory_desc_get_size(to);
+    if (dnnl_memory_desc_equal(from, to)) return NULL;
+    dnnl_primitive_desc_t pd;
+    dnnl_primitive_t prim;
+    DNNL_CHECK(dnnl_reorder_primitive_desc_create(&pd, from, cpu_engine(), to, cpu_engine(), NULL));
+    DNNL_CHECK(dnnl_primitive_create(&prim, pd));
+    dnnl_primitive_desc_destroy(pd);
+    return prim;
+}
+
+static void conv_dims(const plan_key *k, int Ho, int Wo, dnnl_dims_t strides, dnnl_dims_t pad_l,
+                      dnnl_dims_t pad_r) {
+    strides[0] = strides[1] = k->stride;
+    pad_l[0] = pad_l[1] = k->pad;
+    /* PyTorch pads symmetrically and floors; oneDNN wants the right pad that
+     * makes the output size exact. */
+    pad_r[0] = (dnnl_dim_t)(Ho - 1) * k->stride + k->k - k->H - k->pad;
+    pad_r[1] = (dnnl_dim_t)(Wo - 1) * k->stride + k->k - k->W - k->pad;
+}
+
+static conv_plan *plan_create(const plan_key *key) {
+    conv_plan *p = e2g_xcalloc(1, sizeof *p);
+    p->key = *key;
+    p->Ho = (key->H + 2 * key->pad - key->k) / key->stride + 1;
+    p->Wo = (key->W + 2 * key->pad - key->k) / key->stride + 1;
+    dnnl_dims_t src_dims = {key->N, key->cin, key->H, key->W};
+    dnnl_dims_t dst_dims = {key->N, key->cout, p->Ho, p->Wo};
+    dnnl_dims_t w_dims = {key->cout, key->cin, key->k, key->k};
+    dnnl_dims_t b_dims = {key->cout};
+    dnnl_memory_desc_t w_any;
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&p->src_md, 4, src_dims, dnnl_f32, dnnl_nhwc));
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&p->dst_md, 4, dst_dims, dnnl_f32, dnnl_nhwc));
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&p->user_w_md, 4, w_dims, dnnl_f32, dnnl_oihw));
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&w_any, 4, w_dims, dnnl_f32, dnnl_format_tag_any));
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&p->bias_md, 1, b_dims, dnnl_f32, dnnl_x));
+
+    dnnl_dims_t strides, pad_l, pad_r;
+    conv_dims(key, p->Ho, p->Wo, strides, pad_l, pad_r);
+    dnnl_convolution_desc_t desc;
+    DNNL_CHECK(dnnl_convolution_forward_desc_init(
+        &desc, dnnl_forward_training, dnnl_convolution_direct, &p->src_md, &w_any,
+        key->has_bias ? &p->bias_md : NULL, &p->dst_md, strides, pad_l, pad_r));
+    DNNL_CHECK(dnnl_primitive_desc_create(&p->fwd_pd, &desc, NULL, cpu_engine(), NULL));
+    DNNL_CHECK(dnnl_primitive_create(&p->fwd, p->fwd_pd));
+    const dnnl_memory_desc_t *w_md = dnnl_primitive_desc_query_md(p->fwd_pd, dnnl_query_weights_md, 0);
+    p->w_to_fwd = make_reorder(&p->user_w_md, w_md, &p->fwd_w_bytes);
+    return p;
+}
+
+/* Backward primitives are built on first use: inference never pays for them. */
+static void plan_add_backward(conv_plan *p) {
+    const plan_key *key = &p->key;
+    dnnl_dims_t w_dims = {key->cout, key->cin, key->k, key->k};
+    dnnl_memory_desc_t w_any;
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&w_any, 4, w_dims, dnnl_f32, dnnl_format_tag_any));
+    dnnl_dims_t strides, pad_l, pad_r;
+    conv_dims(key, p->Ho, p->Wo, strides, pad_l, pad_r);
+
+    dnnl_convolution_desc_t desc;
+    dnnl_primitive_desc_t pd;
+    DNNL_CHECK(dnnl_convolution_backward_data_desc_init(&desc, dnnl_convolution_direct, &p->src_md,
+                                                        &w_any, &p->dst_md, strides, pad_l, pad_r));
+    DNNL_CHECK(dnnl_primitive_desc_create(&pd, &desc, NULL, cpu_engine(), p->fwd_pd));
+    DNNL_CHECK(dnnl_primitive_create(&p->bwd_data, pd));
+    p->w_to_bwd = make_reorder(&p->user_w_md, dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0),
+                               &p->bwd_w_bytes);
+    dnnl_primitive_desc_destroy(pd);
+
+    DNNL_CHECK(dnnl_convolution_backward_weights_desc_init(
+        &desc, dnnl_convolution_direct, &p->src_md, &w_any, key->has_bias ? &p->bias_md : NULL,
+        &p->dst_md, strides, pad_l, pad_r));
+    DNNL_CHECK(dnnl_primitive_desc_create(&pd, &desc, NULL, cpu_engine(), p->fwd_pd));
+    DNNL_CHECK(dnnl_primitive_create(&p->bwd_weights, pd));
+    const dnnl_memory_desc_t *dw_md = dnnl_primitive_desc_query_md(pd, dnnl_query_diff_weights_md, 0);
+    size_t user_bytes;
+    p->dw_to_user = make_reorder(dw_md, &p->user_w_md, &user_bytes);
+    p->dw_bytes = dnnl_memory_desc_get_size(dw_md);
+    dnnl_primitive_desc_destroy(pd);
+}
+
+static conv_plan *plan_get(const plan_key *key) {
+    int victim = 0;
+    for (int i = 0; i < PLAN_CACHE_SIZE; i++) {
+        conv_plan *p = t_plans[i];
+        if (p && memcmp(&p->key, key, sizeof *key) == 0) {
+            p->last_used = ++t_clock;
+            return p;
+        }
+        if (!p || (t_plans[victim] && p->last_used < t_plans[victim]->last_used)) victim = i;
+    }
+    plan_free(t_plans[victim]);
+    t_plans[victim] = plan_create(key);
+    t_plans[victim]->last_used = ++t_clock;
+    return t_plans[victim];
+}
+
+/* ---- execution ------------------------------------------------------------- */
+
+typedef struct {
+    int n;
+    dnnl_exec_arg_t args[6];
+    dnnl_memory_t mems[6];
+} exec_args;
+
+static void arg_add(exec_args *a, int kind, const dnnl_memory_desc_t *md, const void *ptr) {
+    dnnl_memory_t m;
+    DNNL_CHECK(dnnl_memory_create(&m, md, cpu_engine(), (void *)ptr));
+    a->mems[a->n] = m;
+    a->args[a->n].arg = kind;
+    a->args[a->n].memory = m;
+    a->n++;
+}
+
+static void exec_and_release(dnnl_primitive_t prim, exec_args *a) {
+    DNNL_CHECK(dnnl_primitive_execute(prim, thread_stream(), a->n, a->args));
+    DNNL_CHECK(dnnl_stream_wait(thread_stream()));
+    for (int i = 0; i < a->n; i++) dnnl_memory_destroy(a->mems[i]);
+    a->n = 0;
+}
+
+static const dnnl_memory_desc_t *prim_md(dnnl_primitive_t prim, dnnl_query_t what) {
+    const_dnnl_primitive_desc_t pd;
+    DNNL_CHECK(dnnl_primitive_get_primitive_desc(prim, &pd));
+    return dnnl_primitive_desc_query_md(pd, what, 0);
+}
+
+/* Runs `reorder` from src into a scratch slot and returns the result, or
+ * returns src unchanged when no reorder is needed. */
+static const float *reordered(dnnl_primitive_t reorder, const float *src, int slot, size_t bytes) {
+    if (!reorder) return src;
+    float *dst = scratch(slot, bytes);
+    exec_args a = {0};
+    arg_add(&a, DNNL_ARG_FROM, prim_md(reorder, dnnl_query_src_md), src);
+    arg_add(&a, DNNL_ARG_TO, prim_md(reorder, dnnl_query_dst_md), dst);
+    exec_and_release(reorder, &a);
+    return dst;
+}
+
+int conv2d_out_size(int n, const e2g_conv_shape *cs) {
+    return (n + 2 * cs->pad - cs->k) / cs->stride + 1;
+}
+
+/* The input oneDNN sees: the reflect-padded copy, or inp itself. */
+static const float *conv_source(const float *inp, int N, int H, int W, const e2g_conv_shape *cs,
+                                plan_key *key) {
+    int reflect = cs->pad_mode == E2G_PAD_REFLECT && cs->pad > 0;
+    int p = reflect ? cs->pad : 0;
+    *key = (plan_key){N, H + 2 * p, W + 2 * p, cs->cin, cs->cout, cs->k, cs->stride,
+                      reflect ? 0 : cs->pad, 0};
+    if (!reflect) return inp;
+    float *padded = scratch(SCRATCH_PAD, (size_t)N * key->H * key->W * cs->cin * sizeof(float));
+    pad_reflect_forward(padded, inp, N, H, W, cs->cin, p);
+    return padded;
+}
+
+void conv2d_forward(float *out, const float *inp, const float *weight, const float *bias, int N,
+                    int H, int W, const e2g_conv_shape *cs) {
+    plan_key key;
+    const float *src = conv_source(inp, N, H, W, cs, &key);
+    key.has_bias = bias != NULL;
+    conv_plan *p = plan_get(&key);
+    const float *w = reordered(p->w_to_fwd, weight, SCRATCH_W, p->fwd_w_bytes);
+    exec_args a = {0};
+    arg_add(&a, DNNL_ARG_SRC, &p->src_md, src);
+    arg_add(&a, DNNL_ARG_WEIGHTS, dnnl_primitive_desc_query_md(p->fwd_pd, dnnl_query_weights_md, 0), w);
+    if (bias) arg_add(&a, DNNL_ARG_BIAS, &p->bias_md, bias);
+    arg_add(&a, DNNL_ARG_DST, &p->dst_md, out);
+    exec_and_release(p->fwd, &a);
+}
+
+static void add_into(float *dst, const float *src, size_t n) {
+#pragma omp parallel for schedule(static) if (n > 32768)
+    for (size_t i = 0; i < n; i++) dst[i] += src[i];
+}
+
+void conv2d_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                     const float *weight, int N, int H, int W, const e2g_conv_shape *cs) {
+    plan_key key;
+    const float *src = conv_source(inp, N, H, W, cs, &key);
+    /* The bias gradient is a by-product of the weights primitive; a plan
+     * with a bias is only needed when that gradient is wanted. */
+    key.has_bias = dbias != NULL;
+    conv_plan *p = plan_get(&key);
+    if (!p->bwd_data) plan_add_backward(p);
+
+    if (dinp) {
+        size_t src_n = (size_t)N * key.H * key.W * cs->cin;
+        float *dsrc = scratch(SCRATCH_DSRC, src_n * sizeof(float));
+        const float *w = reordered(p->w_to_bwd, weight, SCRATCH_W, p->bwd_w_bytes);
+        exec_args a = {0};
+        arg_add(&a, DNNL_ARG_DIFF_DST, &p->dst_md, dout);
+        arg_add(&a, DNNL_ARG_WEIGHTS, prim_md(p->bwd_data, dnnl_query_weights_md), w);
+        arg_add(&a, DNNL_ARG_DIFF_SRC, &p->src_md, dsrc);
+        exec_and_release(p->bwd_data, &a);
+        if (key.H != H)
+            pad_reflect_backward(dinp, dsrc, N, H, W, cs->cin, (key.H - H) / 2);
+        else
+            add_into(dinp, dsrc, src_n);
+    }
+    if (dweight || dbias) {
+        size_t w_n = (size_t)cs->cout * cs->cin * cs->k * cs->k;
+        float *dw = scratch(SCRATCH_DW, p->dw_bytes);
+        float *db = dbias ? scratch(SCRATCH_DB, (size_t)cs->cout * sizeof(float)) : NULL;
+        exec_args a = {0};
+        arg_add(&a, DNNL_ARG_SRC, &p->src_md, src);
+        arg_add(&a, DNNL_ARG_DIFF_DST, &p->dst_md, dout);
+        arg_add(&a, DNNL_ARG_DIFF_WEIGHTS, prim_md(p->bwd_weights, dnnl_query_diff_weights_md), dw);
+        if (db) arg_add(&a, DNNL_ARG_DIFF_BIAS, &p->bias_md, db);
+        exec_and_release(p->bwd_weights, &a);
+        if (dweight)
+            add_into(dweight, reordered(p->dw_to_user, dw, SCRATCH_DW_USER, w_n * sizeof(float)), w_n);
+        if (dbias) add_into(dbias, db, cs->cout);
+    }
+}
+
+/* ---- reflect padding ------------------------------------------------------- */
+
+/* PyTorch 'reflect': mirror about the edge without repeating it. */
+static inline int reflect_index(int i, int n) {
+    if (n == 1) return 0;
+    while (i < 0 || i >= n) i = i < 0 ? -i : 2 * (n - 1) - i;
+    return i;
+}
+
+void pad_reflect_forward(float *out, const float *inp, int N, int H, int W, int C, int p) {
+    int Hp = H + 2 * p, Wp = W + 2 * p;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int n = 0; n < N; n++)
+        for (int y = 0; y < Hp; y++) {
+            const float *row = inp + ((size_t)n * H + reflect_index(y - p, H)) * W * C;
+            float *o = out + ((size_t)n * Hp + y) * Wp * C;
+            for (int x = 0; x < Wp; x++)
+                memcpy(o + (size_t)x * C, row + (size_t)reflect_index(x - p, W) * C, C * sizeof(float));
+        }
+}
+
+void pad_reflect_backward(float *dinp, const float *dout, int N, int H, int W, int C, int p) {
+    int Hp = H + 2 * p, Wp = W + 2 * p;
+    /* Parallel over samples and channels' owners: each padded row folds into
+     * one source row, so distinct samples never collide. */
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++)
+        for (int y = 0; y < Hp; y++) {
+            float *row = dinp + ((size_t)n * H + reflect_index(y - p, H)) * W * C;
+            const float *d = dout + ((size_t)n * Hp + y) * Wp * C;
+            for (int x = 0; x < Wp; x++) {
+                float *dst = row + (size_t)reflect_index(x - p, W) * C;
+                const float *g = d + (size_t)x * C;
+                for (int c = 0; c < C; c++) dst[c] += g[c];
+            }
+        }
+}

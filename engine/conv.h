@@ -1,0 +1,37 @@
+/* conv.h — 2-D convolution forward and backward on the CPU through oneDNN.
+ * Activations are NHWC float32; weights are PyTorch's OIHW.  Reflect padding
+ * is applied here (oneDNN only zero-pads), so callers describe the layer
+ * exactly as ARCHITECTURE.md does. */
+#ifndef E2G_CONV_H
+#define E2G_CONV_H
+
+typedef enum { E2G_PAD_ZERO, E2G_PAD_REFLECT } e2g_pad_mode;
+
+typedef struct {
+    int cin, cout, k, stride, pad;
+    e2g_pad_mode pad_mode;
+} e2g_conv_shape;
+
+/* Output size along one axis for an input of size n. */
+int conv2d_out_size(int n, const e2g_conv_shape *cs);
+
+/* out: (N, Ho, Wo, cout) is overwritten; inp: (N, H, W, cin);
+ * weight: (cout, cin, k, k); bias: (cout) or NULL. */
+void conv2d_forward(float *out, const float *inp, const float *weight, const float *bias,
+                    int N, int H, int W, const e2g_conv_shape *cs);
+
+/* Gradients accumulate (+=); any of dinp, dweight, dbias may be NULL when
+ * not wanted.  dout: (N, Ho, Wo, cout); inp: the forward's input. */
+void conv2d_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                     const float *inp, const float *weight, int N, int H, int W,
+                     const e2g_conv_shape *cs);
+
+/* Reflect padding by p on every side (PyTorch 'reflect'), NHWC.  The
+ * backward folds the padded gradient back and accumulates into dinp. */
+void pad_reflect_forward(float *out, const float *inp, int N, int H, int W, int C, int p);
+void pad_reflect_backward(float *dinp, const float *dout, int N, int H, int W, int C, int p);
+
+/* Releases the cached oneDNN primitives (tests and shutdown). */
+void conv2d_cache_clear(void);
+
+#endif

@@ -1,0 +1,638 @@
+/* generator.c — E²GAN-G (ARCHITECTURE.md §1) on the CPU: the parameter
+ * table, planned activations, and the forward and backward passes with
+ * unmerged LoRA applied per run of samples that ask for the same adapters.
+ *
+ * The network is a chain of "conv blocks" (optional nearest ×2 upsample →
+ * conv → optional LoRA → optional instance norm → optional ReLU) around
+ * one transformer block at 1/8 resolution; residual and skip additions join
+ * them.  Every activation the backward needs is kept in one allocation
+ * planned from the batch size and image size; gradients of activations use
+ * a second struct of the same layout. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attention.h"
+#include "common.h"
+#include "model.h"
+#include "layers.h"
+#include "ops.h"
+
+/* ---- configuration and layer specs ------------------------------------------- */
+
+int e2g_gen_c4(const e2g_gen_config *cfg) { return 4 * cfg->ngf; }
+
+int e2g_gen_heads(const e2g_gen_config *cfg) {
+    int h = e2g_gen_c4(cfg) / 64;
+    return h > 0 ? h : 1;
+}
+
+/* The conv blocks in execution order; the transformer block runs between
+ * G_DS and G_US. */
+enum {
+    G_ENC1, G_ENC2, G_ENC3, G_RB1A, G_RB1B, G_RB2A, G_RB2B, G_DS,
+    G_US, G_RB3A, G_RB3B, G_DEC2, G_DEC1, G_OUT, G_NCONV
+};
+
+static const char *const conv_names[G_NCONV] = {"enc1", "enc2", "enc3", "rb1.a", "rb1.b",
+                                                "rb2.a", "rb2.b", "ds", "us", "rb3.a",
+                                                "rb3.b", "dec2", "dec1", "out"};
+
+/* Which residual block a block id closes (its `b` conv), or -1. */
+static int residual_index(int id) {
+    return id == G_RB1B ? 0 : id == G_RB2B ? 1 : id == G_RB3B ? 2 : -1;
+}
+
+static conv_spec gen_conv_spec(const e2g_gen_config *cfg, int id) {
+    int ngf = cfg->ngf, c4 = e2g_gen_c4(cfg), ends_norm = cfg->norm_ends;
+    conv_spec s = {.conv = {c4, c4, 3, 1, 1, E2G_PAD_REFLECT}, .norm = 1, .act = ACT_RELU, .crucial = -1};
+    switch (id) {
+    case G_ENC1:
+        s.conv = (e2g_conv_shape){3, ngf, 7, 1, 3, E2G_PAD_REFLECT};
+        s.bias = !ends_norm, s.norm = ends_norm, s.crucial = E2G_L_ENC1;
+        break;
+    case G_ENC2: s.conv = (e2g_conv_shape){ngf, 2 * ngf, 3, 2, 1, E2G_PAD_ZERO}, s.crucial = E2G_L_ENC2; break;
+    case G_ENC3: s.conv = (e2g_conv_shape){2 * ngf, c4, 3, 2, 1, E2G_PAD_ZERO}, s.crucial = E2G_L_ENC3; break;
+    case G_RB1B: case G_RB2B: case G_RB3B: s.act = ACT_NONE; break;
+    case G_DS: s.conv = (e2g_conv_shape){c4, c4, 3, 2, 1, E2G_PAD_ZERO}, s.crucial = E2G_L_DS; break;
+    case G_US:
+        s.conv = (e2g_conv_shape){c4, c4, 3, 1, 1, E2G_PAD_ZERO}, s.upsample = 1, s.crucial = E2G_L_US;
+        break;
+    case G_DEC2:
+        s.conv = (e2g_conv_shape){c4, 2 * ngf, 3, 1, 1, E2G_PAD_ZERO}, s.upsample = 1;
+        s.crucial = E2G_L_DEC2;
+        break;
+    case G_DEC1:
+        s.conv = (e2g_conv_shape){2 * ngf, ngf, 3, 1, 1, E2G_PAD_ZERO}, s.upsample = 1;
+        s.bias = !ends_norm, s.norm = ends_norm, s.crucial = E2G_L_DEC1;
+        break;
+    case G_OUT:
+        s.conv = (e2g_conv_shape){ngf, 3, 7, 1, 3, E2G_PAD_REFLECT};
+        s.bias = 1, s.norm = 0, s.act = ACT_NONE, s.crucial = E2G_L_OUT;
+        break;
+    default: break; /* rb*.a: the defaults */
+    }
+    return s;
+}
+
+static e2g_conv_params *conv_params(const e2g_gen_params *p, int id) {
+    e2g_gen_params *m = (e2g_gen_params *)p;
+    e2g_conv_params *table[G_NCONV] = {&m->enc1, &m->enc2, &m->enc3, &m->rb_a[0], &m->rb_b[0],
+                                       &m->rb_a[1], &m->rb_b[1], &m->ds, &m->us, &m->rb_a[2],
+                                       &m->rb_b[2], &m->dec2, &m->dec1, &m->out};
+    return table[id];
+}
+
+static const char *const crucial_names[E2G_N_CRUCIAL] = {
+    "enc1.conv", "enc2.conv", "enc3.conv", "ds.conv",
+    "tb.self_attn.q", "tb.self_attn.k", "tb.self_attn.v", "tb.self_attn.o",
+    "tb.cross_attn.q", "tb.cross_attn.k", "tb.cross_attn.v", "tb.cross_attn.o",
+    "tb.fc1", "tb.fc2", "us.conv", "dec2.conv", "dec1.conv", "out"};
+
+const char *e2g_crucial_name(int layer) { return crucial_names[layer]; }
+
+void e2g_crucial_shape(const e2g_gen_config *cfg, int layer, e2g_layer_shape *out) {
+    static const int conv_of[E2G_N_CRUCIAL] = {G_ENC1, G_ENC2, G_ENC3, G_DS, -1, -1, -1, -1, -1,
+                                               -1,     -1,     -1,     -1,   -1, G_US, G_DEC2,
+                                               G_DEC1, G_OUT};
+    int c4 = e2g_gen_c4(cfg);
+    memset(out, 0, sizeof *out);
+    if (conv_of[layer] >= 0) {
+        out->conv = gen_conv_spec(cfg, conv_of[layer]).conv;
+        out->cin = out->conv.cin, out->cout = out->conv.cout, out->k = out->conv.k;
+    } else {
+        out->cin = layer == E2G_L_FC2 ? 4 * c4 : c4;
+        out->cout = layer == E2G_L_FC1 ? 4 * c4 : c4;
+    }
+}
+
+/* ---- parameter table ---------------------------------------------------------- */
+
+static void add_tensor(e2g_tensor_entry *t, int *n, const char *name, float **slot, int ndim,
+                       int64_t d0, int64_t d1, int64_t d2, int64_t d3) {
+    e2g_tensor_entry *e = &t[(*n)++];
+    snprintf(e->name, sizeof e->name, "%s", name);
+    int is_weight = strcmp(name + strlen(name) - 6, "weight") == 0;
+    if (strcmp(name, "concepts") == 0)
+        e->init = E2G_INIT_NORMAL;
+    else if (strstr(name, ".norm.") || strncmp(name, "tb.ln", 5) == 0)
+        e->init = is_weight ? E2G_INIT_ONES : E2G_INIT_ZEROS;
+    else
+        e->init = is_weight ? E2G_INIT_WEIGHT : E2G_INIT_BIAS;
+    e->ndim = ndim;
+    int64_t dims[4] = {d0, d1, d2, d3};
+    e->numel = 1;
+    for (int i = 0; i < 4; i++) {
+        e->shape[i] = i < ndim ? dims[i] : 0;
+        if (i < ndim) e->numel *= (size_t)dims[i];
+    }
+    e->slot = slot;
+}
+
+static void add_linear(e2g_tensor_entry *t, int *n, const char *name, e2g_linear_params *lp,
+                       int in, int out) {
+    char buf[48];
+    snprintf(buf, sizeof buf, "%s.weight", name);
+    add_tensor(t, n, buf, &lp->w, 2, out, in, 0, 0);
+    snprintf(buf, sizeof buf, "%s.bias", name);
+    add_tensor(t, n, buf, &lp->b, 1, out, 0, 0, 0);
+}
+
+/* Appends one conv layer's tensors: `<prefix>.weight`, `.bias`, and
+ * `<norm_prefix>.weight/.bias` when it has an instance norm. */
+static void add_conv(e2g_tensor_entry *t, int *n, const char *prefix, const char *norm_prefix,
+                     e2g_conv_params *cp, const e2g_conv_shape *cs, int bias, int norm) {
+    char buf[48];
+    snprintf(buf, sizeof buf, "%s.weight", prefix);
+    add_tensor(t, n, buf, &cp->w, 4, cs->cout, cs->cin, cs->k, cs->k);
+    if (bias) {
+        snprintf(buf, sizeof buf, "%s.bias", prefix);
+        add_tensor(t, n, buf, &cp->b, 1, cs->cout, 0, 0, 0);
+    }
+    if (norm) {
+        snprintf(buf, sizeof buf, "%s.weight", norm_prefix);
+        add_tensor(t, n, buf, &cp->norm_w, 1, cs->cout, 0, 0, 0);
+        snprintf(buf, sizeof buf, "%s.bias", norm_prefix);
+        add_tensor(t, n, buf, &cp->norm_b, 1, cs->cout, 0, 0, 0);
+    }
+}
+
+int e2g_gen_tensors(const e2g_gen_config *cfg, e2g_gen_params *p, e2g_tensor_entry *out) {
+    int n = 0, c4 = e2g_gen_c4(cfg);
+    static const char *const qkvo = "qkvo";
+    for (int id = 0; id < G_NCONV; id++) {
+        conv_spec s = gen_conv_spec(cfg, id);
+        char prefix[40], norm_prefix[40];
+        if (id == G_OUT)
+            snprintf(prefix, sizeof prefix, "out");
+        else
+            snprintf(prefix, sizeof prefix, "%s.conv", conv_names[id]);
+        snprintf(norm_prefix, sizeof norm_prefix, "%s.norm", conv_names[id]);
+        add_conv(out, &n, prefix, norm_prefix, conv_params(p, id), &s.conv, s.bias, s.norm);
+        if (id != G_DS) continue;
+        for (int i = 0; i < 3; i++) {
+            char buf[48];
+            snprintf(buf, sizeof buf, "tb.ln%d.weight", i + 1);
+            add_tensor(out, &n, buf, &p->ln_w[i], 1, c4, 0, 0, 0);
+            snprintf(buf, sizeof buf, "tb.ln%d.bias", i + 1);
+            add_tensor(out, &n, buf, &p->ln_b[i], 1, c4, 0, 0, 0);
+        }
+        for (int j = 0; j < 4; j++) {
+            char buf[48];
+            snprintf(buf, sizeof buf, "tb.self_attn.%c", qkvo[j]);
+            add_linear(out, &n, buf, &p->self_attn[j], c4, c4);
+        }
+        for (int j = 0; j < 4; j++) {
+            char buf[48];
+            snprintf(buf, sizeof buf, "tb.cross_attn.%c", qkvo[j]);
+            add_linear(out, &n, buf, &p->cross_attn[j], c4, c4);
+        }
+        add_linear(out, &n, "tb.fc1", &p->fc1, c4, 4 * c4);
+        add_linear(out, &n, "tb.fc2", &p->fc2, 4 * c4, c4);
+    }
+    add_tensor(out, &n, "concepts", &p->concepts, 3, cfg->n_concepts, cfg->ctx_tokens, c4, 0);
+    E2G_ASSERT(n <= E2G_GEN_MAX_TENSORS);
+    return n;
+}
+
+size_t e2g_gen_param_count(const e2g_gen_config *cfg) {
+    e2g_gen_params p;
+    e2g_tensor_entry t[E2G_GEN_MAX_TENSORS];
+    int n = e2g_gen_tensors(cfg, &p, t);
+    size_t total = 0;
+    for (int i = 0; i < n; i++) total += t[i].numel;
+    return total;
+}
+
+void e2g_gen_bind(const e2g_gen_config *cfg, e2g_gen_params *p, float *memory) {
+    e2g_tensor_entry t[E2G_GEN_MAX_TENSORS];
+    memset(p, 0, sizeof *p); /* tensors a config lacks stay NULL */
+    int n = e2g_gen_tensors(cfg, p, t);
+    for (int i = 0; i < n; i++) {
+        *t[i].slot = memory;
+        memory += t[i].numel;
+    }
+}
+
+/* ---- initialisation ----------------------------------------------------------- */
+
+static uint64_t splitmix64(uint64_t *s) {
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static double uniform01(uint64_t *s) { return (splitmix64(s) >> 11) * (1.0 / 9007199254740992.0); }
+
+void e2g_init_tensors(const e2g_tensor_entry *t, int n, unsigned long long seed) {
+    uint64_t state = seed;
+    int fan_in = 1;
+    for (int i = 0; i < n; i++) {
+        float *x = *t[i].slot;
+        switch (t[i].init) {
+        case E2G_INIT_NORMAL:
+            for (size_t j = 0; j < t[i].numel; j += 2) { /* Box–Muller */
+                double u1 = uniform01(&state), u2 = uniform01(&state);
+                double r = sqrt(-2.0 * log(u1 > 0 ? u1 : 1e-300));
+                x[j] = (float)(r * cos(2 * M_PI * u2));
+                if (j + 1 < t[i].numel) x[j + 1] = (float)(r * sin(2 * M_PI * u2));
+            }
+            break;
+        case E2G_INIT_ONES:
+        case E2G_INIT_ZEROS:
+            for (size_t j = 0; j < t[i].numel; j++) x[j] = t[i].init == E2G_INIT_ONES;
+            break;
+        case E2G_INIT_WEIGHT:
+        case E2G_INIT_BIAS:
+            if (t[i].init == E2G_INIT_WEIGHT) fan_in = (int)(t[i].numel / t[i].shape[0]);
+            for (size_t j = 0; j < t[i].numel; j++)
+                x[j] = (float)((2 * uniform01(&state) - 1) / sqrt((double)fan_in));
+            break;
+        }
+    }
+}
+
+void e2g_gen_init(const e2g_gen_config *cfg, e2g_gen_params *p, unsigned long long seed) {
+    e2g_tensor_entry t[E2G_GEN_MAX_TENSORS];
+    int n = e2g_gen_tensors(cfg, p, t);
+    e2g_init_tensors(t, n, seed);
+}
+
+/* ---- LoRA adapters ------------------------------------------------------------- */
+
+e2g_lora *e2g_lora_new(const e2g_gen_config *cfg, const int *rank, const float *scale) {
+    e2g_lora *l = e2g_xcalloc(1, sizeof *l);
+    size_t total = (size_t)cfg->ctx_tokens * e2g_gen_c4(cfg);
+    for (int i = 0; i < E2G_N_CRUCIAL; i++) {
+        e2g_layer_shape s;
+        e2g_crucial_shape(cfg, i, &s);
+        int kk = s.k ? s.k * s.k : 1;
+        total += (size_t)rank[i] * s.cin * kk + (size_t)s.cout * rank[i];
+    }
+    l->memory = e2g_xcalloc(total, sizeof(float));
+    l->numel = total;
+    float *m = l->memory;
+    for (int i = 0; i < E2G_N_CRUCIAL; i++) {
+        e2g_layer_shape s;
+        e2g_crucial_shape(cfg, i, &s);
+        int kk = s.k ? s.k * s.k : 1;
+        l->rank[i] = rank[i];
+        l->scale[i] = scale[i];
+        if (!rank[i]) continue;
+        l->A[i] = m, m += (size_t)rank[i] * s.cin * kk;
+        l->B[i] = m, m += (size_t)s.cout * rank[i];
+    }
+    l->concept = m;
+    return l;
+}
+
+void e2g_lora_free(e2g_lora *l) {
+    if (!l) return;
+    free(l->memory);
+    free(l);
+}
+
+/* Weight and size of crucial layer `layer` inside params. */
+static float *crucial_weight(const e2g_gen_params *p, int layer) {
+    switch (layer) {
+    case E2G_L_ENC1: return p->enc1.w;
+    case E2G_L_ENC2: return p->enc2.w;
+    case E2G_L_ENC3: return p->enc3.w;
+    case E2G_L_DS: return p->ds.w;
+    case E2G_L_FC1: return p->fc1.w;
+    case E2G_L_FC2: return p->fc2.w;
+    case E2G_L_US: return p->us.w;
+    case E2G_L_DEC2: return p->dec2.w;
+    case E2G_L_DEC1: return p->dec1.w;
+    case E2G_L_OUT: return p->out.w;
+    default:
+        return layer <= E2G_L_SA_O ? p->self_attn[layer - E2G_L_SA_Q].w
+                                   : p->cross_attn[layer - E2G_L_CA_Q].w;
+    }
+}
+
+static float **crucial_weight_slot(e2g_gen_params *p, int layer) {
+    float *w = crucial_weight(p, layer);
+    e2g_conv_params *convs[] = {&p->enc1, &p->enc2, &p->enc3, &p->ds, &p->us, &p->dec2, &p->dec1, &p->out};
+    for (size_t i = 0; i < sizeof convs / sizeof *convs; i++)
+        if (convs[i]->w == w) return &convs[i]->w;
+    if (p->fc1.w == w) return &p->fc1.w;
+    if (p->fc2.w == w) return &p->fc2.w;
+    for (int j = 0; j < 4; j++) {
+        if (p->self_attn[j].w == w) return &p->self_attn[j].w;
+        if (p->cross_attn[j].w == w) return &p->cross_attn[j].w;
+    }
+    E2G_ASSERT(0);
+    return NULL;
+}
+
+float *e2g_gen_merge(const e2g_gen_config *cfg, e2g_gen_params *dst, const e2g_gen_params *base,
+                     const e2g_lora_term *terms, int n_terms) {
+    *dst = *base;
+    size_t total = 0;
+    int touched[E2G_N_CRUCIAL] = {0};
+    for (int layer = 0; layer < E2G_N_CRUCIAL; layer++) {
+        for (int t = 0; t < n_terms; t++) touched[layer] |= terms[t].lora->rank[layer] > 0;
+        if (!touched[layer]) continue;
+        e2g_layer_shape s;
+        e2g_crucial_shape(cfg, layer, &s);
+        total += (size_t)s.cout * s.cin * (s.k ? s.k * s.k : 1);
+    }
+    if (!total) return NULL;
+    float *memory = e2g_xmalloc(total * sizeof(float)), *m = memory;
+    for (int layer = 0; layer < E2G_N_CRUCIAL; layer++) {
+        if (!touched[layer]) continue;
+        e2g_layer_shape s;
+        e2g_crucial_shape(cfg, layer, &s);
+        int fan = s.cin * (s.k ? s.k * s.k : 1);
+        memcpy(m, crucial_weight(base, layer), (size_t)s.cout * fan * sizeof(float));
+        for (int t = 0; t < n_terms; t++) {
+            const e2g_lora *l = terms[t].lora;
+            if (!l->rank[layer]) continue;
+            /* W (cout × fan) += coef·scale · B (cout × r) · A (r × fan) */
+            gemm('N', 'N', s.cout, fan, l->rank[layer], terms[t].coef * l->scale[layer], l->B[layer],
+                 l->rank[layer], l->A[layer], fan, 1.0f, m, fan);
+        }
+        *crucial_weight_slot(dst, layer) = m;
+        m += (size_t)s.cout * fan;
+    }
+    return memory;
+}
+
+/* ---- activations ------------------------------------------------------------------ */
+
+typedef struct {
+    block_acts conv[G_NCONV];
+    float *rb_sum[3];      /* x + b(a(x)) of rb1..rb3 */
+    float *skip2, *skip1;  /* dec2 + enc2, dec1 + enc1 (unet_skips) */
+    float *ln_mean[3], *ln_rstd[3], *u[3];
+    float *q, *k, *v, *att, *lse, *t1;
+    float *q2, *k2, *v2, *att2, *lse2, *t2;
+    float *h, *g, *t3;
+    float *ctx;
+    float *y;
+} gen_tensors;
+
+struct e2g_gen_acts {
+    e2g_gen_config cfg;
+    int N, H, W;
+    gen_tensors act, grad; /* grad: same layout, planned only with_grads */
+    float *tmp;            /* one block-sized gradient scratch */
+    float *grad_memory;    /* where `grad` lies, zeroed by each backward */
+    size_t grad_floats;
+    int has_grads;
+    float *memory;
+    size_t floats;
+};
+
+/* Lays out every activation; with a->base NULL it only counts. */
+static void plan_tensors(gen_tensors *t, arena *ar, const e2g_gen_config *cfg, int N, int H,
+                         int W) {
+    int c4 = e2g_gen_c4(cfg), T = cfg->ctx_tokens, heads = e2g_gen_heads(cfg);
+    int h = H, w = W;
+    for (int id = 0; id < G_NCONV; id++) {
+        conv_spec s = gen_conv_spec(cfg, id);
+        block_acts *b = &t->conv[id];
+        block_plan(b, ar, &s, N, h, w);
+        size_t out_n = block_out_size(b, &s, N);
+        h = b->Ho, w = b->Wo;
+        if (residual_index(id) >= 0) t->rb_sum[residual_index(id)] = arena_take(ar, out_n);
+        if (id == G_DEC2 && cfg->unet_skips) t->skip2 = arena_take(ar, out_n);
+        if (id == G_DEC1 && cfg->unet_skips) t->skip1 = arena_take(ar, out_n);
+        if (id != G_DS) continue;
+        size_t L = (size_t)N * h * w, tok = L * c4, ctx = (size_t)N * T * c4;
+        for (int i = 0; i < 3; i++) {
+            t->ln_mean[i] = arena_take(ar, L), t->ln_rstd[i] = arena_take(ar, L), t->u[i] = arena_take(ar, tok);
+        }
+        t->q = arena_take(ar, tok), t->k = arena_take(ar, tok), t->v = arena_take(ar, tok), t->att = arena_take(ar, tok);
+        t->lse = arena_take(ar, L * heads), t->t1 = arena_take(ar, tok);
+        t->q2 = arena_take(ar, tok), t->k2 = arena_take(ar, ctx), t->v2 = arena_take(ar, ctx), t->att2 = arena_take(ar, tok);
+        t->lse2 = arena_take(ar, L * heads), t->t2 = arena_take(ar, tok);
+        t->h = arena_take(ar, 4 * tok), t->g = arena_take(ar, 4 * tok), t->t3 = arena_take(ar, tok);
+        t->ctx = arena_take(ar, ctx);
+    }
+    t->y = arena_take(ar, (size_t)N * H * W * 3);
+}
+
+static size_t largest_block(const gen_tensors *t, const e2g_gen_config *cfg, int N) {
+    size_t m = 0;
+    for (int id = 0; id < G_NCONV; id++) {
+        conv_spec s = gen_conv_spec(cfg, id);
+        size_t n = block_out_size(&t->conv[id], &s, N);
+        if (n > m) m = n;
+    }
+    return m;
+}
+
+e2g_gen_acts *e2g_gen_acts_new(const e2g_gen_config *cfg, int N, int H, int W, int with_grads) {
+    E2G_ASSERT(N > 0 && H > 0 && W > 0 && H % 8 == 0 && W % 8 == 0);
+    e2g_gen_acts *a = e2g_xcalloc(1, sizeof *a);
+    a->cfg = *cfg, a->N = N, a->H = H, a->W = W, a->has_grads = with_grads;
+    arena count = {0};
+    plan_tensors(&a->act, &count, cfg, N, H, W);
+    size_t one = count.used, tmp = largest_block(&a->act, cfg, N);
+    a->floats = one + (with_grads ? one + tmp : 0);
+    a->memory = e2g_xmalloc(a->floats * sizeof(float));
+    arena ar = {a->memory, 0};
+    plan_tensors(&a->act, &ar, cfg, N, H, W);
+    if (with_grads) {
+        a->grad_memory = a->memory + ar.used;
+        a->grad_floats = one;
+        plan_tensors(&a->grad, &ar, cfg, N, H, W);
+        a->tmp = arena_take(&ar, tmp);
+    }
+    return a;
+}
+
+void e2g_gen_acts_free(e2g_gen_acts *a) {
+    if (!a) return;
+    free(a->memory);
+    free(a);
+}
+
+size_t e2g_gen_acts_bytes(const e2g_gen_acts *a) { return a->floats * sizeof(float); }
+
+/* ---- transformer block ---------------------------------------------------------------- */
+
+static void tb_forward(gen_tensors *t, const e2g_gen_params *p, const e2g_gen_config *cfg,
+                       const float *t0, int N, int L, const e2g_edit *edits) {
+    int c4 = e2g_gen_c4(cfg), T = cfg->ctx_tokens, heads = e2g_gen_heads(cfg), M = N * L;
+    size_t tok = (size_t)M * c4;
+    const e2g_linear_params *sa = p->self_attn, *ca = p->cross_attn;
+    float *proj[3] = {t->q, t->k, t->v};
+
+    layernorm_forward(t->u[0], t->ln_mean[0], t->ln_rstd[0], t0, p->ln_w[0], p->ln_b[0], M, c4);
+    for (int j = 0; j < 3; j++) {
+        linear_forward(proj[j], t->u[0], sa[j].w, sa[j].b, M, c4, c4, 0);
+        lora_linear_forward(proj[j], t->u[0], edits, E2G_L_SA_Q + j, L, c4, c4, N);
+    }
+    attention_forward(t->att, t->lse, t->q, t->k, t->v, N, L, L, c4, heads);
+    memcpy(t->t1, t0, tok * sizeof(float));
+    linear_forward(t->t1, t->att, sa[E2G_O].w, sa[E2G_O].b, M, c4, c4, 1);
+    lora_linear_forward(t->t1, t->att, edits, E2G_L_SA_O, L, c4, c4, N);
+
+    layernorm_forward(t->u[1], t->ln_mean[1], t->ln_rstd[1], t->t1, p->ln_w[1], p->ln_b[1], M, c4);
+    linear_forward(t->q2, t->u[1], ca[E2G_Q].w, ca[E2G_Q].b, M, c4, c4, 0);
+    lora_linear_forward(t->q2, t->u[1], edits, E2G_L_CA_Q, L, c4, c4, N);
+    float *kv[2] = {t->k2, t->v2};
+    for (int j = 0; j < 2; j++) {
+        linear_forward(kv[j], t->ctx, ca[E2G_K + j].w, ca[E2G_K + j].b, N * T, c4, c4, 0);
+        lora_linear_forward(kv[j], t->ctx, edits, E2G_L_CA_K + j, T, c4, c4, N);
+    }
+    attention_forward(t->att2, t->lse2, t->q2, t->k2, t->v2, N, L, T, c4, heads);
+    memcpy(t->t2, t->t1, tok * sizeof(float));
+    linear_forward(t->t2, t->att2, ca[E2G_O].w, ca[E2G_O].b, M, c4, c4, 1);
+    lora_linear_forward(t->t2, t->att2, edits, E2G_L_CA_O, L, c4, c4, N);
+
+    layernorm_forward(t->u[2], t->ln_mean[2], t->ln_rstd[2], t->t2, p->ln_w[2], p->ln_b[2], M, c4);
+    linear_forward(t->h, t->u[2], p->fc1.w, p->fc1.b, M, c4, 4 * c4, 0);
+    lora_linear_forward(t->h, t->u[2], edits, E2G_L_FC1, L, c4, 4 * c4, N);
+    gelu_forward(t->g, t->h, 4 * tok);
+    memcpy(t->t3, t->t2, tok * sizeof(float));
+    linear_forward(t->t3, t->g, p->fc2.w, p->fc2.b, M, 4 * c4, c4, 1);
+    lora_linear_forward(t->t3, t->g, edits, E2G_L_FC2, L, 4 * c4, c4, N);
+}
+
+#define LIN_GRAD(gp, field) ((gp) ? (gp)->field.w : NULL), ((gp) ? (gp)->field.b : NULL)
+
+/* A linear layer's backward plus its LoRA's. */
+static void linear_with_lora_backward(float *din, float *dw, float *db, e2g_lora *dlora,
+                                      const e2g_lora *train, const float *dout, const float *in,
+                                      const float *w, const e2g_edit *edits, int layer,
+                                      int rows_per_sample, int cin, int cout, int N) {
+    linear_backward(din, dw, db, dout, in, w, N * rows_per_sample, cin, cout);
+    lora_linear_backward(din, dlora, train, dout, in, edits, layer, rows_per_sample, cin, cout, N);
+}
+
+static void tb_backward(gen_tensors *t, gen_tensors *d, e2g_gen_params *gp, e2g_lora *dlora,
+                        const e2g_lora *train, const e2g_gen_params *p, const e2g_gen_config *cfg,
+                        const float *t0, float *dt0, int N, int L, const e2g_edit *edits) {
+    int c4 = e2g_gen_c4(cfg), T = cfg->ctx_tokens, heads = e2g_gen_heads(cfg), M = N * L;
+    size_t tok = (size_t)M * c4;
+    const e2g_linear_params *sa = p->self_attn, *ca = p->cross_attn;
+
+    /* t3 = t2 + fc2(gelu(fc1(LN3(t2)))) */
+    accumulate(d->t2, d->t3, tok);
+    linear_with_lora_backward(d->g, LIN_GRAD(gp, fc2), dlora, train, d->t3, t->g, p->fc2.w, edits,
+                              E2G_L_FC2, L, 4 * c4, c4, N);
+    gelu_backward(d->h, d->g, t->h, 4 * tok);
+    linear_with_lora_backward(d->u[2], LIN_GRAD(gp, fc1), dlora, train, d->h, t->u[2], p->fc1.w,
+                              edits, E2G_L_FC1, L, c4, 4 * c4, N);
+    layernorm_backward(d->t2, gp ? gp->ln_w[2] : NULL, gp ? gp->ln_b[2] : NULL, d->u[2], t->t2,
+                       t->ln_mean[2], t->ln_rstd[2], p->ln_w[2], M, c4);
+
+    /* t2 = t1 + o(attn(q(LN2(t1)), k(ctx), v(ctx))) */
+    accumulate(d->t1, d->t2, tok);
+    linear_with_lora_backward(d->att2, LIN_GRAD(gp, cross_attn[E2G_O]), dlora, train, d->t2,
+                              t->att2, ca[E2G_O].w, edits, E2G_L_CA_O, L, c4, c4, N);
+    attention_backward(d->q2, d->k2, d->v2, d->att2, t->q2, t->k2, t->v2, t->att2, t->lse2, N, L,
+                       T, c4, heads);
+    float *dkv[2] = {d->k2, d->v2};
+    for (int j = 0; j < 2; j++)
+        linear_with_lora_backward(d->ctx, LIN_GRAD(gp, cross_attn[E2G_K + j]), dlora, train, dkv[j],
+                                  t->ctx, ca[E2G_K + j].w, edits, E2G_L_CA_K + j, T, c4, c4, N);
+    linear_with_lora_backward(d->u[1], LIN_GRAD(gp, cross_attn[E2G_Q]), dlora, train, d->q2,
+                              t->u[1], ca[E2G_Q].w, edits, E2G_L_CA_Q, L, c4, c4, N);
+    layernorm_backward(d->t1, gp ? gp->ln_w[1] : NULL, gp ? gp->ln_b[1] : NULL, d->u[1], t->t1,
+                       t->ln_mean[1], t->ln_rstd[1], p->ln_w[1], M, c4);
+
+    /* t1 = t0 + o(attn(q(u), k(u), v(u))), u = LN1(t0) */
+    accumulate(dt0, d->t1, tok);
+    linear_with_lora_backward(d->att, LIN_GRAD(gp, self_attn[E2G_O]), dlora, train, d->t1, t->att,
+                              sa[E2G_O].w, edits, E2G_L_SA_O, L, c4, c4, N);
+    attention_backward(d->q, d->k, d->v, d->att, t->q, t->k, t->v, t->att, t->lse, N, L, L, c4,
+                       heads);
+    float *dproj[3] = {d->q, d->k, d->v};
+    for (int j = 0; j < 3; j++)
+        linear_with_lora_backward(d->u[0], LIN_GRAD(gp, self_attn[j]), dlora, train, dproj[j],
+                                  t->u[0], sa[j].w, edits, E2G_L_SA_Q + j, L, c4, c4, N);
+    layernorm_backward(dt0, gp ? gp->ln_w[0] : NULL, gp ? gp->ln_b[0] : NULL, d->u[0], t0,
+                       t->ln_mean[0], t->ln_rstd[0], p->ln_w[0], M, c4);
+}
+
+/* ---- the whole generator --------------------------------------------------------------- */
+
+/* The input of conv block id: the previous block's output, a residual sum
+ * or a skip sum. */
+static const float *block_input(const gen_tensors *t, const float *x, int id) {
+    switch (id) {
+    case G_ENC1: return x;
+    case G_RB1A: return t->conv[G_ENC3].out;
+    case G_RB2A: return t->rb_sum[0];
+    case G_DS: return t->rb_sum[1];
+    case G_US: return t->t3;
+    case G_RB3A: return t->conv[G_US].out;
+    case G_DEC2: return t->rb_sum[2];
+    case G_DEC1: return t->skip2 ? t->skip2 : t->conv[G_DEC2].out;
+    case G_OUT: return t->skip1 ? t->skip1 : t->conv[G_DEC1].out;
+    default: return t->conv[id - 1].out;
+    }
+}
+
+/* The gradient buffer of that input (NULL for the image itself). */
+static float *block_input_grad(gen_tensors *d, float *dx, int id) {
+    return id == G_ENC1 ? dx : (float *)block_input(d, NULL, id);
+}
+
+void e2g_gen_forward(e2g_gen_acts *a, float *y, const e2g_gen_params *p, const float *x,
+                     const e2g_edit *edits) {
+    const e2g_gen_config *cfg = &a->cfg;
+    gen_tensors *t = &a->act;
+    int N = a->N, c4 = e2g_gen_c4(cfg), T = cfg->ctx_tokens;
+    for (int n = 0; n < N; n++)
+        memcpy(t->ctx + (size_t)n * T * c4, edits[n].context, (size_t)T * c4 * sizeof(float));
+    for (int id = 0; id < G_NCONV; id++) {
+        conv_spec s = gen_conv_spec(cfg, id);
+        block_acts *b = &t->conv[id];
+        block_forward(b, &s, conv_params(p, id), block_input(t, x, id), N, edits);
+        size_t n = block_out_size(b, &s, N);
+        int r = residual_index(id);
+        if (r >= 0) {
+            add_forward(t->rb_sum[r], block_input(t, x, id - 1), b->out, n);
+        }
+        if (id == G_DEC2 && t->skip2) add_forward(t->skip2, b->out, t->conv[G_ENC2].out, n);
+        if (id == G_DEC1 && t->skip1) add_forward(t->skip1, b->out, t->conv[G_ENC1].out, n);
+        if (id == G_DS) tb_forward(t, p, cfg, b->out, N, b->Ho * b->Wo, edits);
+    }
+    output_forward(t->y, t->conv[G_OUT].pre, x, cfg->residual_out, (size_t)N * a->H * a->W * 3);
+    if (y) memcpy(y, t->y, (size_t)N * a->H * a->W * 3 * sizeof(float));
+}
+
+void e2g_gen_backward(e2g_gen_acts *a, e2g_gen_params *grads, e2g_lora *dlora,
+                      const e2g_lora *train, float *dctx, float *dx, const float *dy,
+                      const e2g_gen_params *p, const float *x, const e2g_edit *edits) {
+    E2G_ASSERT(a->has_grads);
+    const e2g_gen_config *cfg = &a->cfg;
+    gen_tensors *t = &a->act, *d = &a->grad;
+    int N = a->N, c4 = e2g_gen_c4(cfg), T = cfg->ctx_tokens;
+    memset(a->grad_memory, 0, a->grad_floats * sizeof(float));
+    output_backward(d->conv[G_OUT].pre, dx, dy, t->y, x, cfg->residual_out,
+                    (size_t)N * a->H * a->W * 3);
+    for (int id = G_NCONV - 1; id >= 0; id--) {
+        conv_spec s = gen_conv_spec(cfg, id);
+        block_acts *b = &t->conv[id], *db = &d->conv[id];
+        size_t n = block_out_size(b, &s, N);
+        if (id == G_DEC1 && t->skip1) {
+            accumulate(db->out, d->skip1, n);
+            accumulate(d->conv[G_ENC1].out, d->skip1, n);
+        }
+        if (id == G_DEC2 && t->skip2) {
+            accumulate(db->out, d->skip2, n);
+            accumulate(d->conv[G_ENC2].out, d->skip2, n);
+        }
+        int r = residual_index(id);
+        if (r >= 0) {
+            accumulate(db->out, d->rb_sum[r], n);
+            accumulate(block_input_grad(d, dx, id - 1), d->rb_sum[r], n);
+        }
+        if (id == G_DS) /* d(t3) is complete once `us` is done */
+            tb_backward(t, d, grads, dlora, train, p, cfg, t->conv[G_DS].out, d->conv[G_DS].out, N,
+                        t->conv[G_DS].Ho * t->conv[G_DS].Wo, edits);
+        block_backward(b, db, a->tmp, block_input_grad(d, dx, id), &s, conv_params(p, id),
+                       grads ? conv_params(grads, id) : NULL, dlora, train, block_input(t, x, id),
+                       N, edits);
+    }
+    if (dctx) accumulate(dctx, d->ctx, (size_t)N * T * c4);
+}

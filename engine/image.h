@@ -1,0 +1,76 @@
+/* image.h — decoding and encoding of JPEG and PNG images, and the mapping
+ * between 8-bit RGB pixels and the generator's float tensors
+ * (ARCHITECTURE.md §1).  Decoders treat their input as hostile: sizes are
+ * checked against a pixel limit before any pixel memory is allocated, and
+ * truncated or corrupt data is an error message, never a crash. */
+#ifndef E2G_IMAGE_H
+#define E2G_IMAGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Interleaved RGB8, row-major, no padding between rows: pixel (x, y)
+ * channel c is rgb[(y * width + x) * 3 + c].  The image owns rgb. */
+typedef struct {
+    int width, height;
+    uint8_t *rgb; /* (height, width, 3) */
+} e2g_image;
+
+typedef enum { E2G_IMAGE_JPEG, E2G_IMAGE_PNG, E2G_IMAGE_UNKNOWN } e2g_image_format;
+
+/* Releases im->rgb and zeroes *im; safe on a zeroed or already freed image. */
+void e2g_image_free(e2g_image *im);
+
+/* The format of an encoded image, judged by its magic bytes only. */
+e2g_image_format e2g_image_sniff(const uint8_t *buf, size_t n);
+
+/* The format an output path asks for by its extension (.jpg, .jpeg, .png,
+ * case-insensitive); E2G_IMAGE_UNKNOWN for anything else. */
+e2g_image_format e2g_image_format_from_path(const char *path);
+
+/* Reads the size of an encoded image from its header alone (no pixels are
+ * decoded), as e2g_image_decode would return it: for a JPEG whose EXIF
+ * orientation turns it by 90°, width and height are swapped.  Lets a caller
+ * refuse a decompression bomb cheaply. */
+int e2g_image_probe(const uint8_t *buf, size_t n, int *width, int *height, char *err);
+
+/* Decodes a JPEG (libturbojpeg) or PNG (libpng) into *out, upright:
+ * the EXIF orientation of a JPEG is applied; PNGs of any bit depth, palette,
+ * gray or alpha become RGB8 (16-bit channels are scaled, alpha is dropped).
+ * Refuses images with width·height > max_pixels before allocating their
+ * pixels.  Warnings from the JPEG decoder (such as a truncated stream) are
+ * errors.  On success the caller owns out->rgb (e2g_image_free); on failure
+ * *out is zeroed. */
+int e2g_image_decode(e2g_image *out, const uint8_t *buf, size_t n, long max_pixels, char *err);
+
+/* Encodes im as JPEG (quality 1..100; 4:4:4 chroma at quality >= 90, 4:2:0
+ * below) or PNG (quality is ignored).  On success *out is a malloc'd buffer
+ * of *n bytes that the caller frees. */
+int e2g_image_encode(uint8_t **out, size_t *n, const e2g_image *im, e2g_image_format fmt,
+                     int quality, char *err);
+
+/* e2g_image_decode on the whole contents of a file. */
+int e2g_image_read_file(e2g_image *out, const char *path, long max_pixels, char *err);
+
+/* Encodes im in the format named by path's extension (see
+ * e2g_image_format_from_path) and writes it; an unknown extension is an
+ * error.  A failed write removes the partial file. */
+int e2g_image_write_file(const char *path, const e2g_image *im, int quality, char *err);
+
+/* The smallest *pw >= w and *ph >= h that are multiples of `multiple`. */
+void e2g_image_pad_dims(int w, int h, int multiple, int *pw, int *ph);
+
+/* Writes im as one NHWC image of ph × pw × 3 floats, p/127.5 − 1, padding
+ * the right and bottom by reflection (PyTorch 'reflect': the edge pixel is
+ * not repeated, index w maps to w−2; pads wider than the image keep
+ * reflecting back and forth; a 1-pixel-wide image repeats its pixel).
+ * Requires pw >= im->width and ph >= im->height. */
+void e2g_image_to_tensor(float *dst, const e2g_image *im, int pw, int ph);
+
+/* Crops the top-left im->width × im->height of an NHWC tensor of
+ * ph × pw × 3 floats into im->rgb (already allocated), mapping
+ * round((y + 1)·127.5) clamped to 0..255; ties round to even like
+ * torch.round, NaN becomes 0.  Requires pw >= im->width, ph >= im->height. */
+void e2g_image_from_tensor(e2g_image *im, const float *src, int pw, int ph);
+
+#endif

@@ -1,0 +1,35 @@
+/* model_io.h — a loaded base model: the generator's configuration, concept
+ * names and weights, optionally its discriminator (tensors `disc.*`), and
+ * the SHA-256 of the file adapters are bound to (ARCHITECTURE.md §4). */
+#ifndef E2G_MODEL_IO_H
+#define E2G_MODEL_IO_H
+
+#include "model.h"
+
+typedef struct {
+    e2g_gen_config cfg;
+    char **concept_names; /* cfg.n_concepts, in `concepts` row order */
+    e2g_gen_params params;
+    float *memory;
+    int ndf; /* 0 when the file has no discriminator */
+    e2g_disc_params disc;
+    float *disc_memory;
+    char sha256[65];
+} e2g_model;
+
+/* Loads and validates a base file; *out is freed with e2g_model_free. */
+int e2g_model_load(e2g_model **out, const char *path, char *err);
+/* A freshly initialised model (ndf 0: no discriminator). */
+e2g_model *e2g_model_new(const e2g_gen_config *cfg, const char *const *concept_names, int ndf,
+                         unsigned long long seed);
+/* Writes the model atomically; extra_meta is a NULL-terminated list of
+ * key, value pairs added to the metadata (may be NULL). */
+int e2g_model_save(e2g_model *m, const char *path, const char *const *extra_meta, char *err);
+void e2g_model_free(e2g_model *m);
+
+/* Index of a base concept by name, or -1. */
+int e2g_model_concept(const e2g_model *m, const char *name);
+/* The (T, C4) embedding of base concept i. */
+const float *e2g_model_context(const e2g_model *m, int concept);
+
+#endif

@@ -1,0 +1,70 @@
+/* ops.h — the CPU layers besides convolution and attention, llm.c style:
+ * each op is a forward/backward pair of free functions, outputs first, then
+ * inputs, then sizes.  Backward functions ACCUMULATE into their gradients
+ * (+=), so zeroing all gradients is one memset; a NULL gradient pointer means
+ * "not wanted".  Images are NHWC, token sequences (M rows, C columns). */
+#ifndef E2G_OPS_H
+#define E2G_OPS_H
+
+#include <stddef.h>
+
+/* Instance norm over HW per (sample, channel), affine, eps 1e-5, biased
+ * variance.  x: (N, HW, C); mean, rstd: (N, C) saved for the backward. */
+void instancenorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                          const float *weight, const float *bias, int N, int HW, int C);
+void instancenorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                           const float *inp, const float *mean, const float *rstd,
+                           const float *weight, int N, int HW, int C);
+
+/* Layer norm over the last dimension C of M rows, eps 1e-5. */
+void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *weight,
+                       const float *bias, int M, int C);
+void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                        const float *inp, const float *mean, const float *rstd,
+                        const float *weight, int M, int C);
+
+/* y = x·Wᵀ + b; x: (M, in), W: (out, in), b: (out) or NULL, y: (M, out).
+ * With accumulate set, y += x·Wᵀ (+ b) instead of overwriting. */
+void linear_forward(float *out, const float *inp, const float *weight, const float *bias, int M,
+                    int in, int outf, int accumulate);
+void linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                     const float *inp, const float *weight, int M, int in, int outf);
+
+/* C (M×N) = alpha·op(A)·op(B) + beta·C, row-major, through oneDNN's sgemm;
+ * trans_a/trans_b are 'N' or 'T'. */
+void gemm(char trans_a, char trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+          const float *B, int ldb, float beta, float *C, int ldc);
+
+/* Pointwise activations; the backward of ReLU reads the forward's output,
+ * LeakyReLU and GELU read its input.  In-place forward (out == inp) is fine. */
+void relu_forward(float *out, const float *inp, size_t n);
+void relu_backward(float *dinp, const float *dout, const float *out, size_t n);
+void leakyrelu_forward(float *out, const float *inp, float slope, size_t n);
+void leakyrelu_backward(float *dinp, const float *dout, const float *inp, float slope, size_t n);
+void gelu_forward(float *out, const float *inp, size_t n);
+void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n);
+
+/* The generator's output (ARCHITECTURE.md §1): residual in logit space,
+ * y = tanh(o + atanh(clamp(x, −0.999, 0.999))), or y = tanh(o) when
+ * residual is 0.  x is the network input, same layout as o. */
+void output_forward(float *y, const float *o, const float *x, int residual, size_t n);
+void output_backward(float *d_o, float *dx, const float *dy, const float *y, const float *x,
+                     int residual, size_t n);
+
+/* out = a + b, elementwise (out may alias a or b). */
+void add_forward(float *out, const float *a, const float *b, size_t n);
+/* dst += src */
+void accumulate(float *dst, const float *src, size_t n);
+
+/* Nearest-neighbour ×2 upsample, NHWC: (N, H, W, C) → (N, 2H, 2W, C). */
+void upsample2x_forward(float *out, const float *inp, int N, int H, int W, int C);
+void upsample2x_backward(float *dinp, const float *dout, int N, int H, int W, int C);
+
+/* Losses return their value and, when grad is non-NULL, accumulate
+ * scale·∂loss/∂pred into grad. */
+/* mean((pred − target)²): the least-squares GAN terms, target 0 or 1. */
+float mse_const_loss(float *grad, const float *pred, float target, size_t n, float scale);
+/* mean(|a − b|), gradient w.r.t. a (sign, 0 at a == b as PyTorch). */
+float l1_loss(float *grad, const float *a, const float *b, size_t n, float scale);
+
+#endif

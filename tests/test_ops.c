@@ -1,0 +1,266 @@
+/* test_ops.c — every CPU op's forward and backward against PyTorch
+ * (tests/refs/ops_refs.py).  Tolerances: outputs 1e-5, gradients 1e-4,
+ * relative to the reference tensor's largest magnitude (testutil.h).
+ * Gradient buffers start at a non-zero value to check that the backward
+ * functions accumulate. */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "conv.h"
+#include "ops.h"
+#include "testutil.h"
+
+#define TOL_OUT 1e-5
+#define TOL_GRAD 1e-4
+#define GRAD_FILL 0.25f
+
+/* A gradient buffer pre-filled with GRAD_FILL. */
+static float *grad_buffer(size_t n) {
+    float *g = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) g[i] = GRAD_FILL;
+    return g;
+}
+
+/* Compares an accumulated gradient (minus its GRAD_FILL start). */
+static void check_grad(const char *what, float *got, const float *want, size_t n) {
+    for (size_t i = 0; i < n; i++) got[i] -= GRAD_FILL;
+    ck_assert_msg(rel_error(what, got, want, n, TOL_GRAD) <= TOL_GRAD, "%s mismatch", what);
+}
+
+static void check_out(const char *what, const float *got, const float *want, size_t n) {
+    ck_assert_msg(rel_error(what, got, want, n, TOL_OUT) <= TOL_OUT, "%s mismatch", what);
+}
+
+static const char *conv_cases[] = {"conv3_zero_s1", "conv3_zero_s2", "conv3_zero_s2_odd",
+                                   "conv7_reflect", "conv3_reflect", "conv4_s2",
+                                   "conv4_s1",      "conv1"};
+
+START_TEST(test_conv) {
+    char name[64];
+    snprintf(name, sizeof name, "op_%s", conv_cases[_i]);
+    e2g_st_file *f = ref_open(name);
+    int N = ref_meta_int(f, "N"), H = ref_meta_int(f, "H"), W = ref_meta_int(f, "W");
+    e2g_conv_shape cs = {ref_meta_int(f, "cin"), ref_meta_int(f, "cout"), ref_meta_int(f, "k"),
+                         ref_meta_int(f, "stride"), ref_meta_int(f, "pad"),
+                         ref_meta_int(f, "reflect") ? E2G_PAD_REFLECT : E2G_PAD_ZERO};
+    int has_bias = ref_meta_int(f, "bias");
+    int Ho = conv2d_out_size(H, &cs), Wo = conv2d_out_size(W, &cs);
+    size_t nx = (size_t)N * cs.cin * H * W, ny = (size_t)N * cs.cout * Ho * Wo;
+    size_t nw = (size_t)cs.cout * cs.cin * cs.k * cs.k;
+
+    float *x_ref = ref_tensor(f, "x", NULL), *w = ref_tensor(f, "weight", NULL);
+    float *b = has_bias ? ref_tensor(f, "bias", NULL) : NULL;
+    float *x = nchw_to_nhwc(x_ref, N, cs.cin, H, W);
+    float *out_ref = ref_tensor(f, "out", NULL), *dout_ref = ref_tensor(f, "dout", NULL);
+    float *want_out = nchw_to_nhwc(out_ref, N, cs.cout, Ho, Wo);
+    float *dout = nchw_to_nhwc(dout_ref, N, cs.cout, Ho, Wo);
+
+    float *out = malloc(ny * sizeof(float));
+    conv2d_forward(out, x, w, b, N, H, W, &cs);
+    check_out(name, out, want_out, ny);
+
+    float *dx = grad_buffer(nx), *dw = grad_buffer(nw), *db = grad_buffer(cs.cout);
+    conv2d_backward(dx, dw, has_bias ? db : NULL, dout, x, w, N, H, W, &cs);
+    float *dx_ref = ref_tensor(f, "dx", NULL);
+    float *want_dx = nchw_to_nhwc(dx_ref, N, cs.cin, H, W);
+    float *want_dw = ref_tensor(f, "dweight", NULL);
+    check_grad("dx", dx, want_dx, nx);
+    check_grad("dweight", dw, want_dw, nw);
+    if (has_bias) {
+        float *want_db = ref_tensor(f, "dbias", NULL);
+        check_grad("dbias", db, want_db, cs.cout);
+        free(want_db);
+    }
+    /* Input gradient alone (frozen weights, as LoRA fine-tuning runs it). */
+    float *dx_only = grad_buffer(nx);
+    conv2d_backward(dx_only, NULL, NULL, dout, x, w, N, H, W, &cs);
+    check_grad("dx (weights frozen)", dx_only, want_dx, nx);
+
+    free(x_ref), free(w), free(b), free(x), free(out_ref), free(dout_ref), free(want_out);
+    free(dout), free(out), free(dx), free(dw), free(db), free(dx_ref), free(want_dx);
+    free(want_dw), free(dx_only);
+    e2g_st_close(f);
+}
+END_TEST
+
+START_TEST(test_instancenorm) {
+    e2g_st_file *f = ref_open("op_instancenorm");
+    int N = ref_meta_int(f, "N"), C = ref_meta_int(f, "C"), H = ref_meta_int(f, "H"),
+        W = ref_meta_int(f, "W");
+    size_t n = (size_t)N * C * H * W;
+    float *x = nchw_to_nhwc(ref_tensor(f, "x", NULL), N, C, H, W);
+    float *w = ref_tensor(f, "weight", NULL), *b = ref_tensor(f, "bias", NULL);
+    float *out = malloc(n * sizeof(float)), *mean = malloc(N * C * sizeof(float)),
+          *rstd = malloc(N * C * sizeof(float));
+    instancenorm_forward(out, mean, rstd, x, w, b, N, H * W, C);
+    check_out("instancenorm out", out, nchw_to_nhwc(ref_tensor(f, "out", NULL), N, C, H, W), n);
+    float *dout = nchw_to_nhwc(ref_tensor(f, "dout", NULL), N, C, H, W);
+    float *dx = grad_buffer(n), *dw = grad_buffer(C), *db = grad_buffer(C);
+    instancenorm_backward(dx, dw, db, dout, x, mean, rstd, w, N, H * W, C);
+    check_grad("instancenorm dx", dx, nchw_to_nhwc(ref_tensor(f, "dx", NULL), N, C, H, W), n);
+    check_grad("instancenorm dweight", dw, ref_tensor(f, "dweight", NULL), C);
+    check_grad("instancenorm dbias", db, ref_tensor(f, "dbias", NULL), C);
+    e2g_st_close(f);
+}
+END_TEST
+
+START_TEST(test_layernorm) {
+    e2g_st_file *f = ref_open("op_layernorm");
+    int M = ref_meta_int(f, "M"), C = ref_meta_int(f, "C");
+    size_t n = (size_t)M * C;
+    float *x = ref_tensor(f, "x", NULL), *w = ref_tensor(f, "weight", NULL),
+          *b = ref_tensor(f, "bias", NULL);
+    float *out = malloc(n * sizeof(float)), *mean = malloc(M * sizeof(float)),
+          *rstd = malloc(M * sizeof(float));
+    layernorm_forward(out, mean, rstd, x, w, b, M, C);
+    check_out("layernorm out", out, ref_tensor(f, "out", NULL), n);
+    float *dx = grad_buffer(n), *dw = grad_buffer(C), *db = grad_buffer(C);
+    layernorm_backward(dx, dw, db, ref_tensor(f, "dout", NULL), x, mean, rstd, w, M, C);
+    check_grad("layernorm dx", dx, ref_tensor(f, "dx", NULL), n);
+    check_grad("layernorm dweight", dw, ref_tensor(f, "dweight", NULL), C);
+    check_grad("layernorm dbias", db, ref_tensor(f, "dbias", NULL), C);
+    e2g_st_close(f);
+}
+END_TEST
+
+START_TEST(test_linear) {
+    e2g_st_file *f = ref_open("op_linear");
+    int M = ref_meta_int(f, "M"), I = ref_meta_int(f, "in"), O = ref_meta_int(f, "out");
+    float *x = ref_tensor(f, "x", NULL), *w = ref_tensor(f, "weight", NULL),
+          *b = ref_tensor(f, "bias", NULL);
+    float *out = malloc((size_t)M * O * sizeof(float));
+    linear_forward(out, x, w, b, M, I, O, 0);
+    float *want = ref_tensor(f, "out", NULL);
+    check_out("linear out", out, want, (size_t)M * O);
+    /* accumulate mode adds onto what is there */
+    linear_forward(out, x, w, b, M, I, O, 1);
+    for (size_t i = 0; i < (size_t)M * O; i++) out[i] *= 0.5f;
+    check_out("linear out (accumulate)", out, want, (size_t)M * O);
+    float *dx = grad_buffer((size_t)M * I), *dw = grad_buffer((size_t)O * I), *db = grad_buffer(O);
+    linear_backward(dx, dw, db, ref_tensor(f, "dout", NULL), x, w, M, I, O);
+    check_grad("linear dx", dx, ref_tensor(f, "dx", NULL), (size_t)M * I);
+    check_grad("linear dweight", dw, ref_tensor(f, "dweight", NULL), (size_t)O * I);
+    check_grad("linear dbias", db, ref_tensor(f, "dbias", NULL), O);
+    e2g_st_close(f);
+}
+END_TEST
+
+START_TEST(test_activations) {
+    const char *names[] = {"relu", "leakyrelu", "gelu"};
+    for (int k = 0; k < 3; k++) {
+        char name[64];
+        snprintf(name, sizeof name, "op_%s", names[k]);
+        e2g_st_file *f = ref_open(name);
+        size_t n = ref_meta_int(f, "n");
+        float *x = ref_tensor(f, "x", NULL), *dout = ref_tensor(f, "dout", NULL);
+        float *out = malloc(n * sizeof(float)), *dx = grad_buffer(n);
+        if (k == 0) {
+            relu_forward(out, x, n);
+            relu_backward(dx, dout, out, n);
+        } else if (k == 1) {
+            leakyrelu_forward(out, x, 0.2f, n);
+            leakyrelu_backward(dx, dout, x, 0.2f, n);
+        } else {
+            gelu_forward(out, x, n);
+            gelu_backward(dx, dout, x, n);
+        }
+        check_out(name, out, ref_tensor(f, "out", NULL), n);
+        check_grad(name, dx, ref_tensor(f, "dx", NULL), n);
+        e2g_st_close(f);
+    }
+}
+END_TEST
+
+START_TEST(test_output) {
+    for (int residual = 0; residual < 2; residual++) {
+        char name[64];
+        snprintf(name, sizeof name, "op_output_res%d", residual);
+        e2g_st_file *f = ref_open(name);
+        size_t n = ref_meta_int(f, "n");
+        float *o = ref_tensor(f, "o", NULL), *x = ref_tensor(f, "x", NULL);
+        float *y = malloc(n * sizeof(float)), *d_o = grad_buffer(n), *dx = grad_buffer(n);
+        output_forward(y, o, x, residual, n);
+        check_out(name, y, ref_tensor(f, "out", NULL), n);
+        output_backward(d_o, dx, ref_tensor(f, "dout", NULL), y, x, residual, n);
+        check_grad("output do", d_o, ref_tensor(f, "do", NULL), n);
+        if (residual) check_grad("output dx", dx, ref_tensor(f, "dx", NULL), n);
+        e2g_st_close(f);
+    }
+}
+END_TEST
+
+START_TEST(test_upsample) {
+    e2g_st_file *f = ref_open("op_upsample");
+    int N = ref_meta_int(f, "N"), C = ref_meta_int(f, "C"), H = ref_meta_int(f, "H"),
+        W = ref_meta_int(f, "W");
+    size_t n = (size_t)N * C * H * W;
+    float *x = nchw_to_nhwc(ref_tensor(f, "x", NULL), N, C, H, W);
+    float *out = malloc(4 * n * sizeof(float)), *dx = grad_buffer(n);
+    upsample2x_forward(out, x, N, H, W, C);
+    check_out("upsample", out, nchw_to_nhwc(ref_tensor(f, "out", NULL), N, C, 2 * H, 2 * W), 4 * n);
+    upsample2x_backward(dx, nchw_to_nhwc(ref_tensor(f, "dout", NULL), N, C, 2 * H, 2 * W), N, H,
+                        W, C);
+    check_grad("upsample dx", dx, nchw_to_nhwc(ref_tensor(f, "dx", NULL), N, C, H, W), n);
+    e2g_st_close(f);
+}
+END_TEST
+
+START_TEST(test_losses) {
+    e2g_st_file *f = ref_open("losses");
+    size_t nr, nf, nx;
+    float *d_real = ref_tensor(f, "d_real", &nr), *d_fake = ref_tensor(f, "d_fake", &nf);
+    float *fake = ref_tensor(f, "fake", &nx), *target = ref_tensor(f, "target", NULL);
+    float *g_real = grad_buffer(nr), *g_fake = grad_buffer(nf), *g_img = grad_buffer(nx);
+    float loss_d = 0.5f * (mse_const_loss(g_real, d_real, 1.0f, nr, 0.5f) +
+                           mse_const_loss(g_fake, d_fake, 0.0f, nf, 0.5f));
+    float want = ref_tensor(f, "loss_d", NULL)[0];
+    check_out("loss_d", &loss_d, &want, 1);
+    check_grad("loss_d d_real", g_real, ref_tensor(f, "grad.loss_d.d_real", NULL), nr);
+    check_grad("loss_d d_fake", g_fake, ref_tensor(f, "grad.loss_d.d_fake", NULL), nf);
+    float *g_fake2 = grad_buffer(nf);
+    float loss_g = mse_const_loss(g_fake2, d_fake, 1.0f, nf, 1.0f);
+    want = ref_tensor(f, "loss_g_gan", NULL)[0];
+    check_out("loss_g_gan", &loss_g, &want, 1);
+    check_grad("loss_g_gan d_fake", g_fake2, ref_tensor(f, "grad.loss_g_gan.d_fake", NULL), nf);
+    float loss_l1 = l1_loss(g_img, fake, target, nx, 1.0f);
+    want = ref_tensor(f, "loss_l1", NULL)[0];
+    check_out("loss_l1", &loss_l1, &want, 1);
+    check_grad("loss_l1 fake", g_img, ref_tensor(f, "grad.loss_l1.fake", NULL), nx);
+    e2g_st_close(f);
+}
+END_TEST
+
+/* The comparison itself must catch a broken op: a ReLU that leaks like a
+ * LeakyReLU is far outside the output tolerance. */
+START_TEST(test_broken_op_is_caught) {
+    e2g_st_file *f = ref_open("op_relu");
+    size_t n = ref_meta_int(f, "n");
+    float *x = ref_tensor(f, "x", NULL), *out = malloc(n * sizeof(float));
+    leakyrelu_forward(out, x, 0.01f, n);
+    ck_assert(rel_error("broken relu (expected to fail)", out, ref_tensor(f, "out", NULL), n,
+                        TOL_OUT) > TOL_OUT);
+    e2g_st_close(f);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("ops");
+    TCase *tc = tcase_create("ops");
+    tcase_add_loop_test(tc, test_conv, 0, (int)(sizeof conv_cases / sizeof *conv_cases));
+    tcase_add_test(tc, test_instancenorm);
+    tcase_add_test(tc, test_layernorm);
+    tcase_add_test(tc, test_linear);
+    tcase_add_test(tc, test_activations);
+    tcase_add_test(tc, test_output);
+    tcase_add_test(tc, test_upsample);
+    tcase_add_test(tc, test_losses);
+    tcase_add_test(tc, test_broken_op_is_caught);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
