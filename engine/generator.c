@@ -133,9 +133,9 @@ static void add_tensor(e2g_tensor_entry *t, int *n, const char *name, float **sl
 static void add_linear(e2g_tensor_entry *t, int *n, const char *name, e2g_linear_params *lp,
                        int in, int out) {
     char buf[48];
-    snprintf(buf, sizeof buf, "%s.weight", name);
+    snprintf(buf, sizeof buf, "%.40s.weight", name);
     add_tensor(t, n, buf, &lp->w, 2, out, in, 0, 0);
-    snprintf(buf, sizeof buf, "%s.bias", name);
+    snprintf(buf, sizeof buf, "%.40s.bias", name);
     add_tensor(t, n, buf, &lp->b, 1, out, 0, 0, 0);
 }
 

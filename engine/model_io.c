@@ -46,7 +46,7 @@ static int read_table(const e2g_st_file *f, const char *prefix, const e2g_tensor
                       char *err) {
     for (int i = 0; i < n; i++) {
         char name[64];
-        snprintf(name, sizeof name, "%s%s", prefix, t[i].name);
+        snprintf(name, sizeof name, "%.8s%.48s", prefix, t[i].name);
         if (e2g_st_read_f32(f, name, t[i].ndim, t[i].shape, *t[i].slot, err)) return -1;
     }
     return 0;
@@ -169,7 +169,7 @@ static int add_table(e2g_st_writer *w, const char *prefix, const e2g_tensor_entr
                      char *err) {
     for (int i = 0; i < n; i++) {
         char name[64];
-        snprintf(name, sizeof name, "%s%s", prefix, t[i].name);
+        snprintf(name, sizeof name, "%.8s%.48s", prefix, t[i].name);
         if (e2g_st_writer_add(w, name, E2G_DTYPE_F32, t[i].ndim, t[i].shape, *t[i].slot, err))
             return -1;
     }

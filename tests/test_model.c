@@ -80,7 +80,7 @@ START_TEST(test_generator) {
     for (int i = 0; i < nt; i++) {
         if (strcmp(t[i].name, "concepts") == 0) continue; /* the test passes contexts directly */
         char gname[64];
-        snprintf(gname, sizeof gname, "grad.%s", t[i].name);
+        snprintf(gname, sizeof gname, "grad.%.48s", t[i].name);
         check(gname, *t[i].slot, ref_tensor(f, gname, NULL), t[i].numel, TOL_GRAD);
     }
     e2g_gen_acts_free(acts);
@@ -257,7 +257,7 @@ START_TEST(test_discriminator) {
     check("dtgt", dtgt, ref_image(f, "dtgt", N, H, W), img, TOL_GRAD);
     for (int i = 0; i < nt; i++) {
         char gname[64];
-        snprintf(gname, sizeof gname, "grad.%s", gt[i].name);
+        snprintf(gname, sizeof gname, "grad.%.48s", gt[i].name);
         check(gname, *gt[i].slot, ref_tensor(f, gname, NULL), gt[i].numel, TOL_GRAD);
     }
     e2g_disc_acts_free(a);

@@ -23,7 +23,7 @@ CASES = {
     "self_200": (1, 200, 200, 128, 2),
     "self_5_d32": (3, 5, 5, 32, 1),
     "cross_91x8": (2, 91, 8, 128, 2),
-    "cross_300x8_h1": (1, 300, 8, 64, 1),  # one key block: the engine splits the queries
+    "cross_300x8_h1": (1, 300, 8, 64, 1),  # one key-block task: split over queries when threads > 1
     "large_1100": (1, 1100, 1100, 64, 1),
 }
 

@@ -1,0 +1,64 @@
+/* infer.c — inference plans and whole-image edits (see infer.h). */
+#include "infer.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+
+struct e2g_infer {
+    const e2g_model *model;
+    int N, H, W;
+    e2g_gen_acts *acts;
+};
+
+e2g_infer *e2g_infer_new(const e2g_model *m, int N, int H, int W) {
+    e2g_infer *inf = e2g_xcalloc(1, sizeof *inf);
+    inf->model = m, inf->N = N, inf->H = H, inf->W = W;
+    inf->acts = e2g_gen_acts_new(&m->cfg, N, H, W, 0);
+    return inf;
+}
+
+void e2g_infer_free(e2g_infer *inf) {
+    if (!inf) return;
+    e2g_gen_acts_free(inf->acts);
+    free(inf);
+}
+
+void e2g_infer_run(e2g_infer *inf, float *y, const float *x, const e2g_edit *edits, int merged) {
+    const e2g_model *m = inf->model;
+    if (!merged || edits[0].n_terms == 0) {
+        e2g_gen_forward(inf->acts, y, &m->params, x, edits);
+        return;
+    }
+    e2g_gen_params params;
+    float *private_weights = e2g_gen_merge(&m->cfg, &params, &m->params, edits[0].terms, edits[0].n_terms);
+    e2g_edit *plain = e2g_xmalloc(inf->N * sizeof *plain);
+    for (int n = 0; n < inf->N; n++) {
+        plain[n] = edits[n];
+        plain[n].n_terms = 0;
+    }
+    e2g_gen_forward(inf->acts, y, &params, x, plain);
+    free(plain);
+    free(private_weights);
+}
+
+int e2g_infer_image(e2g_image *im, const e2g_model *m, const e2g_edit *edit, int merged, char *err) {
+    int pw, ph;
+    e2g_image_pad_dims(im->width, im->height, 8, &pw, &ph);
+    size_t n;
+    if (e2g_mul_size((size_t)pw * ph, 3 * sizeof(float), &n))
+        return e2g_fail(err, "image of %dx%d is too large", im->width, im->height);
+    float *x = malloc(n), *y = malloc(n);
+    if (!x || !y) {
+        free(x), free(y);
+        return e2g_fail(err, "not enough memory for a %dx%d image", im->width, im->height);
+    }
+    e2g_image_to_tensor(x, im, pw, ph);
+    e2g_infer *inf = e2g_infer_new(m, 1, ph, pw);
+    e2g_infer_run(inf, y, x, edit, merged);
+    e2g_infer_free(inf);
+    e2g_image_from_tensor(im, y, pw, ph);
+    free(x), free(y);
+    return 0;
+}
