@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "fastmath.h"
 
 /* Tile sizes: a BQ×BK score tile (64 KiB) and its operands stay in L2. */
 enum { BQ = 64, BK = 256 };
@@ -53,22 +54,7 @@ static float exp_shifted(float *x, int n, float shift) {
     float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
     for (int i = 0; i < n; i++) {
-        const float t = x[i];
-        /* t = e·ln2 + r with e = round(t/ln2), by the 1.5·2²³ trick
-         * (floorf would be a libm call here). */
-        const float e = (t * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-        const float r = t - e * 0.693359375f + e * 2.12194440e-4f;
-        float p = 1.9875691500e-4f;
-        p = p * r + 1.3981999507e-3f;
-        p = p * r + 8.3334519073e-3f;
-        p = p * r + 4.1665795894e-2f;
-        p = p * r + 1.6666665459e-1f;
-        p = p * r + 5.0000001201e-1f;
-        p = p * r * r + r + 1.0f;
-        const int32_t two_e_bits = ((int32_t)e + 127) << 23;
-        float two_e;
-        memcpy(&two_e, &two_e_bits, sizeof two_e);
-        x[i] = p * two_e;
+        x[i] = fast_exp_in_range(x[i]);
         sum += x[i];
     }
     return sum;

@@ -162,10 +162,11 @@ void block_forward(block_acts *b, const conv_spec *s, const e2g_conv_params *cp,
     if (s->crucial >= 0) lora_conv_forward(b->pre, src, edits, s->crucial, &s->conv, N, b->H, b->W);
     size_t n = block_out_size(b, s, N);
     if (s->norm)
-        instancenorm_forward(b->out, b->mean, b->rstd, b->pre, cp->norm_w, cp->norm_b, N,
+        instancenorm_forward(b->out, b->mean, b->rstd, b->pre, cp->norm_w, cp->norm_b,
+                             s->act == ACT_RELU, N,
                              b->Ho * b->Wo, s->conv.cout);
     const float *act_in = s->norm ? b->out : b->pre;
-    if (s->act == ACT_RELU) relu_forward(b->out, act_in, n);
+    if (s->act == ACT_RELU && !s->norm) relu_forward(b->out, act_in, n);
     if (s->act == ACT_LRELU) leakyrelu_forward(b->out, act_in, LRELU_SLOPE, n);
 }
 

@@ -10,77 +10,124 @@
 #include <string.h>
 
 #include "common.h"
+#include "fastmath.h"
 
 #define NORM_EPS 1e-5
 
 /* ---- instance norm ---------------------------------------------------------- */
 
-void instancenorm_forward(float *out, float *mean, float *rstd, const float *inp,
-                          const float *weight, const float *bias, int N, int HW, int C) {
-#pragma omp parallel for collapse(2) schedule(static)
+#define SUM_BLOCK 256 /* pixels summed in float before joining the double total */
+
+/* Per (sample, channel): s1 = Σ a, s2 = Σ a·b over the HW pixels of NHWC
+ * tensors.  Rows are read contiguously (vectorised over channels) in blocks
+ * of SUM_BLOCK pixels spread over the threads; block sums meet in double. */
+static void channel_sums(double *s1, double *s2, const float *a, const float *b, int N, int HW,
+                         int C) {
+    int nb = (HW + SUM_BLOCK - 1) / SUM_BLOCK;
+    double *part = e2g_xmalloc((size_t)N * nb * 2 * C * sizeof(double));
+#pragma omp parallel
+    {
+        float *acc = e2g_xmalloc(2 * (size_t)C * sizeof(float));
+#pragma omp for collapse(2) schedule(static)
+        for (int n = 0; n < N; n++)
+            for (int blk = 0; blk < nb; blk++) {
+                memset(acc, 0, 2 * (size_t)C * sizeof(float));
+                int end = (blk + 1) * SUM_BLOCK < HW ? (blk + 1) * SUM_BLOCK : HW;
+                for (int i = blk * SUM_BLOCK; i < end; i++) {
+                    const float *x = a + ((size_t)n * HW + i) * C, *y = b + ((size_t)n * HW + i) * C;
+#pragma omp simd
+                    for (int c = 0; c < C; c++) {
+                        acc[c] += x[c];
+                        acc[C + c] += x[c] * y[c];
+                    }
+                }
+                double *dst = part + ((size_t)n * nb + blk) * 2 * C;
+                for (int c = 0; c < 2 * C; c++) dst[c] = acc[c];
+            }
+        free(acc);
+    }
     for (int n = 0; n < N; n++)
         for (int c = 0; c < C; c++) {
-            const float *x = inp + (size_t)n * HW * C + c;
-            double s = 0, ss = 0;
-            for (int i = 0; i < HW; i++) {
-                double v = x[(size_t)i * C];
-                s += v;
-                ss += v * v;
+            double t1 = 0, t2 = 0;
+            for (int blk = 0; blk < nb; blk++) {
+                t1 += part[((size_t)n * nb + blk) * 2 * C + c];
+                t2 += part[((size_t)n * nb + blk) * 2 * C + C + c];
             }
-            double m = s / HW, var = fmax(ss / HW - m * m, 0.0);
-            mean[n * C + c] = (float)m;
-            rstd[n * C + c] = (float)(1.0 / sqrt(var + NORM_EPS));
+            s1[n * C + c] = t1;
+            s2[n * C + c] = t2;
         }
+    free(part);
+}
+
+/* out = inp·scale[n,c] + shift[n,c], then ReLU when asked. */
+static void channel_affine(float *out, const float *inp, const float *scale, const float *shift,
+                           int relu, int N, int HW, int C) {
 #pragma omp parallel for collapse(2) schedule(static)
     for (int n = 0; n < N; n++)
         for (int i = 0; i < HW; i++) {
-            const float *x = inp + ((size_t)n * HW + i) * C;
+            const float *x = inp + ((size_t)n * HW + i) * C, *sc = scale + n * C, *sh = shift + n * C;
             float *y = out + ((size_t)n * HW + i) * C;
-            const float *m = mean + n * C, *r = rstd + n * C;
-            for (int c = 0; c < C; c++) y[c] = (x[c] - m[c]) * r[c] * weight[c] + bias[c];
+            if (relu) {
+#pragma omp simd
+                for (int c = 0; c < C; c++) {
+                    const float v = x[c] * sc[c] + sh[c];
+                    y[c] = v > 0.0f ? v : 0.0f;
+                }
+            } else {
+#pragma omp simd
+                for (int c = 0; c < C; c++) y[c] = x[c] * sc[c] + sh[c];
+            }
         }
+}
+
+void instancenorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                          const float *weight, const float *bias, int relu, int N, int HW, int C) {
+    double *s1 = e2g_xmalloc((size_t)N * C * sizeof(double)), *s2 = e2g_xmalloc((size_t)N * C * sizeof(double));
+    float *scale = e2g_xmalloc((size_t)N * C * sizeof(float)), *shift = e2g_xmalloc((size_t)N * C * sizeof(float));
+    channel_sums(s1, s2, inp, inp, N, HW, C);
+    for (int k = 0; k < N * C; k++) {
+        double m = s1[k] / HW, var = fmax(s2[k] / HW - m * m, 0.0), r = 1.0 / sqrt(var + NORM_EPS);
+        mean[k] = (float)m;
+        rstd[k] = (float)r;
+        scale[k] = (float)(r * weight[k % C]);
+        shift[k] = (float)(bias[k % C] - m * r * weight[k % C]);
+    }
+    channel_affine(out, inp, scale, shift, relu, N, HW, C);
+    free(s1), free(s2), free(scale), free(shift);
 }
 
 void instancenorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                            const float *inp, const float *mean, const float *rstd,
                            const float *weight, int N, int HW, int C) {
-    /* Per (n, c): the sums of dy·w and dy·w·x̂ give the input gradient. */
-    double *sum_dy = e2g_xcalloc((size_t)N * C, sizeof(double));
-    double *sum_dyx = e2g_xcalloc((size_t)N * C, sizeof(double));
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int n = 0; n < N; n++)
-        for (int c = 0; c < C; c++) {
-            const float *x = inp + (size_t)n * HW * C + c, *dy = dout + (size_t)n * HW * C + c;
-            float m = mean[n * C + c], r = rstd[n * C + c];
-            double a = 0, b = 0;
-            for (int i = 0; i < HW; i++) {
-                double g = dy[(size_t)i * C];
-                a += g;
-                b += g * ((x[(size_t)i * C] - m) * r);
-            }
-            sum_dy[n * C + c] = a;
-            sum_dyx[n * C + c] = b;
-        }
-    for (int n = 0; n < N; n++)
-        for (int c = 0; c < C; c++) {
-            if (dbias) dbias[c] += (float)sum_dy[n * C + c];
-            if (dweight) dweight[c] += (float)sum_dyx[n * C + c];
-        }
+    /* Σ dy and Σ dy·x̂ per (n, c) give every gradient; Σ dy·x̂ = r(Σ dy·x − m Σ dy). */
+    double *sum_dy = e2g_xmalloc((size_t)N * C * sizeof(double)), *sum_dyx = e2g_xmalloc((size_t)N * C * sizeof(double));
+    channel_sums(sum_dy, sum_dyx, dout, inp, N, HW, C);
+    for (int k = 0; k < N * C; k++) {
+        sum_dyx[k] = rstd[k] * (sum_dyx[k] - mean[k] * sum_dy[k]);
+        if (dbias) dbias[k % C] += (float)sum_dy[k];
+        if (dweight) dweight[k % C] += (float)sum_dyx[k];
+    }
     if (dinp) {
+        /* dx = r·w·(dy − mean(dy) − x̂·mean(dy·x̂)) = a·dy + b·x + c per (n, c) */
+        float *ka = e2g_xmalloc(3 * (size_t)N * C * sizeof(float)), *kb = ka + N * C, *kc = kb + N * C;
+        for (int k = 0; k < N * C; k++) {
+            double r = rstd[k], w = weight[k % C], mdy = sum_dy[k] / HW, mdyx = sum_dyx[k] / HW;
+            ka[k] = (float)(r * w);
+            kb[k] = (float)(-r * w * mdyx * r);
+            kc[k] = (float)(r * w * (-mdy + mdyx * r * mean[k]));
+        }
 #pragma omp parallel for collapse(2) schedule(static)
         for (int n = 0; n < N; n++)
             for (int i = 0; i < HW; i++) {
                 size_t row = ((size_t)n * HW + i) * C;
-                for (int c = 0; c < C; c++) {
-                    float r = rstd[n * C + c], xhat = (inp[row + c] - mean[n * C + c]) * r;
-                    float mdy = (float)(sum_dy[n * C + c] / HW) * weight[c];
-                    float mdyx = (float)(sum_dyx[n * C + c] / HW) * weight[c];
-                    dinp[row + c] += r * (dout[row + c] * weight[c] - mdy - xhat * mdyx);
-                }
+                const float *a = ka + n * C, *b = kb + n * C, *c0 = kc + n * C;
+#pragma omp simd
+                for (int c = 0; c < C; c++)
+                    dinp[row + c] += a[c] * dout[row + c] + b[c] * inp[row + c] + c0[c];
             }
+        free(ka);
     }
-    free(sum_dy);
-    free(sum_dyx);
+    free(sum_dy), free(sum_dyx);
 }
 
 /* ---- layer norm -------------------------------------------------------------- */
@@ -196,17 +243,17 @@ void leakyrelu_backward(float *dinp, const float *dout, const float *inp, float 
 #define GELU_C 0.044715f
 
 void gelu_forward(float *out, const float *inp, size_t n) {
-#pragma omp parallel for schedule(static) if (n > 32768)
+#pragma omp parallel for simd schedule(static) if (n > 32768)
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
-        out[i] = 0.5f * x * (1.0f + tanhf(GELU_K * (x + GELU_C * x * x * x)));
+        out[i] = 0.5f * x * (1.0f + fast_tanh(GELU_K * (x + GELU_C * x * x * x)));
     }
 }
 
 void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n) {
-#pragma omp parallel for schedule(static) if (n > 32768)
+#pragma omp parallel for simd schedule(static) if (n > 32768)
     for (size_t i = 0; i < n; i++) {
-        float x = inp[i], t = tanhf(GELU_K * (x + GELU_C * x * x * x));
+        float x = inp[i], t = fast_tanh(GELU_K * (x + GELU_C * x * x * x));
         float dt = GELU_K * (1.0f + 3.0f * GELU_C * x * x) * (1.0f - t * t);
         dinp[i] += dout[i] * (0.5f * (1.0f + t) + 0.5f * x * dt);
     }
@@ -221,7 +268,7 @@ void output_forward(float *y, const float *o, const float *x, int residual, size
     for (size_t i = 0; i < n; i++) {
         float logit = o[i];
         if (residual) logit += atanhf(fminf(fmaxf(x[i], -OUT_CLAMP), OUT_CLAMP));
-        y[i] = tanhf(logit);
+        y[i] = fast_tanh(logit);
     }
 }
 

@@ -9,9 +9,11 @@
 #include <stddef.h>
 
 /* Instance norm over HW per (sample, channel), affine, eps 1e-5, biased
- * variance.  x: (N, HW, C); mean, rstd: (N, C) saved for the backward. */
+ * variance, followed by a ReLU when relu is set (fused: one pass).
+ * x: (N, HW, C); mean, rstd: (N, C) saved for the backward, which is the
+ * norm's alone (the caller handles the ReLU's).  out may alias inp. */
 void instancenorm_forward(float *out, float *mean, float *rstd, const float *inp,
-                          const float *weight, const float *bias, int N, int HW, int C);
+                          const float *weight, const float *bias, int relu, int N, int HW, int C);
 void instancenorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                            const float *inp, const float *mean, const float *rstd,
                            const float *weight, int N, int HW, int C);

@@ -94,8 +94,14 @@ START_TEST(test_instancenorm) {
     float *w = ref_tensor(f, "weight", NULL), *b = ref_tensor(f, "bias", NULL);
     float *out = malloc(n * sizeof(float)), *mean = malloc(N * C * sizeof(float)),
           *rstd = malloc(N * C * sizeof(float));
-    instancenorm_forward(out, mean, rstd, x, w, b, N, H * W, C);
-    check_out("instancenorm out", out, nchw_to_nhwc(ref_tensor(f, "out", NULL), N, C, H, W), n);
+    instancenorm_forward(out, mean, rstd, x, w, b, 0, N, H * W, C);
+    float *want = nchw_to_nhwc(ref_tensor(f, "out", NULL), N, C, H, W);
+    check_out("instancenorm out", out, want, n);
+    /* the fused ReLU variant gives relu(norm) */
+    float *fused = malloc(n * sizeof(float));
+    instancenorm_forward(fused, mean, rstd, x, w, b, 1, N, H * W, C);
+    for (size_t i = 0; i < n; i++) want[i] = want[i] > 0 ? want[i] : 0;
+    check_out("instancenorm+relu out", fused, want, n);
     float *dout = nchw_to_nhwc(ref_tensor(f, "dout", NULL), N, C, H, W);
     float *dx = grad_buffer(n), *dw = grad_buffer(C), *db = grad_buffer(C);
     instancenorm_backward(dx, dw, db, dout, x, mean, rstd, w, N, H * W, C);

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# setup.sh — installs what e2gan builds and tests with (Debian 12), then
+# configures and builds it into build/.  Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+  cmake gcc make pkg-config     # the build
+  libdnnl-dev                   # oneDNN: CPU convolutions and sgemm
+  libjansson-dev                # JSON: safetensors headers, adapter configs
+  libturbojpeg0-dev libpng-dev  # image codecs
+  libssl-dev                    # SHA-256 of base files (adapters bind to it)
+  check                         # unit-test framework
+  python3-torch python3-numpy   # PyTorch: the reference the tests compare with
+  imagemagick                   # real JPEG/PNG variants for the image tests
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=sudo
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# nvcc builds kernels/ when present (CUDA is optional).
+if [ -z "${CUDACXX:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then
+  export CUDACXX=/usr/local/cuda/bin/nvcc
+fi
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DE2G_WERROR=ON >/dev/null
+cmake --build build -j"$(nproc)"
