@@ -44,7 +44,10 @@ static dnnl_engine_t cpu_engine(void) {
 
 /* ---- per-thread scratch buffers ------------------------------------------ */
 
-enum { SCRATCH_PAD, SCRATCH_W, SCRATCH_DSRC, SCRATCH_DW, SCRATCH_DW_USER, SCRATCH_DB, SCRATCH_N };
+enum {
+    SCRATCH_PAD, SCRATCH_W, SCRATCH_DSRC, SCRATCH_DW, SCRATCH_DW_USER, SCRATCH_DB,
+    SCRATCH_PHASE_W, SCRATCH_PHASES, SCRATCH_N
+};
 static _Thread_local struct {
     void *ptr;
     size_t bytes;
@@ -61,8 +64,10 @@ static void *scratch(int slot, size_t bytes) {
 
 /* ---- plans ----------------------------------------------------------------- */
 
+/* One oneDNN convolution: sizes of its (already reflect-padded) input and
+ * its zero padding on each side, top, left, bottom, right. */
 typedef struct {
-    int N, H, W, cin, cout, k, stride, pad, has_bias; /* H, W after any reflect pad */
+    int N, H, W, cin, cout, k, stride, pad_t, pad_l, pad_b, pad_r, has_bias;
 } plan_key;
 
 typedef struct {
@@ -123,21 +128,17 @@ static dnnl_primitive_t make_reorder(const dnnl_memory_desc_t *from, const dnnl_
     return prim;
 }
 
-static void conv_dims(const plan_key *k, int Ho, int Wo, dnnl_dims_t strides, dnnl_dims_t pad_l,
-                      dnnl_dims_t pad_r) {
+static void conv_dims(const plan_key *k, dnnl_dims_t strides, dnnl_dims_t pad_l, dnnl_dims_t pad_r) {
     strides[0] = strides[1] = k->stride;
-    pad_l[0] = pad_l[1] = k->pad;
-    /* PyTorch pads symmetrically and floors; oneDNN wants the right pad that
-     * makes the output size exact. */
-    pad_r[0] = (dnnl_dim_t)(Ho - 1) * k->stride + k->k - k->H - k->pad;
-    pad_r[1] = (dnnl_dim_t)(Wo - 1) * k->stride + k->k - k->W - k->pad;
+    pad_l[0] = k->pad_t, pad_l[1] = k->pad_l;
+    pad_r[0] = k->pad_b, pad_r[1] = k->pad_r;
 }
 
 static conv_plan *plan_create(const plan_key *key) {
     conv_plan *p = e2g_xcalloc(1, sizeof *p);
     p->key = *key;
-    p->Ho = (key->H + 2 * key->pad - key->k) / key->stride + 1;
-    p->Wo = (key->W + 2 * key->pad - key->k) / key->stride + 1;
+    p->Ho = (key->H + key->pad_t + key->pad_b - key->k) / key->stride + 1;
+    p->Wo = (key->W + key->pad_l + key->pad_r - key->k) / key->stride + 1;
     dnnl_dims_t src_dims = {key->N, key->cin, key->H, key->W};
     dnnl_dims_t dst_dims = {key->N, key->cout, p->Ho, p->Wo};
     dnnl_dims_t w_dims = {key->cout, key->cin, key->k, key->k};
@@ -150,7 +151,7 @@ static conv_plan *plan_create(const plan_key *key) {
     DNNL_CHECK(dnnl_memory_desc_init_by_tag(&p->bias_md, 1, b_dims, dnnl_f32, dnnl_x));
 
     dnnl_dims_t strides, pad_l, pad_r;
-    conv_dims(key, p->Ho, p->Wo, strides, pad_l, pad_r);
+    conv_dims(key, strides, pad_l, pad_r);
     dnnl_convolution_desc_t desc;
     DNNL_CHECK(dnnl_convolution_forward_desc_init(
         &desc, dnnl_forward_training, dnnl_convolution_direct, &p->src_md, &w_any,
@@ -169,7 +170,7 @@ static void plan_add_backward(conv_plan *p) {
     dnnl_memory_desc_t w_any;
     DNNL_CHECK(dnnl_memory_desc_init_by_tag(&w_any, 4, w_dims, dnnl_f32, dnnl_format_tag_any));
     dnnl_dims_t strides, pad_l, pad_r;
-    conv_dims(key, p->Ho, p->Wo, strides, pad_l, pad_r);
+    conv_dims(key, strides, pad_l, pad_r);
 
     dnnl_convolution_desc_t desc;
     dnnl_primitive_desc_t pd;
@@ -255,25 +256,15 @@ int conv2d_out_size(int n, const e2g_conv_shape *cs) {
     return (n + 2 * cs->pad - cs->k) / cs->stride + 1;
 }
 
-/* The input oneDNN sees: the reflect-padded copy, or inp itself. */
-static const float *conv_source(const float *inp, int N, int H, int W, const e2g_conv_shape *cs,
-                                plan_key *key) {
-    int reflect = cs->pad_mode == E2G_PAD_REFLECT && cs->pad > 0;
-    int p = reflect ? cs->pad : 0;
-    *key = (plan_key){N, H + 2 * p, W + 2 * p, cs->cin, cs->cout, cs->k, cs->stride,
-                      reflect ? 0 : cs->pad, 0};
-    if (!reflect) return inp;
-    float *padded = scratch(SCRATCH_PAD, (size_t)N * key->H * key->W * cs->cin * sizeof(float));
-    pad_reflect_forward(padded, inp, N, H, W, cs->cin, p);
-    return padded;
+static void add_into(float *dst, const float *src, size_t n) {
+#pragma omp parallel for schedule(static) if (n > 32768)
+    for (size_t i = 0; i < n; i++) dst[i] += src[i];
 }
 
-void conv2d_forward(float *out, const float *inp, const float *weight, const float *bias, int N,
-                    int H, int W, const e2g_conv_shape *cs) {
-    plan_key key;
-    const float *src = conv_source(inp, N, H, W, cs, &key);
-    key.has_bias = bias != NULL;
-    conv_plan *p = plan_get(&key);
+/* out = conv(src) for one plan key. */
+static void run_forward(const plan_key *key, float *out, const float *src, const float *weight,
+                        const float *bias) {
+    conv_plan *p = plan_get(key);
     const float *w = reordered(p->w_to_fwd, weight, SCRATCH_W, p->fwd_w_bytes);
     exec_args a = {0};
     arg_add(&a, DNNL_ARG_SRC, &p->src_md, src);
@@ -283,48 +274,162 @@ void conv2d_forward(float *out, const float *inp, const float *weight, const flo
     exec_and_release(p->fwd, &a);
 }
 
-static void add_into(float *dst, const float *src, size_t n) {
-#pragma omp parallel for schedule(static) if (n > 32768)
-    for (size_t i = 0; i < n; i++) dst[i] += src[i];
-}
-
-void conv2d_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
-                     const float *weight, int N, int H, int W, const e2g_conv_shape *cs) {
-    plan_key key;
-    const float *src = conv_source(inp, N, H, W, cs, &key);
-    /* The bias gradient is a by-product of the weights primitive; a plan
-     * with a bias is only needed when that gradient is wanted. */
-    key.has_bias = dbias != NULL;
-    conv_plan *p = plan_get(&key);
+/* Gradients of one plan key's conv.  Returns the input gradient in a
+ * scratch buffer (or NULL when want_dsrc is 0); the weight gradient, in
+ * OIHW, and the bias gradient are also left in scratch (*dw, *db; NULL when
+ * not wanted).  Callers fold these into their own accumulators. */
+static float *run_backward(const plan_key *key, int want_dsrc, const float **dw, const float **db,
+                           const float *dout, const float *src, const float *weight) {
+    conv_plan *p = plan_get(key);
     if (!p->bwd_data) plan_add_backward(p);
-
-    if (dinp) {
-        size_t src_n = (size_t)N * key.H * key.W * cs->cin;
-        float *dsrc = scratch(SCRATCH_DSRC, src_n * sizeof(float));
+    float *dsrc = NULL;
+    if (want_dsrc) {
+        dsrc = scratch(SCRATCH_DSRC, (size_t)key->N * key->H * key->W * key->cin * sizeof(float));
         const float *w = reordered(p->w_to_bwd, weight, SCRATCH_W, p->bwd_w_bytes);
         exec_args a = {0};
         arg_add(&a, DNNL_ARG_DIFF_DST, &p->dst_md, dout);
         arg_add(&a, DNNL_ARG_WEIGHTS, prim_md(p->bwd_data, dnnl_query_weights_md), w);
         arg_add(&a, DNNL_ARG_DIFF_SRC, &p->src_md, dsrc);
         exec_and_release(p->bwd_data, &a);
-        if (key.H != H)
-            pad_reflect_backward(dinp, dsrc, N, H, W, cs->cin, (key.H - H) / 2);
-        else
-            add_into(dinp, dsrc, src_n);
     }
-    if (dweight || dbias) {
-        size_t w_n = (size_t)cs->cout * cs->cin * cs->k * cs->k;
-        float *dw = scratch(SCRATCH_DW, p->dw_bytes);
-        float *db = dbias ? scratch(SCRATCH_DB, (size_t)cs->cout * sizeof(float)) : NULL;
+    if (dw) {
+        size_t w_n = (size_t)key->cout * key->cin * key->k * key->k;
+        float *dw_blocked = scratch(SCRATCH_DW, p->dw_bytes);
+        float *dbias = key->has_bias ? scratch(SCRATCH_DB, (size_t)key->cout * sizeof(float)) : NULL;
         exec_args a = {0};
         arg_add(&a, DNNL_ARG_SRC, &p->src_md, src);
         arg_add(&a, DNNL_ARG_DIFF_DST, &p->dst_md, dout);
-        arg_add(&a, DNNL_ARG_DIFF_WEIGHTS, prim_md(p->bwd_weights, dnnl_query_diff_weights_md), dw);
-        if (db) arg_add(&a, DNNL_ARG_DIFF_BIAS, &p->bias_md, db);
+        arg_add(&a, DNNL_ARG_DIFF_WEIGHTS, prim_md(p->bwd_weights, dnnl_query_diff_weights_md), dw_blocked);
+        if (dbias) arg_add(&a, DNNL_ARG_DIFF_BIAS, &p->bias_md, dbias);
         exec_and_release(p->bwd_weights, &a);
-        if (dweight)
-            add_into(dweight, reordered(p->dw_to_user, dw, SCRATCH_DW_USER, w_n * sizeof(float)), w_n);
-        if (dbias) add_into(dbias, db, cs->cout);
+        *dw = reordered(p->dw_to_user, dw_blocked, SCRATCH_DW_USER, w_n * sizeof(float));
+        if (db) *db = dbias;
+    }
+    return dsrc;
+}
+
+/* The plan key of a layer, and the input oneDNN sees: the reflect-padded
+ * copy in scratch, or inp itself. */
+static const float *conv_source(const float *inp, int N, int H, int W, const e2g_conv_shape *cs,
+                                int has_bias, plan_key *key) {
+    int reflect = cs->pad_mode == E2G_PAD_REFLECT && cs->pad > 0;
+    int p = reflect ? cs->pad : 0, zp = reflect ? 0 : cs->pad;
+    int Ho = conv2d_out_size(H, cs), Wo = conv2d_out_size(W, cs);
+    *key = (plan_key){N, H + 2 * p, W + 2 * p, cs->cin, cs->cout, cs->k, cs->stride, zp, zp, 0, 0,
+                      has_bias};
+    /* PyTorch pads symmetrically and floors; oneDNN wants the bottom/right
+     * pad that makes the output size exact. */
+    key->pad_b = (Ho - 1) * cs->stride + cs->k - key->H - zp;
+    key->pad_r = (Wo - 1) * cs->stride + cs->k - key->W - zp;
+    if (!reflect) return inp;
+    float *padded = scratch(SCRATCH_PAD, (size_t)N * key->H * key->W * cs->cin * sizeof(float));
+    pad_reflect_forward(padded, inp, N, H, W, cs->cin, p);
+    return padded;
+}
+
+void conv2d_forward(float *out, const float *inp, const float *weight, const float *bias, int N,
+                    int H, int W, const e2g_conv_shape *cs) {
+    plan_key key;
+    const float *src = conv_source(inp, N, H, W, cs, bias != NULL, &key);
+    run_forward(&key, out, src, weight, bias);
+}
+
+void conv2d_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                     const float *weight, int N, int H, int W, const e2g_conv_shape *cs) {
+    plan_key key;
+    /* The bias gradient is a by-product of the weights primitive; a plan
+     * with a bias is only needed when that gradient is wanted. */
+    const float *src = conv_source(inp, N, H, W, cs, dbias != NULL, &key);
+    const float *dw = NULL, *db = NULL;
+    float *dsrc = run_backward(&key, dinp != NULL, (dweight || dbias) ? &dw : NULL, &db, dout, src, weight);
+    if (dinp && key.H != H)
+        pad_reflect_backward(dinp, dsrc, N, H, W, cs->cin, (key.H - H) / 2);
+    else if (dinp)
+        add_into(dinp, dsrc, (size_t)N * H * W * cs->cin);
+    if (dweight) add_into(dweight, dw, (size_t)cs->cout * cs->cin * cs->k * cs->k);
+    if (dbias) add_into(dbias, db, cs->cout);
+}
+
+/* ---- nearest ×2 upsample fused into a 3×3 conv ---------------------------------- */
+
+/* Output row 2i+a of "upsample, then 3×3 conv with zero pad 1" reads
+ * upsampled rows 2i+a−1 .. 2i+a+1, i.e. input rows i−1, i (a = 0) or i, i+1
+ * (a = 1): each output phase (a, b) is a 2×2 conv of the input whose taps
+ * sum the 3×3 taps that land on the same input pixel.  TAP_GROUP[a][ky] is
+ * the 2×2 tap that 3×3 tap ky joins in phase a.  4·4 instead of 4·9 MACs
+ * per input pixel, and no upsampled copy in memory. */
+static const int TAP_GROUP[2][3] = {{0, 1, 1}, {0, 0, 1}};
+
+static plan_key phase_key(int N, int H, int W, int cin, int cout, int has_bias, int a, int b) {
+    return (plan_key){N, H, W, cin, cout, 2, 1, a == 0, b == 0, a == 1, b == 1, has_bias};
+}
+
+/* The 2×2 kernels of the four phases, (4, cout, cin, 2, 2), from (cout, cin, 3, 3). */
+static float *phase_weights(const float *weight, int cin, int cout) {
+    size_t per = (size_t)cout * cin;
+    float *k = scratch(SCRATCH_PHASE_W, 4 * per * 4 * sizeof(float));
+    memset(k, 0, 4 * per * 4 * sizeof(float));
+    for (int a = 0; a < 2; a++)
+        for (int b = 0; b < 2; b++)
+            for (size_t oc_ic = 0; oc_ic < per; oc_ic++)
+                for (int ky = 0; ky < 3; ky++)
+                    for (int kx = 0; kx < 3; kx++)
+                        k[((size_t)(a * 2 + b) * per + oc_ic) * 4 + TAP_GROUP[a][ky] * 2 + TAP_GROUP[b][kx]] +=
+                            weight[oc_ic * 9 + ky * 3 + kx];
+    return k;
+}
+
+/* Phase-major (4, N, H, W, C) ↔ interleaved image (N, 2H, 2W, C):
+ * to_image 1 copies phases into the image, 0 the image into phases. */
+static void shuffle_phases(float *dst, const float *src, int N, int H, int W, int C, int to_image) {
+    size_t plane = (size_t)N * H * W * C, row = (size_t)C * sizeof(float);
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int n = 0; n < N; n++)
+        for (int y = 0; y < 2 * H; y++)
+            for (int b = 0; b < 2; b++) {
+                size_t ph = (size_t)((y % 2) * 2 + b) * plane + ((size_t)n * H + y / 2) * W * C;
+                size_t im = (((size_t)n * 2 * H + y) * 2 * W + b) * C;
+                for (int x = 0; x < W; x++) {
+                    if (to_image)
+                        memcpy(dst + im + (size_t)2 * x * C, src + ph + (size_t)x * C, row);
+                    else
+                        memcpy(dst + ph + (size_t)x * C, src + im + (size_t)2 * x * C, row);
+                }
+            }
+}
+
+void upconv2x_forward(float *out, const float *inp, const float *weight, const float *bias, int N,
+                      int H, int W, int cin, int cout) {
+    size_t plane = (size_t)N * H * W * cout;
+    float *k = phase_weights(weight, cin, cout);
+    float *phases = scratch(SCRATCH_PHASES, 4 * plane * sizeof(float));
+    for (int ph = 0; ph < 4; ph++) {
+        plan_key key = phase_key(N, H, W, cin, cout, bias != NULL, ph / 2, ph % 2);
+        run_forward(&key, phases + ph * plane, inp, k + (size_t)ph * cout * cin * 4, bias);
+    }
+    shuffle_phases(out, phases, N, H, W, cout, 1);
+}
+
+void upconv2x_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                       const float *inp, const float *weight, int N, int H, int W, int cin,
+                       int cout) {
+    size_t plane = (size_t)N * H * W * cout, per = (size_t)cout * cin;
+    float *dphases = scratch(SCRATCH_PHASES, 4 * plane * sizeof(float));
+    shuffle_phases(dphases, dout, N, H, W, cout, 0);
+    const float *k = phase_weights(weight, cin, cout);
+    for (int ph = 0; ph < 4; ph++) {
+        int a = ph / 2, b = ph % 2;
+        plan_key key = phase_key(N, H, W, cin, cout, dbias != NULL, a, b);
+        const float *dk = NULL, *db = NULL;
+        float *dsrc = run_backward(&key, dinp != NULL, (dweight || dbias) ? &dk : NULL, &db,
+                                   dphases + ph * plane, inp, k + (size_t)ph * per * 4);
+        if (dinp) add_into(dinp, dsrc, (size_t)N * H * W * cin);
+        if (dbias) add_into(dbias, db, cout);
+        if (!dweight) continue;
+        for (size_t oc_ic = 0; oc_ic < per; oc_ic++)
+            for (int ky = 0; ky < 3; ky++)
+                for (int kx = 0; kx < 3; kx++)
+                    dweight[oc_ic * 9 + ky * 3 + kx] += dk[oc_ic * 4 + TAP_GROUP[a][ky] * 2 + TAP_GROUP[b][kx]];
     }
 }
 

@@ -26,6 +26,16 @@ void conv2d_backward(float *dinp, float *dweight, float *dbias, const float *dou
                      const float *inp, const float *weight, int N, int H, int W,
                      const e2g_conv_shape *cs);
 
+/* Nearest ×2 upsample followed by a 3×3, stride-1, zero-pad-1 conv, without
+ * the upsampled copy: inp (N, H, W, cin) → out (N, 2H, 2W, cout); weight
+ * (cout, cin, 3, 3), bias (cout) or NULL.  The backward accumulates like
+ * conv2d_backward's. */
+void upconv2x_forward(float *out, const float *inp, const float *weight, const float *bias, int N,
+                      int H, int W, int cin, int cout);
+void upconv2x_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                       const float *inp, const float *weight, int N, int H, int W, int cin,
+                       int cout);
+
 /* Reflect padding by p on every side (PyTorch 'reflect'), NHWC.  The
  * backward folds the padded gradient back and accumulates into dinp. */
 void pad_reflect_forward(float *out, const float *inp, int N, int H, int W, int C, int p);

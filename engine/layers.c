@@ -14,11 +14,10 @@ float *arena_take(arena *a, size_t n) {
 }
 
 void block_plan(block_acts *b, arena *ar, const conv_spec *s, int N, int H, int W) {
-    if (s->upsample) H *= 2, W *= 2;
     b->H = H, b->W = W;
-    b->Ho = conv2d_out_size(H, &s->conv), b->Wo = conv2d_out_size(W, &s->conv);
-    size_t in_n = (size_t)N * H * W * s->conv.cin, out_n = block_out_size(b, s, N);
-    b->up = s->upsample ? arena_take(ar, in_n) : NULL;
+    b->Ho = s->upsample ? 2 * H : conv2d_out_size(H, &s->conv);
+    b->Wo = s->upsample ? 2 * W : conv2d_out_size(W, &s->conv);
+    size_t out_n = block_out_size(b, s, N);
     b->pre = arena_take(ar, out_n);
     b->mean = s->norm ? arena_take(ar, (size_t)N * s->conv.cout) : NULL;
     b->rstd = s->norm ? arena_take(ar, (size_t)N * s->conv.cout) : NULL;
@@ -43,137 +42,163 @@ static int run_length(const e2g_edit *edits, int n0, int N) {
     return n1 - n0;
 }
 
-/* out (N, Ho, Wo, cout) += Σ coef·scale·B(A(in)) for conv crucial layer
- * `layer`; in is the conv's input (N, H, W, cin). */
-void lora_conv_forward(float *out, const float *in, const e2g_edit *edits, int layer,
-                              const e2g_conv_shape *cs, int N, int H, int W) {
-    int Ho = conv2d_out_size(H, cs), Wo = conv2d_out_size(W, cs);
-    size_t in_stride = (size_t)H * W * cs->cin, out_stride = (size_t)Ho * Wo * cs->cout;
-    for (int n0 = 0; n0 < N;) {
-        int cnt = run_length(edits, n0, N);
-        for (int t = 0; t < edits[n0].n_terms; t++) {
-            const e2g_lora *l = edits[n0].terms[t].lora;
-            int r = l->rank[layer];
-            if (!r) continue;
-            e2g_conv_shape a_shape = *cs;
-            a_shape.cout = r;
-            size_t M = (size_t)cnt * Ho * Wo;
-            float *h = e2g_xmalloc(M * r * sizeof(float));
-            conv2d_forward(h, in + n0 * in_stride, l->A[layer], NULL, cnt, H, W, &a_shape);
-            gemm('N', 'T', (int)M, cs->cout, r, edits[n0].terms[t].coef * l->scale[layer], h, r,
-                 l->B[layer], r, 1.0f, out + n0 * out_stride, cs->cout);
-            free(h);
-        }
-        n0 += cnt;
+/* ---- the conv of a block: plain, or fused with a ×2 upsample ---------------- */
+
+void layer_conv_forward(float *out, const float *in, const float *w, const float *bias, int N,
+                        int H, int W, const e2g_conv_shape *cs, int upsample) {
+    if (upsample)
+        upconv2x_forward(out, in, w, bias, N, H, W, cs->cin, cs->cout);
+    else
+        conv2d_forward(out, in, w, bias, N, H, W, cs);
+}
+
+void layer_conv_backward(float *din, float *dw, float *db, const float *dout, const float *in,
+                         const float *w, int N, int H, int W, const e2g_conv_shape *cs,
+                         int upsample) {
+    if (upsample)
+        upconv2x_backward(din, dw, db, dout, in, w, N, H, W, cs->cin, cs->cout);
+    else
+        conv2d_backward(din, dw, db, dout, in, w, N, H, W, cs);
+}
+
+/* ---- unmerged LoRA ------------------------------------------------------------ */
+
+/* Where a LoRA sits: a conv layer (A is a conv of the layer's shape, fused
+ * with the layer's upsample when it has one) or a linear one (A is linear). */
+typedef struct {
+    int is_conv, upsample, H, W;
+    e2g_conv_shape conv; /* conv: the layer's shape with cout = r */
+    int rows, cin, cout; /* per sample: rows of input/output (pixels or tokens) */
+    int out_rows;
+} lora_site;
+
+static void site_a_forward(const lora_site *st, float *h, const float *x, const float *A, int cnt,
+                           int r) {
+    if (st->is_conv) {
+        e2g_conv_shape a_shape = st->conv;
+        a_shape.cout = r;
+        layer_conv_forward(h, x, A, NULL, cnt, st->H, st->W, &a_shape, st->upsample);
+    } else {
+        linear_forward(h, x, A, NULL, cnt * st->rows, st->cin, r, 0);
     }
 }
 
-void lora_conv_backward(float *din, e2g_lora *dlora, const e2g_lora *train,
-                               const float *dout, const float *in, const e2g_edit *edits,
-                               int layer, const e2g_conv_shape *cs, int N, int H, int W) {
-    int Ho = conv2d_out_size(H, cs), Wo = conv2d_out_size(W, cs);
-    size_t in_stride = (size_t)H * W * cs->cin, out_stride = (size_t)Ho * Wo * cs->cout;
-    for (int n0 = 0; n0 < N;) {
-        int cnt = run_length(edits, n0, N);
-        for (int t = 0; t < edits[n0].n_terms; t++) {
-            const e2g_lora *l = edits[n0].terms[t].lora;
-            int r = l->rank[layer];
-            if (!r) continue;
-            int trained = dlora && l == train;
-            float s = edits[n0].terms[t].coef * l->scale[layer];
-            e2g_conv_shape a_shape = *cs;
-            a_shape.cout = r;
-            size_t M = (size_t)cnt * Ho * Wo;
-            float *dh = e2g_xcalloc(M * r, sizeof(float));
-            const float *g = dout + n0 * out_stride, *x = in + n0 * in_stride;
-            gemm('N', 'N', (int)M, r, cs->cout, s, g, cs->cout, l->B[layer], r, 0.0f, dh, r);
-            if (trained) {
-                float *h = e2g_xmalloc(M * r * sizeof(float));
-                conv2d_forward(h, x, l->A[layer], NULL, cnt, H, W, &a_shape);
-                gemm('T', 'N', cs->cout, r, (int)M, s, g, cs->cout, h, r, 1.0f, dlora->B[layer], r);
-                free(h);
-            }
-            conv2d_backward(din ? din + n0 * in_stride : NULL, trained ? dlora->A[layer] : NULL,
-                            NULL, dh, x, l->A[layer], cnt, H, W, &a_shape);
-            free(dh);
-        }
-        n0 += cnt;
+static void site_a_backward(const lora_site *st, float *dx, float *dA, const float *dh,
+                            const float *x, const float *A, int cnt, int r) {
+    if (st->is_conv) {
+        e2g_conv_shape a_shape = st->conv;
+        a_shape.cout = r;
+        layer_conv_backward(dx, dA, NULL, dh, x, A, cnt, st->H, st->W, &a_shape, st->upsample);
+    } else {
+        linear_backward(dx, dA, NULL, dh, x, A, cnt * st->rows, st->cin, r);
     }
 }
 
-/* The linear counterpart: rows rows_per_sample per sample. */
-void lora_linear_forward(float *out, const float *in, const e2g_edit *edits, int layer,
-                                int rows_per_sample, int cin, int cout, int N) {
+/* out += Σ coef·scale·(A(in))·Bᵀ over runs of samples sharing their terms. */
+static void lora_forward(float *out, const float *in, const e2g_edit *edits, int layer,
+                         const lora_site *st, int N) {
     for (int n0 = 0; n0 < N;) {
         int cnt = run_length(edits, n0, N);
         for (int t = 0; t < edits[n0].n_terms; t++) {
             const e2g_lora *l = edits[n0].terms[t].lora;
-            int r = l->rank[layer], M = cnt * rows_per_sample;
+            int r = l->rank[layer], M = cnt * st->out_rows;
             if (!r) continue;
             float *h = e2g_xmalloc((size_t)M * r * sizeof(float));
-            size_t row0 = (size_t)n0 * rows_per_sample;
-            linear_forward(h, in + row0 * cin, l->A[layer], NULL, M, cin, r, 0);
-            gemm('N', 'T', M, cout, r, edits[n0].terms[t].coef * l->scale[layer], h, r, l->B[layer],
-                 r, 1.0f, out + row0 * cout, cout);
+            site_a_forward(st, h, in + (size_t)n0 * st->rows * st->cin, l->A[layer], cnt, r);
+            gemm('N', 'T', M, st->cout, r, edits[n0].terms[t].coef * l->scale[layer], h, r,
+                 l->B[layer], r, 1.0f, out + (size_t)n0 * st->out_rows * st->cout, st->cout);
             free(h);
         }
         n0 += cnt;
     }
 }
 
-void lora_linear_backward(float *din, e2g_lora *dlora, const e2g_lora *train,
-                                 const float *dout, const float *in, const e2g_edit *edits,
-                                 int layer, int rows_per_sample, int cin, int cout, int N) {
+/* Gradients of lora_forward: into din always, into dlora for the adapter
+ * being trained. */
+static void lora_backward(float *din, e2g_lora *dlora, const e2g_lora *train, const float *dout,
+                          const float *in, const e2g_edit *edits, int layer, const lora_site *st,
+                          int N) {
     for (int n0 = 0; n0 < N;) {
         int cnt = run_length(edits, n0, N);
         for (int t = 0; t < edits[n0].n_terms; t++) {
             const e2g_lora *l = edits[n0].terms[t].lora;
-            int r = l->rank[layer], M = cnt * rows_per_sample;
+            int r = l->rank[layer], M = cnt * st->out_rows;
             if (!r) continue;
             int trained = dlora && l == train;
             float s = edits[n0].terms[t].coef * l->scale[layer];
-            size_t row0 = (size_t)n0 * rows_per_sample;
-            const float *g = dout + row0 * cout, *x = in + row0 * cin;
-            float *dh = e2g_xcalloc((size_t)M * r, sizeof(float));
-            gemm('N', 'N', M, r, cout, s, g, cout, l->B[layer], r, 0.0f, dh, r);
-            if (trained) {
+            const float *g = dout + (size_t)n0 * st->out_rows * st->cout;
+            const float *x = in + (size_t)n0 * st->rows * st->cin;
+            float *dh = e2g_xmalloc((size_t)M * r * sizeof(float));
+            gemm('N', 'N', M, r, st->cout, s, g, st->cout, l->B[layer], r, 0.0f, dh, r);
+            if (trained) { /* dB needs A(x) again: recomputing beats keeping it */
                 float *h = e2g_xmalloc((size_t)M * r * sizeof(float));
-                linear_forward(h, x, l->A[layer], NULL, M, cin, r, 0);
-                gemm('T', 'N', cout, r, M, s, g, cout, h, r, 1.0f, dlora->B[layer], r);
+                site_a_forward(st, h, x, l->A[layer], cnt, r);
+                gemm('T', 'N', st->cout, r, M, s, g, st->cout, h, r, 1.0f, dlora->B[layer], r);
                 free(h);
             }
-            linear_backward(din ? din + row0 * cin : NULL, trained ? dlora->A[layer] : NULL, NULL,
-                            dh, x, l->A[layer], M, cin, r);
+            site_a_backward(st, din ? din + (size_t)n0 * st->rows * st->cin : NULL,
+                            trained ? dlora->A[layer] : NULL, dh, x, l->A[layer], cnt, r);
             free(dh);
         }
         n0 += cnt;
     }
 }
 
+static lora_site conv_site(const e2g_conv_shape *cs, int H, int W, int upsample) {
+    int Ho = upsample ? 2 * H : conv2d_out_size(H, cs), Wo = upsample ? 2 * W : conv2d_out_size(W, cs);
+    return (lora_site){1, upsample, H, W, *cs, H * W, cs->cin, cs->cout, Ho * Wo};
+}
 
-void block_forward(block_acts *b, const conv_spec *s, const e2g_conv_params *cp,
-                          const float *in, int N, const e2g_edit *edits) {
-    const float *src = in;
-    if (s->upsample) {
-        upsample2x_forward(b->up, in, N, b->H / 2, b->W / 2, s->conv.cin);
-        src = b->up;
-    }
-    conv2d_forward(b->pre, src, cp->w, s->bias ? cp->b : NULL, N, b->H, b->W, &s->conv);
-    if (s->crucial >= 0) lora_conv_forward(b->pre, src, edits, s->crucial, &s->conv, N, b->H, b->W);
+static lora_site linear_site(int rows, int cin, int cout) {
+    return (lora_site){0, 0, 0, 0, {0}, rows, cin, cout, rows};
+}
+
+void lora_conv_forward(float *out, const float *in, const e2g_edit *edits, int layer,
+                       const e2g_conv_shape *cs, int N, int H, int W, int upsample) {
+    lora_site st = conv_site(cs, H, W, upsample);
+    lora_forward(out, in, edits, layer, &st, N);
+}
+
+void lora_conv_backward(float *din, e2g_lora *dlora, const e2g_lora *train, const float *dout,
+                        const float *in, const e2g_edit *edits, int layer,
+                        const e2g_conv_shape *cs, int N, int H, int W, int upsample) {
+    lora_site st = conv_site(cs, H, W, upsample);
+    lora_backward(din, dlora, train, dout, in, edits, layer, &st, N);
+}
+
+void lora_linear_forward(float *out, const float *in, const e2g_edit *edits, int layer,
+                         int rows_per_sample, int cin, int cout, int N) {
+    lora_site st = linear_site(rows_per_sample, cin, cout);
+    lora_forward(out, in, edits, layer, &st, N);
+}
+
+void lora_linear_backward(float *din, e2g_lora *dlora, const e2g_lora *train, const float *dout,
+                          const float *in, const e2g_edit *edits, int layer, int rows_per_sample,
+                          int cin, int cout, int N) {
+    lora_site st = linear_site(rows_per_sample, cin, cout);
+    lora_backward(din, dlora, train, dout, in, edits, layer, &st, N);
+}
+
+/* ---- conv blocks ----------------------------------------------------------------- */
+
+void block_forward(block_acts *b, const conv_spec *s, const e2g_conv_params *cp, const float *in,
+                   int N, const e2g_edit *edits) {
+    layer_conv_forward(b->pre, in, cp->w, s->bias ? cp->b : NULL, N, b->H, b->W, &s->conv,
+                       s->upsample);
+    if (s->crucial >= 0)
+        lora_conv_forward(b->pre, in, edits, s->crucial, &s->conv, N, b->H, b->W, s->upsample);
     size_t n = block_out_size(b, s, N);
     if (s->norm)
         instancenorm_forward(b->out, b->mean, b->rstd, b->pre, cp->norm_w, cp->norm_b,
-                             s->act == ACT_RELU, N,
-                             b->Ho * b->Wo, s->conv.cout);
+                             s->act == ACT_RELU, N, b->Ho * b->Wo, s->conv.cout);
     const float *act_in = s->norm ? b->out : b->pre;
     if (s->act == ACT_RELU && !s->norm) relu_forward(b->out, act_in, n);
     if (s->act == ACT_LRELU) leakyrelu_forward(b->out, act_in, LRELU_SLOPE, n);
 }
 
-void block_backward(block_acts *b, block_acts *db, float *tmp, float *din,
-                           const conv_spec *s, const e2g_conv_params *cp, e2g_conv_params *gp,
-                           e2g_lora *dlora, const e2g_lora *train, const float *in, int N,
-                           const e2g_edit *edits) {
+void block_backward(block_acts *b, block_acts *db, float *tmp, float *din, const conv_spec *s,
+                    const e2g_conv_params *cp, e2g_conv_params *gp, e2g_lora *dlora,
+                    const e2g_lora *train, const float *in, int N, const e2g_edit *edits) {
     size_t n = block_out_size(b, s, N);
     /* The activation's gradient lands in tmp before a norm, else in d(pre).
      * Both activations keep the sign, so their backward can read `out`. */
@@ -190,13 +215,9 @@ void block_backward(block_acts *b, block_acts *db, float *tmp, float *din,
     if (s->norm)
         instancenorm_backward(db->pre, gp ? gp->norm_w : NULL, gp ? gp->norm_b : NULL, dnorm_out,
                               b->pre, b->mean, b->rstd, cp->norm_w, N, b->Ho * b->Wo, s->conv.cout);
-    const float *src = s->upsample ? b->up : in;
-    float *dsrc = s->upsample ? db->up : din;
-    conv2d_backward(dsrc, gp ? gp->w : NULL, gp && s->bias ? gp->b : NULL, db->pre, src, cp->w, N,
-                    b->H, b->W, &s->conv);
+    layer_conv_backward(din, gp ? gp->w : NULL, gp && s->bias ? gp->b : NULL, db->pre, in, cp->w,
+                        N, b->H, b->W, &s->conv, s->upsample);
     if (s->crucial >= 0)
-        lora_conv_backward(dsrc, dlora, train, db->pre, src, edits, s->crucial, &s->conv, N, b->H,
-                           b->W);
-    if (s->upsample && din) upsample2x_backward(din, db->up, N, b->H / 2, b->W / 2, s->conv.cin);
+        lora_conv_backward(din, dlora, train, db->pre, in, edits, s->crucial, &s->conv, N, b->H,
+                           b->W, s->upsample);
 }
-

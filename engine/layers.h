@@ -1,7 +1,8 @@
 /* layers.h — building blocks shared by the generator and the
  * discriminator (engine-internal): planned activation slices, the "conv
- * block" (optional ×2 upsample → conv → optional LoRA → optional instance
- * norm → optional ReLU/LeakyReLU) and the unmerged LoRA paths. */
+ * block" (conv, optionally fused with a ×2 upsample → optional LoRA →
+ * optional instance norm → optional ReLU/LeakyReLU) and the unmerged LoRA
+ * paths. */
 #ifndef E2G_LAYERS_H
 #define E2G_LAYERS_H
 
@@ -28,14 +29,13 @@ typedef struct {
 } conv_spec;
 
 typedef struct {
-    int H, W, Ho, Wo; /* H, W: the conv's input size (after any upsample) */
-    float *up;        /* upsampled input, when the block upsamples */
+    int H, W, Ho, Wo; /* input and output sizes */
     float *pre;       /* conv (+ LoRA) output */
     float *mean, *rstd;
     float *out; /* after norm / activation; aliases pre when it has neither */
 } block_acts;
 
-/* Plans one block's activations for an input of H×W (before upsampling). */
+/* Plans one block's activations for an input of H×W. */
 void block_plan(block_acts *b, arena *ar, const conv_spec *s, int N, int H, int W);
 /* Output element count of a planned block. */
 size_t block_out_size(const block_acts *b, const conv_spec *s, int N);
@@ -49,14 +49,22 @@ void block_backward(block_acts *b, block_acts *db, float *tmp, float *din, const
                     const e2g_conv_params *cp, e2g_conv_params *gp, e2g_lora *dlora,
                     const e2g_lora *train, const float *in, int N, const e2g_edit *edits);
 
+/* A block's conv: conv2d, or upconv2x (×2 upsample fused) when upsample. */
+void layer_conv_forward(float *out, const float *in, const float *w, const float *bias, int N,
+                        int H, int W, const e2g_conv_shape *cs, int upsample);
+void layer_conv_backward(float *din, float *dw, float *db, const float *dout, const float *in,
+                         const float *w, int N, int H, int W, const e2g_conv_shape *cs,
+                         int upsample);
+
 /* Unmerged LoRA: out += Σ coef·scale·B(A(in)) over each sample's terms,
- * batched over runs of samples that share their terms.  edits may be NULL
- * (no LoRA). */
+ * batched over runs of samples that share their terms; A has the layer's
+ * conv shape (and upsample) or is linear.  The backward accumulates into
+ * din (may be NULL) and, for the adapter `train`, into dlora. */
 void lora_conv_forward(float *out, const float *in, const e2g_edit *edits, int layer,
-                       const e2g_conv_shape *cs, int N, int H, int W);
+                       const e2g_conv_shape *cs, int N, int H, int W, int upsample);
 void lora_conv_backward(float *din, e2g_lora *dlora, const e2g_lora *train, const float *dout,
                         const float *in, const e2g_edit *edits, int layer,
-                        const e2g_conv_shape *cs, int N, int H, int W);
+                        const e2g_conv_shape *cs, int N, int H, int W, int upsample);
 void lora_linear_forward(float *out, const float *in, const e2g_edit *edits, int layer,
                          int rows_per_sample, int cin, int cout, int N);
 void lora_linear_backward(float *din, e2g_lora *dlora, const e2g_lora *train, const float *dout,

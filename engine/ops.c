@@ -293,36 +293,6 @@ void accumulate(float *dst, const float *src, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] += src[i];
 }
 
-/* ---- upsample ---------------------------------------------------------------- */
-
-void upsample2x_forward(float *out, const float *inp, int N, int H, int W, int C) {
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int n = 0; n < N; n++)
-        for (int y = 0; y < 2 * H; y++) {
-            const float *src = inp + ((size_t)n * H + y / 2) * W * C;
-            float *dst = out + ((size_t)n * 2 * H + y) * 2 * W * C;
-            for (int x = 0; x < W; x++) {
-                memcpy(dst + (size_t)(2 * x) * C, src + (size_t)x * C, C * sizeof(float));
-                memcpy(dst + (size_t)(2 * x + 1) * C, src + (size_t)x * C, C * sizeof(float));
-            }
-        }
-}
-
-void upsample2x_backward(float *dinp, const float *dout, int N, int H, int W, int C) {
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int n = 0; n < N; n++)
-        for (int y = 0; y < H; y++) {
-            float *dst = dinp + ((size_t)n * H + y) * W * C;
-            const float *r0 = dout + ((size_t)n * 2 * H + 2 * y) * 2 * W * C;
-            const float *r1 = r0 + (size_t)2 * W * C;
-            for (int x = 0; x < W; x++)
-                for (int c = 0; c < C; c++) {
-                    size_t a = (size_t)(2 * x) * C + c, b = a + C;
-                    dst[(size_t)x * C + c] += (r0[a] + r0[b]) + (r1[a] + r1[b]);
-                }
-        }
-}
-
 /* ---- losses ------------------------------------------------------------------ */
 
 float mse_const_loss(float *grad, const float *pred, float target, size_t n, float scale) {

@@ -58,10 +58,6 @@ void add_forward(float *out, const float *a, const float *b, size_t n);
 /* dst += src */
 void accumulate(float *dst, const float *src, size_t n);
 
-/* Nearest-neighbour ×2 upsample, NHWC: (N, H, W, C) → (N, 2H, 2W, C). */
-void upsample2x_forward(float *out, const float *inp, int N, int H, int W, int C);
-void upsample2x_backward(float *dinp, const float *dout, int N, int H, int W, int C);
-
 /* Losses return their value and, when grad is non-NULL, accumulate
  * scale·∂loss/∂pred into grad. */
 /* mean((pred − target)²): the least-squares GAN terms, target 0 or 1. */

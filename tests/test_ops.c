@@ -197,18 +197,26 @@ START_TEST(test_output) {
 }
 END_TEST
 
-START_TEST(test_upsample) {
-    e2g_st_file *f = ref_open("op_upsample");
-    int N = ref_meta_int(f, "N"), C = ref_meta_int(f, "C"), H = ref_meta_int(f, "H"),
-        W = ref_meta_int(f, "W");
-    size_t n = (size_t)N * C * H * W;
-    float *x = nchw_to_nhwc(ref_tensor(f, "x", NULL), N, C, H, W);
-    float *out = malloc(4 * n * sizeof(float)), *dx = grad_buffer(n);
-    upsample2x_forward(out, x, N, H, W, C);
-    check_out("upsample", out, nchw_to_nhwc(ref_tensor(f, "out", NULL), N, C, 2 * H, 2 * W), 4 * n);
-    upsample2x_backward(dx, nchw_to_nhwc(ref_tensor(f, "dout", NULL), N, C, 2 * H, 2 * W), N, H,
-                        W, C);
-    check_grad("upsample dx", dx, nchw_to_nhwc(ref_tensor(f, "dx", NULL), N, C, H, W), n);
+static const char *upconv_cases[] = {"op_upconv", "op_upconv_nobias"};
+
+/* The engine never materialises the upsampled image: the fused op must
+ * equal PyTorch's interpolate(nearest, ×2) followed by conv2d. */
+START_TEST(test_upconv) {
+    e2g_st_file *f = ref_open(upconv_cases[_i]);
+    int N = ref_meta_int(f, "N"), cin = ref_meta_int(f, "cin"), cout = ref_meta_int(f, "cout"),
+        H = ref_meta_int(f, "H"), W = ref_meta_int(f, "W"), has_bias = ref_meta_int(f, "bias");
+    size_t nx = (size_t)N * cin * H * W, ny = (size_t)N * cout * 4 * H * W, nw = (size_t)cout * cin * 9;
+    float *x = nchw_to_nhwc(ref_tensor(f, "x", NULL), N, cin, H, W), *w = ref_tensor(f, "weight", NULL);
+    float *b = has_bias ? ref_tensor(f, "bias", NULL) : NULL;
+    float *out = malloc(ny * sizeof(float));
+    upconv2x_forward(out, x, w, b, N, H, W, cin, cout);
+    check_out(upconv_cases[_i], out, nchw_to_nhwc(ref_tensor(f, "out", NULL), N, cout, 2 * H, 2 * W), ny);
+    float *dx = grad_buffer(nx), *dw = grad_buffer(nw), *db = grad_buffer(cout);
+    float *dout = nchw_to_nhwc(ref_tensor(f, "dout", NULL), N, cout, 2 * H, 2 * W);
+    upconv2x_backward(dx, dw, has_bias ? db : NULL, dout, x, w, N, H, W, cin, cout);
+    check_grad("upconv dx", dx, nchw_to_nhwc(ref_tensor(f, "dx", NULL), N, cin, H, W), nx);
+    check_grad("upconv dweight", dw, ref_tensor(f, "dweight", NULL), nw);
+    if (has_bias) check_grad("upconv dbias", db, ref_tensor(f, "dbias", NULL), cout);
     e2g_st_close(f);
 }
 END_TEST
@@ -260,7 +268,7 @@ int main(void) {
     tcase_add_test(tc, test_linear);
     tcase_add_test(tc, test_activations);
     tcase_add_test(tc, test_output);
-    tcase_add_test(tc, test_upsample);
+    tcase_add_loop_test(tc, test_upconv, 0, 2);
     tcase_add_test(tc, test_losses);
     tcase_add_test(tc, test_broken_op_is_caught);
     suite_add_tcase(s, tc);

@@ -94,10 +94,18 @@ def cases():
         out, dout, grads = run(out_fn, inputs)
         yield f"output_res{residual}", {**inputs, "out": out, "dout": dout, **grads}, dict(n=n, residual=residual)
 
-    N, C, H, W = 2, 4, 3, 5
-    inputs = {"x": rnd(N, C, H, W)}
-    out, dout, grads = run(lambda x: F.interpolate(x, scale_factor=2, mode="nearest"), inputs)
-    yield "upsample", {**inputs, "out": out, "dout": dout, **grads}, dict(N=N, C=C, H=H, W=W)
+    # nearest ×2 upsample followed by a 3×3 zero-pad conv (fused in the engine)
+    for name, N, cin, cout, H, W, bias in [("upconv", 2, 5, 6, 3, 5, True), ("upconv_nobias", 1, 8, 3, 4, 1, False)]:
+        inputs = {"x": rnd(N, cin, H, W), "weight": rnd(cout, cin, 3, 3, std=0.3)}
+        if bias:
+            inputs["bias"] = rnd(cout)
+
+        def up_fn(x, weight, bias=None):
+            return F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), weight, bias, 1, 1)
+
+        out, dout, grads = run(up_fn, inputs)
+        meta = dict(N=N, cin=cin, cout=cout, H=H, W=W, bias=int(bias))
+        yield name, {**inputs, "out": out, "dout": dout, **grads}, meta
 
 
 def main():
