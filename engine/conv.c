@@ -62,6 +62,13 @@ static void *scratch(int slot, size_t bytes) {
     return t_scratch[slot].ptr;
 }
 
+/* PyTorch 'reflect': mirror about the edge without repeating it. */
+int reflect_index(int i, int n) {
+    if (n == 1) return 0;
+    while (i < 0 || i >= n) i = i < 0 ? -i : 2 * (n - 1) - i;
+    return i;
+}
+
 /* ---- plans ----------------------------------------------------------------- */
 
 /* One oneDNN convolution: sizes of its (already reflect-padded) input and
@@ -410,6 +417,44 @@ void upconv2x_forward(float *out, const float *inp, const float *weight, const f
     shuffle_phases(out, phases, N, H, W, cout, 1);
 }
 
+/* ---- bands of rows (memory-lean inference) --------------------------------------- */
+
+void conv2d_forward_band(float *out, const float *band, const float *weight, const float *bias,
+                         int rows, int W, const e2g_conv_shape *cs) {
+    int Wo = conv2d_out_size(W, cs);
+    plan_key key = {1, rows, W, cs->cin, cs->cout, cs->k, cs->stride, 0, cs->pad, 0, 0, bias != NULL};
+    key.pad_r = (Wo - 1) * cs->stride + cs->k - W - cs->pad;
+    const float *src = band;
+    if (cs->pad_mode == E2G_PAD_REFLECT && cs->pad > 0) {
+        int p = cs->pad;
+        float *padded = scratch(SCRATCH_PAD, (size_t)rows * (W + 2 * p) * cs->cin * sizeof(float));
+#pragma omp parallel for schedule(static)
+        for (int y = 0; y < rows; y++)
+            for (int x = 0; x < W + 2 * p; x++)
+                memcpy(padded + ((size_t)y * (W + 2 * p) + x) * cs->cin,
+                       band + ((size_t)y * W + reflect_index(x - p, W)) * cs->cin, cs->cin * sizeof(float));
+        key.W = W + 2 * p, key.pad_l = key.pad_r = 0;
+        src = padded;
+    }
+    run_forward(&key, out, src, weight, bias);
+}
+
+void upconv2x_forward_band(float *out, const float *band, const float *weight, const float *bias,
+                           int rows, int W, int cin, int cout) {
+    int n = rows - 2; /* input rows i0−1 .. i1 give output rows 2·i0 .. 2·i1−1 */
+    size_t plane = (size_t)n * W * cout;
+    float *k = phase_weights(weight, cin, cout);
+    float *phases = scratch(SCRATCH_PHASES, 4 * plane * sizeof(float));
+    for (int ph = 0; ph < 4; ph++) {
+        int a = ph / 2, b = ph % 2;
+        /* phase a reads rows (i−1, i) or (i, i+1): the band from row a */
+        plan_key key = {1, n + 1, W, cin, cout, 2, 1, 0, b == 0, 0, b == 1, bias != NULL};
+        run_forward(&key, phases + ph * plane, band + (size_t)a * W * cin,
+                    k + (size_t)ph * cout * cin * 4, bias);
+    }
+    shuffle_phases(out, phases, 1, n, W, cout, 1);
+}
+
 void upconv2x_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                        const float *inp, const float *weight, int N, int H, int W, int cin,
                        int cout) {
@@ -434,13 +479,6 @@ void upconv2x_backward(float *dinp, float *dweight, float *dbias, const float *d
 }
 
 /* ---- reflect padding ------------------------------------------------------- */
-
-/* PyTorch 'reflect': mirror about the edge without repeating it. */
-static inline int reflect_index(int i, int n) {
-    if (n == 1) return 0;
-    while (i < 0 || i >= n) i = i < 0 ? -i : 2 * (n - 1) - i;
-    return i;
-}
 
 void pad_reflect_forward(float *out, const float *inp, int N, int H, int W, int C, int p) {
     int Hp = H + 2 * p, Wp = W + 2 * p;

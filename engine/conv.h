@@ -36,6 +36,20 @@ void upconv2x_backward(float *dinp, float *dweight, float *dbias, const float *d
                        const float *inp, const float *weight, int N, int H, int W, int cin,
                        int cout);
 
+/* Memory-lean inference works on horizontal bands of one image: the caller
+ * gathers the band's input rows with their halo (zero or reflected rows at
+ * the image's top and bottom), so these pad only the columns, as cs says.
+ * conv2d_forward_band: band (rows, W, cin) → ((rows − k)/stride + 1, Wo, cout).
+ * upconv2x_forward_band: band rows i0−1 .. i1 (rows = i1 − i0 + 2) → the
+ * 2·(i1 − i0) upsampled-and-convolved output rows 2·i0 .. 2·i1 − 1. */
+void conv2d_forward_band(float *out, const float *band, const float *weight, const float *bias,
+                         int rows, int W, const e2g_conv_shape *cs);
+void upconv2x_forward_band(float *out, const float *band, const float *weight, const float *bias,
+                           int rows, int W, int cin, int cout);
+
+/* PyTorch 'reflect' index: mirrors i into [0, n) without repeating the edge. */
+int reflect_index(int i, int n);
+
 /* Reflect padding by p on every side (PyTorch 'reflect'), NHWC.  The
  * backward folds the padded gradient back and accumulates into dinp. */
 void pad_reflect_forward(float *out, const float *inp, int N, int H, int W, int C, int p);

@@ -387,10 +387,25 @@ struct e2g_gen_acts {
     size_t floats;
 };
 
+/* Lays out the transformer block's activations for N samples of L tokens. */
+static void plan_tb(gen_tensors *t, arena *ar, const e2g_gen_config *cfg, int N, int L) {
+    int c4 = e2g_gen_c4(cfg), heads = e2g_gen_heads(cfg);
+    size_t M = (size_t)N * L, tok = M * c4, ctx = (size_t)N * cfg->ctx_tokens * c4;
+    for (int i = 0; i < 3; i++) {
+        t->ln_mean[i] = arena_take(ar, M), t->ln_rstd[i] = arena_take(ar, M);
+        t->u[i] = arena_take(ar, tok);
+    }
+    t->q = arena_take(ar, tok), t->k = arena_take(ar, tok), t->v = arena_take(ar, tok);
+    t->att = arena_take(ar, tok), t->lse = arena_take(ar, M * heads), t->t1 = arena_take(ar, tok);
+    t->q2 = arena_take(ar, tok), t->k2 = arena_take(ar, ctx), t->v2 = arena_take(ar, ctx);
+    t->att2 = arena_take(ar, tok), t->lse2 = arena_take(ar, M * heads), t->t2 = arena_take(ar, tok);
+    t->h = arena_take(ar, 4 * tok), t->g = arena_take(ar, 4 * tok), t->t3 = arena_take(ar, tok);
+    t->ctx = arena_take(ar, ctx);
+}
+
 /* Lays out every activation; with a->base NULL it only counts. */
 static void plan_tensors(gen_tensors *t, arena *ar, const e2g_gen_config *cfg, int N, int H,
                          int W) {
-    int c4 = e2g_gen_c4(cfg), T = cfg->ctx_tokens, heads = e2g_gen_heads(cfg);
     int h = H, w = W;
     for (int id = 0; id < G_NCONV; id++) {
         conv_spec s = gen_conv_spec(cfg, id);
@@ -401,17 +416,7 @@ static void plan_tensors(gen_tensors *t, arena *ar, const e2g_gen_config *cfg, i
         if (residual_index(id) >= 0) t->rb_sum[residual_index(id)] = arena_take(ar, out_n);
         if (id == G_DEC2 && cfg->unet_skips) t->skip2 = arena_take(ar, out_n);
         if (id == G_DEC1 && cfg->unet_skips) t->skip1 = arena_take(ar, out_n);
-        if (id != G_DS) continue;
-        size_t L = (size_t)N * h * w, tok = L * c4, ctx = (size_t)N * T * c4;
-        for (int i = 0; i < 3; i++) {
-            t->ln_mean[i] = arena_take(ar, L), t->ln_rstd[i] = arena_take(ar, L), t->u[i] = arena_take(ar, tok);
-        }
-        t->q = arena_take(ar, tok), t->k = arena_take(ar, tok), t->v = arena_take(ar, tok), t->att = arena_take(ar, tok);
-        t->lse = arena_take(ar, L * heads), t->t1 = arena_take(ar, tok);
-        t->q2 = arena_take(ar, tok), t->k2 = arena_take(ar, ctx), t->v2 = arena_take(ar, ctx), t->att2 = arena_take(ar, tok);
-        t->lse2 = arena_take(ar, L * heads), t->t2 = arena_take(ar, tok);
-        t->h = arena_take(ar, 4 * tok), t->g = arena_take(ar, 4 * tok), t->t3 = arena_take(ar, tok);
-        t->ctx = arena_take(ar, ctx);
+        if (id == G_DS) plan_tb(t, ar, cfg, N, h * w);
     }
     t->y = arena_take(ar, (size_t)N * H * W * 3);
 }
@@ -576,13 +581,18 @@ static float *block_input_grad(gen_tensors *d, float *dx, int id) {
     return id == G_ENC1 ? dx : (float *)block_input(d, NULL, id);
 }
 
+/* Gathers each sample's context (T, C4) into ctx (N, T, C4). */
+static void gather_contexts(float *ctx, const e2g_gen_config *cfg, const e2g_edit *edits, int N) {
+    size_t one = (size_t)cfg->ctx_tokens * e2g_gen_c4(cfg);
+    for (int n = 0; n < N; n++) memcpy(ctx + n * one, edits[n].context, one * sizeof(float));
+}
+
 void e2g_gen_forward(e2g_gen_acts *a, float *y, const e2g_gen_params *p, const float *x,
                      const e2g_edit *edits) {
     const e2g_gen_config *cfg = &a->cfg;
     gen_tensors *t = &a->act;
-    int N = a->N, c4 = e2g_gen_c4(cfg), T = cfg->ctx_tokens;
-    for (int n = 0; n < N; n++)
-        memcpy(t->ctx + (size_t)n * T * c4, edits[n].context, (size_t)T * c4 * sizeof(float));
+    int N = a->N;
+    gather_contexts(t->ctx, cfg, edits, N);
     for (int id = 0; id < G_NCONV; id++) {
         conv_spec s = gen_conv_spec(cfg, id);
         block_acts *b = &t->conv[id];
@@ -635,4 +645,168 @@ void e2g_gen_backward(e2g_gen_acts *a, e2g_gen_params *grads, e2g_lora *dlora,
                        N, edits);
     }
     if (dctx) accumulate(dctx, d->ctx, (size_t)N * T * c4);
+}
+
+/* ---- memory-lean inference ------------------------------------------------------------ */
+
+/* Full-resolution rows computed per band in the head and tail: enough to
+ * keep oneDNN efficient, small enough that no full-resolution activation
+ * ever exists. */
+#define BAND_ROWS 32
+
+/* Copies rows [r0, r1) of an image of height H into band; src holds the
+ * image's rows [src_lo, …).  Rows outside [0, H) are mirrored (reflect)
+ * or zero; the caller guarantees the mirrored rows are in src. */
+static void gather_rows(float *band, const float *src, int src_lo, int r0, int r1, int H, int W,
+                        int C, int reflect) {
+    size_t row = (size_t)W * C;
+    for (int r = r0; r < r1; r++) {
+        float *dst = band + (size_t)(r - r0) * row;
+        if (reflect || (r >= 0 && r < H)) {
+            int from = reflect ? reflect_index(r, H) : r;
+            memcpy(dst, src + (size_t)(from - src_lo) * row, row * sizeof(float));
+        } else {
+            memset(dst, 0, row * sizeof(float));
+        }
+    }
+}
+
+/* A conv block on a gathered band of one image: conv and LoRA, then the
+ * ReLU when the block has no norm (a norm needs the whole image: the
+ * caller applies it).  Returns the output rows, malloc'd. */
+static float *band_block(const e2g_gen_config *cfg, const e2g_gen_params *p, int id,
+                         const float *band, int rows, int W, const e2g_edit *edit, int *out_rows) {
+    conv_spec s = gen_conv_spec(cfg, id);
+    const e2g_conv_params *cp = conv_params(p, id);
+    int Wo = s.upsample ? 2 * W : conv2d_out_size(W, &s.conv);
+    *out_rows = layer_band_out_rows(rows, &s.conv, s.upsample);
+    size_t n = (size_t)*out_rows * Wo * s.conv.cout;
+    float *out = e2g_xmalloc(n * sizeof(float));
+    layer_conv_forward_band(out, band, cp->w, s.bias ? cp->b : NULL, rows, W, &s.conv, s.upsample);
+    lora_conv_forward_band(out, band, edit, s.crucial, &s.conv, rows, W, s.upsample);
+    if (s.act == ACT_RELU && !s.norm) relu_forward(out, out, n);
+    return out;
+}
+
+/* enc1's output rows [r0, r1) of one image x (H, W, 3). */
+static float *enc1_rows(const e2g_gen_config *cfg, const e2g_gen_params *p, const float *x, int r0,
+                        int r1, int H, int W, const e2g_edit *edit) {
+    int pad = gen_conv_spec(cfg, G_ENC1).conv.pad, rows = r1 - r0 + 2 * pad, got;
+    float *band = e2g_xmalloc((size_t)rows * W * 3 * sizeof(float));
+    gather_rows(band, x, 0, r0 - pad, r1 + pad, H, W, 3, 1);
+    float *out = band_block(cfg, p, G_ENC1, band, rows, W, edit, &got);
+    free(band);
+    return out;
+}
+
+/* x → enc2's conv output (1, H/2, W/2, 2ngf) for one image, band by band,
+ * recomputing the enc1 rows each band needs. */
+static void lean_head(float *enc2_pre, const e2g_gen_config *cfg, const e2g_gen_params *p,
+                      const float *x, int H, int W, const e2g_edit *edit) {
+    int H2 = H / 2, W2 = W / 2, ngf = cfg->ngf, got;
+    for (int s0 = 0; s0 < H2; s0 += BAND_ROWS / 2) {
+        int s1 = s0 + BAND_ROWS / 2 < H2 ? s0 + BAND_ROWS / 2 : H2;
+        /* output row s reads enc1 rows 2s−1 .. 2s+1 (zero above the image) */
+        int lo = 2 * s0 - 1 > 0 ? 2 * s0 - 1 : 0, hi = 2 * s1 < H ? 2 * s1 : H;
+        float *e1 = enc1_rows(cfg, p, x, lo, hi, H, W, edit);
+        int rows = 2 * (s1 - s0) + 1;
+        float *band = e2g_xmalloc((size_t)rows * W * ngf * sizeof(float));
+        gather_rows(band, e1, lo, 2 * s0 - 1, 2 * s1, H, W, ngf, 0);
+        float *out = band_block(cfg, p, G_ENC2, band, rows, W, edit, &got);
+        memcpy(enc2_pre + (size_t)s0 * W2 * 2 * ngf, out, (size_t)got * W2 * 2 * ngf * sizeof(float));
+        free(out), free(band), free(e1);
+    }
+}
+
+/* One conv block over the whole batch with its output in place of its
+ * conv result (nothing is kept for a backward).  *h, *w: input size in,
+ * output size out.  Returns the malloc'd output. */
+static float *lean_block(const e2g_gen_config *cfg, const e2g_gen_params *p, int id,
+                         const float *in, int N, int *h, int *w, const e2g_edit *edits) {
+    conv_spec s = gen_conv_spec(cfg, id);
+    block_acts b;
+    arena sizes = {0};
+    block_plan(&b, &sizes, &s, N, *h, *w);
+    b.pre = b.out = e2g_xmalloc(block_out_size(&b, &s, N) * sizeof(float));
+    b.mean = s.norm ? e2g_xmalloc((size_t)N * s.conv.cout * sizeof(float)) : NULL;
+    b.rstd = s.norm ? e2g_xmalloc((size_t)N * s.conv.cout * sizeof(float)) : NULL;
+    block_forward(&b, &s, conv_params(p, id), in, N, edits);
+    free(b.mean), free(b.rstd);
+    *h = b.Ho, *w = b.Wo;
+    return b.out;
+}
+
+/* A residual block x + b(a(x)) over the batch; frees x. */
+static float *lean_residual(const e2g_gen_config *cfg, const e2g_gen_params *p, int id_a,
+                            float *x, int N, int h, int w, const e2g_edit *edits) {
+    int hh = h, ww = w;
+    float *a = lean_block(cfg, p, id_a, x, N, &hh, &ww, edits);
+    float *b = lean_block(cfg, p, id_a + 1, a, N, &hh, &ww, edits);
+    add_forward(b, b, x, (size_t)N * h * w * e2g_gen_c4(cfg));
+    free(a), free(x);
+    return b;
+}
+
+/* dec2's output (skip added) → y for one image, band by band: dec1's
+ * rows (and enc1's, for the skip) are computed for each band of output
+ * rows with the halo the 7×7 `out` conv needs. */
+static void lean_tail(float *y, const float *d2, const e2g_gen_config *cfg, const e2g_gen_params *p,
+                      const float *x, int H, int W, const e2g_edit *edit) {
+    int ngf = cfg->ngf, pad = gen_conv_spec(cfg, G_OUT).conv.pad, got;
+    for (int y0 = 0; y0 < H; y0 += BAND_ROWS) {
+        int y1 = y0 + BAND_ROWS < H ? y0 + BAND_ROWS : H;
+        int lo = y0 - pad > 0 ? y0 - pad : 0, hi = y1 + pad < H ? y1 + pad : H;
+        int i0 = lo / 2, i1 = (hi + 1) / 2; /* dec1 rows 2·i0 .. 2·i1 − 1 cover lo .. hi − 1 */
+        int rows = i1 - i0 + 2;
+        float *band = e2g_xmalloc((size_t)rows * (W / 2) * 2 * ngf * sizeof(float));
+        gather_rows(band, d2, 0, i0 - 1, i1 + 1, H / 2, W / 2, 2 * ngf, 0);
+        float *d1 = band_block(cfg, p, G_DEC1, band, rows, W / 2, edit, &got);
+        free(band);
+        if (cfg->unet_skips) {
+            float *e1 = enc1_rows(cfg, p, x, 2 * i0, 2 * i1, H, W, edit);
+            add_forward(d1, d1, e1, (size_t)got * W * ngf);
+            free(e1);
+        }
+        rows = y1 - y0 + 2 * pad;
+        band = e2g_xmalloc((size_t)rows * W * ngf * sizeof(float));
+        gather_rows(band, d1, 2 * i0, y0 - pad, y1 + pad, H, W, ngf, 1);
+        float *o = band_block(cfg, p, G_OUT, band, rows, W, edit, &got);
+        output_forward(y + (size_t)y0 * W * 3, o, x + (size_t)y0 * W * 3, cfg->residual_out,
+                       (size_t)got * W * 3);
+        free(o), free(band), free(d1);
+    }
+}
+
+void e2g_gen_infer(const e2g_gen_config *cfg, float *y, const e2g_gen_params *p, const float *x,
+                   const e2g_edit *edits, int N, int H, int W) {
+    E2G_ASSERT(!cfg->norm_ends && H % 8 == 0 && W % 8 == 0);
+    int h = H / 2, w = W / 2, c2 = 2 * cfg->ngf;
+    size_t img = (size_t)H * W * 3, half = (size_t)h * w * c2;
+    float *e2 = e2g_xmalloc(N * half * sizeof(float));
+    for (int n = 0; n < N; n++) lean_head(e2 + n * half, cfg, p, x + n * img, H, W, &edits[n]);
+    float *mean = e2g_xmalloc((size_t)N * c2 * sizeof(float)), *rstd = e2g_xmalloc((size_t)N * c2 * sizeof(float));
+    instancenorm_forward(e2, mean, rstd, e2, p->enc2.norm_w, p->enc2.norm_b, 1, N, h * w, c2);
+    free(mean), free(rstd);
+
+    float *cur = lean_block(cfg, p, G_ENC3, e2, N, &h, &w, edits);
+    cur = lean_residual(cfg, p, G_RB1A, cur, N, h, w, edits);
+    cur = lean_residual(cfg, p, G_RB2A, cur, N, h, w, edits);
+    float *t0 = lean_block(cfg, p, G_DS, cur, N, &h, &w, edits);
+    free(cur);
+    gen_tensors tb;
+    arena sizes = {0};
+    plan_tb(&tb, &sizes, cfg, N, h * w);
+    arena tb_memory = {e2g_xmalloc(sizes.used * sizeof(float)), 0};
+    plan_tb(&tb, &tb_memory, cfg, N, h * w);
+    gather_contexts(tb.ctx, cfg, edits, N);
+    tb_forward(&tb, p, cfg, t0, N, h * w, edits);
+    cur = lean_block(cfg, p, G_US, tb.t3, N, &h, &w, edits);
+    free(tb_memory.base), free(t0);
+    cur = lean_residual(cfg, p, G_RB3A, cur, N, h, w, edits);
+    float *d2 = lean_block(cfg, p, G_DEC2, cur, N, &h, &w, edits);
+    free(cur);
+    if (cfg->unet_skips) add_forward(d2, d2, e2, N * half);
+    free(e2);
+    for (int n = 0; n < N; n++) lean_tail(y + n * img, d2 + n * half, cfg, p, x + n * img, H, W, &edits[n]);
+    free(d2);
 }

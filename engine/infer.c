@@ -9,14 +9,23 @@
 struct e2g_infer {
     const e2g_model *model;
     int N, H, W;
-    e2g_gen_acts *acts;
+    e2g_gen_acts *acts; /* only for the paper-like form, whose ends need whole images */
 };
 
 e2g_infer *e2g_infer_new(const e2g_model *m, int N, int H, int W) {
     e2g_infer *inf = e2g_xcalloc(1, sizeof *inf);
     inf->model = m, inf->N = N, inf->H = H, inf->W = W;
-    inf->acts = e2g_gen_acts_new(&m->cfg, N, H, W, 0);
+    if (m->cfg.norm_ends) inf->acts = e2g_gen_acts_new(&m->cfg, N, H, W, 0);
     return inf;
+}
+
+/* The lean path where the model allows it, else the planned activations. */
+static void forward(e2g_infer *inf, float *y, const e2g_gen_params *p, const float *x,
+                    const e2g_edit *edits) {
+    if (inf->acts)
+        e2g_gen_forward(inf->acts, y, p, x, edits);
+    else
+        e2g_gen_infer(&inf->model->cfg, y, p, x, edits, inf->N, inf->H, inf->W);
 }
 
 void e2g_infer_free(e2g_infer *inf) {
@@ -28,7 +37,7 @@ void e2g_infer_free(e2g_infer *inf) {
 void e2g_infer_run(e2g_infer *inf, float *y, const float *x, const e2g_edit *edits, int merged) {
     const e2g_model *m = inf->model;
     if (!merged || edits[0].n_terms == 0) {
-        e2g_gen_forward(inf->acts, y, &m->params, x, edits);
+        forward(inf, y, &m->params, x, edits);
         return;
     }
     e2g_gen_params params;
@@ -38,7 +47,7 @@ void e2g_infer_run(e2g_infer *inf, float *y, const float *x, const e2g_edit *edi
         plain[n] = edits[n];
         plain[n].n_terms = 0;
     }
-    e2g_gen_forward(inf->acts, y, &params, x, plain);
+    forward(inf, y, &params, x, plain);
     free(plain);
     free(private_weights);
 }

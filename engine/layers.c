@@ -52,6 +52,18 @@ void layer_conv_forward(float *out, const float *in, const float *w, const float
         conv2d_forward(out, in, w, bias, N, H, W, cs);
 }
 
+void layer_conv_forward_band(float *out, const float *band, const float *w, const float *bias,
+                             int rows, int W, const e2g_conv_shape *cs, int upsample) {
+    if (upsample)
+        upconv2x_forward_band(out, band, w, bias, rows, W, cs->cin, cs->cout);
+    else
+        conv2d_forward_band(out, band, w, bias, rows, W, cs);
+}
+
+int layer_band_out_rows(int rows, const e2g_conv_shape *cs, int upsample) {
+    return upsample ? 2 * (rows - 2) : (rows - cs->k) / cs->stride + 1;
+}
+
 void layer_conv_backward(float *din, float *dw, float *db, const float *dout, const float *in,
                          const float *w, int N, int H, int W, const e2g_conv_shape *cs,
                          int upsample) {
@@ -66,7 +78,7 @@ void layer_conv_backward(float *din, float *dw, float *db, const float *dout, co
 /* Where a LoRA sits: a conv layer (A is a conv of the layer's shape, fused
  * with the layer's upsample when it has one) or a linear one (A is linear). */
 typedef struct {
-    int is_conv, upsample, H, W;
+    int is_conv, upsample, band, H, W; /* band: H rows of one image, gathered */
     e2g_conv_shape conv; /* conv: the layer's shape with cout = r */
     int rows, cin, cout; /* per sample: rows of input/output (pixels or tokens) */
     int out_rows;
@@ -77,7 +89,10 @@ static void site_a_forward(const lora_site *st, float *h, const float *x, const 
     if (st->is_conv) {
         e2g_conv_shape a_shape = st->conv;
         a_shape.cout = r;
-        layer_conv_forward(h, x, A, NULL, cnt, st->H, st->W, &a_shape, st->upsample);
+        if (st->band)
+            layer_conv_forward_band(h, x, A, NULL, st->H, st->W, &a_shape, st->upsample);
+        else
+            layer_conv_forward(h, x, A, NULL, cnt, st->H, st->W, &a_shape, st->upsample);
     } else {
         linear_forward(h, x, A, NULL, cnt * st->rows, st->cin, r, 0);
     }
@@ -146,11 +161,19 @@ static void lora_backward(float *din, e2g_lora *dlora, const e2g_lora *train, co
 
 static lora_site conv_site(const e2g_conv_shape *cs, int H, int W, int upsample) {
     int Ho = upsample ? 2 * H : conv2d_out_size(H, cs), Wo = upsample ? 2 * W : conv2d_out_size(W, cs);
-    return (lora_site){1, upsample, H, W, *cs, H * W, cs->cin, cs->cout, Ho * Wo};
+    return (lora_site){1, upsample, 0, H, W, *cs, H * W, cs->cin, cs->cout, Ho * Wo};
 }
 
 static lora_site linear_site(int rows, int cin, int cout) {
-    return (lora_site){0, 0, 0, 0, {0}, rows, cin, cout, rows};
+    return (lora_site){0, 0, 0, 0, 0, {0}, rows, cin, cout, rows};
+}
+
+void lora_conv_forward_band(float *out, const float *band, const e2g_edit *edit, int layer,
+                            const e2g_conv_shape *cs, int rows, int W, int upsample) {
+    int Wo = upsample ? 2 * W : conv2d_out_size(W, cs);
+    lora_site st = {1, upsample, 1, rows, W, *cs, rows * W, cs->cin, cs->cout,
+                    layer_band_out_rows(rows, cs, upsample) * Wo};
+    lora_forward(out, band, edit, layer, &st, 1);
 }
 
 void lora_conv_forward(float *out, const float *in, const e2g_edit *edits, int layer,

@@ -56,6 +56,14 @@ void layer_conv_backward(float *din, float *dw, float *db, const float *dout, co
                          const float *w, int N, int H, int W, const e2g_conv_shape *cs,
                          int upsample);
 
+/* Band counterparts for one image (see conv.h): rows of gathered input
+ * in, layer_band_out_rows rows out; LoRA as lora_conv_forward's. */
+void layer_conv_forward_band(float *out, const float *band, const float *w, const float *bias,
+                             int rows, int W, const e2g_conv_shape *cs, int upsample);
+int layer_band_out_rows(int rows, const e2g_conv_shape *cs, int upsample);
+void lora_conv_forward_band(float *out, const float *band, const e2g_edit *edit, int layer,
+                            const e2g_conv_shape *cs, int rows, int W, int upsample);
+
 /* Unmerged LoRA: out += Σ coef·scale·B(A(in)) over each sample's terms,
  * batched over runs of samples that share their terms; A has the layer's
  * conv shape (and upsample) or is linear.  The backward accumulates into

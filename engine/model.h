@@ -156,6 +156,14 @@ void e2g_gen_backward(e2g_gen_acts *a, e2g_gen_params *grads, e2g_lora *dlora,
                       const e2g_lora *train, float *dctx, float *dx, const float *dy,
                       const e2g_gen_params *p, const float *x, const e2g_edit *edits);
 
+/* Inference with the least memory: no activation is kept for a backward,
+ * each is freed after its last use, and the full-resolution layers (enc1,
+ * dec1, out) run on bands of rows, so no full-resolution activation ever
+ * exists.  Same output as e2g_gen_forward.  Needs norm-free ends
+ * (cfg->norm_ends == 0): a norm there needs the whole image at once. */
+void e2g_gen_infer(const e2g_gen_config *cfg, float *y, const e2g_gen_params *p, const float *x,
+                   const e2g_edit *edits, int N, int H, int W);
+
 /* ---- discriminator ------------------------------------------------------------ */
 
 typedef struct {
