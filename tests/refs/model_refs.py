@@ -16,9 +16,11 @@ Files written into DIR (tensor names in each file's docstring below):
 import argparse
 import json
 import os
+import subprocess
 import sys
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
 import e2gan_torch as E  # noqa: E402
@@ -231,6 +233,47 @@ def check_flags():
     assert set(E.Generator(8, 1, unet_skips=False, residual_out=False).state_dict()) == default
 
 
+PHOTO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "chelsea.png")
+EDITS = [("base-b", 1.0), ("lora-x", 0.8)]  # (concept, strength) for the photo edit
+
+
+def read_photo(path):
+    """An 8-bit RGB image (H, W, 3) through ImageMagick (no Python imaging needed)."""
+    size = subprocess.run(["identify", "-format", "%w %h", path], check=True, capture_output=True, text=True)
+    w, h = map(int, size.stdout.split())
+    raw = subprocess.run(["convert", path, "-depth", "8", "rgb:-"], check=True, capture_output=True).stdout
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8).reshape(h, w, 3)
+
+
+def edit_case(out, G, adapter):
+    """edit_photo.safetensors: PyTorch's edit of a real photo as ARCHITECTURE.md
+    §1 defines it — pixels p/127.5 − 1, reflection-padded at the right and
+    bottom to a multiple of 8, the generator in float64, cropped back,
+    round((y + 1)·127.5) clamped to 0..255 — for a base concept and for the
+    adapter; `expected_<i>` (H, W, 3) holds the 8-bit result of EDITS[i]."""
+    photo = read_photo(PHOTO)
+    h, w = photo.shape[:2]
+    x = photo.double().permute(2, 0, 1)[None] / 127.5 - 1
+    x = F.pad(x, [0, -w % 8, 0, -h % 8], mode="reflect")
+    tensors = {}
+    with torch.no_grad():
+        for i, (concept, strength) in enumerate(EDITS):
+            E.detach(G)
+            if concept == "lora-x":
+                E.attach(G, [(adapter, strength)])
+                ctx = adapter.embedding[None]
+            else:
+                ctx = G.concept_context([concept])
+            y = G(x, ctx)[0, :, :h, :w].permute(1, 2, 0)
+            tensors[f"expected_{i}"] = torch.clamp(torch.round((y + 1) * 127.5), 0, 255)
+    E.detach(G)
+    meta = {"photo": "tests/data/chelsea.png", "base_file": "g_default_ngf16_base.safetensors",
+            "adapter_file": "g_lora_default_ngf16_adapter.safetensors"}
+    for i, (concept, strength) in enumerate(EDITS):
+        meta[f"concept_{i}"], meta[f"strength_{i}"] = concept, strength
+    safetensors_io.save(os.path.join(out, "edit_photo.safetensors"), tensors, meta)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
@@ -244,6 +287,7 @@ def main():
         G, adapter = lora_case(args.out, variant, 200 + i)
         if variant == "default_ngf16":
             blend_case(args.out, G, adapter, 300)
+            edit_case(args.out, G, adapter)
     discriminator_case(args.out, 400)
     losses_case(args.out, 500)
 
