@@ -59,20 +59,13 @@ int e2g_disc_tensors(int ndf, e2g_disc_params *p, e2g_tensor_entry *out) {
 size_t e2g_disc_param_count(int ndf) {
     e2g_disc_params p;
     e2g_tensor_entry t[E2G_DISC_MAX_TENSORS];
-    int n = e2g_disc_tensors(ndf, &p, t);
-    size_t total = 0;
-    for (int i = 0; i < n; i++) total += t[i].numel;
-    return total;
+    return e2g_tensors_numel(t, e2g_disc_tensors(ndf, &p, t));
 }
 
 void e2g_disc_bind(int ndf, e2g_disc_params *p, float *memory) {
     e2g_tensor_entry t[E2G_DISC_MAX_TENSORS];
     memset(p, 0, sizeof *p);
-    int n = e2g_disc_tensors(ndf, p, t);
-    for (int i = 0; i < n; i++) {
-        *t[i].slot = memory;
-        memory += t[i].numel;
-    }
+    e2g_tensors_bind(t, e2g_disc_tensors(ndf, p, t), memory);
 }
 
 void e2g_disc_init(int ndf, e2g_disc_params *p, unsigned long long seed) {

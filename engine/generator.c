@@ -196,23 +196,29 @@ int e2g_gen_tensors(const e2g_gen_config *cfg, e2g_gen_params *p, e2g_tensor_ent
     return n;
 }
 
-size_t e2g_gen_param_count(const e2g_gen_config *cfg) {
-    e2g_gen_params p;
-    e2g_tensor_entry t[E2G_GEN_MAX_TENSORS];
-    int n = e2g_gen_tensors(cfg, &p, t);
+size_t e2g_tensors_numel(const e2g_tensor_entry *t, int n) {
     size_t total = 0;
     for (int i = 0; i < n; i++) total += t[i].numel;
     return total;
 }
 
-void e2g_gen_bind(const e2g_gen_config *cfg, e2g_gen_params *p, float *memory) {
-    e2g_tensor_entry t[E2G_GEN_MAX_TENSORS];
-    memset(p, 0, sizeof *p); /* tensors a config lacks stay NULL */
-    int n = e2g_gen_tensors(cfg, p, t);
+void e2g_tensors_bind(const e2g_tensor_entry *t, int n, float *memory) {
     for (int i = 0; i < n; i++) {
         *t[i].slot = memory;
         memory += t[i].numel;
     }
+}
+
+size_t e2g_gen_param_count(const e2g_gen_config *cfg) {
+    e2g_gen_params p;
+    e2g_tensor_entry t[E2G_GEN_MAX_TENSORS];
+    return e2g_tensors_numel(t, e2g_gen_tensors(cfg, &p, t));
+}
+
+void e2g_gen_bind(const e2g_gen_config *cfg, e2g_gen_params *p, float *memory) {
+    e2g_tensor_entry t[E2G_GEN_MAX_TENSORS];
+    memset(p, 0, sizeof *p); /* tensors a config lacks stay NULL */
+    e2g_tensors_bind(t, e2g_gen_tensors(cfg, p, t), memory);
 }
 
 /* ---- initialisation ----------------------------------------------------------- */

@@ -58,6 +58,10 @@ typedef struct {
     float **slot;
 } e2g_tensor_entry;
 
+/* Total elements of a tensor table; pointing its slots into one block. */
+size_t e2g_tensors_numel(const e2g_tensor_entry *t, int n);
+void e2g_tensors_bind(const e2g_tensor_entry *t, int n, float *memory);
+
 #define E2G_GEN_MAX_TENSORS 80
 /* Lists G's tensors in ARCHITECTURE.md order with slots inside *p; returns
  * the count. */

@@ -169,10 +169,4 @@ static Suite *attention_suite(void) {
     return s;
 }
 
-int main(void) {
-    SRunner *sr = srunner_create(attention_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    const int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+int main(void) { return run_suite(attention_suite()); }

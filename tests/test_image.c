@@ -925,10 +925,4 @@ static Suite *image_suite(void) {
     return s;
 }
 
-int main(void) {
-    SRunner *sr = srunner_create(image_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
-}
+int main(void) { return run_suite(image_suite()); }

@@ -96,18 +96,39 @@ START_TEST(test_generator) {
 }
 END_TEST
 
+/* A reference file with its base model and adapter loaded. */
+typedef struct {
+    e2g_st_file *f;
+    e2g_model *m;
+    e2g_adapter *ad;
+} lora_fixture;
+
+static lora_fixture open_lora(const char *name) {
+    char err[E2G_ERR_LEN];
+    lora_fixture fx = {ref_open(name), NULL, NULL};
+    fx.m = load_base(fx.f);
+    ck_assert_msg(e2g_adapter_load(&fx.ad, fx.m, ref_path(e2g_st_meta(fx.f, "adapter_file")), err) == 0,
+                  "adapter: %s", err);
+    return fx;
+}
+
+static void close_lora(lora_fixture *fx) {
+    e2g_adapter_free(fx->ad);
+    e2g_model_free(fx->m);
+    e2g_st_close(fx->f);
+}
+
 static const char *lora_variants[] = {"default_ngf16", "default_ngf32"};
 
 /* An adapter on every crucial layer, ranks differing per layer: unmerged
  * forward, merged forward, and the LoRA and embedding gradients. */
 START_TEST(test_lora) {
-    char name[64], err[E2G_ERR_LEN];
+    char name[64];
     snprintf(name, sizeof name, "g_lora_%s", lora_variants[_i]);
-    e2g_st_file *f = ref_open(name);
-    e2g_model *m = load_base(f);
-    e2g_adapter *ad = NULL;
-    ck_assert_msg(e2g_adapter_load(&ad, m, ref_path(e2g_st_meta(f, "adapter_file")), err) == 0,
-                  "adapter: %s", err);
+    lora_fixture fx = open_lora(name);
+    e2g_st_file *f = fx.f;
+    e2g_model *m = fx.m;
+    e2g_adapter *ad = fx.ad;
     int N = ref_meta_int(f, "N"), H = ref_meta_int(f, "H"), W = ref_meta_int(f, "W");
     float strength = (float)ref_meta_double(f, "strength");
     int T = m->cfg.ctx_tokens, c4 = e2g_gen_c4(&m->cfg);
@@ -159,9 +180,7 @@ START_TEST(test_lora) {
     }
     e2g_lora_free(dl);
     e2g_gen_acts_free(acts);
-    e2g_adapter_free(ad);
-    e2g_model_free(m);
-    e2g_st_close(f);
+    close_lora(&fx);
 }
 END_TEST
 
@@ -169,11 +188,10 @@ END_TEST
  * request parser the CLI and server use. */
 START_TEST(test_blend) {
     char err[E2G_ERR_LEN];
-    e2g_st_file *f = ref_open("g_blend_default_ngf16");
-    e2g_model *m = load_base(f);
-    e2g_adapter *ad = NULL;
-    ck_assert_msg(e2g_adapter_load(&ad, m, ref_path(e2g_st_meta(f, "adapter_file")), err) == 0,
-                  "adapter: %s", err);
+    lora_fixture fx = open_lora("g_blend_default_ngf16");
+    e2g_st_file *f = fx.f;
+    e2g_model *m = fx.m;
+    e2g_adapter *ad = fx.ad;
     int N = ref_meta_int(f, "N"), H = ref_meta_int(f, "H"), W = ref_meta_int(f, "W");
     e2g_request req;
     ck_assert_msg(e2g_request_resolve(&req, m, &ad, 1, e2g_st_meta(f, "blend"), 1.0f, err) == 0,
@@ -187,9 +205,7 @@ START_TEST(test_blend) {
     check("y (blend)", y, ref_image(f, "y", N, H, W), img, TOL_OUT);
     e2g_request_free(&req);
     e2g_gen_acts_free(acts);
-    e2g_adapter_free(ad);
-    e2g_model_free(m);
-    e2g_st_close(f);
+    close_lora(&fx);
 }
 END_TEST
 
@@ -198,11 +214,9 @@ END_TEST
  * in the default form and without skips or residual output. */
 START_TEST(test_lean_inference) {
     char err[E2G_ERR_LEN];
-    e2g_st_file *f = ref_open("g_lora_default_ngf16");
-    e2g_model *m = load_base(f);
-    e2g_adapter *ad = NULL;
-    ck_assert_msg(e2g_adapter_load(&ad, m, ref_path(e2g_st_meta(f, "adapter_file")), err) == 0,
-                  "adapter: %s", err);
+    lora_fixture fx = open_lora("g_lora_default_ngf16");
+    e2g_model *m = fx.m;
+    e2g_adapter *ad = fx.ad;
     int N = 2, H = 136, W = 48;
     size_t img = (size_t)N * H * W * 3;
     float *x = malloc(img * sizeof(float)), *y = malloc(img * sizeof(float)),
@@ -224,9 +238,7 @@ START_TEST(test_lean_inference) {
         e2g_gen_acts_free(acts);
     }
     for (int n = 0; n < N; n++) e2g_request_free(&req[n]);
-    e2g_adapter_free(ad);
-    e2g_model_free(m);
-    e2g_st_close(f);
+    close_lora(&fx);
 }
 END_TEST
 
@@ -234,11 +246,9 @@ END_TEST
  * same sample run alone, so per-sample LoRA never leaks across samples. */
 START_TEST(test_mixed_batch) {
     char err[E2G_ERR_LEN];
-    e2g_st_file *f = ref_open("g_lora_default_ngf16");
-    e2g_model *m = load_base(f);
-    e2g_adapter *ad = NULL;
-    ck_assert_msg(e2g_adapter_load(&ad, m, ref_path(e2g_st_meta(f, "adapter_file")), err) == 0,
-                  "adapter: %s", err);
+    lora_fixture fx = open_lora("g_lora_default_ngf16");
+    e2g_model *m = fx.m;
+    e2g_adapter *ad = fx.ad;
     int H = 16, W = 24, N = 3;
     size_t one = (size_t)H * W * 3;
     float *x = malloc(N * one * sizeof(float)), *y = malloc(N * one * sizeof(float)),
@@ -263,9 +273,7 @@ START_TEST(test_mixed_batch) {
     for (int n = 0; n < N; n++) e2g_request_free(&req[n]);
     e2g_gen_acts_free(batch);
     e2g_gen_acts_free(single);
-    e2g_adapter_free(ad);
-    e2g_model_free(m);
-    e2g_st_close(f);
+    close_lora(&fx);
 }
 END_TEST
 
@@ -320,9 +328,5 @@ int main(void) {
     tcase_add_test(tc, test_lean_inference);
     tcase_add_test(tc, test_discriminator);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return run_suite(s);
 }

@@ -101,3 +101,11 @@ void fill_random(float *x, size_t n, unsigned seed) {
         x[i] = (float)((s >> 8) * (1.0 / 8388608.0)) - 1.0f;
     }
 }
+
+int run_suite(Suite *s) {
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

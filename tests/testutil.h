@@ -30,6 +30,11 @@ double rel_error(const char *what, const float *got, const float *want, size_t n
 const char *test_bin(void);    /* the e2gan CLI */
 const char *test_source(void); /* the source tree */
 
+/* Runs a Check suite and returns the process exit status (0 when every
+ * test passed). */
+typedef struct Suite Suite;
+int run_suite(Suite *s);
+
 /* Uniform random floats in [-1, 1) from a fixed seed (xorshift). */
 void fill_random(float *x, size_t n, unsigned seed);
 
