@@ -35,8 +35,8 @@ static int ends_with_component(const char *s, const char *key) {
 
 /* PEFT's rank_pattern / alpha_pattern rule: an exact match of the module
  * path (or its §3 layer name) wins; otherwise the first key that matches a
- * dotted suffix.  Returns the integer value or dflt. */
-static int pattern_value(json_t *pattern, const char *module, int dflt) {
+ * dotted suffix.  Returns the numeric value or dflt. */
+static double pattern_value(json_t *pattern, const char *module, double dflt) {
     if (!json_is_object(pattern)) return dflt;
     char layer[64];
     layer_name(module, layer, sizeof layer);
@@ -48,7 +48,7 @@ static int pattern_value(json_t *pattern, const char *module, int dflt) {
         if (v) break;
         if (ends_with_component(module, key) || ends_with_component(layer, key)) v = value;
     }
-    return json_is_integer(v) ? (int)json_integer_value(v) : dflt;
+    return json_is_number(v) ? json_number_value(v) : dflt;
 }
 
 /* Splits "base_model.model.<module>.lora_X.weight" into the crucial layer
@@ -163,14 +163,12 @@ int e2g_adapter_load(e2g_adapter **out, const e2g_model *base, const char *path,
     if (collect_ranks(f, rank, err)) goto fail;
     for (int l = 0; l < E2G_N_CRUCIAL; l++) {
         if (!rank[l]) continue;
-        int r = pattern_value(json_object_get(config, "rank_pattern"), e2g_crucial_name(l),
-                              (int)json_integer_value(r_default));
-        json_t *ap = json_object_get(config, "alpha_pattern");
-        double alpha = json_number_value(alpha_default);
-        int alpha_i = pattern_value(ap, e2g_crucial_name(l), -1);
-        if (alpha_i >= 0) alpha = alpha_i;
+        double r = pattern_value(json_object_get(config, "rank_pattern"), e2g_crucial_name(l),
+                                 (double)json_integer_value(r_default));
+        double alpha = pattern_value(json_object_get(config, "alpha_pattern"), e2g_crucial_name(l),
+                                     json_number_value(alpha_default));
         if (r != rank[l]) {
-            e2g_fail(err, "layer %s: lora_A has rank %d but adapter_config gives %d",
+            e2g_fail(err, "layer %s: lora_A has rank %d but adapter_config gives %g",
                      e2g_crucial_name(l), rank[l], r);
             goto fail;
         }
@@ -194,6 +192,55 @@ fail:
     e2g_st_close(f);
     e2g_adapter_free(a);
     return -1;
+}
+
+/* ---- writing ------------------------------------------------------------------ */
+
+int e2g_adapter_save(const char *path, const e2g_model *base, const e2g_lora *lora,
+                     const char *concept, const char *const *extra_meta, char *err) {
+    e2g_st_writer *w = e2g_st_writer_new();
+    json_t *targets = json_array(), *ranks = json_object(), *alphas = json_object();
+    int r_default = 0, rc = -1;
+    double alpha_default = 0;
+    for (int l = 0; l < E2G_N_CRUCIAL; l++) {
+        if (!lora->rank[l]) continue;
+        e2g_layer_shape s;
+        e2g_crucial_shape(&base->cfg, l, &s);
+        int r = lora->rank[l];
+        if (!r_default) r_default = r, alpha_default = lora->scale[l] * r;
+        const char *module = e2g_crucial_name(l);
+        json_array_append_new(targets, json_string(module));
+        json_object_set_new(ranks, module, json_integer(r));
+        json_object_set_new(alphas, module, json_real(lora->scale[l] * r));
+        char name[96];
+        int64_t a_shape[4] = {r, s.cin, s.k, s.k}, b_shape[4] = {s.cout, r, 1, 1};
+        int ndim = s.k ? 4 : 2;
+        snprintf(name, sizeof name, PEFT_PREFIX "%s.lora_A.weight", module);
+        if (e2g_st_writer_add(w, name, E2G_DTYPE_F32, ndim, a_shape, lora->A[l], err)) goto out;
+        snprintf(name, sizeof name, PEFT_PREFIX "%s.lora_B.weight", module);
+        if (e2g_st_writer_add(w, name, E2G_DTYPE_F32, ndim, b_shape, lora->B[l], err)) goto out;
+    }
+    int64_t ctx_shape[2] = {base->cfg.ctx_tokens, e2g_gen_c4(&base->cfg)};
+    if (e2g_st_writer_add(w, CONCEPT_KEY, E2G_DTYPE_F32, 2, ctx_shape, lora->concept, err)) goto out;
+    /* PEFT's adapter_config: every layer's rank and alpha spelled out */
+    json_t *config = json_pack("{s:s,s:n,s:i,s:f,s:f,s:s,s:O,s:O,s:O}", "peft_type", "LORA",
+                               "task_type", "r", r_default, "lora_alpha", alpha_default,
+                               "lora_dropout", 0.0, "bias", "none", "target_modules", targets,
+                               "rank_pattern", ranks, "alpha_pattern", alphas);
+    char *config_text = json_dumps(config, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(config);
+    int bad = e2g_st_writer_meta(w, "format", "e2gan-lora", err) ||
+              e2g_st_writer_meta(w, "adapter_config", config_text, err) ||
+              e2g_st_writer_meta(w, "concept", concept, err) ||
+              e2g_st_writer_meta(w, "base_sha256", base->sha256, err);
+    free(config_text);
+    for (int i = 0; !bad && extra_meta && extra_meta[i]; i += 2)
+        bad = e2g_st_writer_meta(w, extra_meta[i], extra_meta[i + 1], err);
+    if (!bad) rc = e2g_st_writer_save(w, path, err);
+out:
+    json_decref(targets), json_decref(ranks), json_decref(alphas);
+    e2g_st_writer_free(w);
+    return rc;
 }
 
 /* ---- requests --------------------------------------------------------------- */

@@ -21,6 +21,13 @@ typedef struct {
 int e2g_adapter_load(e2g_adapter **out, const e2g_model *base, const char *path, char *err);
 void e2g_adapter_free(e2g_adapter *a);
 
+/* Writes an adapter for `base` (whose sha256 it records): PEFT keys for
+ * every layer with a rank, concept.embedding, and an adapter_config whose
+ * rank_pattern/alpha_pattern spell out each layer's rank and alpha;
+ * extra_meta is a NULL-terminated key, value list (the training report). */
+int e2g_adapter_save(const char *path, const e2g_model *base, const e2g_lora *lora,
+                     const char *concept, const char *const *extra_meta, char *err);
+
 /* A request resolved against a base and its adapters: the context buffer
  * (T, C4) owned here and the LoRA terms, ready to copy into e2g_edit. */
 typedef struct {

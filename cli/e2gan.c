@@ -3,17 +3,19 @@
  *   e2gan info   — what a weights file holds
  *   e2gan edit   — edit one image with a base concept, an adapter or a blend
  *   e2gan bench  — generator throughput at a size and batch
+ *   e2gan train, e2gan finetune — see train_cmds.c
  *   e2gan devices — the CPU threads and CUDA devices this build can use
  * Every failure prints one line "e2gan <command>: <reason>" and exits 1;
  * usage errors exit 2. */
-#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "adapter.h"
+#include "cli.h"
 #include "common.h"
 #include "image.h"
 #include "infer.h"
@@ -32,20 +34,6 @@ static int fail(const char *cmd, const char *msg) {
     return 1;
 }
 
-static int usage(const char *text) {
-    fputs(text, stderr);
-    return 2;
-}
-
-/* Parses a whole decimal integer in [lo, hi]. */
-static int parse_int(const char *s, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return -1;
-    *out = v;
-    return 0;
-}
 
 static double now_seconds(void) {
     struct timespec ts;
@@ -72,20 +60,20 @@ static int cmd_init(int argc, char **argv) {
     int paper = 0, c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         long *target = c == 'n' ? &ngf : c == 's' ? &seed : c == 't' ? &tokens : c == 'd' ? &ndf : NULL;
-        if (target && parse_int(optarg, 0, 1L << 30, target)) return usage(init_usage);
+        if (target && cli_parse_long(optarg, 0, 1L << 30, target)) return cli_usage(init_usage);
         if (c == 'c') concepts = optarg;
         if (c == 'o') out = optarg;
         if (c == 'p') paper = 1;
-        if (c == '?') return usage(init_usage);
+        if (c == '?') return cli_usage(init_usage);
     }
     if (ngf < 1 || ngf > 512 || tokens < 1 || tokens > 256 || ndf > 1024 || !concepts || !out ||
         optind != argc)
-        return usage(init_usage);
+        return cli_usage(init_usage);
     char *list = strdup(concepts), *names[256];
     int n = 0;
     for (char *save = NULL, *tok = strtok_r(list, ",", &save); tok && n < 256; tok = strtok_r(NULL, ",", &save))
         names[n++] = tok;
-    if (n == 0) return usage(init_usage);
+    if (n == 0) return cli_usage(init_usage);
     e2g_gen_config cfg = {(int)ngf, (int)tokens, n, !paper, !paper, paper};
     e2g_model *m = e2g_model_new(&cfg, (const char *const *)names, (int)ndf, (unsigned long long)seed);
     char err[E2G_ERR_LEN], seed_str[32];
@@ -103,7 +91,7 @@ static int cmd_init(int argc, char **argv) {
 /* ---- info ------------------------------------------------------------------- */
 
 static int cmd_info(int argc, char **argv) {
-    if (argc != 2) return usage("usage: e2gan info FILE\n");
+    if (argc != 2) return cli_usage("usage: e2gan info FILE\n");
     char err[E2G_ERR_LEN], hex[65];
     e2g_st_file *f = NULL;
     if (e2g_st_open(&f, argv[1], err)) return fail("info", err);
@@ -172,26 +160,22 @@ static int cmd_edit(int argc, char **argv) {
     long threads = 0, quality = 90, max_pixels = DEFAULT_MAX_PIXELS;
     double strength = 1.0;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        char *end;
         switch (c) {
         case 'm': model = optarg; break;
         case 'a':
-            if (n_adapters == MAX_ADAPTERS) return usage(edit_usage);
+            if (n_adapters == MAX_ADAPTERS) return cli_usage(edit_usage);
             adapters[n_adapters++] = optarg;
             break;
         case 'c': concept = optarg; break;
-        case 's':
-            strength = strtod(optarg, &end);
-            if (*end || end == optarg) return usage(edit_usage);
-            break;
+        case 's': if (cli_parse_double(optarg, -1e9, 1e9, &strength)) return cli_usage(edit_usage); break;
         case 'g': merged = 1; break;
-        case 't': if (parse_int(optarg, 1, 1024, &threads)) return usage(edit_usage); break;
-        case 'q': if (parse_int(optarg, 1, 100, &quality)) return usage(edit_usage); break;
-        case 'p': if (parse_int(optarg, 64, 1L << 40, &max_pixels)) return usage(edit_usage); break;
-        default: return usage(edit_usage);
+        case 't': if (cli_parse_long(optarg, 1, 1024, &threads)) return cli_usage(edit_usage); break;
+        case 'q': if (cli_parse_long(optarg, 1, 100, &quality)) return cli_usage(edit_usage); break;
+        case 'p': if (cli_parse_long(optarg, 64, 1L << 40, &max_pixels)) return cli_usage(edit_usage); break;
+        default: return cli_usage(edit_usage);
         }
     }
-    if (!model || !concept || argc - optind != 2) return usage(edit_usage);
+    if (!model || !concept || argc - optind != 2) return cli_usage(edit_usage);
     const char *in_path = argv[optind], *out_path = argv[optind + 1];
     e2g_set_threads((int)threads);
     char err[E2G_ERR_LEN];
@@ -244,17 +228,17 @@ static int cmd_bench(int argc, char **argv) {
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
         case 'm': model = optarg; break;
-        case 's': if (parse_int(optarg, 8, 16384, &size) || size % 8) return usage(bench_usage); break;
-        case 'b': if (parse_int(optarg, 1, 1024, &batch)) return usage(bench_usage); break;
-        case 'i': if (parse_int(optarg, 1, 100000, &iters)) return usage(bench_usage); break;
-        case 't': if (parse_int(optarg, 1, 1024, &threads)) return usage(bench_usage); break;
+        case 's': if (cli_parse_long(optarg, 8, 16384, &size) || size % 8) return cli_usage(bench_usage); break;
+        case 'b': if (cli_parse_long(optarg, 1, 1024, &batch)) return cli_usage(bench_usage); break;
+        case 'i': if (cli_parse_long(optarg, 1, 100000, &iters)) return cli_usage(bench_usage); break;
+        case 't': if (cli_parse_long(optarg, 1, 1024, &threads)) return cli_usage(bench_usage); break;
         case 'a': adapter = optarg; break;
         case 'c': concept = optarg; break;
         case 'g': merged = 1; break;
-        default: return usage(bench_usage);
+        default: return cli_usage(bench_usage);
         }
     }
-    if (!model || !size || optind != argc) return usage(bench_usage);
+    if (!model || !size || optind != argc) return cli_usage(bench_usage);
     e2g_set_threads((int)threads);
     char err[E2G_ERR_LEN];
     loaded_models lm;
@@ -321,22 +305,38 @@ static const char main_usage[] =
     "  info   show a weights file's metadata and tensors\n"
     "  edit   edit an image with a concept, an adapter or a blend\n"
     "  bench  time the generator\n"
+    "  train  train a base model (or one concept from scratch) on a dataset\n"
+    "  finetune  train a LoRA adapter for a new concept on a frozen base\n"
     "  devices  show the CPU threads and CUDA devices the build can use\n"
     "Run 'e2gan COMMAND' without arguments for its options.\n";
 
+/* Training runs for hours beside other work: OpenMP threads that spin while
+ * waiting then steal the cores the others need (measured: 100x slower on
+ * a loaded 2-core machine).  libgomp reads its wait policy when it loads,
+ * so the training commands re-run themselves with a passive policy unless
+ * the caller chose one. */
+static void prefer_passive_wait(char **argv) {
+    if (getenv("OMP_WAIT_POLICY")) return;
+    setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+    execv("/proc/self/exe", argv);
+}
+
 int main(int argc, char **argv) {
-    if (argc < 2) return usage(main_usage);
+    if (argc < 2) return cli_usage(main_usage);
     const char *cmd = argv[1];
+    if (strcmp(cmd, "train") == 0 || strcmp(cmd, "finetune") == 0) prefer_passive_wait(argv);
     argc--, argv++;
     if (strcmp(cmd, "init") == 0) return cmd_init(argc, argv);
     if (strcmp(cmd, "info") == 0) return cmd_info(argc, argv);
     if (strcmp(cmd, "edit") == 0) return cmd_edit(argc, argv);
     if (strcmp(cmd, "bench") == 0) return cmd_bench(argc, argv);
+    if (strcmp(cmd, "train") == 0) return cmd_train(argc, argv);
+    if (strcmp(cmd, "finetune") == 0) return cmd_finetune(argc, argv);
     if (strcmp(cmd, "devices") == 0) return cmd_devices();
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "help") == 0) {
         fputs(main_usage, stdout);
         return 0;
     }
     fprintf(stderr, "e2gan: unknown command '%s'\n", cmd);
-    return usage(main_usage);
+    return cli_usage(main_usage);
 }

@@ -89,7 +89,7 @@ typedef struct {
     unsigned long last_used;
 } conv_plan;
 
-#define PLAN_CACHE_SIZE 96
+#define PLAN_CACHE_SIZE 1024
 static _Thread_local conv_plan *t_plans[PLAN_CACHE_SIZE];
 static _Thread_local unsigned long t_clock;
 static _Thread_local dnnl_stream_t t_stream;

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "adam.h"
 #include "conv.h"
 #include "ops.h"
 #include "testutil.h"
@@ -246,6 +247,27 @@ START_TEST(test_losses) {
 }
 END_TEST
 
+/* Adam against torch.optim.Adam over three steps. */
+START_TEST(test_adam) {
+    e2g_st_file *f = ref_open("op_adam");
+    int n = ref_meta_int(f, "n");
+    float *p = ref_tensor(f, "p0", NULL);
+    e2g_adam adam;
+    e2g_adam_init(&adam, n);
+    for (int step = 1; step <= 3; step++) {
+        char name[8];
+        snprintf(name, sizeof name, "g%d", step);
+        e2g_adam_step(&adam, p, ref_tensor(f, name, NULL), (float)ref_meta_double(f, "lr"),
+                      (float)ref_meta_double(f, "beta1"), (float)ref_meta_double(f, "beta2"),
+                      (float)ref_meta_double(f, "eps"));
+        snprintf(name, sizeof name, "p%d", step);
+        check_out(name, p, ref_tensor(f, name, NULL), n);
+    }
+    e2g_adam_free(&adam);
+    e2g_st_close(f);
+}
+END_TEST
+
 /* The comparison itself must catch a broken op: a ReLU that leaks like a
  * LeakyReLU is far outside the output tolerance. */
 START_TEST(test_broken_op_is_caught) {
@@ -270,6 +292,7 @@ int main(void) {
     tcase_add_test(tc, test_output);
     tcase_add_loop_test(tc, test_upconv, 0, 2);
     tcase_add_test(tc, test_losses);
+    tcase_add_test(tc, test_adam);
     tcase_add_test(tc, test_broken_op_is_caught);
     suite_add_tcase(s, tc);
     return run_suite(s);

@@ -108,12 +108,27 @@ def cases():
         yield name, {**inputs, "out": out, "dout": dout, **grads}, meta
 
 
+def adam_case():
+    """Three torch.optim.Adam steps with the trainer's betas (0.5, 0.999)."""
+    p = torch.randn(257, dtype=D)
+    grads = [torch.randn(257, dtype=D) * s for s in (1.0, 0.1, 3.0)]
+    param = p.clone().requires_grad_(True)
+    opt = torch.optim.Adam([param], lr=0.01, betas=(0.5, 0.999), eps=1e-8)
+    out = {"p0": p}
+    for i, g in enumerate(grads):
+        param.grad = g.clone()
+        opt.step()
+        out[f"g{i + 1}"] = g
+        out[f"p{i + 1}"] = param.detach().clone()
+    return "adam", out, dict(n=257, steps=3, lr=0.01, beta1=0.5, beta2=0.999, eps=1e-8)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    for name, tensors, meta in cases():
+    for name, tensors, meta in [*cases(), adam_case()]:
         safetensors_io.save(os.path.join(args.out, f"op_{name}.safetensors"), tensors, meta)
 
 

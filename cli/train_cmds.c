@@ -1,0 +1,260 @@
+/* train_cmds.c — `e2gan train` (a base model on several concepts, or one
+ * concept from scratch) and `e2gan finetune` (a LoRA adapter for a new
+ * concept on a frozen base), over engine/train.c. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "adapter.h"
+#include "cli.h"
+#include "common.h"
+#include "dataset.h"
+#include "model_io.h"
+#include "train.h"
+
+/* Options both commands take (getopt_long values 1000+). */
+enum {
+    OPT_STEPS = 1000, OPT_BATCH, OPT_LR, OPT_L1, OPT_GAN, OPT_DECAY, OPT_SEED, OPT_EVAL_EVERY,
+    OPT_EVAL_PAIRS, OPT_CHECKPOINT, OPT_CHECKPOINT_EVERY, OPT_REPORT, OPT_THREADS, OPT_QUIET,
+    OPT_DATA, OPT_OUT
+};
+
+#define TRAIN_OPTIONS                                                                             \
+    {"steps", 1, 0, OPT_STEPS}, {"batch", 1, 0, OPT_BATCH}, {"lr", 1, 0, OPT_LR},                 \
+        {"lambda-l1", 1, 0, OPT_L1}, {"gan-weight", 1, 0, OPT_GAN}, {"decay-from", 1, 0, OPT_DECAY}, \
+        {"seed", 1, 0, OPT_SEED}, {"eval-every", 1, 0, OPT_EVAL_EVERY},                           \
+        {"eval-pairs", 1, 0, OPT_EVAL_PAIRS}, {"checkpoint", 1, 0, OPT_CHECKPOINT},               \
+        {"checkpoint-every", 1, 0, OPT_CHECKPOINT_EVERY}, {"report", 1, 0, OPT_REPORT},           \
+        {"threads", 1, 0, OPT_THREADS}, {"quiet", 0, 0, OPT_QUIET}, {"data", 1, 0, OPT_DATA},     \
+        {"out", 1, 0, OPT_OUT}
+
+#define TRAIN_OPTIONS_HELP                                                                        \
+    "training options (defaults in brackets):\n"                                                  \
+    "  --data DIR            a dataset made by tools/make_dataset.py (required)\n"               \
+    "  --out FILE            where the result goes (required)\n"                                  \
+    "  --steps N [1000]  --batch B [8]  --lr X [2e-4]  --decay-from F [0.5: lr decays\n"         \
+    "                        linearly to 0 over the last half]\n"                                  \
+    "  --lambda-l1 X [100]   --gan-weight X [1; 0 trains with L1 alone, no D]\n"                  \
+    "  --seed S [1]          the run is deterministic for a seed and thread count\n"              \
+    "  --eval-every N [250]  --eval-pairs N [64; 0 = all validation pairs]\n"                    \
+    "  --checkpoint FILE     resume from FILE if it exists; save to it every\n"                  \
+    "                        --checkpoint-every N [100] steps and at the end\n"                   \
+    "  --report DIR          report.json, curve.png, contact.png\n"                               \
+    "  --threads T  --quiet\n"
+
+typedef struct {
+    e2g_train_opts opts;
+    const char *data, *out;
+    long threads;
+} train_args;
+
+/* Handles a shared option; 1 = taken, 0 = not shared, -1 = bad value. */
+static int parse_train_option(int c, const char *arg, train_args *a) {
+    e2g_train_opts *o = &a->opts;
+    long v;
+    double d;
+    switch (c) {
+    case OPT_STEPS: return cli_parse_long(arg, 1, 100000000, &o->steps) ? -1 : 1;
+    case OPT_BATCH: return cli_parse_long(arg, 1, 4096, &v) ? -1 : (o->batch = (int)v, 1);
+    case OPT_LR: return cli_parse_double(arg, 0, 1, &d) ? -1 : (o->lr = (float)d, 1);
+    case OPT_L1: return cli_parse_double(arg, 0, 1e6, &d) ? -1 : (o->lambda_l1 = (float)d, 1);
+    case OPT_GAN: return cli_parse_double(arg, 0, 1e6, &d) ? -1 : (o->gan_weight = (float)d, 1);
+    case OPT_DECAY: return cli_parse_double(arg, 0, 1, &d) ? -1 : (o->decay_from = (float)d, 1);
+    case OPT_SEED: return cli_parse_long(arg, 0, 1L << 62, &v) ? -1 : (o->seed = (unsigned long long)v, 1);
+    case OPT_EVAL_EVERY: return cli_parse_long(arg, 0, 100000000, &o->eval_every) ? -1 : 1;
+    case OPT_EVAL_PAIRS: return cli_parse_long(arg, 0, 1000000, &v) ? -1 : (o->eval_pairs = (int)v, 1);
+    case OPT_CHECKPOINT: return o->checkpoint = arg, 1;
+    case OPT_CHECKPOINT_EVERY: return cli_parse_long(arg, 1, 100000000, &o->checkpoint_every) ? -1 : 1;
+    case OPT_REPORT: return o->report_dir = arg, 1;
+    case OPT_THREADS: return cli_parse_long(arg, 1, 1024, &a->threads) ? -1 : 1;
+    case OPT_QUIET: return o->quiet = 1, 1;
+    case OPT_DATA: return a->data = arg, 1;
+    case OPT_OUT: return a->out = arg, 1;
+    default: return 0;
+    }
+}
+
+/* Loads the train and val splits of the concepts asked for. */
+static int load_data(const train_args *a, const char *concepts, e2g_dataset **train,
+                     e2g_dataset **val, char *err) {
+    if (e2g_dataset_load(train, a->data, "train", concepts, err)) return -1;
+    if (e2g_dataset_load(val, a->data, "val", concepts, err)) return -1;
+    fprintf(stderr, "data: %d training pairs, %d validation pairs of %d concept(s), %dx%d\n",
+            (*train)->n_pairs, (*val)->n_pairs, (*train)->n_concepts, (*train)->crop, (*train)->crop);
+    return 0;
+}
+
+/* Adds what a trained file records about its training to `report` and
+ * writes report.json when a report folder is set; returns the report as a
+ * string for the file's metadata (caller frees). */
+static char *finish_report(json_t *report, const train_args *a, const char *what) {
+    json_t *budget = json_object_get(report, "budget");
+    char machine[256];
+    cli_machine(machine, sizeof machine);
+    json_object_set_new(budget, "machine", json_string(machine));
+    json_object_set_new(report, "data", json_string(a->data));
+    json_object_set_new(report, "what", json_string(what));
+    if (a->opts.report_dir) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/report.json", a->opts.report_dir);
+        if (json_dump_file(report, path, JSON_INDENT(2) | JSON_SORT_KEYS))
+            fprintf(stderr, "e2gan: could not write %s\n", path);
+    }
+    json_t *final = json_object_get(report, "final");
+    if (json_is_object(final))
+        fprintf(stderr, "validation: mean PSNR %.2f dB (identity %.2f dB), SSIM %.4f\n",
+                json_number_value(json_object_get(final, "mean_psnr")),
+                json_number_value(json_object_get(final, "mean_identity_psnr")),
+                json_number_value(json_object_get(final, "mean_ssim")));
+    return json_dumps(report, JSON_COMPACT | JSON_SORT_KEYS);
+}
+
+static int prepare(train_args *a, const char *usage_text) {
+    if (!a->data || !a->out) return cli_usage(usage_text);
+    e2g_set_threads((int)a->threads);
+    if (a->opts.report_dir) mkdir(a->opts.report_dir, 0755);
+    return 0;
+}
+
+/* ---- train ------------------------------------------------------------------ */
+
+static const char train_usage[] =
+    "usage: e2gan train --data DIR --out BASE.safetensors [--concepts a,b,...]\n"
+    "                   [--ngf N] [--ndf N] [--paper-like] [--init BASE] [training options]\n"
+    "  Trains the whole generator (and, with the GAN term, the PatchGAN D) on the\n"
+    "  dataset's concepts (all of them unless --concepts), one learned embedding\n"
+    "  per concept: the base model.  With one concept it is the pix2pix-style\n"
+    "  from-scratch baseline.  --init continues from a base instead of a fresh\n"
+    "  PyTorch-default initialisation.\n" TRAIN_OPTIONS_HELP;
+
+int cmd_train(int argc, char **argv) {
+    static const struct option opts[] = {TRAIN_OPTIONS,         {"concepts", 1, 0, 'c'},
+                                         {"ngf", 1, 0, 'n'},   {"ndf", 1, 0, 'd'},
+                                         {"paper-like", 0, 0, 'p'}, {"init", 1, 0, 'i'},
+                                         {0, 0, 0, 0}};
+    train_args a = {0};
+    e2g_train_defaults(&a.opts);
+    const char *concepts = NULL, *init = NULL;
+    long ngf = 32, ndf = 64;
+    int paper = 0, c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        int r = parse_train_option(c, optarg, &a);
+        if (r < 0 || (r == 0 && c == '?')) return cli_usage(train_usage);
+        if (c == 'c') concepts = optarg;
+        if (c == 'n' && cli_parse_long(optarg, 1, 512, &ngf)) return cli_usage(train_usage);
+        if (c == 'd' && cli_parse_long(optarg, 1, 1024, &ndf)) return cli_usage(train_usage);
+        if (c == 'p') paper = 1;
+        if (c == 'i') init = optarg;
+    }
+    if (optind != argc || prepare(&a, train_usage)) return 2;
+    char err[E2G_ERR_LEN];
+    e2g_dataset *train = NULL, *val = NULL;
+    e2g_model *m = NULL;
+    json_t *report = NULL;
+    char *report_text = NULL;
+    int rc = 1;
+    if (load_data(&a, concepts, &train, &val, err)) goto out;
+    if (init) {
+        if (e2g_model_load(&m, init, err)) goto out;
+    } else {
+        e2g_gen_config cfg = {(int)ngf, 8, train->n_concepts, !paper, !paper, paper};
+        m = e2g_model_new(&cfg, (const char *const *)train->concepts, a.opts.gan_weight > 0 ? (int)ndf : 0,
+                          a.opts.seed);
+    }
+    e2g_train_target target = {m, NULL};
+    if (e2g_train(&target, train, val, &a.opts, &report, err)) goto out;
+    report_text = finish_report(report, &a, "base model (full training)");
+    const char *meta[] = {"provenance", "e2gan train", "training_report", report_text, NULL};
+    if (e2g_model_save(m, a.out, meta, err)) goto out;
+    fprintf(stderr, "wrote %s\n", a.out);
+    rc = 0;
+out:
+    if (rc) fprintf(stderr, "e2gan train: %s\n", err);
+    free(report_text);
+    json_decref(report);
+    e2g_model_free(m);
+    e2g_dataset_free(train), e2g_dataset_free(val);
+    return rc;
+}
+
+/* ---- finetune --------------------------------------------------------------- */
+
+static const char finetune_usage[] =
+    "usage: e2gan finetune --model BASE --data DIR --concept NAME --out ADAPTER.safetensors\n"
+    "                      [--rank R] [--alpha A] [training options]\n"
+    "  Trains a LoRA adapter of rank R [4] and scale A/R [A = R] on every crucial\n"
+    "  layer (ARCHITECTURE.md §3) plus the concept's own embedding (started at the\n"
+    "  mean of the base's), on the frozen base; D starts from the base's when the\n"
+    "  base has one.  NAME is a concept of the dataset.\n" TRAIN_OPTIONS_HELP;
+
+/* A new adapter: A as PyTorch initialises a layer (±1/√fan_in), B zero (so
+ * training starts from the base), the embedding at the base concepts' mean. */
+static e2g_lora *new_adapter(const e2g_model *m, int rank, float alpha, unsigned long long seed) {
+    int ranks[E2G_N_CRUCIAL];
+    float scales[E2G_N_CRUCIAL];
+    for (int l = 0; l < E2G_N_CRUCIAL; l++) ranks[l] = rank, scales[l] = alpha / rank;
+    e2g_lora *l = e2g_lora_new(&m->cfg, ranks, scales);
+    e2g_tensor_entry t[E2G_N_CRUCIAL];
+    for (int i = 0; i < E2G_N_CRUCIAL; i++) {
+        e2g_layer_shape s;
+        e2g_crucial_shape(&m->cfg, i, &s);
+        t[i] = (e2g_tensor_entry){.init = E2G_INIT_WEIGHT, .ndim = 2, .shape = {rank, (int64_t)s.cin * (s.k ? s.k * s.k : 1)},
+                                  .numel = (size_t)rank * s.cin * (s.k ? s.k * s.k : 1), .slot = &l->A[i]};
+    }
+    e2g_init_tensors(t, E2G_N_CRUCIAL, seed);
+    size_t ctx = (size_t)m->cfg.ctx_tokens * e2g_gen_c4(&m->cfg);
+    for (int k = 0; k < m->cfg.n_concepts; k++) {
+        const float *c = e2g_model_context(m, k);
+        for (size_t i = 0; i < ctx; i++) l->concept[i] += c[i] / m->cfg.n_concepts;
+    }
+    return l;
+}
+
+int cmd_finetune(int argc, char **argv) {
+    static const struct option opts[] = {TRAIN_OPTIONS,        {"model", 1, 0, 'm'},
+                                         {"concept", 1, 0, 'c'}, {"rank", 1, 0, 'r'},
+                                         {"alpha", 1, 0, 'a'},  {0, 0, 0, 0}};
+    train_args a = {0};
+    e2g_train_defaults(&a.opts);
+    const char *model = NULL, *concept = NULL;
+    long rank = 4;
+    double alpha = -1;
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        int r = parse_train_option(c, optarg, &a);
+        if (r < 0 || (r == 0 && c == '?')) return cli_usage(finetune_usage);
+        if (c == 'm') model = optarg;
+        if (c == 'c') concept = optarg;
+        if (c == 'r' && cli_parse_long(optarg, 1, 1024, &rank)) return cli_usage(finetune_usage);
+        if (c == 'a' && cli_parse_double(optarg, 1e-6, 1e6, &alpha)) return cli_usage(finetune_usage);
+    }
+    if (optind != argc || !model || !concept || prepare(&a, finetune_usage)) return 2;
+    if (alpha < 0) alpha = (double)rank;
+    char err[E2G_ERR_LEN];
+    e2g_dataset *train = NULL, *val = NULL;
+    e2g_model *m = NULL;
+    e2g_lora *lora = NULL;
+    json_t *report = NULL;
+    char *report_text = NULL;
+    int rc = 1;
+    if (e2g_model_load(&m, model, err) || load_data(&a, concept, &train, &val, err)) goto out;
+    lora = new_adapter(m, (int)rank, (float)alpha, a.opts.seed);
+    e2g_train_target target = {m, lora};
+    if (e2g_train(&target, train, val, &a.opts, &report, err)) goto out;
+    json_object_set_new(report, "ranks", json_pack("{s:i,s:f}", "uniform", (int)rank, "alpha", alpha));
+    report_text = finish_report(report, &a, "LoRA adapter (fine-tuning on a frozen base)");
+    const char *meta[] = {"training_report", report_text, NULL};
+    if (e2g_adapter_save(a.out, m, lora, concept, meta, err)) goto out;
+    fprintf(stderr, "wrote %s\n", a.out);
+    rc = 0;
+out:
+    if (rc) fprintf(stderr, "e2gan finetune: %s\n", err);
+    free(report_text);
+    json_decref(report);
+    e2g_lora_free(lora);
+    e2g_model_free(m);
+    e2g_dataset_free(train), e2g_dataset_free(val);
+    return rc;
+}

@@ -1,0 +1,45 @@
+/* dataset.h — paired training data as tools/make_dataset.py writes it
+ * (docs/data.md): OUT/manifest.json, OUT/SPLIT/src/ID.png and
+ * OUT/SPLIT/CONCEPT/ID.png.  A split is loaded whole into memory as 8-bit
+ * pairs; batches are drawn deterministically from (seed, step). */
+#ifndef E2G_DATASET_H
+#define E2G_DATASET_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    int concept;          /* index into the dataset's concept list */
+    const uint8_t *src;   /* crop × crop × 3 */
+    const uint8_t *dst;
+} e2g_pair;
+
+typedef struct {
+    int crop;
+    int n_concepts;
+    char **concepts; /* the concepts loaded, in the order asked for */
+    int n_pairs;
+    e2g_pair *pairs;
+    uint8_t *pixels; /* every image of the split */
+} e2g_dataset;
+
+/* Loads the pairs of `split` ("train" or "val") for the given concepts (a
+ * comma list, or NULL for every concept of the manifest).  Unknown
+ * concepts, missing files and images of the wrong size are errors. */
+int e2g_dataset_load(e2g_dataset **out, const char *dir, const char *split, const char *concepts,
+                     char *err);
+void e2g_dataset_free(e2g_dataset *d);
+
+/* Keeps only the pairs whose index has keep[i] set (data reduction). */
+void e2g_dataset_select(e2g_dataset *d, const unsigned char *keep);
+
+/* The pair indices of batch `step`: an epoch-wise shuffle of all pairs
+ * seeded by (seed, epoch), so any step's batch is known without replaying
+ * the ones before it (resume gives the same batches). */
+void e2g_dataset_batch(const e2g_dataset *d, unsigned long long seed, long step, int batch,
+                       int *indices);
+
+/* Converts pairs to the model's NHWC floats in [-1, 1]. */
+void e2g_pairs_to_tensors(const e2g_dataset *d, const int *indices, int n, float *src, float *dst);
+
+#endif

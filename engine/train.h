@@ -1,0 +1,57 @@
+/* train.h — the trainer: full training of the generator (and PatchGAN D)
+ * on several concepts — the base model, or one concept from scratch — and
+ * LoRA fine-tuning of a new concept on a frozen base.  Adam, LSGAN + λ·L1
+ * (ARCHITECTURE.md §2), deterministic for a seed, checkpoint and resume,
+ * validation PSNR/SSIM, progress on stderr and a report (JSON, loss/quality
+ * curve, contact sheet).  It drives the engine only through its forward and
+ * backward functions, so another backend can slot in underneath. */
+#ifndef E2G_TRAIN_H
+#define E2G_TRAIN_H
+
+#include <jansson.h>
+
+#include "dataset.h"
+#include "model.h"
+#include "model_io.h"
+
+typedef struct {
+    long steps;
+    int batch;
+    float lr, beta1, beta2;
+    float lambda_l1;   /* weight of the L1 term */
+    float gan_weight;  /* weight of the LSGAN term; 0 trains without D */
+    float decay_from;  /* fraction of the run after which lr decays linearly to 0 */
+    unsigned long long seed;
+    long eval_every, checkpoint_every, log_every;
+    int eval_pairs;          /* validation pairs per evaluation (0 = all) */
+    const char *checkpoint;  /* resume from / save to this file, or NULL */
+    const char *report_dir;  /* report.json, curve.png, contact.png; or NULL */
+    int quiet;               /* no progress line */
+} e2g_train_opts;
+
+/* Defaults of ARCHITECTURE.md §2: Adam lr 2e-4, β (0.5, 0.999), λ = 100. */
+void e2g_train_defaults(e2g_train_opts *o);
+
+/* What is trained: the whole generator (lora NULL) — every dataset concept
+ * must then be a concept of the model, in any order — or a LoRA adapter
+ * and its concept embedding on the frozen base (the dataset's concepts all
+ * map to the adapter). */
+typedef struct {
+    e2g_model *model; /* its discriminator is trained when gan_weight > 0 */
+    e2g_lora *lora;
+} e2g_train_target;
+
+/* Runs the training.  On success *report (a JSON object: options, budget,
+ * loss history, evaluations, final per-concept metrics) is the caller's to
+ * json_decref. */
+int e2g_train(e2g_train_target *target, const e2g_dataset *train, const e2g_dataset *val,
+              const e2g_train_opts *opts, json_t **report, char *err);
+
+/* PSNR and SSIM of the target's edits against the teacher on val pairs
+ * (at most max_pairs, 0 = all), per dataset concept, with the identity
+ * edit's PSNR beside it; writes a contact sheet (source | teacher | model)
+ * when sheet_path is non-NULL.  Returns a JSON object. */
+json_t *e2g_evaluate(const e2g_train_target *target, const e2g_dataset *val, int max_pairs,
+                     const char *sheet_path);
+
+#endif

@@ -1,0 +1,219 @@
+/* test_train.c — the trainer end to end through the CLI, on a small dataset
+ * that tools/make_dataset.py builds from a real photo: a run killed with
+ * SIGKILL and restarted from its checkpoint ends with exactly the weights of
+ * an unbroken run; runs are deterministic for a seed; training improves the
+ * validation PSNR; fine-tuning writes an adapter the engine loads and edits
+ * with; bad options and data are refused with a message. */
+#include <check.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common.h"
+#include "safetensors.h"
+#include "testutil.h"
+
+static char dir[256];
+
+/* Runs a shell command built from fmt; returns its exit status. */
+static int sh(const char *fmt, ...) {
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    int status = system(cmd);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* A dataset of two concepts (a built-in teacher and a custom one) at 32²
+ * from five crops of the test photo, made once for the suite. */
+static void make_dataset(void) {
+    snprintf(dir, sizeof dir, "/tmp/e2g_train_XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    ck_assert_int_eq(sh("mkdir -p %s/photos && for i in 1 2 3 4 5 6; do convert %s/tests/data/chelsea.png "
+                        "-roll +${i}9+${i}3 %s/photos/p$i.png; done",
+                        dir, test_source(), dir),
+                     0);
+    ck_assert_int_eq(sh("/usr/bin/python3 %s/tools/make_dataset.py --photos %s/photos --photos-from none "
+                        "--out %s/ds --crop 32 --train-crops 48 --val-crops-per-photo 2 --concepts sepia "
+                        "--teacher negate=-negate --jobs 2 >%s/dataset.log 2>&1",
+                        test_source(), dir, dir, dir),
+                     0);
+}
+
+static void remove_dataset(void) {
+    if (sh("rm -rf %s", dir) != 0) fprintf(stderr, "could not remove %s\n", dir);
+}
+
+#define TRAIN_ARGS "--data %s/ds --ngf 8 --ndf 8 --batch 4 --threads 2 --quiet --eval-pairs 8"
+
+/* The generator's tensors of two model files are bit-identical. */
+static int same_weights(const char *a, const char *b) {
+    char err[E2G_ERR_LEN];
+    e2g_st_file *fa = NULL, *fb = NULL;
+    ck_assert_msg(e2g_st_open(&fa, a, err) == 0, "%s", err);
+    ck_assert_msg(e2g_st_open(&fb, b, err) == 0, "%s", err);
+    int same = e2g_st_count(fa) == e2g_st_count(fb);
+    for (int i = 0; same && i < e2g_st_count(fa); i++) {
+        const e2g_st_tensor *ta = e2g_st_at(fa, i), *tb = e2g_st_find(fb, ta->name);
+        same = tb && ta->nbytes == tb->nbytes && memcmp(ta->data, tb->data, ta->nbytes) == 0;
+    }
+    e2g_st_close(fa), e2g_st_close(fb);
+    return same;
+}
+
+/* A run killed with SIGKILL after its first checkpoint, then restarted,
+ * ends with the weights of a run that was never interrupted. */
+START_TEST(test_kill_and_resume) {
+    ck_assert_int_eq(sh("%s train " TRAIN_ARGS " --steps 120 --checkpoint-every 5 --checkpoint %s/a.ckpt "
+                        "--out %s/a.safetensors 2>%s/a.log",
+                        test_bin(), dir, dir, dir, dir),
+                     0);
+    char ckpt[300], cmd[2048];
+    snprintf(ckpt, sizeof ckpt, "%s/b.ckpt", dir);
+    snprintf(cmd, sizeof cmd,
+             "exec %s train " TRAIN_ARGS " --steps 120 --checkpoint-every 5 --checkpoint %s "
+             "--out %s/b.safetensors 2>%s/b1.log",
+             test_bin(), dir, ckpt, dir, dir);
+    pid_t pid = fork();
+    if (pid == 0) {
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    while (access(ckpt, F_OK) != 0) usleep(500);
+    kill(pid, SIGKILL);
+    int status;
+    waitpid(pid, &status, 0);
+    ck_assert_msg(WIFSIGNALED(status), "the run finished before it could be killed");
+    /* the checkpoint left behind is whole and mid-run */
+    char err[E2G_ERR_LEN];
+    e2g_st_file *f = NULL;
+    ck_assert_msg(e2g_st_open(&f, ckpt, err) == 0, "checkpoint after kill: %s", err);
+    long step = atol(e2g_st_meta(f, "step"));
+    e2g_st_close(f);
+    ck_assert_msg(step > 0 && step < 120, "checkpoint at step %ld", step);
+    ck_assert_int_eq(sh("%s train " TRAIN_ARGS " --steps 120 --checkpoint-every 5 --checkpoint %s "
+                        "--out %s/b.safetensors 2>%s/b2.log",
+                        test_bin(), dir, ckpt, dir, dir),
+                     0);
+    ck_assert_int_eq(sh("grep -q 'resuming at step' %s/b2.log", dir), 0);
+    ck_assert_msg(same_weights(ckpt, ckpt), "a file must equal itself");
+    char a[300], b[300];
+    snprintf(a, sizeof a, "%s/a.safetensors", dir);
+    snprintf(b, sizeof b, "%s/b.safetensors", dir);
+    ck_assert_msg(same_weights(a, b), "resumed run (killed at step %ld) differs from the unbroken one", step);
+}
+END_TEST
+
+/* Same seed, same weights; another seed, other weights. */
+START_TEST(test_deterministic) {
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(sh("%s train " TRAIN_ARGS " --steps 8 --seed %d --out %s/d%d.safetensors 2>/dev/null",
+                            test_bin(), dir, i < 2 ? 5 : 6, dir, i),
+                         0);
+    char p[3][300];
+    for (int i = 0; i < 3; i++) snprintf(p[i], sizeof p[i], "%s/d%d.safetensors", dir, i);
+    ck_assert_msg(same_weights(p[0], p[1]), "two runs with one seed differ");
+    ck_assert_msg(!same_weights(p[0], p[2]), "two seeds gave the same weights");
+}
+END_TEST
+
+static json_t *load_report(const char *name) {
+    char path[512];
+    json_error_t jerr;
+    snprintf(path, sizeof path, "%s/%s/report.json", dir, name);
+    json_t *r = json_load_file(path, 0, &jerr);
+    ck_assert_msg(r != NULL, "%s: %s", path, jerr.text);
+    return r;
+}
+
+/* Training moves the validation PSNR up from the untrained model's, and the
+ * report holds its pieces: history, budget, curve and contact sheet. */
+START_TEST(test_training_improves) {
+    ck_assert_int_eq(sh("%s train " TRAIN_ARGS " --steps 150 --eval-every 1 --gan-weight 0 --lr 1e-3 "
+                        "--report %s/rep --out %s/t.safetensors 2>/dev/null",
+                        test_bin(), dir, dir, dir),
+                     0);
+    json_t *r = load_report("rep");
+    json_t *evals = json_object_get(json_object_get(r, "history"), "evals");
+    ck_assert_int_ge(json_array_size(evals), 2);
+    double first = json_number_value(json_object_get(json_array_get(evals, 0), "mean_psnr"));
+    double last = json_number_value(json_object_get(json_object_get(r, "final"), "mean_psnr"));
+    fprintf(stderr, "validation PSNR after 1 step %.2f dB, after 150 steps %.2f dB\n", first, last);
+    ck_assert_msg(last > first + 1.0, "PSNR went from %.2f to %.2f dB", first, last);
+    json_t *budget = json_object_get(r, "budget");
+    ck_assert_int_eq(json_integer_value(json_object_get(budget, "samples")), 600);
+    ck_assert(json_number_value(json_object_get(budget, "wall_s")) > 0);
+    ck_assert_ptr_nonnull(json_string_value(json_object_get(budget, "machine")));
+    json_decref(r);
+    ck_assert_int_eq(sh("test -s %s/rep/curve.png && test -s %s/rep/contact.png", dir, dir), 0);
+    /* the model file carries the report */
+    ck_assert_int_eq(sh("%s info %s/t.safetensors | grep -q 'training_report: {'", test_bin(), dir), 0);
+}
+END_TEST
+
+/* A LoRA adapter for a concept the base never saw: written with PEFT keys
+ * and its report, loaded back by `edit`, and better than the base's edit. */
+START_TEST(test_finetune) {
+    ck_assert_int_eq(sh("%s train " TRAIN_ARGS " --concepts sepia --steps 40 --gan-weight 0 "
+                        "--out %s/base.safetensors 2>/dev/null",
+                        test_bin(), dir, dir),
+                     0);
+    ck_assert_int_eq(sh("%s finetune --model %s/base.safetensors --concept negate --rank 2 "
+                        "--data %s/ds --batch 4 --threads 2 --quiet --steps 60 --lr 2e-3 "
+                        "--eval-every 1 --eval-pairs 8 --report %s/ft --out %s/negate.safetensors 2>/dev/null",
+                        test_bin(), dir, dir, dir, dir),
+                     0);
+    json_t *r = load_report("ft");
+    json_t *evals = json_object_get(json_object_get(r, "history"), "evals");
+    double first = json_number_value(json_object_get(json_array_get(evals, 0), "mean_psnr"));
+    double last = json_number_value(json_object_get(json_object_get(r, "final"), "mean_psnr"));
+    fprintf(stderr, "fine-tuning: validation PSNR %.2f -> %.2f dB\n", first, last);
+    ck_assert_msg(last > first + 1.0, "fine-tuning PSNR went from %.2f to %.2f dB", first, last);
+    json_decref(r);
+    ck_assert_int_eq(sh("%s info %s/negate.safetensors | grep -q 'base_model.model.tb.fc2.lora_B.weight'",
+                        test_bin(), dir),
+                     0);
+    ck_assert_int_eq(sh("%s edit --model %s/base.safetensors --adapter %s/negate.safetensors "
+                        "--concept negate %s/tests/data/chelsea.png %s/edited.png >/dev/null",
+                        test_bin(), dir, dir, test_source(), dir),
+                     0);
+}
+END_TEST
+
+START_TEST(test_bad_options) {
+    const char *cases[] = {
+        "train --data %s/ds --out %s/x.safetensors --concepts nope",     /* unknown concept */
+        "train --data %s/nothing --out %s/x.safetensors",                /* no dataset */
+        "finetune --model %s/missing --data %s/ds --concept negate --out x", /* no base */
+    };
+    for (int i = 0; i < 3; i++) {
+        char args[1024];
+        snprintf(args, sizeof args, cases[i], dir, dir);
+        ck_assert_int_eq(sh("%s %s --steps 1 --quiet 2>%s/bad.log", test_bin(), args, dir), 1);
+        ck_assert_int_eq(sh("grep -q '^e2gan ' %s/bad.log", dir), 0);
+    }
+    ck_assert_int_eq(sh("%s train --data %s/ds --out x --steps 0 2>/dev/null", test_bin(), dir), 2);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("train");
+    TCase *tc = tcase_create("train");
+    tcase_set_timeout(tc, 600);
+    tcase_add_unchecked_fixture(tc, make_dataset, remove_dataset);
+    tcase_add_test(tc, test_kill_and_resume);
+    tcase_add_test(tc, test_deterministic);
+    tcase_add_test(tc, test_training_improves);
+    tcase_add_test(tc, test_finetune);
+    tcase_add_test(tc, test_bad_options);
+    suite_add_tcase(s, tc);
+    return run_suite(s);
+}
