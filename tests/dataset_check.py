@@ -204,6 +204,12 @@ def check_resume(c, inputs, out):
     rc, err = build(out, "--train-crops", str(TRAIN_CROPS + 1), **inputs)
     c.check("other crops into the same folder refused without --force",
             rc != 0 and "--force" in err, err[-300:])
+    sepia = {p: p.stat().st_mtime_ns for p in (out / "train" / "sepia").iterdir()}
+    negate = out / "train" / "negate" / "000000.png"
+    rc, err = build(out, "--teacher", "negate=-negate -flop", **inputs)
+    c.check("a changed recipe rebuilds only its concept",
+            rc == 0 and rgb(negate) == rgb(out / "train" / "src" / "000000.png", "-negate", "-flop")
+            and all(p.stat().st_mtime_ns == t for p, t in sepia.items()), err[-300:])
 
 
 def check_errors(c, root, inputs):

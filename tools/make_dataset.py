@@ -140,11 +140,21 @@ class Image:
 
 
 @dataclass
+class Pair:
+    """One user-supplied pair; `key` (CONCEPT/NAME) names it in crops.json."""
+    name: str
+    key: str
+    src: Image
+    dst: Image
+
+
+@dataclass
 class PairSet:
-    """User-supplied (src, dst) pairs for one concept."""
+    """User-supplied (src, dst) pairs for one concept and their split."""
     concept: str
     folder: Path
-    pairs: list = field(default_factory=list)   # [(name, src Image, dst Image)]
+    pairs: list = field(default_factory=list)
+    split: dict = field(default_factory=dict)   # {"train": [names], "val": [names]}
 
 
 # ---------------------------------------------------------------- utilities
@@ -407,8 +417,8 @@ def find_pairs(pair_set):
             raise DatasetError(f"--pairs: {dst} is {dst_size[0]}x{dst_size[1]} but its "
                                f"source {src} is {src_size[0]}x{src_size[1]}")
         key = f"{pair_set.concept}/{name}"
-        pair_set.pairs.append((name, Image(key + ".src", src, file_digest(src)),
-                               Image(key + ".dst", dst, file_digest(dst))))
+        pair_set.pairs.append(Pair(name, key, Image(key + ".src", src, file_digest(src)),
+                                   Image(key + ".dst", dst, file_digest(dst))))
 
 
 def by_stem(paths, stem):
@@ -471,29 +481,32 @@ def plan_photo_crops(train, val, args):
         for index, photo in enumerate(chosen):
             box, flip = random_box(rng, photo.size, args.crop)
             crops.append(crop_entry("train", index, photo.key, box, flip))
-    for index, (photo, view) in enumerate(
-            (p, v) for p in val for v in VAL_VIEWS[:args.val_crops_per_photo]):
-        crops.append(crop_entry("val", index, photo.key, view_box(view, photo.size, args.crop), False))
+    views = [(p, v) for p in val for v in VAL_VIEWS[:args.val_crops_per_photo]]
+    for index, (photo, view) in enumerate(views):
+        box = view_box(view, photo.size, args.crop)
+        crops.append(crop_entry("val", index, photo.key, box, False))
     return crops
 
 
 def plan_pair_crops(pair_set, args, first_ids):
-    """Crops of one pair set, IDs continuing from first_ids[split]."""
+    """Split one pair set and plan its crops, IDs continuing from first_ids[split]."""
     rng = random.Random(f"{args.seed}/pairs/{pair_set.concept}")
     train, val = split_items(pair_set.pairs, args.val_fraction, rng)
+    pair_set.split = {"train": sorted(p.name for p in train), "val": sorted(p.name for p in val)}
     crops = []
     for split, pairs in (("train", train), ("val", val)):
-        for name, src, _ in pairs:
+        for pair in pairs:
             if split == "train":
-                boxes = [random_box(rng, src.size, args.crop) for _ in range(args.crops_per_pair)]
+                boxes = [random_box(rng, pair.src.size, args.crop)
+                         for _ in range(args.crops_per_pair)]
             else:
-                boxes = [(view_box(v, src.size, args.crop), False)
+                boxes = [(view_box(v, pair.src.size, args.crop), False)
                          for v in VAL_VIEWS[:args.val_crops_per_photo]]
             for box, flip in boxes:
-                crops.append(crop_entry(split, first_ids[split], src.key[:-4], box, flip,
+                crops.append(crop_entry(split, first_ids[split], pair.key, box, flip,
                                         pair=pair_set.concept))
                 first_ids[split] += 1
-    return crops, {"train": sorted(n for n, _, _ in train), "val": sorted(n for n, _, _ in val)}
+    return crops
 
 
 def crop_entry(split, index, source, box, flip, pair=None):
@@ -580,13 +593,13 @@ def apply_teacher(name, recipe_args, src, dst, crop):
     os.replace(tmp, dst)
 
 
-def drop_changed_teachers(out, teachers):
-    """Remove outputs of concepts whose recipe differs from the last build's."""
+def drop_changed_concepts(out, recipes):
+    """Remove outputs of concepts whose recipe (None for pairs) changed since the last build."""
     manifest = out / "manifest.json"
     if not manifest.exists():
         return
-    old = {c["name"]: c.get("recipe") for c in json.loads(manifest.read_text())["concepts"]}
-    for name, recipe in teachers.items():
+    old = {c["name"]: c["recipe"] for c in json.loads(manifest.read_text())["concepts"]}
+    for name, recipe in recipes.items():
         if name in old and old[name] != recipe:
             log(f"recipe of {name} changed; rebuilding it")
             for split in ("train", "val"):
@@ -630,7 +643,7 @@ def write_readme(out, manifest):
             f"val {manifest['crop']}×{manifest['crop']} source crops (SPLIT/src/ID.png), and "
             f"for each concept ({', '.join(c['name'] for c in manifest['concepts'])}) its "
             "edit of each crop (SPLIT/CONCEPT/ID.png): teachers are one ImageMagick "
-            "command each (recipes and counts in manifest.json), pairs sets were cropped "
+            "command each (recipes and counts in manifest.json), and pair sets are cut "
             "identically on both sides. crops.json records every crop's source and box. "
             "See docs/data.md in the e2gan repository.\n")
     write_atomic(out / "README.md", text)
@@ -664,7 +677,8 @@ def parse_args(argv):
     p.add_argument("--val-crops-per-photo", type=int, default=4,
                    help=f"fixed crops per val photo or pair (default 4, at most {len(VAL_VIEWS)})")
     p.add_argument("--val-fraction", type=float, default=0.15,
-                   help="fraction of photos (and of pairs) for val (default 0.15, at least 4)")
+                   help="share of photos (and of pairs) for val "
+                        "(default 0.15; at least min(4, n-1))")
     p.add_argument("--seed", type=int, default=1, help="seed of splits and crops (default 1)")
     p.add_argument("--concepts", default="all",
                    help="built-in teachers: all, base, new, none or a comma list of names")
@@ -698,16 +712,20 @@ def check_args(args):
         raise DatasetError("each --pairs DIR needs its own --concept NAME")
     for name in args.concept:
         check_concept_name(name, "--concept")
-    if not 1 <= args.val_crops_per_photo <= len(VAL_VIEWS):
-        raise DatasetError(f"--val-crops-per-photo must be 1..{len(VAL_VIEWS)}")
-    if not 0 <= args.train_crops <= PAIR_ID_BASE or args.crops_per_pair < 1:
-        raise DatasetError(f"--train-crops must be 0..{PAIR_ID_BASE}, --crops-per-pair >= 1")
-    if not 0 <= args.val_fraction < 1 or args.crop < 8 or args.crop % 8 \
-            or args.photo_side < args.crop:
-        raise DatasetError("need 0 <= --val-fraction < 1, --crop a multiple of 8 "
-                           "(the generator's), --photo-side >= --crop")
-    if args.jobs < 1:
-        raise DatasetError("--jobs must be at least 1")
+    limits = (
+        (1 <= args.val_crops_per_photo <= len(VAL_VIEWS),
+         f"--val-crops-per-photo must be 1..{len(VAL_VIEWS)}"),
+        (0 <= args.train_crops <= PAIR_ID_BASE, f"--train-crops must be 0..{PAIR_ID_BASE}"),
+        (args.crops_per_pair >= 1, "--crops-per-pair must be at least 1"),
+        (0 <= args.val_fraction < 1, "--val-fraction must be in [0, 1)"),
+        (args.crop >= 8 and args.crop % 8 == 0,
+         "--crop must be a multiple of 8 (the generator's stride)"),
+        (args.photo_side >= args.crop, "--photo-side must be at least --crop"),
+        (args.jobs >= 1, "--jobs must be at least 1"),
+    )
+    for ok, message in limits:
+        if not ok:
+            raise DatasetError(message)
 
 
 def gather_photos(args):
@@ -729,7 +747,7 @@ def build(args):
     for pair_set in pair_sets:
         find_pairs(pair_set)
     photos, packages, folders = gather_photos(args)
-    images = photos + [i for s in pair_sets for _, src, dst in s.pairs for i in (src, dst)]
+    images = photos + [i for s in pair_sets for p in s.pairs for i in (p.src, p.dst)]
     run_parallel("working copies", [(1, lambda i=i: make_work_copy(i, args.cache, args.photo_side))
                                     for i in images], args.jobs)
     train, val = split_items(sorted(photos, key=lambda p: p.key), args.val_fraction,
@@ -738,13 +756,12 @@ def build(args):
     crops = plan_photo_crops(train, val, args)
     first_ids = {"train": PAIR_ID_BASE, "val": PAIR_ID_BASE}
     for pair_set in pair_sets:
-        pair_crops, pair_set.split = plan_pair_crops(pair_set, args, first_ids)
-        crops += pair_crops
+        crops += plan_pair_crops(pair_set, args, first_ids)
     if not crops:
         raise DatasetError("nothing to build: no photos and no pairs")
     check_plan(args.out, {"crop": args.crop, "photo_side": args.photo_side, "crops": crops},
                args.force)
-    drop_changed_teachers(args.out, teachers)
+    drop_changed_concepts(args.out, {**teachers, **dict.fromkeys(args.concept)})
 
     works = work_lookup(photos, pair_sets)
     run_parallel("crops", crop_tasks(crops, works, args.out, args.crop), args.jobs)
@@ -763,8 +780,8 @@ def work_lookup(photos, pair_sets):
     """entry -> [(working copy, output concept folder)] for every crop entry."""
     by_key = {p.key: p.work for p in photos}
     for pair_set in pair_sets:
-        for _, src, dst in pair_set.pairs:
-            by_key[src.key[:-4]] = (src.work, dst.work)
+        for pair in pair_set.pairs:
+            by_key[pair.key] = (pair.src.work, pair.dst.work)
 
     def works(entry):
         if "pair" in entry:
