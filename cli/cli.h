@@ -10,6 +10,8 @@ int cli_usage(const char *text);
 /* Whole-string numbers within [lo, hi]; 0 on success, -1 otherwise. */
 int cli_parse_long(const char *s, long lo, long hi, long *out);
 int cli_parse_double(const char *s, double lo, double hi, double *out);
+/* Monotonic seconds, for timings. */
+double cli_seconds(void);
 /* "CPU model, N threads" of this machine, for training budgets. */
 void cli_machine(char *buf, size_t n);
 

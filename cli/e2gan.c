@@ -35,12 +35,6 @@ static int fail(const char *cmd, const char *msg) {
 }
 
 
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* ---- init ------------------------------------------------------------------- */
 
 static const char init_usage[] =
@@ -187,9 +181,9 @@ static int cmd_edit(int argc, char **argv) {
         e2g_request_resolve(&req, lm.model, lm.adapters, lm.n_adapters, concept, (float)strength, err) ||
         e2g_image_read_file(&im, in_path, max_pixels, err))
         goto out;
-    double t0 = now_seconds();
+    double t0 = cli_seconds();
     if (e2g_infer_image(&im, lm.model, &req.edit, merged, err)) goto out;
-    double t1 = now_seconds();
+    double t1 = cli_seconds();
     if (e2g_image_write_file(out_path, &im, (int)quality, err)) goto out;
     printf("%s: %dx%d, concept %s, strength %.2f, %.1f ms\n", out_path, im.width, im.height, concept,
            strength, (t1 - t0) * 1e3);
@@ -260,9 +254,9 @@ static int cmd_bench(int argc, char **argv) {
     double *ms = e2g_xmalloc(iters * sizeof(double));
     e2g_infer_run(inf, y, x, edits, merged); /* warm-up: primitives, pages */
     for (long i = 0; i < iters; i++) {
-        double t0 = now_seconds();
+        double t0 = cli_seconds();
         e2g_infer_run(inf, y, x, edits, merged);
-        ms[i] = (now_seconds() - t0) * 1e3;
+        ms[i] = (cli_seconds() - t0) * 1e3;
     }
     qsort(ms, iters, sizeof *ms, compare_doubles);
     double median = ms[iters / 2];

@@ -12,6 +12,8 @@
 #include "common.h"
 #include "dataset.h"
 #include "model_io.h"
+#include "ranksearch.h"
+#include "reduce.h"
 #include "train.h"
 
 /* Options both commands take (getopt_long values 1000+). */
@@ -183,11 +185,18 @@ out:
 
 static const char finetune_usage[] =
     "usage: e2gan finetune --model BASE --data DIR --concept NAME --out ADAPTER.safetensors\n"
-    "                      [--rank R] [--alpha A] [training options]\n"
+    "                      [--rank R] [--alpha A] [--rank-search [--max-rank R] [--probe F]\n"
+    "                      [--tolerance DB]] [--keep-fraction F] [training options]\n"
     "  Trains a LoRA adapter of rank R [4] and scale A/R [A = R] on every crucial\n"
     "  layer (ARCHITECTURE.md §3) plus the concept's own embedding (started at the\n"
     "  mean of the base's), on the frozen base; D starts from the base's when the\n"
-    "  base has one.  NAME is a concept of the dataset.\n" TRAIN_OPTIONS_HELP;
+    "  base has one.  NAME is a concept of the dataset.\n"
+    "  --rank-search: a probe at --max-rank [8] trains for the fraction --probe\n"
+    "  [0.25] of --steps; each layer then gets the smallest rank (0, 1, 2, 4, ...)\n"
+    "  whose SVD truncation keeps validation PSNR within --tolerance [0.1] dB of\n"
+    "  the probe's, and training goes on from the truncated adapter.\n"
+    "  --keep-fraction F [1]: data reduction, k-means on the base encoder's\n"
+    "  features of the sources keeps the F·n pairs nearest the cluster centres.\n" TRAIN_OPTIONS_HELP;
 
 /* A new adapter: A as PyTorch initialises a layer (±1/√fan_in), B zero (so
  * training starts from the base), the embedding at the base concepts' mean. */
@@ -212,38 +221,93 @@ static e2g_lora *new_adapter(const e2g_model *m, int rank, float alpha, unsigned
     return l;
 }
 
+/* Trains the probe adapter of the rank search for its share of the steps. */
+static e2g_lora *train_probe(e2g_model *m, const e2g_dataset *train, const e2g_dataset *val,
+                             const train_args *a, long probe_steps, int max_rank, json_t **report,
+                             char *err) {
+    e2g_lora *probe = new_adapter(m, max_rank, (float)max_rank, a->opts.seed);
+    e2g_train_opts o = a->opts;
+    o.steps = probe_steps, o.checkpoint = NULL, o.report_dir = NULL, o.eval_every = 0;
+    e2g_train_target target = {m, probe};
+    fprintf(stderr, "rank search: probe at rank %d for %ld steps\n", max_rank, probe_steps);
+    if (e2g_train(&target, train, val, &o, report, err)) {
+        e2g_lora_free(probe);
+        return NULL;
+    }
+    return probe;
+}
+
 int cmd_finetune(int argc, char **argv) {
-    static const struct option opts[] = {TRAIN_OPTIONS,        {"model", 1, 0, 'm'},
-                                         {"concept", 1, 0, 'c'}, {"rank", 1, 0, 'r'},
-                                         {"alpha", 1, 0, 'a'},  {0, 0, 0, 0}};
+    static const struct option opts[] = {TRAIN_OPTIONS,          {"model", 1, 0, 'm'},
+                                         {"concept", 1, 0, 'c'},   {"rank", 1, 0, 'r'},
+                                         {"alpha", 1, 0, 'a'},    {"rank-search", 0, 0, 's'},
+                                         {"max-rank", 1, 0, 'R'}, {"probe", 1, 0, 'P'},
+                                         {"tolerance", 1, 0, 'T'}, {"keep-fraction", 1, 0, 'k'},
+                                         {0, 0, 0, 0}};
     train_args a = {0};
     e2g_train_defaults(&a.opts);
     const char *model = NULL, *concept = NULL;
-    long rank = 4;
-    double alpha = -1;
-    int c;
+    long rank = 4, max_rank = 8;
+    double alpha = -1, probe_fraction = 0.25, tolerance = 0.1, keep = 1.0;
+    int search = 0, c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        int r = parse_train_option(c, optarg, &a);
-        if (r < 0 || (r == 0 && c == '?')) return cli_usage(finetune_usage);
+        int r = parse_train_option(c, optarg, &a), bad = r < 0 || (r == 0 && c == '?');
         if (c == 'm') model = optarg;
         if (c == 'c') concept = optarg;
-        if (c == 'r' && cli_parse_long(optarg, 1, 1024, &rank)) return cli_usage(finetune_usage);
-        if (c == 'a' && cli_parse_double(optarg, 1e-6, 1e6, &alpha)) return cli_usage(finetune_usage);
+        if (c == 's') search = 1;
+        if (c == 'r') bad |= cli_parse_long(optarg, 1, 1024, &rank);
+        if (c == 'R') bad |= cli_parse_long(optarg, 1, 1024, &max_rank);
+        if (c == 'a') bad |= cli_parse_double(optarg, 1e-6, 1e6, &alpha);
+        if (c == 'P') bad |= cli_parse_double(optarg, 0.01, 0.99, &probe_fraction);
+        if (c == 'T') bad |= cli_parse_double(optarg, 0, 100, &tolerance);
+        if (c == 'k') bad |= cli_parse_double(optarg, 1e-6, 1, &keep);
+        if (bad) return cli_usage(finetune_usage);
     }
     if (optind != argc || !model || !concept || prepare(&a, finetune_usage)) return 2;
     if (alpha < 0) alpha = (double)rank;
     char err[E2G_ERR_LEN];
     e2g_dataset *train = NULL, *val = NULL;
     e2g_model *m = NULL;
-    e2g_lora *lora = NULL;
-    json_t *report = NULL;
+    e2g_lora *lora = NULL, *probe = NULL;
+    json_t *report = NULL, *probe_report = NULL, *search_evidence = NULL, *reduction = NULL;
     char *report_text = NULL;
     int rc = 1;
+    double t0 = cli_seconds();
     if (e2g_model_load(&m, model, err) || load_data(&a, concept, &train, &val, err)) goto out;
-    lora = new_adapter(m, (int)rank, (float)alpha, a.opts.seed);
+    if (keep < 1) {
+        reduction = e2g_reduce_pairs(train, m, keep, a.opts.seed);
+        fprintf(stderr, "data reduction: kept %d of %d pairs\n", train->n_pairs,
+                (int)json_integer_value(json_object_get(reduction, "pairs")));
+    }
+    train_args final_args = a;
+    if (search) {
+        long probe_steps = (long)(probe_fraction * a.opts.steps);
+        if (probe_steps < 1 || probe_steps >= a.opts.steps) {
+            snprintf(err, sizeof err, "--probe leaves no steps for the probe or for the final training");
+            goto out;
+        }
+        probe = train_probe(m, train, val, &a, probe_steps, (int)max_rank, &probe_report, err);
+        if (!probe) goto out;
+        lora = e2g_rank_search(m, probe, val, a.opts.eval_pairs, tolerance, &search_evidence);
+        json_object_set(search_evidence, "probe_budget", json_object_get(probe_report, "budget"));
+        final_args.opts.steps -= probe_steps;
+        fprintf(stderr, "rank search: probe %.2f dB, truncated %.2f dB, %lld of %lld LoRA parameters\n",
+                json_number_value(json_object_get(search_evidence, "probe_psnr")),
+                json_number_value(json_object_get(search_evidence, "truncated_psnr")),
+                json_integer_value(json_object_get(search_evidence, "chosen_lora_params")),
+                json_integer_value(json_object_get(search_evidence, "probe_lora_params")));
+    } else {
+        lora = new_adapter(m, (int)rank, (float)alpha, a.opts.seed);
+    }
     e2g_train_target target = {m, lora};
-    if (e2g_train(&target, train, val, &a.opts, &report, err)) goto out;
-    json_object_set_new(report, "ranks", json_pack("{s:i,s:f}", "uniform", (int)rank, "alpha", alpha));
+    if (e2g_train(&target, train, val, &final_args.opts, &report, err)) goto out;
+    json_t *ranks = json_object();
+    for (int l = 0; l < E2G_N_CRUCIAL; l++) json_object_set_new(ranks, e2g_crucial_name(l), json_integer(lora->rank[l]));
+    json_object_set_new(report, "ranks", ranks);
+    json_object_set_new(report, "trainable_params", json_integer((json_int_t)lora->numel));
+    if (search_evidence) json_object_set(report, "rank_search", search_evidence);
+    if (reduction) json_object_set(report, "data_reduction", reduction);
+    json_object_set_new(json_object_get(report, "budget"), "total_wall_s", json_real(cli_seconds() - t0));
     report_text = finish_report(report, &a, "LoRA adapter (fine-tuning on a frozen base)");
     const char *meta[] = {"training_report", report_text, NULL};
     if (e2g_adapter_save(a.out, m, lora, concept, meta, err)) goto out;
@@ -252,8 +316,8 @@ int cmd_finetune(int argc, char **argv) {
 out:
     if (rc) fprintf(stderr, "e2gan finetune: %s\n", err);
     free(report_text);
-    json_decref(report);
-    e2g_lora_free(lora);
+    json_decref(report), json_decref(probe_report), json_decref(search_evidence), json_decref(reduction);
+    e2g_lora_free(lora), e2g_lora_free(probe);
     e2g_model_free(m);
     e2g_dataset_free(train), e2g_dataset_free(val);
     return rc;

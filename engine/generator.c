@@ -653,6 +653,17 @@ void e2g_gen_backward(e2g_gen_acts *a, e2g_gen_params *grads, e2g_lora *dlora,
     if (dctx) accumulate(dctx, d->ctx, (size_t)N * T * c4);
 }
 
+void e2g_gen_features(const e2g_gen_acts *a, float *out) {
+    const block_acts *ds = &a->act.conv[G_DS];
+    int c4 = e2g_gen_c4(&a->cfg), L = ds->Ho * ds->Wo;
+    for (int n = 0; n < a->N; n++)
+        for (int c = 0; c < c4; c++) {
+            double s = 0;
+            for (int i = 0; i < L; i++) s += ds->out[((size_t)n * L + i) * c4 + c];
+            out[(size_t)n * c4 + c] = (float)(s / L);
+        }
+}
+
 /* ---- memory-lean inference ------------------------------------------------------------ */
 
 /* Full-resolution rows computed per band in the head and tail: enough to

@@ -160,6 +160,11 @@ void e2g_gen_backward(e2g_gen_acts *a, e2g_gen_params *grads, e2g_lora *dlora,
                       const e2g_lora *train, float *dctx, float *dx, const float *dy,
                       const e2g_gen_params *p, const float *x, const e2g_edit *edits);
 
+/* After a forward: each sample's encoder features, the mean of the C4
+ * tokens entering the transformer block (N, C4) — what data reduction
+ * clusters.  They do not depend on the concept. */
+void e2g_gen_features(const e2g_gen_acts *a, float *out);
+
 /* Inference with the least memory: no activation is kept for a backward,
  * each is freed after its last use, and the full-resolution layers (enc1,
  * dec1, out) run on bands of rows, so no full-resolution activation ever

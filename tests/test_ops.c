@@ -10,6 +10,7 @@
 
 #include "adam.h"
 #include "conv.h"
+#include "lowrank.h"
 #include "ops.h"
 #include "testutil.h"
 
@@ -268,6 +269,34 @@ START_TEST(test_adam) {
 }
 END_TEST
 
+/* Singular values and best rank-k approximations of B·A against
+ * torch.linalg.svd; a rank-deficient product keeps its true rank. */
+START_TEST(test_lowrank) {
+    e2g_st_file *f = ref_open("op_lowrank");
+    int cout = ref_meta_int(f, "cout"), r = ref_meta_int(f, "r"), fan = ref_meta_int(f, "fan");
+    float *B = ref_tensor(f, "B", NULL), *A = ref_tensor(f, "A", NULL);
+    float sigma[16], *U = malloc((size_t)cout * r * sizeof(float)), *Vt = malloc((size_t)r * fan * sizeof(float));
+    ck_assert_int_eq(e2g_lowrank_svd(B, A, cout, r, fan, sigma, U, Vt), r);
+    check_out("singular values", sigma, ref_tensor(f, "sigma", NULL), r);
+    int ks[3] = {1, 3, 6};
+    float *Bk = malloc((size_t)cout * r * sizeof(float)), *Ak = malloc((size_t)r * fan * sizeof(float));
+    float *approx = malloc((size_t)cout * fan * sizeof(float));
+    for (int i = 0; i < 3; i++) {
+        int k = ks[i];
+        char name[16];
+        e2g_lowrank_truncate(B, A, cout, r, fan, k, Bk, Ak);
+        gemm('N', 'N', cout, fan, k, 1.0f, Bk, k, Ak, fan, 0.0f, approx, fan);
+        snprintf(name, sizeof name, "approx%d", k);
+        ck_assert(rel_error(name, approx, ref_tensor(f, name, NULL), (size_t)cout * fan, 1e-4) <= 1e-4);
+    }
+    /* rank 2 in a rank-4 factorisation: two columns of B repeat */
+    for (int o = 0; o < cout; o++) B[o * r + 2] = B[o * r], B[o * r + 3] = B[o * r + 1];
+    for (int j = 0; j < fan; j++) A[2 * fan + j] = 0, A[3 * fan + j] = 0;
+    ck_assert_int_eq(e2g_lowrank_svd(B, A, cout, 4, fan, sigma, U, Vt), 2);
+    e2g_st_close(f);
+}
+END_TEST
+
 /* The comparison itself must catch a broken op: a ReLU that leaks like a
  * LeakyReLU is far outside the output tolerance. */
 START_TEST(test_broken_op_is_caught) {
@@ -293,6 +322,7 @@ int main(void) {
     tcase_add_loop_test(tc, test_upconv, 0, 2);
     tcase_add_test(tc, test_losses);
     tcase_add_test(tc, test_adam);
+    tcase_add_test(tc, test_lowrank);
     tcase_add_test(tc, test_broken_op_is_caught);
     suite_add_tcase(s, tc);
     return run_suite(s);

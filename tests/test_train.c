@@ -188,6 +188,46 @@ START_TEST(test_finetune) {
 }
 END_TEST
 
+/* Rank search and data reduction: the report shows every measurement, the
+ * chosen ranks stay within the probe's, half the pairs are kept, and the
+ * adapter (layers at rank 0 left out) loads and edits. */
+START_TEST(test_rank_search_and_reduction) {
+    ck_assert_int_eq(sh("%s init --ngf 8 --concepts sepia --seed 2 --out %s/rs_base.safetensors >/dev/null",
+                        test_bin(), dir),
+                     0);
+    ck_assert_int_eq(sh("%s finetune --model %s/rs_base.safetensors --data %s/ds --concept negate "
+                        "--rank-search --max-rank 4 --probe 0.5 --keep-fraction 0.5 --steps 40 --batch 4 "
+                        "--lr 2e-3 --gan-weight 0 --threads 2 --quiet --eval-pairs 8 --report %s/rs "
+                        "--out %s/rs.safetensors 2>/dev/null",
+                        test_bin(), dir, dir, dir, dir),
+                     0);
+    json_t *r = load_report("rs");
+    json_t *search = json_object_get(r, "rank_search"), *layers = json_object_get(search, "layers");
+    ck_assert_int_eq(json_object_size(layers), 18);
+    const char *name;
+    json_t *layer;
+    long chosen = 0;
+    json_object_foreach(layers, name, layer) {
+        int rank = (int)json_integer_value(json_object_get(layer, "rank"));
+        ck_assert_msg(rank >= 0 && rank <= 4, "%s: rank %d", name, rank);
+        ck_assert_int_eq(rank, json_integer_value(json_object_get(json_object_get(r, "ranks"), name)));
+        ck_assert_msg(json_object_size(json_object_get(layer, "psnr_by_rank")) >= 1, "%s: no measurement", name);
+        chosen += rank;
+    }
+    ck_assert(json_integer_value(json_object_get(search, "chosen_lora_params")) <=
+              json_integer_value(json_object_get(search, "probe_lora_params")));
+    json_t *red = json_object_get(r, "data_reduction");
+    int pairs = (int)json_integer_value(json_object_get(red, "pairs"));
+    ck_assert_int_eq(json_integer_value(json_object_get(red, "kept")), (pairs + 1) / 2);
+    json_decref(r);
+    fprintf(stderr, "rank search: sum of chosen ranks %ld over 18 layers\n", chosen);
+    ck_assert_int_eq(sh("%s edit --model %s/rs_base.safetensors --adapter %s/rs.safetensors "
+                        "--concept negate %s/tests/data/chelsea.png %s/rs.png >/dev/null",
+                        test_bin(), dir, dir, test_source(), dir),
+                     0);
+}
+END_TEST
+
 START_TEST(test_bad_options) {
     const char *cases[] = {
         "train --data %s/ds --out %s/x.safetensors --concepts nope",     /* unknown concept */
@@ -213,6 +253,7 @@ int main(void) {
     tcase_add_test(tc, test_deterministic);
     tcase_add_test(tc, test_training_improves);
     tcase_add_test(tc, test_finetune);
+    tcase_add_test(tc, test_rank_search_and_reduction);
     tcase_add_test(tc, test_bad_options);
     suite_add_tcase(s, tc);
     return run_suite(s);

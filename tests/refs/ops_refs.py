@@ -123,12 +123,22 @@ def adam_case():
     return "adam", out, dict(n=257, steps=3, lr=0.01, beta1=0.5, beta2=0.999, eps=1e-8)
 
 
+def lowrank_case():
+    """The best rank-k approximation of B·A (Eckart–Young, through SVD)."""
+    B, A = torch.randn(40, 6, dtype=D), torch.randn(6, 27, dtype=D)
+    U, S, Vh = torch.linalg.svd(B @ A, full_matrices=False)
+    out = {"B": B, "A": A, "sigma": S[:6]}
+    for k in (1, 3, 6):
+        out[f"approx{k}"] = U[:, :k] @ torch.diag(S[:k]) @ Vh[:k]
+    return "lowrank", out, dict(cout=40, r=6, fan=27)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    for name, tensors, meta in [*cases(), adam_case()]:
+    for name, tensors, meta in [*cases(), adam_case(), lowrank_case()]:
         safetensors_io.save(os.path.join(args.out, f"op_{name}.safetensors"), tensors, meta)
 
 
