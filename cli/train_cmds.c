@@ -129,7 +129,8 @@ static const char train_usage[] =
     "  dataset's concepts (all of them unless --concepts), one learned embedding\n"
     "  per concept: the base model.  With one concept it is the pix2pix-style\n"
     "  from-scratch baseline.  --init continues from a base instead of a fresh\n"
-    "  PyTorch-default initialisation.\n" TRAIN_OPTIONS_HELP;
+    "  PyTorch-default initialisation (full fine-tuning): a dataset concept the\n"
+    "  base lacks gets a new embedding, started at the mean of the base's.\n" TRAIN_OPTIONS_HELP;
 
 int cmd_train(int argc, char **argv) {
     static const struct option opts[] = {TRAIN_OPTIONS,         {"concepts", 1, 0, 'c'},
@@ -158,8 +159,9 @@ int cmd_train(int argc, char **argv) {
     char *report_text = NULL;
     int rc = 1;
     if (load_data(&a, concepts, &train, &val, err)) goto out;
-    if (init) {
+    if (init) { /* continue from a base; concepts it lacks start at its mean */
         if (e2g_model_load(&m, init, err)) goto out;
+        for (int c = 0; c < train->n_concepts; c++) e2g_model_add_concept(m, train->concepts[c]);
     } else {
         e2g_gen_config cfg = {(int)ngf, 8, train->n_concepts, !paper, !paper, paper};
         m = e2g_model_new(&cfg, (const char *const *)train->concepts, a.opts.gan_weight > 0 ? (int)ndf : 0,

@@ -219,3 +219,24 @@ int e2g_model_concept(const e2g_model *m, const char *name) {
 const float *e2g_model_context(const e2g_model *m, int concept) {
     return m->params.concepts + (size_t)concept * m->cfg.ctx_tokens * e2g_gen_c4(&m->cfg);
 }
+
+int e2g_model_add_concept(e2g_model *m, const char *name) {
+    int k = e2g_model_concept(m, name);
+    if (k >= 0) return k;
+    size_t ctx = (size_t)m->cfg.ctx_tokens * e2g_gen_c4(&m->cfg);
+    e2g_gen_config cfg = m->cfg;
+    cfg.n_concepts++;
+    /* `concepts` is the last tensor of the table: growing the block keeps
+     * every other tensor where it was */
+    m->memory = realloc(m->memory, e2g_gen_param_count(&cfg) * sizeof(float));
+    E2G_ASSERT(m->memory != NULL);
+    m->cfg = cfg;
+    e2g_gen_bind(&m->cfg, &m->params, m->memory);
+    float *row = m->params.concepts + (size_t)(cfg.n_concepts - 1) * ctx;
+    memset(row, 0, ctx * sizeof(float));
+    for (int c = 0; c < cfg.n_concepts - 1; c++)
+        for (size_t i = 0; i < ctx; i++) row[i] += m->params.concepts[(size_t)c * ctx + i] / (cfg.n_concepts - 1);
+    m->concept_names = realloc(m->concept_names, cfg.n_concepts * sizeof(char *));
+    m->concept_names[cfg.n_concepts - 1] = strdup(name);
+    return cfg.n_concepts - 1;
+}

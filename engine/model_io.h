@@ -29,6 +29,10 @@ void e2g_model_free(e2g_model *m);
 
 /* Index of a base concept by name, or -1. */
 int e2g_model_concept(const e2g_model *m, const char *name);
+/* Adds a concept whose embedding starts at the mean of the others (full
+ * fine-tuning of a base on a new concept); returns its index, or the
+ * existing one's. */
+int e2g_model_add_concept(e2g_model *m, const char *name);
 /* The (T, C4) embedding of base concept i. */
 const float *e2g_model_context(const e2g_model *m, int concept);
 
