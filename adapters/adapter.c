@@ -260,7 +260,9 @@ int e2g_request_resolve(e2g_request *req, const e2g_model *base, e2g_adapter *co
     char buf[520];
     snprintf(buf, sizeof buf, "%s", spec);
     int blend = strchr(buf, ':') != NULL, parts = 0;
+    size_t len = strlen(buf);
     req->context = e2g_xcalloc(ctx_n, sizeof(float));
+    if (buf[0] == ',' || buf[len - 1] == ',' || strstr(buf, ",,")) goto bad_spec;
     for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         float weight = 1.0f;
         char *colon = strchr(tok, ':');

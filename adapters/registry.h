@@ -1,0 +1,60 @@
+/* registry.h — the concepts a server offers: the base model's own concepts
+ * plus the adapters of an adapter directory.  Adapters are validated against
+ * the base when found, loaded into memory on first use and kept in an LRU
+ * cache bounded in bytes; a request pins the adapters it uses until it is
+ * released, so eviction never frees an adapter a batch is running.
+ * Uploads are written atomically (temp file, fsync, rename).  Thread-safe. */
+#ifndef E2G_REGISTRY_H
+#define E2G_REGISTRY_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "adapter.h"
+#include "model_io.h"
+
+typedef struct e2g_registry e2g_registry;
+
+/* Scans adapter_dir (created if missing) for NAME.safetensors files; a file
+ * that fails validation is skipped with a line on stderr, the rest serve. */
+int e2g_registry_open(e2g_registry **out, const e2g_model *base, const char *adapter_dir,
+                      size_t cache_bytes, char *err);
+void e2g_registry_close(e2g_registry *r);
+
+/* A valid concept name: 1..64 of [A-Za-z0-9._-], not starting with '.'. */
+int e2g_concept_name_ok(const char *name);
+
+/* Every concept: [{"name", "kind": "base"|"adapter", ...}] (new reference). */
+json_t *e2g_registry_list(e2g_registry *r);
+/* One concept's description, or NULL when unknown (new reference). */
+json_t *e2g_registry_describe(e2g_registry *r, const char *name);
+
+/* Resolves a concept spec (a name or a blend "a:0.7,b:0.3") with a strength
+ * into req, pinning (and loading on a cache miss) the adapters it uses.
+ * Errors: unknown concept (-2), bad spec or strength (-1), an adapter file
+ * that no longer loads (-3). */
+int e2g_registry_acquire(e2g_registry *r, e2g_request *req, const char *spec, float strength,
+                         char *err);
+void e2g_registry_release(e2g_registry *r, e2g_request *req);
+
+/* Adds or replaces adapter `name` from an upload: validated against the
+ * base (format, base_sha256, shapes), then written atomically into the
+ * directory.  Errors: bad name (-1), invalid adapter (-2), write failure
+ * (-3); *created tells whether the name was new. */
+int e2g_registry_put(e2g_registry *r, const char *name, const uint8_t *data, size_t n,
+                     int *created, char *err);
+/* Removes adapter `name` (file and cache).  -1 unknown name, -2 it is a
+ * base concept, -3 the file could not be removed. */
+int e2g_registry_delete(e2g_registry *r, const char *name, char *err);
+/* Re-scans the directory (adapters added or removed by another process). */
+void e2g_registry_rescan(e2g_registry *r);
+
+typedef struct {
+    long hits, misses, evictions;
+    size_t cached_bytes, cache_limit;
+    int adapters, cached;
+} e2g_registry_stats;
+void e2g_registry_stats_get(e2g_registry *r, e2g_registry_stats *s);
+
+#endif

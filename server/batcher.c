@@ -1,0 +1,224 @@
+/* batcher.c — dynamic batching (see batcher.h).
+ *
+ * Callers decode and pad in their own threads, queue a job and wait on it.
+ * The worker takes the oldest job, gathers up to max_batch queued jobs of
+ * the same padded size, waits up to max_delay_us (from the oldest job's
+ * arrival) for the batch to fill, then runs the engine once; per-sample
+ * edits let one batch mix concepts and adapters.  A caller whose deadline
+ * passes while its job is queued takes it out and gets TIMEOUT; a job
+ * already running is waited for (its adapters must stay pinned until the
+ * engine is done with them) and then reported as TIMEOUT. */
+#include "batcher.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common.h"
+#include "infer.h"
+
+typedef enum { JOB_QUEUED, JOB_RUNNING, JOB_DONE } job_state;
+
+typedef struct job {
+    int pw, ph;
+    float *x, *y; /* ph × pw × 3 */
+    e2g_edit edit;
+    job_state state;
+    double enqueued, started, finished;
+    int batch_size;
+    struct job *next;
+} job;
+
+struct e2g_batcher {
+    const e2g_model *model;
+    e2g_batcher_config cfg;
+    pthread_mutex_t mu;
+    pthread_cond_t work, done;
+    job *head, *tail;
+    int depth, stopping;
+    pthread_t worker;
+    e2g_batcher_stats stats;
+};
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static struct timespec abs_deadline(double monotonic_s) {
+    struct timespec ts;
+    ts.tv_sec = (time_t)monotonic_s;
+    ts.tv_nsec = (long)((monotonic_s - ts.tv_sec) * 1e9);
+    return ts;
+}
+
+static void unlink_job(e2g_batcher *b, job *j) {
+    job **pp = &b->head, *prev = NULL;
+    while (*pp && *pp != j) prev = *pp, pp = &(*pp)->next;
+    if (!*pp) return;
+    *pp = j->next;
+    if (b->tail == j) b->tail = prev;
+    b->depth--;
+}
+
+static int hist_bucket(int n) {
+    int bucket = 0;
+    for (int limit = 1; n > limit && bucket < 8; limit *= 2) bucket++;
+    return bucket;
+}
+
+/* Takes the next batch out of the queue (mutex held): the oldest job and
+ * the queued jobs of its size, waiting for more until the oldest job has
+ * waited max_delay_us or the batch is full.  Returns the count. */
+static int take_batch(e2g_batcher *b, job **batch) {
+    while (!b->head && !b->stopping) pthread_cond_wait(&b->work, &b->mu);
+    if (!b->head) return 0;
+    int n;
+    for (;;) {
+        job *first = b->head;
+        n = 0;
+        for (job *j = first; j && n < b->cfg.max_batch; j = j->next)
+            if (j->pw == first->pw && j->ph == first->ph) batch[n++] = j;
+        double deadline = first->enqueued + b->cfg.max_delay_us * 1e-6;
+        if (n == b->cfg.max_batch || b->stopping || now_s() >= deadline) break;
+        struct timespec ts = abs_deadline(deadline);
+        pthread_cond_timedwait(&b->work, &b->mu, &ts);
+        if (!b->head) return take_batch(b, batch); /* its jobs timed out meanwhile */
+    }
+    double t = now_s();
+    for (int i = 0; i < n; i++) {
+        unlink_job(b, batch[i]);
+        batch[i]->state = JOB_RUNNING, batch[i]->started = t, batch[i]->batch_size = n;
+    }
+    return n;
+}
+
+static void *worker_main(void *arg) {
+    e2g_batcher *b = arg;
+    job **batch = e2g_xmalloc(b->cfg.max_batch * sizeof *batch);
+    e2g_edit *edits = e2g_xmalloc(b->cfg.max_batch * sizeof *edits);
+    pthread_mutex_lock(&b->mu);
+    int n;
+    while ((n = take_batch(b, batch)) > 0) {
+        pthread_mutex_unlock(&b->mu);
+        int pw = batch[0]->pw, ph = batch[0]->ph;
+        size_t img = (size_t)pw * ph * 3;
+        float *x = e2g_xmalloc(n * img * sizeof(float)), *y = e2g_xmalloc(n * img * sizeof(float));
+        for (int i = 0; i < n; i++) {
+            memcpy(x + i * img, batch[i]->x, img * sizeof(float));
+            edits[i] = batch[i]->edit;
+        }
+        e2g_infer *inf = e2g_infer_new(b->model, n, ph, pw);
+        e2g_infer_run(inf, y, x, edits, 0);
+        e2g_infer_free(inf);
+        pthread_mutex_lock(&b->mu);
+        double t = now_s();
+        for (int i = 0; i < n; i++) {
+            memcpy(batch[i]->y, y + i * img, img * sizeof(float));
+            batch[i]->state = JOB_DONE, batch[i]->finished = t;
+        }
+        b->stats.batches++, b->stats.images += n;
+        b->stats.batch_size_hist[hist_bucket(n)]++;
+        pthread_cond_broadcast(&b->done);
+        free(x), free(y);
+    }
+    pthread_mutex_unlock(&b->mu);
+    free(batch), free(edits);
+    return NULL;
+}
+
+e2g_batcher *e2g_batcher_new(const e2g_model *m, const e2g_batcher_config *cfg) {
+    e2g_batcher *b = e2g_xcalloc(1, sizeof *b);
+    b->model = m, b->cfg = *cfg;
+    if (b->cfg.max_batch < 1) b->cfg.max_batch = 1;
+    pthread_mutex_init(&b->mu, NULL);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&b->work, &attr);
+    pthread_cond_init(&b->done, &attr);
+    pthread_condattr_destroy(&attr);
+    if (pthread_create(&b->worker, NULL, worker_main, b) != 0) {
+        fprintf(stderr, "e2gan: cannot start the batch worker\n");
+        abort();
+    }
+    return b;
+}
+
+void e2g_batcher_free(e2g_batcher *b) {
+    if (!b) return;
+    pthread_mutex_lock(&b->mu);
+    b->stopping = 1;
+    pthread_cond_broadcast(&b->work);
+    pthread_mutex_unlock(&b->mu);
+    pthread_join(b->worker, NULL);
+    pthread_cond_destroy(&b->work), pthread_cond_destroy(&b->done);
+    pthread_mutex_destroy(&b->mu);
+    free(b);
+}
+
+e2g_edit_status e2g_batcher_edit(e2g_batcher *b, e2g_image *im, const e2g_request *req,
+                                 long timeout_ms, e2g_edit_timing *timing) {
+    job j = {0};
+    e2g_image_pad_dims(im->width, im->height, 8, &j.pw, &j.ph);
+    size_t img = (size_t)j.pw * j.ph * 3;
+    j.x = malloc(img * sizeof(float));
+    j.y = malloc(img * sizeof(float));
+    if (!j.x || !j.y) {
+        free(j.x), free(j.y);
+        return E2G_EDIT_BUSY;
+    }
+    e2g_image_to_tensor(j.x, im, j.pw, j.ph);
+    j.edit = req->edit;
+    e2g_edit_status status = E2G_EDIT_OK;
+    pthread_mutex_lock(&b->mu);
+    if (b->stopping) {
+        status = E2G_EDIT_STOPPED;
+    } else if (b->depth >= b->cfg.queue_capacity) {
+        b->stats.refused++;
+        status = E2G_EDIT_BUSY;
+    } else {
+        j.enqueued = now_s();
+        if (b->tail) b->tail->next = &j;
+        else b->head = &j;
+        b->tail = &j;
+        b->depth++;
+        pthread_cond_signal(&b->work);
+        struct timespec deadline = abs_deadline(j.enqueued + timeout_ms * 1e-3);
+        while (j.state != JOB_DONE) {
+            if (status == E2G_EDIT_TIMEOUT) { /* running past its deadline: wait, then drop */
+                pthread_cond_wait(&b->done, &b->mu);
+                continue;
+            }
+            if (pthread_cond_timedwait(&b->done, &b->mu, &deadline) != ETIMEDOUT) continue;
+            status = E2G_EDIT_TIMEOUT;
+            if (j.state == JOB_QUEUED) {
+                unlink_job(b, &j);
+                break;
+            }
+        }
+        if (status == E2G_EDIT_TIMEOUT) b->stats.timeouts++;
+    }
+    pthread_mutex_unlock(&b->mu);
+    if (status == E2G_EDIT_OK) {
+        e2g_image_from_tensor(im, j.y, j.pw, j.ph);
+        if (timing) {
+            timing->queue_ms = (j.started - j.enqueued) * 1e3;
+            timing->compute_ms = (j.finished - j.started) * 1e3;
+            timing->batch_size = j.batch_size;
+        }
+    }
+    free(j.x), free(j.y);
+    return status;
+}
+
+void e2g_batcher_stats_get(e2g_batcher *b, e2g_batcher_stats *s) {
+    pthread_mutex_lock(&b->mu);
+    *s = b->stats;
+    s->queue_depth = b->depth;
+    pthread_mutex_unlock(&b->mu);
+}

@@ -1,0 +1,192 @@
+/* test_registry.c — the server's concept registry: directory scan (corrupt
+ * and clashing files skipped, the rest served), listing, acquire/release
+ * with blends, LRU eviction bounded in bytes that never evicts a pinned
+ * adapter, validated atomic uploads (bad name, corrupt file, foreign base),
+ * deletes, and rescans after another process changed the directory. */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common.h"
+#include "registry.h"
+#include "testutil.h"
+
+static char dir[256];
+static e2g_model *base;
+static uint8_t *adapter_bytes;
+static size_t adapter_len;
+
+static char *refs_path(const char *name) {
+    static char path[2][1024];
+    static int next;
+    char *p = path[next++ % 2];
+    snprintf(p, sizeof path[0], "%s/%s", getenv("E2G_REFS"), name);
+    return p;
+}
+
+static uint8_t *read_all(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    ck_assert_ptr_nonnull(f);
+    fseek(f, 0, SEEK_END);
+    *n = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *buf = malloc(*n);
+    ck_assert_uint_eq(fread(buf, 1, *n, f), *n);
+    fclose(f);
+    return buf;
+}
+
+static void write_file(const char *name, const void *data, size_t n) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "wb");
+    ck_assert_ptr_nonnull(f);
+    fwrite(data, 1, n, f);
+    fclose(f);
+}
+
+static void setup(void) {
+    char err[E2G_ERR_LEN];
+    snprintf(dir, sizeof dir, "/tmp/e2g_registry_XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    ck_assert_msg(e2g_model_load(&base, refs_path("g_default_ngf16_base.safetensors"), err) == 0, "%s", err);
+    adapter_bytes = read_all(refs_path("g_lora_default_ngf16_adapter.safetensors"), &adapter_len);
+    write_file("alpha.safetensors", adapter_bytes, adapter_len);
+    write_file("beta.safetensors", adapter_bytes, adapter_len);
+    write_file("broken.safetensors", adapter_bytes, adapter_len / 2);    /* truncated */
+    write_file("base-a.safetensors", adapter_bytes, adapter_len);        /* clashes with a base concept */
+    write_file("notes.txt", "not an adapter", 14);
+}
+
+static void teardown(void) {
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    ck_assert_int_eq(system(cmd), 0);
+    e2g_model_free(base);
+    free(adapter_bytes);
+}
+
+static int listed(e2g_registry *r, const char *name, const char *kind) {
+    json_t *list = e2g_registry_list(r);
+    size_t i;
+    json_t *item;
+    int found = 0;
+    json_array_foreach(list, i, item) {
+        found |= strcmp(json_string_value(json_object_get(item, "name")), name) == 0 &&
+                 strcmp(json_string_value(json_object_get(item, "kind")), kind) == 0;
+    }
+    json_decref(list);
+    return found;
+}
+
+START_TEST(test_scan_and_list) {
+    char err[E2G_ERR_LEN];
+    e2g_registry *r = NULL;
+    ck_assert_int_eq(e2g_registry_open(&r, base, dir, 1 << 30, err), 0);
+    ck_assert(listed(r, "base-a", "base") && listed(r, "base-b", "base"));
+    ck_assert(listed(r, "alpha", "adapter") && listed(r, "beta", "adapter"));
+    ck_assert(!listed(r, "broken", "adapter") && !listed(r, "base-a", "adapter"));
+    json_t *d = e2g_registry_describe(r, "alpha");
+    ck_assert_ptr_nonnull(d);
+    ck_assert_int_eq(json_integer_value(json_object_get(d, "file_bytes")), (json_int_t)adapter_len);
+    ck_assert_int_gt(json_object_size(json_object_get(d, "ranks")), 0);
+    json_decref(d);
+    ck_assert_ptr_null(e2g_registry_describe(r, "nope"));
+    e2g_registry_close(r);
+}
+END_TEST
+
+START_TEST(test_acquire_release_and_eviction) {
+    char err[E2G_ERR_LEN];
+    e2g_registry *r = NULL;
+    /* room for one adapter only */
+    ck_assert_int_eq(e2g_registry_open(&r, base, dir, adapter_len, err), 0);
+    e2g_registry_stats s;
+    e2g_registry_stats_get(r, &s);
+    ck_assert_int_eq(s.adapters, 2);
+    ck_assert_int_le(s.cached, 1);
+    e2g_request a, b;
+    ck_assert_msg(e2g_registry_acquire(r, &a, "alpha", 1.0f, err) == 0, "%s", err);
+    ck_assert_msg(e2g_registry_acquire(r, &b, "beta:0.5,base-a:0.5", 0.8f, err) == 0, "%s", err);
+    ck_assert_int_eq(a.edit.n_terms, 1);
+    ck_assert_int_eq(b.edit.n_terms, 1);
+    ck_assert(a.edit.terms[0].lora != b.edit.terms[0].lora);
+    ck_assert_float_eq_tol(b.edit.terms[0].coef, 0.4f, 1e-6f);
+    /* both pinned: over the limit, nothing evicted, both still usable */
+    e2g_registry_stats_get(r, &s);
+    ck_assert_int_eq(s.cached, 2);
+    ck_assert(a.edit.terms[0].lora->rank[0] > 0 && b.edit.terms[0].lora->rank[0] > 0);
+    e2g_registry_release(r, &a);
+    e2g_registry_release(r, &b);
+    /* a new use evicts down to the limit */
+    ck_assert_int_eq(e2g_registry_acquire(r, &a, "alpha", 1.0f, err), 0);
+    e2g_registry_release(r, &a);
+    e2g_registry_stats_get(r, &s);
+    ck_assert_int_le(s.cached_bytes, s.cache_limit);
+    ck_assert_int_gt(s.evictions, 0);
+    ck_assert_int_gt(s.hits + s.misses, 2);
+    ck_assert_int_eq(e2g_registry_acquire(r, &a, "nope", 1.0f, err), -2);
+    ck_assert_int_eq(e2g_registry_acquire(r, &a, "alpha", 3.0f, err), -1);
+    ck_assert_int_eq(e2g_registry_acquire(r, &a, "alpha:0.5,", 1.0f, err), -1);
+    e2g_registry_close(r);
+}
+END_TEST
+
+START_TEST(test_put_delete_rescan) {
+    char err[E2G_ERR_LEN], path[512];
+    e2g_registry *r = NULL;
+    int created = 0;
+    ck_assert_int_eq(e2g_registry_open(&r, base, dir, 1 << 30, err), 0);
+    ck_assert_int_eq(e2g_registry_put(r, "gamma", adapter_bytes, adapter_len, &created, err), 0);
+    ck_assert_int_eq(created, 1);
+    ck_assert(listed(r, "gamma", "adapter"));
+    ck_assert_int_eq(e2g_registry_put(r, "gamma", adapter_bytes, adapter_len, &created, err), 0);
+    ck_assert_int_eq(created, 0);
+    /* refused uploads leave nothing behind */
+    ck_assert_int_eq(e2g_registry_put(r, "../evil", adapter_bytes, adapter_len, &created, err), -1);
+    ck_assert_int_eq(e2g_registry_put(r, "base-b", adapter_bytes, adapter_len, &created, err), -1);
+    ck_assert_int_eq(e2g_registry_put(r, "half", adapter_bytes, adapter_len / 2, &created, err), -2);
+    size_t other_len;
+    uint8_t *other = read_all(refs_path("g_lora_default_ngf32_adapter.safetensors"), &other_len);
+    ck_assert_int_eq(e2g_registry_put(r, "foreign", other, other_len, &created, err), -2);
+    ck_assert_msg(strstr(err, "another base"), "%s", err);
+    free(other);
+    snprintf(path, sizeof path, "ls -A %s | grep -c -v -E '^(alpha|beta|broken|base-a|gamma)\\.safetensors$|^notes.txt$' | grep -qx 0", dir);
+    ck_assert_msg(system(path) == 0, "stray files in %s", dir);
+    /* deletes */
+    ck_assert_int_eq(e2g_registry_delete(r, "gamma", err), 0);
+    ck_assert(!listed(r, "gamma", "adapter"));
+    ck_assert_int_eq(e2g_registry_delete(r, "gamma", err), -1);
+    ck_assert_int_eq(e2g_registry_delete(r, "base-a", err), -2);
+    /* another process adds and removes files */
+    write_file("delta.safetensors", adapter_bytes, adapter_len);
+    snprintf(path, sizeof path, "%s/alpha.safetensors", dir);
+    ck_assert_int_eq(unlink(path), 0);
+    e2g_registry_rescan(r);
+    ck_assert(listed(r, "delta", "adapter") && !listed(r, "alpha", "adapter"));
+    e2g_registry_close(r);
+}
+END_TEST
+
+START_TEST(test_names) {
+    const char *good[] = {"winter", "oil-paint", "a.b_c", "X9"};
+    const char *bad[] = {"", ".hidden", "a/b", "..", "a b", "x\n",
+                         "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"};
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++) ck_assert(e2g_concept_name_ok(good[i]));
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) ck_assert_msg(!e2g_concept_name_ok(bad[i]), "%s", bad[i]);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("registry");
+    TCase *tc = tcase_create("registry");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, test_scan_and_list);
+    tcase_add_test(tc, test_acquire_release_and_eviction);
+    tcase_add_test(tc, test_put_delete_rescan);
+    tcase_add_test(tc, test_names);
+    suite_add_tcase(s, tc);
+    return run_suite(s);
+}
