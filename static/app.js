@@ -9,19 +9,24 @@ const TOKEN_KEY = 'e2gan.adminToken';
 
 // ---- errors -----------------------------------------------------------
 
-// Reads an error response: application/problem+json (RFC 9457) when the
-// server sends it, otherwise the status line and whatever text came back.
+// Reads an error response: application/problem+json (RFC 9457) as the
+// server sends it, or, from anything in between (a proxy), the status line
+// and whatever text came back.
 async function readProblem(res) {
-  const type = res.headers.get('Content-Type') || '';
   let body = '';
   try { body = await res.text(); } catch { /* the body is optional */ }
-  if (/json/i.test(type)) {
-    try {
-      const p = JSON.parse(body);
-      return { status: p.status ?? res.status, title: p.title || res.statusText, detail: p.detail || '' };
-    } catch { /* fall through to plain text */ }
+  let problem = null;
+  if (/json/i.test(res.headers.get('Content-Type') || '')) {
+    try { problem = JSON.parse(body); } catch { /* not JSON after all */ }
   }
-  return { status: res.status, title: res.statusText || 'Request failed', detail: body.trim().slice(0, 500) };
+  const p = problem && typeof problem === 'object' ? problem : {};
+  return {
+    status: p.status ?? res.status,
+    title: p.title || res.statusText || 'Request failed',
+    detail: problem ? p.detail || '' : body.trim().slice(0, 500),
+    requestId: p.request_id || res.headers.get('X-Request-Id') || '',
+    retryAfter: res.headers.get('Retry-After') || '',
+  };
 }
 
 function showProblem(el, problem) {
@@ -36,6 +41,15 @@ function showProblem(el, problem) {
     detail.textContent = problem.detail;
     el.append(detail);
   }
+  const extra = [];
+  if (problem.retryAfter) extra.push(`Retry after ${problem.retryAfter} s.`);
+  if (problem.requestId) extra.push(`Request id: ${problem.requestId}`);
+  if (extra.length) {
+    const small = document.createElement('p');
+    small.className = 'problem-extra';
+    small.textContent = extra.join(' · ');
+    el.append(small);
+  }
   el.hidden = false;
 }
 
@@ -49,13 +63,6 @@ const networkProblem = (err) => ({ title: 'The server could not be reached', det
 // ---- concepts ---------------------------------------------------------
 
 let concepts = [];
-
-// GET /v1/concepts answers a list of concepts, either bare or as
-// {"concepts": [...]}; each is an object with at least a name.
-function normaliseConcepts(json) {
-  const list = Array.isArray(json) ? json : (json && json.concepts) || [];
-  return list.map((c) => (typeof c === 'string' ? { name: c } : c)).filter((c) => c && c.name);
-}
 
 function fillSelect(select, keep) {
   select.replaceChildren(...concepts.map((c) => {
@@ -74,7 +81,8 @@ function fillConceptTable() {
     const name = document.createElement('td');
     name.textContent = c.name;
     const kind = document.createElement('td');
-    kind.textContent = c.kind || '';
+    kind.textContent = c.kind === 'adapter' && Number.isFinite(c.file_bytes)
+      ? `adapter, ${formatBytes(c.file_bytes)}` : (c.kind || '');
     const action = document.createElement('td');
     action.className = 'actions-cell';
     if (c.kind !== 'base') {
@@ -103,10 +111,15 @@ async function loadConcepts() {
     return;
   }
   if (!res.ok) {
-    showProblem($('edit-error'), await readProblem(res));
+    const problem = await readProblem(res);
+    showProblem($('edit-error'), problem);
+    // 503: the server is still loading its model or is overloaded; ask again.
+    if (res.status === 503) setTimeout(loadConcepts, 1000 * (Number(problem.retryAfter) || 2));
     return;
   }
-  concepts = normaliseConcepts(await res.json());
+  // The first list that loads replaces an earlier failure to load it.
+  if (document.body.dataset.concepts !== 'loaded') clearProblem($('edit-error'));
+  concepts = (await res.json()).concepts; // [{name, kind: "base"|"adapter", ...}]
   const keep = select.value;
   const keep2 = select2.value;
   fillSelect(select, keep);
@@ -150,7 +163,7 @@ function editUrl() {
   q.set('strength', $('strength').value);
   const format = $('format').value;
   q.set('format', format);
-  if (format !== 'png') q.set('quality', $('quality').value);
+  if (format === 'jpeg' && $('quality').value) q.set('quality', $('quality').value);
   return apiUrl(`v1/edits?${q}`);
 }
 
@@ -158,7 +171,7 @@ function updateForm() {
   $('strength-out').value = Number($('strength').value).toFixed(2);
   $('weight2-out').value = Number($('weight2').value).toFixed(2);
   $('blend-fields').hidden = !$('blend').checked;
-  $('quality-field').hidden = $('format').value === 'png';
+  $('quality-field').hidden = $('quality-hint').hidden = $('format').value !== 'jpeg';
   const ready = inputFile && $('concept').value;
   $('spec').textContent = $('concept').value ? decodeURIComponent(editUrl().search.slice(1)) : '—';
   $('edit-button').disabled = !ready || document.body.dataset.busy === '1';
@@ -220,24 +233,28 @@ function showTimings(res, roundTripMs, bytes) {
   // request id, as sent.
   for (const [name, value] of res.headers) {
     if (name.startsWith('x-e2gan-') || name === 'x-request-id') {
-      const label = name.replace(/^x-e2gan-/, '').replace(/-/g, ' ');
+      const label = name.replace(/^x-(e2gan-)?/, '').replace(/-/g, ' ');
       rows.push([label, value]);
     }
   }
-  rows.push(['round trip (browser)', `${roundTripMs.toFixed(0)} ms`]);
+  rows.push(['round trip', `${roundTripMs.toFixed(0)} ms`]);
   rows.push(['result', `${res.headers.get('Content-Type') || '?'}, ${formatBytes(bytes)}`]);
   const dl = $('timings');
-  dl.replaceChildren(...rows.flatMap(([k, v]) => {
+  dl.replaceChildren(...rows.map(([k, v]) => {
+    const row = document.createElement('div');
     const dt = document.createElement('dt');
     dt.textContent = k;
     const dd = document.createElement('dd');
     dd.textContent = v;
-    return [dt, dd];
+    row.append(dt, dd);
+    if (v.length > 24) row.className = 'full';
+    else if (v.length > 12) row.className = 'wide';
+    return row;
   }));
   dl.hidden = false;
 }
 
-const EXT = { 'image/png': 'png', 'image/jpeg': 'jpg', 'image/webp': 'webp' };
+const EXT = { 'image/png': 'png', 'image/jpeg': 'jpg' };
 
 async function onEdit(ev) {
   ev.preventDefault();
@@ -405,6 +422,7 @@ function start() {
   });
   $('before').addEventListener('error', () => {
     $('before').hidden = true;
+    $('before-empty').textContent = 'No preview';
     $('before-size').textContent = '(no preview)';
   });
   updateForm();

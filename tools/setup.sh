@@ -10,14 +10,20 @@ packages=(
   libjansson-dev                # JSON: safetensors headers, adapter configs
   libturbojpeg0-dev libpng-dev  # image codecs
   libssl-dev                    # SHA-256 of base files (adapters bind to it)
+  libmicrohttpd-dev             # the HTTP server
+  curl                          # the server's integration tests drive it with curl
   check                         # unit-test framework
   python3-torch python3-numpy   # PyTorch: the reference the tests compare with
-  imagemagick                   # real JPEG/PNG variants for the image tests
+  imagemagick                   # dataset teachers; real JPEG/PNG variants for the tests
+  chromium                      # tests: the web page in a real browser
 )
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
 done
+# node + npm run the browser test and the OpenAPI lint; keep a node the
+# machine already has (it may not come from Debian)
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd=sudo

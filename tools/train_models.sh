@@ -7,12 +7,12 @@
 # models/README.md's data (build/train-*/report.json, contact sheets).
 #
 # usage: tools/train_models.sh        (after tools/setup.sh)
-# env:   BASE_STEPS (4500), ADAPTER_STEPS (600), BATCH (8), THREADS (2),
+# env:   BASE_STEPS (3500), ADAPTER_STEPS (600), BATCH (8), THREADS (2),
 #        NEW_CONCEPTS ("cartoon pencil line-art"), KEEP (0.5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-BASE_STEPS=${BASE_STEPS:-4500}
+BASE_STEPS=${BASE_STEPS:-3500}
 ADAPTER_STEPS=${ADAPTER_STEPS:-600}
 BATCH=${BATCH:-8}
 THREADS=${THREADS:-2}
