@@ -98,6 +98,12 @@ static void meta(strbuf *sb, const char *name, const char *type, const char *hel
     sb_printf(sb, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+/* One scalar metric: its HELP/TYPE lines and its value. */
+static void metric(strbuf *sb, const char *name, const char *type, const char *help, long long value) {
+    meta(sb, name, type, help);
+    sb_printf(sb, "%s %lld\n", name, value);
+}
+
 /* One histogram's series; labels is "" or `route="edits",` (with the
  * trailing comma). */
 static void render_histogram(strbuf *sb, const char *name, const char *labels, const histogram *h) {
@@ -139,10 +145,8 @@ char *e2g_metrics_render(e2g_metrics *m, const e2g_metrics_gauges *g, size_t *le
     render_histogram(&sb, "e2gan_compute_seconds", "", &m->compute);
     pthread_mutex_unlock(&m->lock);
 
-    meta(&sb, "e2gan_ready", "gauge", "1 once the model is loaded and the server takes edits.");
-    sb_printf(&sb, "e2gan_ready %d\n", g->ready);
-    meta(&sb, "e2gan_requests_in_flight", "gauge", "Requests being received or answered.");
-    sb_printf(&sb, "e2gan_requests_in_flight %d\n", g->in_flight);
+    metric(&sb, "e2gan_ready", "gauge", "1 once the model is loaded and the server takes edits.", (long long)(g->ready));
+    metric(&sb, "e2gan_requests_in_flight", "gauge", "Requests being received or answered.", (long long)(g->in_flight));
 
     if (g->batcher) {
         const e2g_batcher_stats *b = g->batcher;
@@ -154,33 +158,21 @@ char *e2g_metrics_render(e2g_metrics *m, const e2g_metrics_gauges *g, size_t *le
             sb_printf(&sb, "e2gan_batch_size_bucket{le=\"%s\"} %ld\n", le[i], cumulative);
         }
         sb_printf(&sb, "e2gan_batch_size_sum %ld\ne2gan_batch_size_count %ld\n", b->images, b->batches);
-        meta(&sb, "e2gan_batches_total", "counter", "Engine calls.");
-        sb_printf(&sb, "e2gan_batches_total %ld\n", b->batches);
-        meta(&sb, "e2gan_batched_images_total", "counter", "Images edited by the engine.");
-        sb_printf(&sb, "e2gan_batched_images_total %ld\n", b->images);
-        meta(&sb, "e2gan_queue_refused_total", "counter", "Edits refused because the queue was full.");
-        sb_printf(&sb, "e2gan_queue_refused_total %ld\n", b->refused);
-        meta(&sb, "e2gan_queue_timeouts_total", "counter", "Edits that did not finish in time.");
-        sb_printf(&sb, "e2gan_queue_timeouts_total %ld\n", b->timeouts);
-        meta(&sb, "e2gan_queue_depth", "gauge", "Edits waiting for the engine.");
-        sb_printf(&sb, "e2gan_queue_depth %d\n", b->queue_depth);
+        metric(&sb, "e2gan_batches_total", "counter", "Engine calls.", (long long)(b->batches));
+        metric(&sb, "e2gan_batched_images_total", "counter", "Images edited by the engine.", (long long)(b->images));
+        metric(&sb, "e2gan_queue_refused_total", "counter", "Edits refused because the queue was full.", (long long)(b->refused));
+        metric(&sb, "e2gan_queue_timeouts_total", "counter", "Edits that did not finish in time.", (long long)(b->timeouts));
+        metric(&sb, "e2gan_queue_depth", "gauge", "Edits waiting for the engine.", (long long)(b->queue_depth));
     }
     if (g->registry) {
         const e2g_registry_stats *r = g->registry;
-        meta(&sb, "e2gan_adapter_cache_hits_total", "counter", "Adapter look-ups served from memory.");
-        sb_printf(&sb, "e2gan_adapter_cache_hits_total %ld\n", r->hits);
-        meta(&sb, "e2gan_adapter_cache_misses_total", "counter", "Adapter look-ups that loaded the file.");
-        sb_printf(&sb, "e2gan_adapter_cache_misses_total %ld\n", r->misses);
-        meta(&sb, "e2gan_adapter_cache_evictions_total", "counter", "Adapters dropped from memory.");
-        sb_printf(&sb, "e2gan_adapter_cache_evictions_total %ld\n", r->evictions);
-        meta(&sb, "e2gan_adapter_cache_bytes", "gauge", "Bytes of adapters in memory.");
-        sb_printf(&sb, "e2gan_adapter_cache_bytes %zu\n", r->cached_bytes);
-        meta(&sb, "e2gan_adapter_cache_limit_bytes", "gauge", "The cache's bound.");
-        sb_printf(&sb, "e2gan_adapter_cache_limit_bytes %zu\n", r->cache_limit);
-        meta(&sb, "e2gan_adapters", "gauge", "Adapters in the adapter directory.");
-        sb_printf(&sb, "e2gan_adapters %d\n", r->adapters);
-        meta(&sb, "e2gan_adapters_cached", "gauge", "Adapters in memory.");
-        sb_printf(&sb, "e2gan_adapters_cached %d\n", r->cached);
+        metric(&sb, "e2gan_adapter_cache_hits_total", "counter", "Adapter look-ups served from memory.", (long long)(r->hits));
+        metric(&sb, "e2gan_adapter_cache_misses_total", "counter", "Adapter look-ups that loaded the file.", (long long)(r->misses));
+        metric(&sb, "e2gan_adapter_cache_evictions_total", "counter", "Adapters dropped from memory.", (long long)(r->evictions));
+        metric(&sb, "e2gan_adapter_cache_bytes", "gauge", "Bytes of adapters in memory.", (long long)(r->cached_bytes));
+        metric(&sb, "e2gan_adapter_cache_limit_bytes", "gauge", "The cache's bound.", (long long)(r->cache_limit));
+        metric(&sb, "e2gan_adapters", "gauge", "Adapters in the adapter directory.", (long long)(r->adapters));
+        metric(&sb, "e2gan_adapters_cached", "gauge", "Adapters in memory.", (long long)(r->cached));
     }
     *len = sb.len;
     return sb.buf;
