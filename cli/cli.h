@@ -17,5 +17,6 @@ void cli_machine(char *buf, size_t n);
 
 int cmd_train(int argc, char **argv);
 int cmd_finetune(int argc, char **argv);
+int cmd_evaluate(int argc, char **argv);
 
 #endif

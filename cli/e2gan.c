@@ -3,7 +3,7 @@
  *   e2gan info   — what a weights file holds
  *   e2gan edit   — edit one image with a base concept, an adapter or a blend
  *   e2gan bench  — generator throughput at a size and batch
- *   e2gan train, e2gan finetune — see train_cmds.c
+ *   e2gan train, finetune, evaluate — see train_cmds.c
  *   e2gan devices — the CPU threads and CUDA devices this build can use
  * Every failure prints one line "e2gan <command>: <reason>" and exits 1;
  * usage errors exit 2. */
@@ -301,6 +301,7 @@ static const char main_usage[] =
     "  bench  time the generator\n"
     "  train  train a base model (or one concept from scratch) on a dataset\n"
     "  finetune  train a LoRA adapter for a new concept on a frozen base\n"
+    "  evaluate  PSNR/SSIM of a model (or adapter) on a dataset's validation pairs\n"
     "  devices  show the CPU threads and CUDA devices the build can use\n"
     "Run 'e2gan COMMAND' without arguments for its options.\n";
 
@@ -326,6 +327,7 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "bench") == 0) return cmd_bench(argc, argv);
     if (strcmp(cmd, "train") == 0) return cmd_train(argc, argv);
     if (strcmp(cmd, "finetune") == 0) return cmd_finetune(argc, argv);
+    if (strcmp(cmd, "evaluate") == 0) return cmd_evaluate(argc, argv);
     if (strcmp(cmd, "devices") == 0) return cmd_devices();
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "help") == 0) {
         fputs(main_usage, stdout);

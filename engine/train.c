@@ -83,11 +83,14 @@ json_t *e2g_evaluate(const e2g_train_target *t, const e2g_dataset *val, int max_
     size_t img = (size_t)S * S * 3;
     double *psnr = e2g_xcalloc(C, sizeof(double)), *ssim = e2g_xcalloc(C, sizeof(double)),
            *ident = e2g_xcalloc(C, sizeof(double));
-    int *count = e2g_xcalloc(C, sizeof(int)), *shown = e2g_xcalloc(C, sizeof(int));
+    int *count = e2g_xcalloc(C, sizeof(int));
     float *x = e2g_xmalloc(EVAL_BATCH * img * sizeof(float)), *y = e2g_xmalloc(EVAL_BATCH * img * sizeof(float));
     uint8_t *out = e2g_xmalloc(EVAL_BATCH * img);
     e2g_image *cells = e2g_xcalloc((size_t)3 * C * SHEET_ROWS_PER_CONCEPT, sizeof(e2g_image));
-    int sheet_rows = 0;
+    int sheet_rows = 0, *total = e2g_xcalloc(C, sizeof(int));
+    /* the sheet shows each concept's first evaluated pair and the one halfway
+     * through its list, so its rows come from different photos */
+    for (int p = 0; p < n_pairs; p++) total[val->pairs[(long)p * val->n_pairs / n_pairs].concept]++;
     e2g_infer *inf = NULL;
     int inf_n = 0;
     for (int p0 = 0; p0 < n_pairs; p0 += EVAL_BATCH) {
@@ -110,8 +113,8 @@ json_t *e2g_evaluate(const e2g_train_target *t, const e2g_dataset *val, int max_
             ssim[p->concept] += e2g_ssim(im.rgb, p->dst, S, S);
             ident[p->concept] += e2g_psnr(p->src, p->dst, S, S);
             count[p->concept]++;
-            if (sheet_path && shown[p->concept] < SHEET_ROWS_PER_CONCEPT) {
-                shown[p->concept]++;
+            int seen = count[p->concept] - 1; /* this pair's place among its concept's */
+            if (sheet_path && (seen == 0 || (seen == total[p->concept] / 2 && seen > 0))) {
                 e2g_image *row = &cells[3 * sheet_rows++];
                 row[0] = (e2g_image){S, S, (uint8_t *)p->src};
                 row[1] = (e2g_image){S, S, (uint8_t *)p->dst};
@@ -145,7 +148,7 @@ json_t *e2g_evaluate(const e2g_train_target *t, const e2g_dataset *val, int max_
     }
     for (int r = 0; r < sheet_rows; r++) free(cells[3 * r + 2].rgb);
     free(cells), free(out), free(x), free(y), free(psnr), free(ssim), free(ident), free(count);
-    free(shown), free(map);
+    free(total), free(map);
     return res;
 }
 
