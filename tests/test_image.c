@@ -191,15 +191,6 @@ static uint8_t *insert_segment(const uint8_t *jpeg, size_t n, const uint8_t *seg
     return out;
 }
 
-static uint32_t png_crc(const uint8_t *p, size_t n) {
-    uint32_t c = 0xFFFFFFFFu;
-    for (size_t i = 0; i < n; i++) {
-        c ^= p[i];
-        for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-    }
-    return c ^ 0xFFFFFFFFu;
-}
-
 /* ---- scratch directory --------------------------------------------------------
  * The codec tests run inside a fresh directory, made and removed by an
  * unchecked fixture so that it goes away even after a failure. */
@@ -594,10 +585,10 @@ START_TEST(test_bomb_png) {
     size_t n;
     uint8_t *buf = encode_ok(&im, E2G_IMAGE_PNG, 0, &n);
     /* IHDR: length at 8, type at 12, width 16, height 20, CRC of 12..28 at 29 */
-    ck_assert_uint_eq(png_crc(buf + 12, 17), (uint32_t)buf[29] << 24 | buf[30] << 16 | buf[31] << 8 | buf[32]);
+    ck_assert_uint_eq(png_crc32(buf + 12, 17), (uint32_t)buf[29] << 24 | buf[30] << 16 | buf[31] << 8 | buf[32]);
     put_u32(buf + 16, 50000, 1);
     put_u32(buf + 20, 50000, 1);
-    put_u32(buf + 29, png_crc(buf + 12, 17), 1);
+    put_u32(buf + 29, png_crc32(buf + 12, 17), 1);
     check_bomb(buf, n, "PNG");
     free(buf);
     e2g_image_free(&im);
@@ -659,7 +650,7 @@ START_TEST(test_empty_and_garbage) {
     static const uint8_t jpeg_magic[] = {0xFF, 0xD8, 0xFF};
     static const uint8_t png_magic[] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
     uint8_t png_zero[33] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n', 0, 0, 0, 13, 'I', 'H', 'D', 'R'};
-    put_u32(png_zero + 29, png_crc(png_zero + 12, 17), 1); /* a 0×0 IHDR with a valid CRC */
+    put_u32(png_zero + 29, png_crc32(png_zero + 12, 17), 1); /* a 0×0 IHDR with a valid CRC */
     assert_decode_fails(NULL, 0, NO_LIMIT, "zero bytes");
     assert_decode_fails(garbage, sizeof garbage, NO_LIMIT, "garbage");
     assert_decode_fails(jpeg_magic, sizeof jpeg_magic, NO_LIMIT, "JPEG magic alone");

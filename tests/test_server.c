@@ -96,15 +96,6 @@ static const char *server_binary(void) {
     return path;
 }
 
-static uint32_t crc32_of(const uint8_t *p, size_t n) {
-    uint32_t c = 0xFFFFFFFFu;
-    for (size_t i = 0; i < n; i++) {
-        c ^= p[i];
-        for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-    }
-    return c ^ 0xFFFFFFFFu;
-}
-
 static void put_be32(uint8_t *p, uint32_t v) {
     p[0] = (uint8_t)(v >> 24), p[1] = (uint8_t)(v >> 16), p[2] = (uint8_t)(v >> 8), p[3] = (uint8_t)v;
 }
@@ -120,15 +111,15 @@ static void write_bomb_png(const char *path) {
     put_be32(ihdr + 8, 50000);
     put_be32(ihdr + 12, 50000);
     ihdr[16] = 8, ihdr[17] = 2, ihdr[18] = 0, ihdr[19] = 0, ihdr[20] = 0;
-    put_be32(ihdr + 21, crc32_of(ihdr + 4, 17));
+    put_be32(ihdr + 21, png_crc32(ihdr + 4, 17));
     uint8_t *idat = ihdr + 25;
     put_be32(idat, 0);
     memcpy(idat + 4, "IDAT", 4);
-    put_be32(idat + 8, crc32_of(idat + 4, 4));
+    put_be32(idat + 8, png_crc32(idat + 4, 4));
     uint8_t *iend = idat + 12;
     put_be32(iend, 0);
     memcpy(iend + 4, "IEND", 4);
-    put_be32(iend + 8, crc32_of(iend + 4, 4));
+    put_be32(iend + 8, png_crc32(iend + 4, 4));
     write_bytes(path, png, sizeof png);
 }
 

@@ -5,6 +5,7 @@
 #define E2G_TESTUTIL_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include "safetensors.h"
 
 /* Opens $E2G_REFS/<name>.safetensors; fails the current test if missing. */
@@ -34,6 +35,9 @@ const char *test_source(void); /* the source tree */
  * test passed). */
 typedef struct Suite Suite;
 int run_suite(Suite *s);
+
+/* The CRC-32 of PNG chunks (ISO 3309), for tests that craft PNG headers. */
+uint32_t png_crc32(const uint8_t *p, size_t n);
 
 /* Uniform random floats in [-1, 1) from a fixed seed (xorshift). */
 void fill_random(float *x, size_t n, unsigned seed);
