@@ -20,7 +20,7 @@
 enum {
     OPT_STEPS = 1000, OPT_BATCH, OPT_LR, OPT_L1, OPT_GAN, OPT_DECAY, OPT_SEED, OPT_EVAL_EVERY,
     OPT_EVAL_PAIRS, OPT_CHECKPOINT, OPT_CHECKPOINT_EVERY, OPT_REPORT, OPT_THREADS, OPT_QUIET,
-    OPT_DATA, OPT_OUT
+    OPT_DATA, OPT_OUT, OPT_PAIRS, OPT_CROP, OPT_TRAIN_CROPS, OPT_EVENTS
 };
 
 #define TRAIN_OPTIONS                                                                             \
@@ -30,11 +30,15 @@ enum {
         {"eval-pairs", 1, 0, OPT_EVAL_PAIRS}, {"checkpoint", 1, 0, OPT_CHECKPOINT},               \
         {"checkpoint-every", 1, 0, OPT_CHECKPOINT_EVERY}, {"report", 1, 0, OPT_REPORT},           \
         {"threads", 1, 0, OPT_THREADS}, {"quiet", 0, 0, OPT_QUIET}, {"data", 1, 0, OPT_DATA},     \
-        {"out", 1, 0, OPT_OUT}
+        {"out", 1, 0, OPT_OUT}, {"pairs", 1, 0, OPT_PAIRS}, {"crop", 1, 0, OPT_CROP},              \
+        {"train-crops", 1, 0, OPT_TRAIN_CROPS}, {"events", 0, 0, OPT_EVENTS}
 
 #define TRAIN_OPTIONS_HELP                                                                        \
     "training options (defaults in brackets):\n"                                                  \
-    "  --data DIR            a dataset made by tools/make_dataset.py (required)\n"               \
+    "  --data DIR            a dataset made by tools/make_dataset.py, or\n"                      \
+    "  --pairs DIR           a folder of pairs STEM.src.png + STEM.dst.png (or src/ and\n"        \
+    "                        dst/ folders; png or jpg) of one concept, split and cropped\n"        \
+    "                        in memory: --crop N [128], --train-crops N [1024]\n"                 \
     "  --out FILE            where the result goes (required)\n"                                  \
     "  --steps N [1000]  --batch B [8]  --lr X [2e-4]  --decay-from F [0.5: lr decays\n"         \
     "                        linearly to 0 over the last half]\n"                                  \
@@ -44,13 +48,21 @@ enum {
     "  --checkpoint FILE     resume from FILE if it exists; save to it every\n"                  \
     "                        --checkpoint-every N [100] steps and at the end\n"                   \
     "  --report DIR          report.json, curve.png, contact.png\n"                               \
-    "  --threads T  --quiet\n"
+    "  --threads T  --quiet\n"                                                                   \
+    "  --events              progress as JSON lines on stdout (for a supervising process)\n"
 
 typedef struct {
     e2g_train_opts opts;
-    const char *data, *out;
+    e2g_pairs_opts pairs_opts;
+    const char *data, *pairs, *out;
     long threads;
 } train_args;
+
+static void train_args_init(train_args *a) {
+    memset(a, 0, sizeof *a);
+    e2g_train_defaults(&a->opts);
+    e2g_pairs_defaults(&a->pairs_opts);
+}
 
 /* Handles a shared option; 1 = taken, 0 = not shared, -1 = bad value. */
 static int parse_train_option(int c, const char *arg, train_args *a) {
@@ -74,6 +86,10 @@ static int parse_train_option(int c, const char *arg, train_args *a) {
     case OPT_QUIET: return o->quiet = 1, 1;
     case OPT_DATA: return a->data = arg, 1;
     case OPT_OUT: return a->out = arg, 1;
+    case OPT_PAIRS: return a->pairs = arg, 1;
+    case OPT_CROP: return cli_parse_long(arg, 8, 4096, &v) || v % 8 ? -1 : (a->pairs_opts.crop = (int)v, 1);
+    case OPT_TRAIN_CROPS: return cli_parse_long(arg, 1, 1000000, &v) ? -1 : (a->pairs_opts.train_crops = (int)v, 1);
+    case OPT_EVENTS: return o->events = stdout, 1;
     default: return 0;
     }
 }
@@ -81,11 +97,27 @@ static int parse_train_option(int c, const char *arg, train_args *a) {
 /* Loads the train and val splits of the concepts asked for. */
 static int load_data(const train_args *a, const char *concepts, e2g_dataset **train,
                      e2g_dataset **val, char *err) {
-    if (e2g_dataset_load(train, a->data, "train", concepts, err)) return -1;
-    if (e2g_dataset_load(val, a->data, "val", concepts, err)) return -1;
+    if (a->pairs) {
+        if (!concepts || strchr(concepts, ','))
+            return e2g_fail(err, "--pairs holds one concept: name it (--concept or --concepts NAME)");
+        e2g_pairs_opts po = a->pairs_opts;
+        po.seed = a->opts.seed;
+        if (e2g_dataset_from_pairs(train, val, a->pairs, concepts, &po, err)) return -1;
+    } else {
+        if (e2g_dataset_load(train, a->data, "train", concepts, err)) return -1;
+        if (e2g_dataset_load(val, a->data, "val", concepts, err)) return -1;
+    }
     fprintf(stderr, "data: %d training pairs, %d validation pairs of %d concept(s), %dx%d\n",
             (*train)->n_pairs, (*val)->n_pairs, (*train)->n_concepts, (*train)->crop, (*train)->crop);
     return 0;
+}
+
+/* With --events, a line {"event": "phase", "phase", "steps"} as a phase of
+ * the work begins (steps: the training steps it runs, 0 for none). */
+static void phase_event(const train_args *a, const char *phase, long steps) {
+    if (!a->opts.events) return;
+    fprintf(a->opts.events, "{\"event\":\"phase\",\"phase\":\"%s\",\"steps\":%ld}\n", phase, steps);
+    fflush(a->opts.events);
 }
 
 /* Adds what a trained file records about its training to `report` and
@@ -96,7 +128,7 @@ static char *finish_report(json_t *report, const train_args *a, const char *what
     char machine[256];
     cli_machine(machine, sizeof machine);
     json_object_set_new(budget, "machine", json_string(machine));
-    json_object_set_new(report, "data", json_string(a->data));
+    json_object_set_new(report, "data", json_string(a->pairs ? a->pairs : a->data));
     json_object_set_new(report, "what", json_string(what));
     if (a->opts.report_dir) {
         char path[4096];
@@ -114,7 +146,7 @@ static char *finish_report(json_t *report, const train_args *a, const char *what
 }
 
 static int prepare(train_args *a, const char *usage_text) {
-    if (!a->data || !a->out) return cli_usage(usage_text);
+    if (!a->data == !a->pairs || !a->out) return cli_usage(usage_text);
     e2g_set_threads((int)a->threads);
     if (a->opts.report_dir) mkdir(a->opts.report_dir, 0755);
     return 0;
@@ -137,8 +169,8 @@ int cmd_train(int argc, char **argv) {
                                          {"ngf", 1, 0, 'n'},   {"ndf", 1, 0, 'd'},
                                          {"paper-like", 0, 0, 'p'}, {"init", 1, 0, 'i'},
                                          {0, 0, 0, 0}};
-    train_args a = {0};
-    e2g_train_defaults(&a.opts);
+    train_args a;
+    train_args_init(&a);
     const char *concepts = NULL, *init = NULL;
     long ngf = 32, ndf = 64;
     int paper = 0, c;
@@ -232,6 +264,7 @@ static e2g_lora *train_probe(e2g_model *m, const e2g_dataset *train, const e2g_d
     o.steps = probe_steps, o.checkpoint = NULL, o.report_dir = NULL, o.eval_every = 0;
     e2g_train_target target = {m, probe};
     fprintf(stderr, "rank search: probe at rank %d for %ld steps\n", max_rank, probe_steps);
+    phase_event(a, "probe", probe_steps);
     if (e2g_train(&target, train, val, &o, report, err)) {
         e2g_lora_free(probe);
         return NULL;
@@ -246,8 +279,8 @@ int cmd_finetune(int argc, char **argv) {
                                          {"max-rank", 1, 0, 'R'}, {"probe", 1, 0, 'P'},
                                          {"tolerance", 1, 0, 'T'}, {"keep-fraction", 1, 0, 'k'},
                                          {0, 0, 0, 0}};
-    train_args a = {0};
-    e2g_train_defaults(&a.opts);
+    train_args a;
+    train_args_init(&a);
     const char *model = NULL, *concept = NULL;
     long rank = 4, max_rank = 8;
     double alpha = -1, probe_fraction = 0.25, tolerance = 0.1, keep = 1.0;
@@ -277,6 +310,7 @@ int cmd_finetune(int argc, char **argv) {
     double t0 = cli_seconds();
     if (e2g_model_load(&m, model, err) || load_data(&a, concept, &train, &val, err)) goto out;
     if (keep < 1) {
+        phase_event(&a, "reduce", 0);
         reduction = e2g_reduce_pairs(train, m, keep, a.opts.seed);
         fprintf(stderr, "data reduction: kept %d of %d pairs\n", train->n_pairs,
                 (int)json_integer_value(json_object_get(reduction, "pairs")));
@@ -290,6 +324,7 @@ int cmd_finetune(int argc, char **argv) {
         }
         probe = train_probe(m, train, val, &a, probe_steps, (int)max_rank, &probe_report, err);
         if (!probe) goto out;
+        phase_event(&a, "rank-search", 0);
         lora = e2g_rank_search(m, probe, val, a.opts.eval_pairs, tolerance, &search_evidence);
         json_object_set(search_evidence, "probe_budget", json_object_get(probe_report, "budget"));
         final_args.opts.steps -= probe_steps;
@@ -302,6 +337,7 @@ int cmd_finetune(int argc, char **argv) {
         lora = new_adapter(m, (int)rank, (float)alpha, a.opts.seed);
     }
     e2g_train_target target = {m, lora};
+    phase_event(&a, "train", final_args.opts.steps);
     if (e2g_train(&target, train, val, &final_args.opts, &report, err)) goto out;
     json_t *ranks = json_object();
     for (int l = 0; l < E2G_N_CRUCIAL; l++) json_object_set_new(ranks, e2g_crucial_name(l), json_integer(lora->rank[l]));

@@ -1,7 +1,11 @@
-/* dataset.c — loading paired datasets and drawing batches (see dataset.h). */
+/* dataset.c — loading paired datasets (a built dataset folder, or a folder
+ * of user pairs cropped in memory) and drawing batches (see dataset.h). */
 #include "dataset.h"
 
+#include <dirent.h>
 #include <jansson.h>
+#include <math.h>
+#include <strings.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -178,4 +182,253 @@ void e2g_pairs_to_tensors(const e2g_dataset *d, const int *indices, int n, float
         e2g_image_to_tensor(src + j * img, &s, d->crop, d->crop);
         if (dst) e2g_image_to_tensor(dst + j * img, &t, d->crop, d->crop);
     }
+}
+
+/* ---- datasets from a folder of user pairs ----------------------------------------- */
+
+void e2g_pairs_defaults(e2g_pairs_opts *o) {
+    *o = (e2g_pairs_opts){.crop = 128, .train_crops = 1024, .val_fraction = 0.2, .seed = 1,
+                          .max_pixels = 16L << 20};
+}
+
+typedef struct {
+    char stem[256];
+    char src[4096], dst[4096];
+} pair_files;
+
+/* STEM of NAME if NAME is STEM.EXT with an image extension (and, when role
+ * is set, STEM.ROLE.EXT); 0 otherwise. */
+static int image_stem(const char *name, const char *role, char *stem, size_t len) {
+    const char *dot = strrchr(name, '.');
+    if (!dot || dot == name || (strcasecmp(dot, ".png") && strcasecmp(dot, ".jpg") && strcasecmp(dot, ".jpeg")))
+        return 0;
+    size_t n = (size_t)(dot - name);
+    if (role) {
+        size_t r = strlen(role);
+        if (n < r + 2 || name[n - r - 1] != '.' || strncmp(name + n - r, role, r)) return 0;
+        n -= r + 1;
+    }
+    if (n >= len) return 0;
+    memcpy(stem, name, n);
+    stem[n] = '\0';
+    return 1;
+}
+
+/* Finds or adds the entry for stem. */
+static pair_files *pair_entry(pair_files **list, int *n, const char *stem) {
+    for (int i = 0; i < *n; i++)
+        if (strcmp((*list)[i].stem, stem) == 0) return &(*list)[i];
+    *list = realloc(*list, (size_t)(*n + 1) * sizeof **list);
+    E2G_ASSERT(*list);
+    pair_files *p = &(*list)[(*n)++];
+    memset(p, 0, sizeof *p);
+    snprintf(p->stem, sizeof p->stem, "%s", stem);
+    return p;
+}
+
+/* Adds the images of folder dir: as role `role` of stem (sub-folder form,
+ * role_in_name 0) or as STEM.src/STEM.dst files (role_in_name 1). */
+static int scan_pair_folder(const char *dir, const char *role, int role_in_name, pair_files **list,
+                            int *n, char *err) {
+    DIR *d = opendir(dir);
+    if (!d) return e2g_fail(err, "cannot open %s", dir);
+    struct dirent *e;
+    int rc = 0;
+    while (!rc && (e = readdir(d))) {
+        static const char *const roles[] = {"src", "dst"};
+        for (int r = 0; r < 2 && !rc; r++) {
+            const char *want = role_in_name ? roles[r] : role;
+            if (!role_in_name && r) break;
+            char stem[256];
+            if (!image_stem(e->d_name, role_in_name ? want : NULL, stem, sizeof stem)) continue;
+            pair_files *p = pair_entry(list, n, stem);
+            char *slot = strcmp(want, "src") == 0 ? p->src : p->dst;
+            if (slot[0]) rc = e2g_fail(err, "two %s images named %s in %s", want, stem, dir);
+            else snprintf(slot, sizeof p->src, "%s/%s", dir, e->d_name);
+        }
+    }
+    closedir(d);
+    return rc;
+}
+
+static int compare_stems(const void *a, const void *b) {
+    return strcmp(((const pair_files *)a)->stem, ((const pair_files *)b)->stem);
+}
+
+/* The pairs of dir, sorted by stem; every image has its partner. */
+static int find_pairs(const char *dir, pair_files **list, int *n, char *err) {
+    char sub[4096];
+    *list = NULL, *n = 0;
+    snprintf(sub, sizeof sub, "%s/src", dir);
+    DIR *probe = opendir(sub);
+    int rc;
+    if (probe) {
+        closedir(probe);
+        rc = scan_pair_folder(sub, "src", 0, list, n, err);
+        snprintf(sub, sizeof sub, "%s/dst", dir);
+        if (!rc) rc = scan_pair_folder(sub, "dst", 0, list, n, err);
+    } else {
+        rc = scan_pair_folder(dir, NULL, 1, list, n, err);
+    }
+    for (int i = 0; i < *n && !rc; i++)
+        if (!(*list)[i].src[0] || !(*list)[i].dst[0])
+            rc = e2g_fail(err, "pair '%s' has no %s image", (*list)[i].stem, (*list)[i].src[0] ? "dst" : "src");
+    if (!rc && *n < 2)
+        rc = e2g_fail(err, "%s holds %d pair(s); at least 2 are needed (STEM.src.png + STEM.dst.png, "
+                           "or src/STEM.png + dst/STEM.png)", dir, *n);
+    if (!rc) qsort(*list, (size_t)*n, sizeof **list, compare_stems);
+    return rc;
+}
+
+int e2g_pairs_count(const char *dir, char *err) {
+    pair_files *files;
+    int n, rc = find_pairs(dir, &files, &n, err);
+    free(files);
+    return rc ? -1 : n;
+}
+
+/* Antialiased linear resampling weights along one axis: out[i] =
+ * Σ w[i][j]·in[first[i] + j], for `side` input samples (from offset) onto
+ * `crop` outputs; the filter widens with the downscale factor. */
+typedef struct {
+    int *first, *count;
+    float *w;
+    int taps;
+} axis_weights;
+
+static void axis_weights_init(axis_weights *a, int offset, int side, int crop) {
+    double scale = (double)side / crop, support = scale > 1 ? scale : 1;
+    a->taps = (int)ceil(support) * 2 + 1;
+    a->first = e2g_xmalloc(crop * sizeof(int));
+    a->count = e2g_xmalloc(crop * sizeof(int));
+    a->w = e2g_xcalloc((size_t)crop * a->taps, sizeof(float));
+    for (int i = 0; i < crop; i++) {
+        double centre = (i + 0.5) * scale;
+        int lo = (int)floor(centre - support), hi = (int)ceil(centre + support);
+        if (lo < 0) lo = 0;
+        if (hi > side) hi = side;
+        if (hi - lo > a->taps) hi = lo + a->taps;
+        double sum = 0;
+        for (int j = lo; j < hi; j++) {
+            double t = 1 - fabs(j + 0.5 - centre) / support;
+            a->w[i * a->taps + (j - lo)] = (float)(t > 0 ? t : 0);
+            sum += t > 0 ? t : 0;
+        }
+        for (int j = lo; j < hi; j++) a->w[i * a->taps + (j - lo)] /= (float)(sum > 0 ? sum : 1);
+        a->first[i] = lo + offset, a->count[i] = hi - lo;
+    }
+}
+
+static void axis_weights_free(axis_weights *a) { free(a->first), free(a->count), free(a->w); }
+
+/* The square (x, y, side) of im resampled to crop × crop into out,
+ * mirrored left-right when flip is set. */
+static void resample_square(const e2g_image *im, int x, int y, int side, int crop, int flip, uint8_t *out) {
+    axis_weights ax, ay;
+    axis_weights_init(&ax, x, side, crop);
+    axis_weights_init(&ay, y, side, crop);
+    float *rows = e2g_xmalloc((size_t)side * crop * 3 * sizeof(float));
+    for (int r = 0; r < side; r++) { /* horizontal pass over the square's rows */
+        const uint8_t *in = im->rgb + (size_t)(y + r) * im->width * 3;
+        for (int i = 0; i < crop; i++)
+            for (int c = 0; c < 3; c++) {
+                float v = 0;
+                for (int j = 0; j < ax.count[i]; j++) v += ax.w[i * ax.taps + j] * in[(ax.first[i] + j) * 3 + c];
+                rows[((size_t)r * crop + i) * 3 + c] = v;
+            }
+    }
+    for (int i = 0; i < crop; i++) /* vertical pass */
+        for (int k = 0; k < crop; k++)
+            for (int c = 0; c < 3; c++) {
+                float v = 0;
+                for (int j = 0; j < ay.count[i]; j++)
+                    v += ay.w[i * ay.taps + j] * rows[((size_t)(ay.first[i] - y + j) * crop + k) * 3 + c];
+                int q = (int)lrintf(v);
+                out[((size_t)i * crop + (flip ? crop - 1 - k : k)) * 3 + c] = (uint8_t)(q < 0 ? 0 : q > 255 ? 255 : q);
+            }
+    free(rows);
+    axis_weights_free(&ax), axis_weights_free(&ay);
+}
+
+/* An empty one-concept dataset with room for n crops. */
+static e2g_dataset *pairs_dataset_new(const char *concept, int crop, int n) {
+    e2g_dataset *d = e2g_xcalloc(1, sizeof *d);
+    d->crop = crop;
+    d->n_concepts = 1;
+    d->concepts = e2g_xmalloc(sizeof(char *));
+    d->concepts[0] = strdup(concept);
+    d->pixels = e2g_xmalloc((size_t)crop * crop * 3 * 2 * (size_t)n);
+    d->pairs = e2g_xmalloc(sizeof(e2g_pair) * (size_t)n);
+    return d;
+}
+
+/* Adds the crop (x, y, side, flip) of a decoded pair to d. */
+static void add_crop(e2g_dataset *d, const e2g_image *src, const e2g_image *dst, int x, int y, int side,
+                     int flip) {
+    size_t img = (size_t)d->crop * d->crop * 3;
+    uint8_t *s = d->pixels + img * 2 * d->n_pairs, *t = s + img;
+    resample_square(src, x, y, side, d->crop, flip, s);
+    resample_square(dst, x, y, side, d->crop, flip, t);
+    d->pairs[d->n_pairs++] = (e2g_pair){0, s, t};
+}
+
+static int read_pair(const pair_files *p, long max_pixels, e2g_image *src, e2g_image *dst, char *err) {
+    if (e2g_image_read_file(src, p->src, max_pixels, err) || e2g_image_read_file(dst, p->dst, max_pixels, err))
+        return -1;
+    if (src->width != dst->width || src->height != dst->height)
+        return e2g_fail(err, "pair '%s': src is %dx%d but dst is %dx%d", p->stem, src->width, src->height,
+                        dst->width, dst->height);
+    return 0;
+}
+
+int e2g_dataset_from_pairs(e2g_dataset **train, e2g_dataset **val, const char *dir,
+                           const char *concept, const e2g_pairs_opts *o, char *err) {
+    *train = *val = NULL;
+    if (o->crop < 8 || o->crop % 8) return e2g_fail(err, "the crop must be a positive multiple of 8");
+    if (o->train_crops < 1) return e2g_fail(err, "at least one training crop is needed");
+    pair_files *files;
+    int n;
+    if (find_pairs(dir, &files, &n, err)) {
+        free(files);
+        return -1;
+    }
+    int *order = e2g_xmalloc(n * sizeof(int));
+    epoch_permutation(order, n, o->seed, -7); /* the split: its own stream of the seed */
+    int n_val = (int)lrint(o->val_fraction * n);
+    if (n_val < 1) n_val = 1;
+    if (n_val > n - 1) n_val = n - 1;
+    e2g_dataset *t = pairs_dataset_new(concept, o->crop, o->train_crops);
+    e2g_dataset *v = pairs_dataset_new(concept, o->crop, 2 * n_val);
+    uint64_t state = mix64(o->seed ^ 0x5851F42D4C957F2Dull);
+    int rc = 0;
+    for (int k = 0; k < n && !rc; k++) {
+        e2g_image src = {0}, dst = {0};
+        const pair_files *p = &files[order[k]];
+        rc = read_pair(p, o->max_pixels, &src, &dst, err);
+        int shortest = src.width < src.height ? src.width : src.height;
+        int low = o->crop < shortest ? o->crop : shortest;
+        if (!rc && k < n_val) { /* fixed centred views: the short side, and half of it */
+            for (int view = 0; view < 2; view++) {
+                int side = view ? (shortest / 2 > low ? shortest / 2 : low) : shortest;
+                add_crop(v, &src, &dst, (src.width - side) / 2, (src.height - side) / 2, side, 0);
+            }
+        }
+        /* training crops of this pair: every (n − n_val)-th of them */
+        for (int c = k - n_val; !rc && k >= n_val && c < o->train_crops; c += n - n_val) {
+            uint64_t r1 = state = mix64(state + 1), r2 = state = mix64(state + 1);
+            int side = low + (int)(r1 % (uint64_t)(shortest - low + 1));
+            int x = (int)((r2 & 0xFFFFFFFF) % (uint64_t)(src.width - side + 1));
+            int y = (int)((r2 >> 32) % (uint64_t)(src.height - side + 1));
+            add_crop(t, &src, &dst, x, y, side, (int)((r1 >> 63) & 1));
+        }
+        e2g_image_free(&src), e2g_image_free(&dst);
+    }
+    free(order);
+    free(files);
+    if (rc) {
+        e2g_dataset_free(t), e2g_dataset_free(v);
+        return -1;
+    }
+    *train = t, *val = v;
+    return 0;
 }

@@ -30,6 +30,31 @@ int e2g_dataset_load(e2g_dataset **out, const char *dir, const char *split, cons
                      char *err);
 void e2g_dataset_free(e2g_dataset *d);
 
+/* A dataset made in memory from a folder of user pairs — the form in which
+ * a fine-tuning job's uploads (or diffusion-made pairs) arrive: files
+ * STEM.src.EXT and STEM.dst.EXT (EXT png, jpg or jpeg), or src/STEM.EXT and
+ * dst/STEM.EXT.  The pairs are split by a seeded shuffle (val_fraction of
+ * them, at least one, for validation); training crops are random squares
+ * (side from the crop size up to the short side: scale jitter), resampled
+ * to crop × crop with antialiasing and flipped at random, drawn round-robin
+ * over the training pairs; validation has two fixed centred views per pair
+ * (the whole short side and half of it).  Both images of a pair must have
+ * the same size.  Deterministic for a seed. */
+typedef struct {
+    int crop;              /* side of the crops, a multiple of 8 */
+    int train_crops;       /* training crops in all */
+    double val_fraction;   /* share of the pairs kept for validation */
+    unsigned long long seed;
+    long max_pixels;       /* per image, checked before decoding */
+} e2g_pairs_opts;
+
+void e2g_pairs_defaults(e2g_pairs_opts *o);
+/* The number of complete pairs in dir (names only, nothing decoded), or
+ * -1 with a message: an image without its partner, fewer than 2 pairs. */
+int e2g_pairs_count(const char *dir, char *err);
+int e2g_dataset_from_pairs(e2g_dataset **train, e2g_dataset **val, const char *dir,
+                           const char *concept, const e2g_pairs_opts *o, char *err);
+
 /* Keeps only the pairs whose index has keep[i] set (data reduction). */
 void e2g_dataset_select(e2g_dataset *d, const unsigned char *keep);
 

@@ -376,6 +376,16 @@ static void progress(long step, long steps, const step_losses *L, double rate, i
     if (!isatty(STDERR_FILENO) || step == steps) fputc('\n', stderr);
 }
 
+/* One line of opts->events (see e2g_train); steals ev. */
+static void emit_event(FILE *events, json_t *ev) {
+    if (events) {
+        json_dumpf(ev, events, JSON_COMPACT);
+        fputc('\n', events);
+        fflush(events);
+    }
+    json_decref(ev);
+}
+
 /* curve.png: L1 loss per logged step (left) and validation PSNR (right). */
 static void write_curve(const char *dir, json_t *history) {
     json_t *log = json_object_get(history, "log"), *evals = json_object_get(history, "evals");
@@ -407,6 +417,10 @@ static double evaluate_into(trainer *tr, const e2g_dataset *val, long step, json
     json_object_set_new(e, "step", json_integer(step));
     json_array_append(json_object_get(history, "evals"), e);
     double psnr = json_number_value(json_object_get(e, "mean_psnr"));
+    emit_event(tr->o->events,
+               json_pack("{s:s,s:I,s:f,s:f,s:f}", "event", "eval", "step", (json_int_t)step, "psnr", psnr,
+                         "ssim", json_number_value(json_object_get(e, "mean_ssim")), "identity_psnr",
+                         json_number_value(json_object_get(e, "mean_identity_psnr"))));
     json_decref(e);
     return psnr;
 }
@@ -436,6 +450,10 @@ int e2g_train(e2g_train_target *target, const e2g_dataset *train, const e2g_data
             json_array_append_new(json_object_get(history, "log"),
                                   json_pack("[i,f,f,f]", step, L.l1, L.gan, L.d));
             progress(step, o->steps, &L, rate, o->quiet);
+            emit_event(o->events, json_pack("{s:s,s:I,s:I,s:f,s:f,s:f,s:f,s:f}", "event", "step", "step",
+                                            (json_int_t)step, "steps", (json_int_t)o->steps, "l1", L.l1,
+                                            "gan", L.gan, "d", L.d, "steps_per_s", rate, "eta_s",
+                                            rate > 0 ? (o->steps - step) / rate : 0.0));
         }
         if (val && o->eval_every > 0 && step % o->eval_every == 0 && step < o->steps)
             evaluate_into(&tr, val, step, history, NULL);

@@ -9,6 +9,7 @@
 #define E2G_TRAIN_H
 
 #include <jansson.h>
+#include <stdio.h>
 
 #include "dataset.h"
 #include "model.h"
@@ -27,6 +28,8 @@ typedef struct {
     const char *checkpoint;  /* resume from / save to this file, or NULL */
     const char *report_dir;  /* report.json, curve.png, contact.png; or NULL */
     int quiet;               /* no progress line */
+    FILE *events;            /* when set: one JSON object per line for each logged
+                                step and each evaluation (see e2g_train) */
 } e2g_train_opts;
 
 /* Defaults of ARCHITECTURE.md §2: Adam lr 2e-4, β (0.5, 0.999), λ = 100. */
@@ -41,7 +44,10 @@ typedef struct {
     e2g_lora *lora;
 } e2g_train_target;
 
-/* Runs the training.  On success *report (a JSON object: options, budget,
+/* Runs the training.  With opts->events, writes (and flushes) a line per
+ * logged step, {"event":"step","step","steps","l1","gan","d","steps_per_s",
+ * "eta_s"}, and per evaluation, {"event":"eval","step","psnr","ssim",
+ * "identity_psnr"}, for a supervising process.  On success *report (a JSON object: options, budget,
  * loss history, evaluations, final per-concept metrics) is the caller's to
  * json_decref. */
 int e2g_train(e2g_train_target *target, const e2g_dataset *train, const e2g_dataset *val,

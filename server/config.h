@@ -19,7 +19,13 @@ typedef struct {
     char *openapi;      /* served at /openapi.yaml */
     char *admin_token;  /* "" = admin routes disabled */
     char *cors_origins; /* comma-separated origins, or "*"; "" = no CORS */
+    char *jobs_dir;     /* fine-tuning jobs' folders */
+    char *trainer;      /* the e2gan CLI that runs jobs; "" = beside the server */
     long long max_body;           /* bytes */
+    long long max_upload;         /* bytes of a fine-tuning upload */
+    long long finetune_threads;   /* threads of a job */
+    long long finetune_nice;      /* a job's nice value */
+    long long finetune_attempts;  /* starts of an interrupted job before it fails */
     long long max_pixels;         /* width × height of an input image */
     long long max_batch;          /* images per engine call */
     long long batch_delay_us;     /* longest wait for a batch to fill */

@@ -61,6 +61,37 @@ void e2g_response_clear(e2g_response *r) {
     r->len = 0;
     if (r->fd >= 0) close(r->fd);
     r->fd = -1;
+    if (r->stream && r->stream_free) r->stream_free(r->stream_ctx);
+    r->stream = NULL;
+    r->stream_ctx = NULL;
+}
+
+void e2g_response_stream(e2g_response *r, int status, const char *content_type, e2g_stream_fn fn,
+                         void *ctx, void (*free_ctx)(void *)) {
+    e2g_response_set(r, status, content_type, NULL, 0);
+    r->stream = fn;
+    r->stream_ctx = ctx;
+    r->stream_free = free_ctx;
+}
+
+/* A stream handed to MHD, which owns it from then on. */
+typedef struct {
+    e2g_stream_fn fn;
+    void *ctx;
+    void (*free_ctx)(void *);
+} stream_box;
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
+    (void)pos;
+    stream_box *b = cls;
+    size_t n = b->fn(b->ctx, buf, max);
+    return n ? (ssize_t)n : MHD_CONTENT_READER_END_OF_STREAM;
+}
+
+static void stream_done(void *cls) {
+    stream_box *b = cls;
+    if (b->free_ctx) b->free_ctx(b->ctx);
+    free(b);
 }
 
 void e2g_response_set(e2g_response *r, int status, const char *content_type, uint8_t *body,
@@ -141,7 +172,13 @@ static enum MHD_Result respond(e2g_http *h, e2g_http_request *rq) {
     e2g_response *r = &rq->resp;
     e2g_routes_decorate(h->svc, rq);
     struct MHD_Response *mr;
-    if (r->fd >= 0) {
+    if (r->stream) {
+        stream_box *b = e2g_xmalloc(sizeof *b);
+        *b = (stream_box){r->stream, r->stream_ctx, r->stream_free};
+        mr = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, b, stream_done);
+        if (mr) r->stream = NULL, r->stream_ctx = NULL; /* MHD frees it */
+        else free(b);
+    } else if (r->fd >= 0) {
         mr = MHD_create_response_from_fd(r->fd_size, r->fd);
         if (mr) r->fd = -1; /* MHD closes it */
         rq->bytes_out = r->fd_size;
@@ -209,12 +246,12 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
                                  size_t *upload_data_size, void **con_cls) {
     (void)version;
     e2g_http *h = cls;
-    size_t max_body = (size_t)h->cfg->max_body;
     e2g_http_request *rq = *con_cls;
     if (!rq) {
         rq = request_new(h, conn, url, method);
         *con_cls = rq;
         e2g_routes_begin(h->svc, rq);
+        if (!rq->max_body) rq->max_body = (size_t)h->cfg->max_body;
         const char *cl = e2g_http_header(rq, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (rq->resp.status) {
             /* Answering now makes MHD skip the body and close the
@@ -232,8 +269,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
                 e2g_response_problem(rq, 400, "bad-request", "Bad Content-Length", "'%s' is not a length", cl);
                 return respond(h, rq);
             }
-            if (n > max_body) {
-                too_large(rq, h->cfg->max_body);
+            if (n > rq->max_body) {
+                too_large(rq, (long long)rq->max_body);
                 return respond(h, rq);
             }
             if (rq->body_wanted && n) {
@@ -248,6 +285,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         return MHD_YES;
     }
     if (rq->resp.status) return respond(h, rq); /* answered by the route, no body */
+    size_t max_body = rq->max_body;
     if (*upload_data_size) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
@@ -266,7 +304,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         if (rq->body_wanted) body_append(rq, upload_data, n, max_body);
         return MHD_YES;
     }
-    if (rq->body_overflow) too_large(rq, h->cfg->max_body);
+    if (rq->body_overflow) too_large(rq, (long long)max_body);
     else e2g_routes_finish(h->svc, rq);
     if (!rq->resp.status)
         e2g_response_problem(rq, 500, "internal", "Internal error", "the route gave no answer");

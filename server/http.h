@@ -24,8 +24,14 @@ typedef struct {
     char value[480];
 } e2g_header;
 
+/* A streamed body: fills buf (max bytes) and returns the count; 0 when
+ * the stream is over.  It may block (each connection has its thread). */
+typedef size_t (*e2g_stream_fn)(void *ctx, char *buf, size_t max);
+
 /* A response under construction.  body is malloc'd and owned by the
- * response; fd (-1 when unused) is a file served as the body instead. */
+ * response; fd (-1 when unused) is a file served as the body instead;
+ * stream (NULL when unused) produces the body as it is sent, and
+ * stream_free(stream_ctx) runs when the response is done with it. */
 typedef struct {
     int status; /* 0 until a handler sets one */
     char content_type[80];
@@ -33,6 +39,9 @@ typedef struct {
     size_t len;
     int fd;
     size_t fd_size;
+    e2g_stream_fn stream;
+    void *stream_ctx;
+    void (*stream_free)(void *ctx);
     e2g_header headers[E2G_RESPONSE_HEADERS];
     int n_headers;
 } e2g_response;
@@ -48,6 +57,7 @@ typedef struct {
     unsigned long long bytes_in, bytes_out;
     int body_wanted;   /* set by the route: keep the body (else it is discarded) */
     int body_overflow; /* more than max_body bytes arrived */
+    size_t max_body;   /* the route's limit (0: the configured max_body) */
     int queued;        /* the response is with MHD */
     e2g_route_label route;
     const void *matched; /* the route table entry (routes.c) */
@@ -71,6 +81,9 @@ void e2g_response_json(e2g_response *r, int status, json_t *v);
  * title, the status, detail printf-style, plus instance and request_id. */
 void e2g_response_problem(e2g_http_request *rq, int status, const char *slug, const char *title,
                           const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* Makes the response a stream (see e2g_stream_fn), taking ctx. */
+void e2g_response_stream(e2g_response *r, int status, const char *content_type, e2g_stream_fn fn,
+                         void *ctx, void (*free_ctx)(void *));
 /* Frees the response's body and closes its fd, leaving it empty. */
 void e2g_response_clear(e2g_response *r);
 

@@ -15,6 +15,7 @@
 #include "common.h"
 #include "config.h"
 #include "http.h"
+#include "jobs.h"
 #include "log.h"
 #include "metrics.h"
 #include "model_io.h"
@@ -22,6 +23,26 @@
 #include "routes.h"
 
 extern char **environ;
+
+/* Fine-tuning jobs, when the admin routes are on and the trainer is
+ * there; otherwise the server serves without them (POST /v1/finetunes
+ * answers 503). */
+static void open_jobs(e2g_service *svc, const e2g_server_config *cfg) {
+    char trainer[PATH_MAX], err[E2G_ERR_LEN];
+    if (!cfg->admin_token[0]) return;
+    if (cfg->trainer[0]) {
+        snprintf(trainer, sizeof trainer, "%s", cfg->trainer);
+    } else { /* e2gan beside this executable */
+        ssize_t n = readlink("/proc/self/exe", trainer, sizeof trainer - 8);
+        trainer[n > 0 ? n : 0] = '\0';
+        char *slash = strrchr(trainer, '/');
+        snprintf(slash ? slash + 1 : trainer, 8, "e2gan");
+    }
+    e2g_jobs_config jc = {cfg->jobs_dir, trainer, cfg->model, (int)cfg->finetune_threads,
+                          (int)cfg->finetune_nice, (int)cfg->finetune_attempts};
+    if (e2g_jobs_open(&svc->jobs, &jc, svc->registry, err) != 0)
+        E2G_LOG(E2G_LOG_WARN, "fine-tuning jobs are off: %s", err);
+}
 
 /* Loads what the edits need; the service turns ready only when all of it
  * is there. */
@@ -33,6 +54,7 @@ static int load_service(e2g_service *svc, const e2g_server_config *cfg, char *er
     e2g_batcher_config bc = {(int)cfg->max_batch, (long)cfg->batch_delay_us, (int)cfg->queue_capacity};
     svc->batcher = e2g_batcher_new(svc->model, &bc);
     if (!svc->batcher) return e2g_fail(err, "cannot start the batcher");
+    open_jobs(svc, cfg);
     e2g_registry_stats rs;
     e2g_registry_stats_get(svc->registry, &rs);
     E2G_LOG(E2G_LOG_INFO, "ready: model %s (ngf %d, %d base concepts), %d adapters in %s, %.0f ms",
@@ -42,9 +64,11 @@ static int load_service(e2g_service *svc, const e2g_server_config *cfg, char *er
 }
 
 static void unload_service(e2g_service *svc) {
+    e2g_jobs_close(svc->jobs);
     e2g_batcher_free(svc->batcher);
     e2g_registry_close(svc->registry);
     e2g_model_free(svc->model);
+    svc->jobs = NULL;
     svc->batcher = NULL;
     svc->registry = NULL;
     svc->model = NULL;

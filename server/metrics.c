@@ -11,7 +11,7 @@
 #include "metrics.h"
 
 static const char *const route_names[E2G_ROUTE_COUNT] = {
-    "edits", "concepts", "concept", "healthz", "readyz", "metrics", "openapi", "static",
+    "edits", "concepts", "concept", "finetunes", "healthz", "readyz", "metrics", "openapi", "static",
     "preflight", "other"};
 
 /* Upper bounds in seconds; +Inf is implicit. */
@@ -173,6 +173,11 @@ char *e2g_metrics_render(e2g_metrics *m, const e2g_metrics_gauges *g, size_t *le
         metric(&sb, "e2gan_adapter_cache_limit_bytes", "gauge", "The cache's bound.", (long long)(r->cache_limit));
         metric(&sb, "e2gan_adapters", "gauge", "Adapters in the adapter directory.", (long long)(r->adapters));
         metric(&sb, "e2gan_adapters_cached", "gauge", "Adapters in memory.", (long long)(r->cached));
+    }
+    if (g->jobs) {
+        meta(&sb, "e2gan_finetune_jobs", "gauge", "Fine-tuning jobs by state.");
+        for (int s = 0; s < E2G_JOB_STATES; s++)
+            sb_printf(&sb, "e2gan_finetune_jobs{state=\"%s\"} %d\n", e2g_job_state_names[s], g->jobs[s]);
     }
     *len = sb.len;
     return sb.buf;

@@ -6,6 +6,7 @@
 #define E2G_METRICS_H
 
 #include "batcher.h"
+#include "jobs.h"
 #include "registry.h"
 
 /* Route labels: a fixed, small set, so label cardinality stays bounded
@@ -14,6 +15,7 @@ typedef enum {
     E2G_ROUTE_EDITS,
     E2G_ROUTE_CONCEPTS,
     E2G_ROUTE_CONCEPT,
+    E2G_ROUTE_FINETUNES,
     E2G_ROUTE_HEALTHZ,
     E2G_ROUTE_READYZ,
     E2G_ROUTE_METRICS,
@@ -41,6 +43,7 @@ typedef struct {
     int in_flight;
     const e2g_batcher_stats *batcher;
     const e2g_registry_stats *registry;
+    const int *jobs; /* fine-tuning jobs per e2g_job_state, or NULL */
 } e2g_metrics_gauges;
 
 /* The exposition text, malloc'd (caller frees); *len gets its length. */

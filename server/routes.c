@@ -44,6 +44,11 @@ static void get_concept(e2g_service *svc, e2g_http_request *rq, const char *para
 static void begin_put_concept(e2g_service *svc, e2g_http_request *rq, const char *param);
 static void put_concept(e2g_service *svc, e2g_http_request *rq, const char *param);
 static void delete_concept(e2g_service *svc, e2g_http_request *rq, const char *param);
+static void begin_post_finetune(e2g_service *svc, e2g_http_request *rq, const char *param);
+static void post_finetune(e2g_service *svc, e2g_http_request *rq, const char *param);
+static void get_finetunes(e2g_service *svc, e2g_http_request *rq, const char *param);
+static void get_finetune(e2g_service *svc, e2g_http_request *rq, const char *param);
+static void delete_finetune(e2g_service *svc, e2g_http_request *rq, const char *param);
 static void get_healthz(e2g_service *svc, e2g_http_request *rq, const char *param);
 static void get_readyz(e2g_service *svc, e2g_http_request *rq, const char *param);
 static void get_metrics(e2g_service *svc, e2g_http_request *rq, const char *param);
@@ -58,6 +63,12 @@ static const route routes[] = {
      begin_put_concept, put_concept},
     {"DELETE", "/v1/concepts/", R_PARAM | R_ADMIN | R_MODEL, E2G_ROUTE_CONCEPT, NULL,
      delete_concept},
+    {"POST", "/v1/finetunes", R_BODY | R_ADMIN | R_MODEL, E2G_ROUTE_FINETUNES, begin_post_finetune,
+     post_finetune},
+    {"GET", "/v1/finetunes", R_ADMIN | R_MODEL, E2G_ROUTE_FINETUNES, NULL, get_finetunes},
+    {"GET", "/v1/finetunes/", R_PARAM | R_ADMIN | R_MODEL, E2G_ROUTE_FINETUNES, NULL, get_finetune},
+    {"DELETE", "/v1/finetunes/", R_PARAM | R_ADMIN | R_MODEL, E2G_ROUTE_FINETUNES, NULL,
+     delete_finetune},
     {"GET", "/healthz", 0, E2G_ROUTE_HEALTHZ, NULL, get_healthz},
     {"GET", "/readyz", 0, E2G_ROUTE_READYZ, NULL, get_readyz},
     {"GET", "/metrics", 0, E2G_ROUTE_METRICS, NULL, get_metrics},
@@ -68,7 +79,8 @@ static const route routes[] = {
 static const route static_route = {"GET", "/", 0, E2G_ROUTE_STATIC, NULL, get_static};
 
 static const char exposed_headers[] =
-    "X-Request-Id, X-E2gan-Concept, X-E2gan-Strength, X-E2gan-Batch-Size, Server-Timing, Retry-After";
+    "X-Request-Id, X-E2gan-Concept, X-E2gan-Strength, X-E2gan-Batch-Size, Server-Timing, Retry-After, "
+    "Location";
 
 static int path_matches(const route *r, const char *path) {
     if (r->flags & R_PARAM) return strncmp(path, r->path, strlen(r->path)) == 0;
@@ -610,6 +622,209 @@ static void delete_concept(e2g_service *svc, e2g_http_request *rq, const char *n
     }
 }
 
+/* ---- fine-tuning jobs ------------------------------------------------------- */
+
+/* 503 unless fine-tuning jobs run on this server. */
+static int check_jobs(e2g_service *svc, e2g_http_request *rq) {
+    if (svc->jobs) return 0;
+    e2g_response_problem(rq, 503, "finetuning-unavailable", "Fine-tuning unavailable",
+                         "this server runs no fine-tuning jobs (the trainer was not found; see the log)");
+    return -1;
+}
+
+static void begin_post_finetune(e2g_service *svc, e2g_http_request *rq, const char *param) {
+    (void)param;
+    if (check_jobs(svc, rq) != 0) return;
+    char media[80];
+    e2g_http_media_type(e2g_http_header(rq, "Content-Type"), media, sizeof media);
+    if (!is_multipart(media)) {
+        e2g_response_problem(rq, 415, "unsupported-media-type", "Unsupported media type",
+                             "a fine-tuning job is posted as multipart/form-data (pair files and options)");
+        return;
+    }
+    rq->max_body = (size_t)svc->cfg->max_upload;
+}
+
+/* Checks an uploaded pair image (format, size) without decoding it. */
+static int check_pair_image(e2g_service *svc, e2g_http_request *rq, const e2g_multipart_part *p) {
+    char err[E2G_ERR_LEN];
+    int w, h;
+    if (e2g_image_sniff(p->data, p->size) == E2G_IMAGE_UNKNOWN) {
+        e2g_response_problem(rq, 415, "unsupported-media-type", "Unsupported image",
+                             "'%s' is neither a JPEG nor a PNG", p->filename);
+        return -1;
+    }
+    if (e2g_image_probe(p->data, p->size, &w, &h, err) != 0) {
+        e2g_response_problem(rq, 422, "bad-image", "Unreadable image", "'%s': %s", p->filename, err);
+        return -1;
+    }
+    if ((long long)w * h > svc->cfg->max_pixels) {
+        e2g_response_problem(rq, 413, "too-many-pixels", "Image too large",
+                             "'%s' is %dx%d; the limit is %lld pixels", p->filename, w, h, svc->cfg->max_pixels);
+        return -1;
+    }
+    return 0;
+}
+
+static void post_finetune(e2g_service *svc, e2g_http_request *rq, const char *param) {
+    (void)param;
+    enum { MAX_PARTS = 2048 };
+    char err[E2G_ERR_LEN], boundary[E2G_MULTIPART_BOUNDARY_MAX + 1], text[256], name[256] = "";
+    if (e2g_multipart_boundary(e2g_http_header(rq, "Content-Type"), boundary, err) != 0) {
+        e2g_response_problem(rq, 400, "bad-request", "Bad multipart Content-Type", "%s", err);
+        return;
+    }
+    e2g_multipart_part *parts = e2g_xmalloc(MAX_PARTS * sizeof *parts);
+    e2g_job_file *files = e2g_xmalloc(MAX_PARTS * sizeof *files);
+    json_t *options = e2g_job_options_new();
+    int np = e2g_multipart_parse(rq->body, rq->body_len, boundary, parts, MAX_PARTS, err), nf = 0, replace = 0;
+    if (np < 0) {
+        e2g_response_problem(rq, 400, "bad-request", "Malformed multipart body", "%s", err);
+        goto out;
+    }
+    for (int i = 0; i < np; i++) {
+        const e2g_multipart_part *p = &parts[i];
+        if (p->filename[0]) { /* a pair image */
+            if (check_pair_image(svc, rq, p) != 0) goto out;
+            files[nf++] = (e2g_job_file){p->filename, p->data, p->size};
+            continue;
+        }
+        if (p->size >= sizeof text || memchr(p->data, '\0', p->size)) {
+            e2g_response_problem(rq, 400, "bad-request", "Bad form field", "form field '%s' is too long or not text",
+                                 p->name);
+            goto out;
+        }
+        memcpy(text, p->data, p->size);
+        text[p->size] = '\0';
+        if (!strcmp(p->name, "concept")) {
+            snprintf(name, sizeof name, "%s", text);
+        } else if (!strcmp(p->name, "replace")) {
+            replace = !strcmp(text, "true") || !strcmp(text, "1");
+        } else if (e2g_job_option_set(options, p->name, text, err) != 0) {
+            e2g_response_problem(rq, 400, "bad-request", "Bad option", "%s", err);
+            goto out;
+        }
+    }
+    if (check_name(rq, name) != 0) goto out;
+    json_t *existing = e2g_registry_describe(svc->registry, name);
+    const char *kind = json_string_value(json_object_get(existing, "kind"));
+    int base = kind && !strcmp(kind, "base"), taken = existing && !replace;
+    json_decref(existing);
+    if (base || taken) {
+        e2g_response_problem(rq, 409, base ? "base-concept" : "concept-exists", "Concept exists",
+                             base ? "'%s' is a concept of the base model; train under another name"
+                                  : "concept '%s' exists; send replace=true to replace it when the job ends",
+                             name);
+        goto out;
+    }
+    char id[E2G_JOB_ID_LEN];
+    int rc = e2g_jobs_submit(svc->jobs, name, options, files, nf, id, err);
+    if (rc == -1) {
+        e2g_response_problem(rq, 422, "bad-pairs", "Unusable pairs", "%s", err);
+    } else if (rc == -2) {
+        e2g_response_problem(rq, 409, "job-exists", "A job already trains this concept", "%s", err);
+    } else if (rc != 0) {
+        e2g_response_problem(rq, errno == ENOSPC ? 507 : 500, "storage", "Could not store the job", "%s", err);
+    } else {
+        char location[96];
+        snprintf(location, sizeof location, "/v1/finetunes/%s", id);
+        json_t *d = e2g_jobs_get(svc->jobs, id);
+        e2g_response_json(&rq->resp, 202, d ? d : json_pack("{s:s}", "id", id));
+        e2g_response_header(&rq->resp, "Location", location);
+    }
+out:
+    json_decref(options);
+    free(files);
+    free(parts);
+}
+
+static void get_finetunes(e2g_service *svc, e2g_http_request *rq, const char *param) {
+    (void)param;
+    if (check_jobs(svc, rq) == 0)
+        e2g_response_json(&rq->resp, 200, json_pack("{s:o}", "jobs", e2g_jobs_list(svc->jobs)));
+}
+
+/* A server-sent-event stream of one job's events. */
+typedef struct {
+    e2g_service *svc;
+    char id[E2G_JOB_ID_LEN];
+    long next;
+    char *text;
+    size_t len, off;
+    int over, idle_s;
+} event_stream;
+
+static size_t event_stream_read(void *ctx, char *buf, size_t max) {
+    event_stream *es = ctx;
+    while (es->off >= es->len) {
+        free(es->text);
+        es->text = NULL, es->len = es->off = 0;
+        if (es->over || atomic_load(&es->svc->state) == E2G_STATE_STOPPING) return 0;
+        es->text = e2g_jobs_events(es->svc->jobs, es->id, es->next, 1.0, &es->next, &es->over);
+        if (es->text) {
+            es->len = strlen(es->text), es->idle_s = 0;
+        } else if (!es->over && ++es->idle_s >= 15) { /* a comment keeps proxies from timing out */
+            es->text = strdup(": keep-alive\n\n");
+            es->len = strlen(es->text), es->idle_s = 0;
+        }
+    }
+    size_t n = es->len - es->off < max ? es->len - es->off : max;
+    memcpy(buf, es->text + es->off, n);
+    es->off += n;
+    return n;
+}
+
+static void event_stream_free(void *ctx) {
+    event_stream *es = ctx;
+    free(es->text);
+    free(es);
+}
+
+/* GET /v1/finetunes/{id} and /v1/finetunes/{id}/events. */
+static void get_finetune(e2g_service *svc, e2g_http_request *rq, const char *param) {
+    if (check_jobs(svc, rq) != 0) return;
+    char id[E2G_JOB_ID_LEN];
+    const char *slash = strchr(param, '/');
+    size_t n = slash ? (size_t)(slash - param) : strlen(param);
+    int events = slash && !strcmp(slash, "/events");
+    json_t *d = NULL;
+    if (n < sizeof id && (!slash || events)) {
+        memcpy(id, param, n);
+        id[n] = '\0';
+        d = e2g_jobs_get(svc->jobs, id);
+    }
+    if (!d) {
+        e2g_response_problem(rq, 404, "unknown-job", "Unknown job", "no fine-tuning job at %s", rq->path);
+        return;
+    }
+    if (!events) {
+        e2g_response_json(&rq->resp, 200, d);
+        return;
+    }
+    json_decref(d);
+    event_stream *es = e2g_xcalloc(1, sizeof *es);
+    es->svc = svc;
+    snprintf(es->id, sizeof es->id, "%s", id);
+    const char *last = e2g_http_header(rq, "Last-Event-ID");
+    if (last) es->next = strtol(last, NULL, 10) + 1;
+    if (es->next < 0) es->next = 0;
+    e2g_response_stream(&rq->resp, 200, "text/event-stream", event_stream_read, es, event_stream_free);
+    e2g_response_header(&rq->resp, "X-Accel-Buffering", "no");
+}
+
+static void delete_finetune(e2g_service *svc, e2g_http_request *rq, const char *id) {
+    if (check_jobs(svc, rq) != 0) return;
+    int rc = strlen(id) < E2G_JOB_ID_LEN ? e2g_jobs_cancel(svc->jobs, id) : -1;
+    if (rc < 0) {
+        e2g_response_problem(rq, 404, "unknown-job", "Unknown job", "no fine-tuning job '%s'", id);
+    } else if (rc == 1) {
+        json_t *d = e2g_jobs_get(svc->jobs, id);
+        e2g_response_json(&rq->resp, 202, d ? d : json_pack("{s:s}", "id", id));
+    } else {
+        e2g_response_set(&rq->resp, 204, NULL, NULL, 0);
+    }
+}
+
 /* ---- operations ----------------------------------------------------------- */
 
 static void get_healthz(e2g_service *svc, e2g_http_request *rq, const char *param) {
@@ -633,7 +848,12 @@ static void get_metrics(e2g_service *svc, e2g_http_request *rq, const char *para
     int state = atomic_load(&svc->state);
     e2g_batcher_stats bs;
     e2g_registry_stats rs;
-    e2g_metrics_gauges g = {state == E2G_STATE_READY, atomic_load(&svc->in_flight), NULL, NULL};
+    int jobs[E2G_JOB_STATES];
+    e2g_metrics_gauges g = {state == E2G_STATE_READY, atomic_load(&svc->in_flight), NULL, NULL, NULL};
+    if (svc->jobs) {
+        e2g_jobs_counts(svc->jobs, jobs);
+        g.jobs = jobs;
+    }
     if (state != E2G_STATE_LOADING) {
         e2g_batcher_stats_get(svc->batcher, &bs);
         e2g_registry_stats_get(svc->registry, &rs);

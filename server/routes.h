@@ -10,6 +10,7 @@
 #include "batcher.h"
 #include "config.h"
 #include "http.h"
+#include "jobs.h"
 #include "metrics.h"
 #include "model_io.h"
 #include "registry.h"
@@ -21,6 +22,7 @@ struct e2g_service {
     e2g_model *model;       /* NULL while loading */
     e2g_registry *registry; /* NULL while loading */
     e2g_batcher *batcher;   /* NULL while loading */
+    e2g_jobs *jobs;         /* NULL while loading, or when fine-tuning is off */
     e2g_metrics *metrics;
     atomic_int state;     /* e2g_service_state */
     atomic_int in_flight; /* requests between their headers and their completion */
