@@ -1,64 +1,11 @@
-// The e2gan web page: edit an image with a concept, and administer adapters.
-// Plain JS, no build step.  Every URL is relative to the page, so the page
-// also works when the server sits behind a path prefix.
-'use strict';
+// The e2gan web page: edit an image with a concept, and administer
+// adapters and fine-tuning jobs (finetune.js).  ES modules, no build step.
+import {
+  $, apiUrl, readProblem, showProblem, clearProblem, networkProblem, formatBytes, conceptNameOk, authHeaders,
+} from './util.js';
+import { setupFinetune, onTokenChange } from './finetune.js';
 
-const $ = (id) => document.getElementById(id);
-const apiUrl = (path) => new URL(path, document.baseURI);
 const TOKEN_KEY = 'e2gan.adminToken';
-
-// ---- errors -----------------------------------------------------------
-
-// Reads an error response: application/problem+json (RFC 9457) as the
-// server sends it, or, from anything in between (a proxy), the status line
-// and whatever text came back.
-async function readProblem(res) {
-  let body = '';
-  try { body = await res.text(); } catch { /* the body is optional */ }
-  let problem = null;
-  if (/json/i.test(res.headers.get('Content-Type') || '')) {
-    try { problem = JSON.parse(body); } catch { /* not JSON after all */ }
-  }
-  const p = problem && typeof problem === 'object' ? problem : {};
-  return {
-    status: p.status ?? res.status,
-    title: p.title || res.statusText || 'Request failed',
-    detail: problem ? p.detail || '' : body.trim().slice(0, 500),
-    requestId: p.request_id || res.headers.get('X-Request-Id') || '',
-    retryAfter: res.headers.get('Retry-After') || '',
-  };
-}
-
-function showProblem(el, problem) {
-  el.replaceChildren();
-  const title = document.createElement('strong');
-  title.className = 'problem-title';
-  title.textContent = problem.status ? `${problem.title} (${problem.status})` : problem.title;
-  el.append(title);
-  if (problem.detail) {
-    const detail = document.createElement('p');
-    detail.className = 'problem-detail';
-    detail.textContent = problem.detail;
-    el.append(detail);
-  }
-  const extra = [];
-  if (problem.retryAfter) extra.push(`Retry after ${problem.retryAfter} s.`);
-  if (problem.requestId) extra.push(`Request id: ${problem.requestId}`);
-  if (extra.length) {
-    const small = document.createElement('p');
-    small.className = 'problem-extra';
-    small.textContent = extra.join(' · ');
-    el.append(small);
-  }
-  el.hidden = false;
-}
-
-function clearProblem(el) {
-  el.hidden = true;
-  el.replaceChildren();
-}
-
-const networkProblem = (err) => ({ title: 'The server could not be reached', detail: String(err.message || err) });
 
 // ---- concepts ---------------------------------------------------------
 
@@ -201,12 +148,6 @@ function clearResult() {
   $('timings').hidden = true;
 }
 
-function formatBytes(n) {
-  if (n < 1024) return `${n} B`;
-  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KB`;
-  return `${(n / 1024 / 1024).toFixed(1)} MB`;
-}
-
 // Server-Timing: "queue;dur=1.2, compute;dur=30;desc=\"engine\"".
 function parseServerTiming(value) {
   return value.split(',').map((entry) => {
@@ -327,11 +268,6 @@ function setupDrop() {
 
 // ---- admin ------------------------------------------------------------
 
-function authHeaders() {
-  const token = $('token').value.trim();
-  return token ? { Authorization: `Bearer ${token}` } : {};
-}
-
 async function adminRequest(method, name, body) {
   clearProblem($('admin-error'));
   $('admin-status').textContent = '';
@@ -354,7 +290,7 @@ async function onUpload(ev) {
   ev.preventDefault();
   const name = $('adapter-name');
   const file = $('adapter-file').files[0];
-  if (!name.checkValidity() || name.value.startsWith('.')) {
+  if (!conceptNameOk(name.value)) {
     showProblem($('admin-error'), { title: 'Invalid concept name', detail: $('adapter-name-hint').textContent });
     name.focus();
     return;
@@ -403,8 +339,24 @@ function setupAdmin() {
   token.addEventListener('input', () => {
     if (token.value) sessionStorage.setItem(TOKEN_KEY, token.value);
     else sessionStorage.removeItem(TOKEN_KEY);
+    onTokenChange();
   });
   $('upload-form').addEventListener('submit', onUpload);
+}
+
+// "Try it" after a fine-tune: the new concept, selected in the edit form.
+async function tryConcept(name) {
+  if (!concepts.some((c) => c.name === name)) await loadConcepts();
+  if (!concepts.some((c) => c.name === name)) return false;
+  $('concept').value = name;
+  $('blend').checked = false;
+  updateForm();
+  $('edit-heading').scrollIntoView({ behavior: 'smooth', block: 'start' });
+  $('concept').focus({ preventScroll: true });
+  $('edit-status').textContent = inputFile
+    ? `Concept ${name} selected; press Edit to try it.`
+    : `Concept ${name} selected; choose an image and press Edit to try it.`;
+  return true;
 }
 
 // ---- start ------------------------------------------------------------
@@ -427,6 +379,7 @@ function start() {
   });
   updateForm();
   loadConcepts();
+  setupFinetune({ reloadConcepts: loadConcepts, tryConcept });
 }
 
 start();

@@ -12,12 +12,11 @@
 // expected to reach validation (422), without it to be refused (401 or 403).
 // --adapter: an adapter for the server's base; it is uploaded through the
 // page, used for an edit and deleted again.
-import { chromium } from 'playwright-core';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { check, expect, runBrowser, textOf, shown, imageSize, unlabelledControls } from './harness.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const INPUT = path.join(here, '..', 'data', 'chelsea.png');
@@ -45,39 +44,6 @@ try {
   process.exit(2);
 }
 const timeout = Number(opts.timeout);
-
-// ---- the check runner ---------------------------------------------------
-
-const results = [];
-let stopReason = null; // set when a step that later checks need has failed
-
-function report(name, ok, why) {
-  results.push(ok);
-  const n = results.length;
-  console.log(ok ? `ok   ${n} - ${name}` : `FAIL ${n} - ${name}: ${why}`);
-}
-
-// A check; with {fatal: true} the checks after it are not run when it fails
-// (they would only time out) and count as failed.
-async function check(name, fn, { fatal = false } = {}) {
-  if (stopReason) {
-    report(name, false, `not run (${stopReason} failed)`);
-    return;
-  }
-  const t0 = Date.now();
-  try {
-    await fn();
-    report(`${name} (${Date.now() - t0} ms)`, true);
-  } catch (err) {
-    report(name, false, String(err && err.message ? err.message : err).split('\n')[0]);
-    if (fatal) stopReason = name;
-  }
-}
-
-// message: a string, or a function that makes it (only called on failure).
-async function expect(cond, message) {
-  if (!cond) throw new Error(typeof message === 'function' ? await message() : message);
-}
 
 // ---- in-page helpers ----------------------------------------------------
 
@@ -120,52 +86,9 @@ async function replay(res, body) {
   return again.json();
 }
 
-// The text of an element that must be there by now (no waiting).
-async function textOf(page, sel) {
-  const el = await page.$(sel);
-  if (!el) throw new Error(`no element ${sel}`);
-  return el.textContent();
-}
-
-// Waits until image #id is shown and decoded.
-function shown(page, id) {
-  return page.waitForFunction((i) => {
-    const img = document.getElementById(i);
-    return !img.hidden && img.complete && img.naturalWidth > 0;
-  }, id);
-}
-
-const imageSize = (page, sel) => page.$eval(sel, (img) => [img.naturalWidth, img.naturalHeight]);
-
-// Every form control has an accessible name (a <label>, aria-label or
-// aria-labelledby).
-function unlabelledControls() {
-  return [...document.querySelectorAll('input, select, textarea, button')]
-    .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
-      && !el.getAttribute('aria-labelledby') && !(el.tagName === 'BUTTON' && el.textContent.trim()))
-    .map((el) => el.id || el.outerHTML.slice(0, 60));
-}
-
 // ---- the test -----------------------------------------------------------
 
-const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'e2gan-chromium-'));
-let context;
-const pageErrors = [];
-const t0 = Date.now();
-
-try {
-  context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: opts.chromium,
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    viewport: { width: Number(opts.width), height: 900 },
-    acceptDownloads: true,
-    timeout,
-  });
-  const page = context.pages()[0] || await context.newPage();
-  page.setDefaultTimeout(timeout);
-  page.on('pageerror', (err) => pageErrors.push(err.message));
+await runBrowser({ chromiumPath: opts.chromium, width: Number(opts.width), timeout, name: 'browser test' }, async (page, pageErrors) => {
   const editResponse = () => page.waitForResponse((r) => new URL(r.url()).pathname.endsWith('/v1/edits'));
   let concept = '';
 
@@ -407,15 +330,4 @@ try {
   await check('no uncaught script errors', async () => {
     await expect(pageErrors.length === 0, pageErrors.join(' | '));
   });
-} catch (err) {
-  report('browser session', false, String(err && err.message ? err.message : err).split('\n')[0]);
-} finally {
-  if (context) await context.close().catch(() => {});
-  fs.rmSync(userDataDir, { recursive: true, force: true });
-}
-
-const passed = results.filter(Boolean).length;
-const failed = results.length - passed;
-console.log(`browser test: ${((Date.now() - t0) / 1000).toFixed(1)} s`);
-console.log(`${passed} passed, ${failed} failed`);
-process.exit(failed === 0 && passed > 0 ? 0 : 1);
+});

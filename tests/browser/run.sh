@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # The browser test of the web page: starts build/e2gan-server on a free
-# loopback port with a fresh ngf-8 model, an empty adapter directory and a
-# random admin token; drives static/ in Debian's chromium with
-# edit_page.mjs; stops the server; exits with the test's status.
+# loopback port with a fresh ngf-8 model, an empty adapter directory, a
+# jobs folder and a random admin token (fine-tuning jobs run build/e2gan,
+# beside the server); drives static/ in Debian's chromium with
+# edit_page.mjs (editing, adapters) and finetune_page.mjs (a real
+# fine-tuning job); stops the server; exits 1 when either test failed.
 # Installs chromium (apt-get) and playwright-core (npm) when missing; builds
 # nothing (build/e2gan and build/e2gan-server must exist).
-#   tests/browser/run.sh [SCREENSHOT.png]    (default build/browser-edit-page.png)
+#   tests/browser/run.sh [SCREENSHOT.png]    (default build/browser-edit-page.png;
+#                                             the fine-tuning one beside it, browser-finetune-page.png)
 # E2GAN_BUILD overrides the build folder.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 build=${E2GAN_BUILD:-$repo/build}
 screenshot=${1:-$build/browser-edit-page.png}
+ft_screenshot=$(dirname "$screenshot")/browser-finetune-page.png
 
 for bin in e2gan e2gan-server; do
   if [ ! -x "$build/$bin" ]; then
@@ -60,12 +64,12 @@ quiet "$build/e2gan" init --ngf 8 --concepts winter,oil-paint --seed 1 --out "$t
 quiet node "$here/tiny_dataset.mjs" "$tmp/data"
 quiet "$build/e2gan" finetune --model "$tmp/base.safetensors" --data "$tmp/data" --concept sepia \
   --out "$tmp/sepia.safetensors" --steps 1 --batch 1 --eval-every 0 --threads 1 --quiet
-mkdir "$tmp/adapters"
+mkdir "$tmp/adapters" "$tmp/jobs"
 
 port=$(node -e 'const s = require("net").createServer().listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); })')
 token=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
 E2GAN_ADMIN_TOKEN=$token "$build/e2gan-server" --model "$tmp/base.safetensors" --adapters "$tmp/adapters" \
-  --listen "127.0.0.1:$port" --static-dir "$repo/static" --openapi "$repo/openapi.yaml" \
+  --jobs-dir "$tmp/jobs" --listen "127.0.0.1:$port" --static-dir "$repo/static" --openapi "$repo/openapi.yaml" \
   >"$tmp/server.log" 2>&1 &
 server_pid=$!
 
@@ -89,8 +93,14 @@ mkdir -p "$(dirname "$screenshot")"
 rc=0
 node "$here/edit_page.mjs" --url "$url" --screenshot "$screenshot" --token "$token" \
   --adapter "$tmp/sepia.safetensors" || rc=$?
+node "$here/finetune_page.mjs" --url "$url" --screenshot "$ft_screenshot" --token "$token" || rc=$?
 if [ "$rc" != 0 ]; then
   echo "run.sh: the browser test failed; the server's log:" >&2
   tail -n 40 "$tmp/server.log" >&2
+  for log in "$tmp"/jobs/*/trainer.log; do
+    [ -f "$log" ] || continue
+    echo "run.sh: $log:" >&2
+    tail -n 10 "$log" >&2
+  done
 fi
 exit "$rc"
