@@ -144,7 +144,11 @@ template <int D>
 static int launch(bf16 *out, const bf16 *q, int ldq, const bf16 *k, const bf16 *v, int ldkv, int N,
                   int Lq, int Lk, int C, int heads, cudaStream_t stream, char *err) {
     size_t bytes = attn_smem<D>::total;
-    CUDA_TRY(cudaFuncSetAttribute(attention_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+    static int opted_in; /* once, on the first (eager, never captured) run */
+    if (!opted_in) {
+        CUDA_TRY(cudaFuncSetAttribute(attention_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+        opted_in = 1;
+    }
     dim3 grid((Lq + WARPS * QROWS - 1) / (WARPS * QROWS), heads, N);
     float scale_log2 = 1.4426950408889634f / sqrtf((float)D);
     attention_kernel<D><<<grid, WARPS * 32, bytes, stream>>>(out, q, ldq, k, v, ldkv, Lq, Lk, C, scale_log2);
