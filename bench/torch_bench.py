@@ -1,10 +1,13 @@
-"""torch_bench.py — the PyTorch CPU peer of `e2gan bench`: loads an e2gan-base
+"""torch_bench.py — the PyTorch peer of `e2gan bench`: loads an e2gan-base
 file with tools/e2gan_torch.py and times the generator on random input (base
 concept 0 as context) under inference_mode.  Its last stdout line is JSON
-{"ms_per_batch": …, "images_per_s": …}, as e2gan bench prints.
+{"ms_per_batch": …, "images_per_s": …}, as e2gan bench prints.  On the CPU
+(default) it is the peer of bench/cpu_bench.sh; with --device cuda --bf16 it
+is bench/gpu-check.sh's eager peer (bf16 weights and activations,
+channels_last, timed with CUDA events).
 
-usage: /usr/bin/python3 bench/torch_bench.py --model BASE --size S
-       [--batch B] [--iters N] [--warmup W] [--threads T]
+usage: python3 bench/torch_bench.py --model BASE --size S
+       [--batch B] [--iters N] [--warmup W] [--threads T] [--device cpu|cuda] [--bf16]
 """
 import argparse
 import json
@@ -27,19 +30,34 @@ def main():
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--bf16", action="store_true", help="bf16 weights and activations, channels_last")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
-    G = E.load_base(args.model)[0].eval()
-    x = torch.rand(args.batch, 3, args.size, args.size) * 2 - 1
+    G = E.load_base(args.model)[0].eval().to(args.device)
+    x = torch.rand(args.batch, 3, args.size, args.size, device=args.device) * 2 - 1
+    if args.bf16:
+        G = G.to(torch.bfloat16).to(memory_format=torch.channels_last)
+        x = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    cuda = args.device == "cuda"
     times = []
     with torch.inference_mode():
         ctx = G.concept_context([0] * args.batch)
         for i in range(args.warmup + args.iters):
-            t0 = time.perf_counter()
-            G(x, ctx)
+            if cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                G(x, ctx)
+                end.record()
+                end.synchronize()
+                ms = start.elapsed_time(end)
+            else:
+                t0 = time.perf_counter()
+                G(x, ctx)
+                ms = (time.perf_counter() - t0) * 1e3
             if i >= args.warmup:
-                times.append((time.perf_counter() - t0) * 1e3)
+                times.append(ms)
     ms = statistics.median(times)
     print(json.dumps({"ms_per_batch": round(ms, 3), "images_per_s": round(args.batch * 1e3 / ms, 3)}))
 

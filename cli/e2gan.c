@@ -115,12 +115,13 @@ static int cmd_info(int argc, char **argv) {
 static const char edit_usage[] =
     "usage: e2gan edit --model BASE [--adapter A.safetensors]... --concept NAME\n"
     "                  [--strength X] [--merged] [--threads T] [--quality Q]\n"
-    "                  [--max-pixels P] IN OUT\n"
+    "                  [--max-pixels P] [--device auto|cpu|cuda] IN OUT\n"
     "  NAME is a base concept, an adapter's concept, or a blend \"a:0.7,b:0.3\".\n"
     "  IN and OUT are JPEG or PNG (by extension for OUT); any size works (padded\n"
     "  to a multiple of 8 by reflection and cropped back).  --merged folds the\n"
     "  LoRA deltas into a private copy of the weights instead of running the\n"
-    "  low-rank path.\n";
+    "  low-rank path.  --device (default $E2GAN_DEVICE, else auto) picks the\n"
+    "  engine: auto uses the GPU when one is present.\n";
 
 typedef struct {
     e2g_model *model;
@@ -147,8 +148,8 @@ static int cmd_edit(int argc, char **argv) {
     static const struct option opts[] = {
         {"model", 1, 0, 'm'},   {"adapter", 1, 0, 'a'}, {"concept", 1, 0, 'c'},
         {"strength", 1, 0, 's'}, {"merged", 0, 0, 'g'},  {"threads", 1, 0, 't'},
-        {"quality", 1, 0, 'q'},  {"max-pixels", 1, 0, 'p'}, {0, 0, 0, 0}};
-    const char *model = NULL, *concept = NULL;
+        {"quality", 1, 0, 'q'},  {"max-pixels", 1, 0, 'p'}, {"device", 1, 0, 'd'}, {0, 0, 0, 0}};
+    const char *model = NULL, *concept = NULL, *device = NULL;
     char *adapters[MAX_ADAPTERS];
     int n_adapters = 0, merged = 0, c;
     long threads = 0, quality = 90, max_pixels = DEFAULT_MAX_PIXELS;
@@ -166,6 +167,7 @@ static int cmd_edit(int argc, char **argv) {
         case 't': if (cli_parse_long(optarg, 1, 1024, &threads)) return cli_usage(edit_usage); break;
         case 'q': if (cli_parse_long(optarg, 1, 100, &quality)) return cli_usage(edit_usage); break;
         case 'p': if (cli_parse_long(optarg, 64, 1L << 40, &max_pixels)) return cli_usage(edit_usage); break;
+        case 'd': device = optarg; break;
         default: return cli_usage(edit_usage);
         }
     }
@@ -177,7 +179,7 @@ static int cmd_edit(int argc, char **argv) {
     e2g_image im = {0};
     e2g_request req = {0};
     int rc = 1;
-    if (load_models(&lm, model, adapters, n_adapters, err) ||
+    if (load_models(&lm, model, adapters, n_adapters, err) || e2g_infer_use_device(lm.model, device, err) < 0 ||
         e2g_request_resolve(&req, lm.model, lm.adapters, lm.n_adapters, concept, (float)strength, err) ||
         e2g_image_read_file(&im, in_path, max_pixels, err))
         goto out;
@@ -201,6 +203,7 @@ out:
 static const char bench_usage[] =
     "usage: e2gan bench --model BASE --size S --batch B [--iters N] [--threads T]\n"
     "                   [--adapter A.safetensors] [--concept NAME] [--merged]\n"
+    "                   [--device auto|cpu|cuda]\n"
     "  Times the generator on random images of S×S (S a multiple of 8); the last\n"
     "  line is JSON {\"ms_per_batch\": …, \"images_per_s\": …} (median of N).\n";
 
@@ -214,8 +217,8 @@ static int cmd_bench(int argc, char **argv) {
                                          {"batch", 1, 0, 'b'},  {"iters", 1, 0, 'i'},
                                          {"threads", 1, 0, 't'}, {"adapter", 1, 0, 'a'},
                                          {"concept", 1, 0, 'c'}, {"merged", 0, 0, 'g'},
-                                         {0, 0, 0, 0}};
-    const char *model = NULL, *concept = NULL;
+                                         {"device", 1, 0, 'd'}, {0, 0, 0, 0}};
+    const char *model = NULL, *concept = NULL, *device = NULL;
     char *adapter = NULL;
     long size = 0, batch = 1, iters = 10, threads = 0;
     int merged = 0, c;
@@ -229,6 +232,7 @@ static int cmd_bench(int argc, char **argv) {
         case 'a': adapter = optarg; break;
         case 'c': concept = optarg; break;
         case 'g': merged = 1; break;
+        case 'd': device = optarg; break;
         default: return cli_usage(bench_usage);
         }
     }
@@ -238,7 +242,8 @@ static int cmd_bench(int argc, char **argv) {
     loaded_models lm;
     e2g_request req = {0};
     int rc = 1;
-    if (load_models(&lm, model, &adapter, adapter ? 1 : 0, err)) goto out;
+    if (load_models(&lm, model, &adapter, adapter ? 1 : 0, err) || e2g_infer_use_device(lm.model, device, err) < 0)
+        goto out;
     if (!concept) concept = adapter ? lm.adapters[0]->concept : lm.model->concept_names[0];
     if (e2g_request_resolve(&req, lm.model, lm.adapters, lm.n_adapters, concept, 1.0f, err)) goto out;
     e2g_infer *inf = e2g_infer_new(lm.model, (int)batch, (int)size, (int)size);
@@ -260,9 +265,9 @@ static int cmd_bench(int argc, char **argv) {
     }
     qsort(ms, iters, sizeof *ms, compare_doubles);
     double median = ms[iters / 2];
-    printf("model %s, ngf %d, %ldx%ld, batch %ld, threads %d, concept %s%s, %ld iters: "
+    printf("model %s, ngf %d, %ldx%ld, batch %ld, %s, threads %d, concept %s%s, %ld iters: "
            "min %.2f ms, median %.2f ms, max %.2f ms\n",
-           model, lm.model->cfg.ngf, size, size, batch, e2g_get_threads(), concept,
+           model, lm.model->cfg.ngf, size, size, batch, e2g_infer_backend(lm.model), e2g_get_threads(), concept,
            merged ? " (merged)" : "", iters, ms[0], median, ms[iters - 1]);
     printf("{\"ms_per_batch\": %.3f, \"images_per_s\": %.3f}\n", median, batch * 1e3 / median);
     free(ms), free(edits), free(x), free(y);
@@ -283,6 +288,7 @@ static int cmd_devices(void) {
     char msg[512];
     int rc = e2g_cuda_describe(msg, sizeof msg);
     printf("cuda: %s\n", msg);
+    printf("inference: the GPU engine when a device is present (E2GAN_DEVICE=cpu or --device cpu: the CPU)\n");
     return rc < 0;
 #else
     printf("cuda: not built (nvcc was not found at configure time)\n");

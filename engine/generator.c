@@ -9,6 +9,7 @@
  * planned from the batch size and image size; gradients of activations use
  * a second struct of the same layout. */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,13 +29,6 @@ int e2g_gen_heads(const e2g_gen_config *cfg) {
     return h > 0 ? h : 1;
 }
 
-/* The conv blocks in execution order; the transformer block runs between
- * G_DS and G_US. */
-enum {
-    G_ENC1, G_ENC2, G_ENC3, G_RB1A, G_RB1B, G_RB2A, G_RB2B, G_DS,
-    G_US, G_RB3A, G_RB3B, G_DEC2, G_DEC1, G_OUT, G_NCONV
-};
-
 static const char *const conv_names[G_NCONV] = {"enc1", "enc2", "enc3", "rb1.a", "rb1.b",
                                                 "rb2.a", "rb2.b", "ds", "us", "rb3.a",
                                                 "rb3.b", "dec2", "dec1", "out"};
@@ -44,7 +38,7 @@ static int residual_index(int id) {
     return id == G_RB1B ? 0 : id == G_RB2B ? 1 : id == G_RB3B ? 2 : -1;
 }
 
-static conv_spec gen_conv_spec(const e2g_gen_config *cfg, int id) {
+conv_spec gen_conv_spec(const e2g_gen_config *cfg, int id) {
     int ngf = cfg->ngf, c4 = e2g_gen_c4(cfg), ends_norm = cfg->norm_ends;
     conv_spec s = {.conv = {c4, c4, 3, 1, 1, E2G_PAD_REFLECT}, .norm = 1, .act = ACT_RELU, .crucial = -1};
     switch (id) {
@@ -76,7 +70,7 @@ static conv_spec gen_conv_spec(const e2g_gen_config *cfg, int id) {
     return s;
 }
 
-static e2g_conv_params *conv_params(const e2g_gen_params *p, int id) {
+e2g_conv_params *gen_conv_params(const e2g_gen_params *p, int id) {
     e2g_gen_params *m = (e2g_gen_params *)p;
     e2g_conv_params *table[G_NCONV] = {&m->enc1, &m->enc2, &m->enc3, &m->rb_a[0], &m->rb_b[0],
                                        &m->rb_a[1], &m->rb_b[1], &m->ds, &m->us, &m->rb_a[2],
@@ -169,7 +163,7 @@ int e2g_gen_tensors(const e2g_gen_config *cfg, e2g_gen_params *p, e2g_tensor_ent
         else
             snprintf(prefix, sizeof prefix, "%s.conv", conv_names[id]);
         snprintf(norm_prefix, sizeof norm_prefix, "%s.norm", conv_names[id]);
-        add_conv(out, &n, prefix, norm_prefix, conv_params(p, id), &s.conv, s.bias, s.norm);
+        add_conv(out, &n, prefix, norm_prefix, gen_conv_params(p, id), &s.conv, s.bias, s.norm);
         if (id != G_DS) continue;
         for (int i = 0; i < 3; i++) {
             char buf[48];
@@ -269,7 +263,9 @@ void e2g_gen_init(const e2g_gen_config *cfg, e2g_gen_params *p, unsigned long lo
 /* ---- LoRA adapters ------------------------------------------------------------- */
 
 e2g_lora *e2g_lora_new(const e2g_gen_config *cfg, const int *rank, const float *scale) {
+    static atomic_ullong next_id;
     e2g_lora *l = e2g_xcalloc(1, sizeof *l);
+    l->id = atomic_fetch_add(&next_id, 1) + 1;
     size_t total = (size_t)cfg->ctx_tokens * e2g_gen_c4(cfg);
     for (int i = 0; i < E2G_N_CRUCIAL; i++) {
         e2g_layer_shape s;
@@ -602,7 +598,7 @@ void e2g_gen_forward(e2g_gen_acts *a, float *y, const e2g_gen_params *p, const f
     for (int id = 0; id < G_NCONV; id++) {
         conv_spec s = gen_conv_spec(cfg, id);
         block_acts *b = &t->conv[id];
-        block_forward(b, &s, conv_params(p, id), block_input(t, x, id), N, edits);
+        block_forward(b, &s, gen_conv_params(p, id), block_input(t, x, id), N, edits);
         size_t n = block_out_size(b, &s, N);
         int r = residual_index(id);
         if (r >= 0) {
@@ -646,8 +642,8 @@ void e2g_gen_backward(e2g_gen_acts *a, e2g_gen_params *grads, e2g_lora *dlora,
         if (id == G_DS) /* d(t3) is complete once `us` is done */
             tb_backward(t, d, grads, dlora, train, p, cfg, t->conv[G_DS].out, d->conv[G_DS].out, N,
                         t->conv[G_DS].Ho * t->conv[G_DS].Wo, edits);
-        block_backward(b, db, a->tmp, block_input_grad(d, dx, id), &s, conv_params(p, id),
-                       grads ? conv_params(grads, id) : NULL, dlora, train, block_input(t, x, id),
+        block_backward(b, db, a->tmp, block_input_grad(d, dx, id), &s, gen_conv_params(p, id),
+                       grads ? gen_conv_params(grads, id) : NULL, dlora, train, block_input(t, x, id),
                        N, edits);
     }
     if (dctx) accumulate(dctx, d->ctx, (size_t)N * T * c4);
@@ -694,7 +690,7 @@ static void gather_rows(float *band, const float *src, int src_lo, int r0, int r
 static float *band_block(const e2g_gen_config *cfg, const e2g_gen_params *p, int id,
                          const float *band, int rows, int W, const e2g_edit *edit, int *out_rows) {
     conv_spec s = gen_conv_spec(cfg, id);
-    const e2g_conv_params *cp = conv_params(p, id);
+    const e2g_conv_params *cp = gen_conv_params(p, id);
     int Wo = s.upsample ? 2 * W : conv2d_out_size(W, &s.conv);
     *out_rows = layer_band_out_rows(rows, &s.conv, s.upsample);
     size_t n = (size_t)*out_rows * Wo * s.conv.cout;
@@ -747,7 +743,7 @@ static float *lean_block(const e2g_gen_config *cfg, const e2g_gen_params *p, int
     b.pre = b.out = e2g_xmalloc(block_out_size(&b, &s, N) * sizeof(float));
     b.mean = s.norm ? e2g_xmalloc((size_t)N * s.conv.cout * sizeof(float)) : NULL;
     b.rstd = s.norm ? e2g_xmalloc((size_t)N * s.conv.cout * sizeof(float)) : NULL;
-    block_forward(&b, &s, conv_params(p, id), in, N, edits);
+    block_forward(&b, &s, gen_conv_params(p, id), in, N, edits);
     free(b.mean), free(b.rstd);
     *h = b.Ho, *w = b.Wo;
     return b.out;

@@ -1,10 +1,14 @@
 /* infer.c — inference plans and whole-image edits (see infer.h). */
 #include "infer.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common.h"
+#ifdef E2G_HAVE_CUDA
+#include "cuda_engine.h"
+#endif
 
 struct e2g_infer {
     const e2g_model *model;
@@ -34,8 +38,42 @@ void e2g_infer_free(e2g_infer *inf) {
     free(inf);
 }
 
+/* Device memory for adapters and merged weight sets on the GPU. */
+#define GPU_ADAPTER_CACHE_BYTES ((size_t)512 << 20)
+
+int e2g_infer_use_device(e2g_model *m, const char *mode, char *msg) {
+    if (!mode) mode = getenv("E2GAN_DEVICE");
+    if (!mode || !*mode) mode = "auto";
+    int want_cuda = strcmp(mode, "cuda") == 0;
+    if (strcmp(mode, "cpu") == 0) {
+        snprintf(msg, E2G_ERR_LEN, "the CPU was asked for (device %s)", mode);
+        return 0;
+    }
+    if (!want_cuda && strcmp(mode, "auto") != 0)
+        return e2g_fail(msg, "unknown device '%s' (auto, cpu or cuda)", mode);
+#ifdef E2G_HAVE_CUDA
+    if (m->device) return 1;
+    if (e2g_cuda_engine_new(&m->device, &m->cfg, &m->params, GPU_ADAPTER_CACHE_BYTES, msg))
+        return want_cuda ? -1 : 0;
+    snprintf(msg, E2G_ERR_LEN, "CUDA device 0");
+    return 1;
+#else
+    snprintf(msg, E2G_ERR_LEN, "this build has no CUDA (nvcc or cuDNN missing at configure time)");
+    return want_cuda ? -1 : 0;
+#endif
+}
+
+const char *e2g_infer_backend(const e2g_model *m) { return m->device ? "cuda" : "cpu"; }
+
 void e2g_infer_run(e2g_infer *inf, float *y, const float *x, const e2g_edit *edits, int merged) {
     const e2g_model *m = inf->model;
+#ifdef E2G_HAVE_CUDA
+    if (m->device) {
+        char err[E2G_ERR_LEN];
+        if (e2g_cuda_engine_run(m->device, y, x, edits, inf->N, inf->H, inf->W, merged, err) == 0) return;
+        fprintf(stderr, "e2gan: GPU batch failed, running it on the CPU: %s\n", err);
+    }
+#endif
     if (!merged || edits[0].n_terms == 0) {
         forward(inf, y, &m->params, x, edits);
         return;

@@ -104,6 +104,7 @@ void e2g_crucial_shape(const e2g_gen_config *cfg, int layer, e2g_layer_shape *ou
  * a scale alpha/r, A (r, cin, k, k) or (r, in) and B (cout, r); plus the
  * concept's own embedding (T, C4).  All tensors live in `memory`. */
 typedef struct {
+    unsigned long long id; /* unique per e2g_lora_new: keys device caches */
     int rank[E2G_N_CRUCIAL];
     float scale[E2G_N_CRUCIAL];
     float *A[E2G_N_CRUCIAL], *B[E2G_N_CRUCIAL];

@@ -6,6 +6,8 @@
 
 #include "model.h"
 
+struct e2g_cuda_engine;
+
 typedef struct {
     e2g_gen_config cfg;
     char **concept_names; /* cfg.n_concepts, in `concepts` row order */
@@ -15,6 +17,7 @@ typedef struct {
     e2g_disc_params disc;
     float *disc_memory;
     char sha256[65];
+    struct e2g_cuda_engine *device; /* the GPU copy once attached (infer.h), else NULL */
 } e2g_model;
 
 /* Loads and validates a base file; *out is freed with e2g_model_free. */

@@ -15,6 +15,7 @@
 #include "common.h"
 #include "config.h"
 #include "http.h"
+#include "infer.h"
 #include "jobs.h"
 #include "log.h"
 #include "metrics.h"
@@ -49,6 +50,9 @@ static void open_jobs(e2g_service *svc, const e2g_server_config *cfg) {
 static int load_service(e2g_service *svc, const e2g_server_config *cfg, char *err) {
     double t0 = e2g_now();
     if (e2g_model_load(&svc->model, cfg->model, err) != 0) return -1;
+    char device[E2G_ERR_LEN];
+    if (e2g_infer_use_device(svc->model, NULL, device) < 0) return e2g_fail(err, "GPU: %s", device);
+    E2G_LOG(E2G_LOG_INFO, "inference on the %s: %s", e2g_infer_backend(svc->model), device);
     if (e2g_registry_open(&svc->registry, svc->model, cfg->adapters, (size_t)cfg->adapter_cache, err) != 0)
         return -1;
     e2g_batcher_config bc = {(int)cfg->max_batch, (long)cfg->batch_delay_us, (int)cfg->queue_capacity};

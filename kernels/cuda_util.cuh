@@ -1,0 +1,83 @@
+/* cuda_util.cuh — what every CUDA file of the engine shares: checked CUDA
+ * and cuDNN calls that turn a failure into a -1 return with "call failed:
+ * reason (file:line)" in the caller's err buffer, and bf16 helpers. */
+#ifndef E2G_CUDA_UTIL_CUH
+#define E2G_CUDA_UTIL_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <cudnn.h>
+#include <stdio.h>
+
+extern "C" {
+#include "common.h"
+}
+
+typedef __nv_bfloat16 bf16;
+
+/* Writes the failure into err and returns -1. */
+static inline int cuda_failed(char *err, const char *call, const char *why, const char *file,
+                              int line) {
+    if (err) snprintf(err, E2G_ERR_LEN, "CUDA: %s failed: %s (%s:%d)", call, why, file, line);
+    return -1;
+}
+
+#define CUDA_TRY(call)                                                                     \
+    do {                                                                                   \
+        cudaError_t e_ = (call);                                                           \
+        if (e_ != cudaSuccess)                                                             \
+            return cuda_failed(err, #call, cudaGetErrorString(e_), __FILE__, __LINE__);    \
+    } while (0)
+
+#define CUDNN_TRY(call)                                                                    \
+    do {                                                                                   \
+        cudnnStatus_t s_ = (call);                                                         \
+        if (s_ != CUDNN_STATUS_SUCCESS)                                                    \
+            return cuda_failed(err, #call, cudnnGetErrorString(s_), __FILE__, __LINE__);   \
+    } while (0)
+
+/* After a kernel launch: a bad configuration shows here, a fault later. */
+#define LAUNCH_TRY() CUDA_TRY(cudaGetLastError())
+
+/* Propagates a -1 from a callee that already wrote err. */
+#define TRY(call)                                                                          \
+    do {                                                                                   \
+        if ((call) != 0) return -1;                                                        \
+    } while (0)
+
+static inline unsigned blocks_for(size_t n, unsigned threads) {
+    size_t b = (n + threads - 1) / threads;
+    return (unsigned)(b > 1u << 30 ? 1u << 30 : b);
+}
+
+/* Eight bf16 values moved as one 16-byte word. */
+struct bf16x8 {
+    uint4 u;
+};
+
+__device__ __forceinline__ void bf16x8_to_float(const bf16x8 &v, float *f) {
+    const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&v.u);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 t = __bfloat1622float2(h[i]);
+        f[2 * i] = t.x, f[2 * i + 1] = t.y;
+    }
+}
+
+__device__ __forceinline__ bf16x8 float_to_bf16x8(const float *f) {
+    bf16x8 v;
+    __nv_bfloat162 *h = reinterpret_cast<__nv_bfloat162 *>(&v.u);
+#pragma unroll
+    for (int i = 0; i < 4; i++) h[i] = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
+    return v;
+}
+
+/* PyTorch 'reflect' for |i| < n (the pads here are at most 3 < n). */
+__device__ __forceinline__ int reflect_dev(int i, int n) {
+    if (n == 1) return 0;
+    if (i < 0) i = -i;
+    if (i >= n) i = 2 * (n - 1) - i;
+    return i;
+}
+
+#endif
