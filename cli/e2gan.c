@@ -117,11 +117,11 @@ static const char edit_usage[] =
     "                  [--strength X] [--merged] [--threads T] [--quality Q]\n"
     "                  [--max-pixels P] [--device auto|cpu|cuda] IN OUT\n"
     "  NAME is a base concept, an adapter's concept, or a blend \"a:0.7,b:0.3\".\n"
-    "  IN and OUT are JPEG or PNG (by extension for OUT); any size works (padded\n"
-    "  to a multiple of 8 by reflection and cropped back).  --merged folds the\n"
-    "  LoRA deltas into a private copy of the weights instead of running the\n"
-    "  low-rank path.  --device (default $E2GAN_DEVICE, else auto) picks the\n"
-    "  engine: auto uses the GPU when one is present.\n";
+    "  IN and OUT are JPEG, PNG or WebP (by extension for OUT); any size works\n"
+    "  (padded to a multiple of 8 by reflection and cropped back).  --merged\n"
+    "  folds the LoRA deltas into a private copy of the weights instead of\n"
+    "  running the low-rank path.  --device (default $E2GAN_DEVICE, else auto)\n"
+    "  picks the engine: auto uses the GPU when one is present.\n";
 
 typedef struct {
     e2g_model *model;

@@ -200,7 +200,8 @@ typedef struct {
  * is set, STEM.ROLE.EXT); 0 otherwise. */
 static int image_stem(const char *name, const char *role, char *stem, size_t len) {
     const char *dot = strrchr(name, '.');
-    if (!dot || dot == name || (strcasecmp(dot, ".png") && strcasecmp(dot, ".jpg") && strcasecmp(dot, ".jpeg")))
+    if (!dot || dot == name || (strcasecmp(dot, ".png") && strcasecmp(dot, ".jpg") && strcasecmp(dot, ".jpeg") &&
+                 strcasecmp(dot, ".webp")))
         return 0;
     size_t n = (size_t)(dot - name);
     if (role) {

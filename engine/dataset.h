@@ -32,7 +32,7 @@ void e2g_dataset_free(e2g_dataset *d);
 
 /* A dataset made in memory from a folder of user pairs — the form in which
  * a fine-tuning job's uploads (or diffusion-made pairs) arrive: files
- * STEM.src.EXT and STEM.dst.EXT (EXT png, jpg or jpeg), or src/STEM.EXT and
+ * STEM.src.EXT and STEM.dst.EXT (EXT png, jpg, jpeg or webp), or src/STEM.EXT and
  * dst/STEM.EXT.  The pairs are split by a seeded shuffle (val_fraction of
  * them, at least one, for validation); training crops are random squares
  * (side from the crop size up to the short side: scale jitter), resampled

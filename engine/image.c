@@ -1,7 +1,8 @@
-/* image.c — JPEG (TurboJPEG API of libjpeg-turbo 2.1) and PNG (libpng 1.6)
- * decoding and encoding from memory, EXIF orientation, and the pixel <->
- * tensor mapping with reflection padding.  Every size read from a file is
- * checked against the caller's pixel limit before pixels are allocated. */
+/* image.c — JPEG (TurboJPEG API of libjpeg-turbo 2.1), PNG (libpng 1.6) and
+ * WebP (libwebp 1.2) decoding and encoding from memory, EXIF orientation,
+ * and the pixel <-> tensor mapping with reflection padding.  Every size read
+ * from a file is checked against the caller's pixel limit before pixels are
+ * allocated. */
 #include "image.h"
 
 #include "common.h"
@@ -16,6 +17,8 @@
 #include <strings.h>
 #include <sys/stat.h>
 #include <turbojpeg.h>
+#include <webp/decode.h>
+#include <webp/encode.h>
 
 /* Ancillary PNG chunks (text, ICC profiles) may be compressed; a hostile
  * file could inflate one to gigabytes.  None is needed, so cap them. */
@@ -33,16 +36,46 @@ e2g_image_format e2g_image_sniff(const uint8_t *buf, size_t n) {
     if (n >= 3 && buf[0] == 0xFF && buf[1] == 0xD8 && buf[2] == 0xFF) return E2G_IMAGE_JPEG;
     if (n >= sizeof PNG_SIGNATURE && memcmp(buf, PNG_SIGNATURE, sizeof PNG_SIGNATURE) == 0)
         return E2G_IMAGE_PNG;
+    if (n >= 12 && memcmp(buf, "RIFF", 4) == 0 && memcmp(buf + 8, "WEBP", 4) == 0)
+        return E2G_IMAGE_WEBP;
+    return E2G_IMAGE_UNKNOWN;
+}
+
+/* Format names (which are also the file extensions) and media types; the
+ * first row of a format gives its usual extension and its media type. */
+static const struct {
+    const char *name, *media_type;
+    e2g_image_format fmt;
+} formats[] = {
+    {"jpg", "image/jpeg", E2G_IMAGE_JPEG},
+    {"jpeg", "image/jpeg", E2G_IMAGE_JPEG},
+    {"png", "image/png", E2G_IMAGE_PNG},
+    {"webp", "image/webp", E2G_IMAGE_WEBP},
+};
+#define N_FORMATS (sizeof formats / sizeof formats[0])
+
+e2g_image_format e2g_image_format_from_name(const char *name) {
+    for (size_t i = 0; i < N_FORMATS; i++)
+        if (strcasecmp(name, formats[i].name) == 0) return formats[i].fmt;
     return E2G_IMAGE_UNKNOWN;
 }
 
 e2g_image_format e2g_image_format_from_path(const char *path) {
     const char *slash = strrchr(path, '/');
     const char *dot = strrchr(slash ? slash : path, '.');
-    if (!dot) return E2G_IMAGE_UNKNOWN;
-    if (strcasecmp(dot, ".jpg") == 0 || strcasecmp(dot, ".jpeg") == 0) return E2G_IMAGE_JPEG;
-    if (strcasecmp(dot, ".png") == 0) return E2G_IMAGE_PNG;
-    return E2G_IMAGE_UNKNOWN;
+    return dot ? e2g_image_format_from_name(dot + 1) : E2G_IMAGE_UNKNOWN;
+}
+
+const char *e2g_image_media_type(e2g_image_format fmt) {
+    for (size_t i = 0; i < N_FORMATS; i++)
+        if (formats[i].fmt == fmt) return formats[i].media_type;
+    return "application/octet-stream";
+}
+
+const char *e2g_image_extension(e2g_image_format fmt) {
+    for (size_t i = 0; i < N_FORMATS; i++)
+        if (formats[i].fmt == fmt) return formats[i].name;
+    return "bin";
 }
 
 /* Refuses empty sizes and sizes above the caller's pixel limit.  Widths and
@@ -53,6 +86,12 @@ static int check_size(int64_t w, int64_t h, long max_pixels, char *err) {
     if (w * h > (int64_t)max_pixels)
         return e2g_fail(err, "image of %lldx%lld pixels exceeds the limit of %ld pixels",
                         (long long)w, (long long)h, max_pixels);
+    return 0;
+}
+
+static int check_quality(const char *codec, int quality, char *err) {
+    if (quality < 1 || quality > 100)
+        return e2g_fail(err, "%s quality %d is outside 1..100", codec, quality);
     return 0;
 }
 
@@ -232,8 +271,7 @@ err:
 /* JPEG at the given quality; 4:4:4 chroma from quality 90 up (generated
  * images have sharp colour edges that 4:2:0 smears), 4:2:0 below. */
 static int encode_jpeg(uint8_t **out, size_t *n, const e2g_image *im, int quality, char *err) {
-    if (quality < 1 || quality > 100)
-        return e2g_fail(err, "JPEG quality %d is outside 1..100", quality);
+    if (check_quality("JPEG", quality, err) != 0) return -1;
     if (im->width > 65535 || im->height > 65535)
         return e2g_fail(err, "a %dx%d image is too large for JPEG (65535 at most)", im->width,
                         im->height);
@@ -408,13 +446,85 @@ static int encode_png(uint8_t **out, size_t *n, const e2g_image *im, char *err) 
     return 0;
 }
 
+/* ---- WebP ----------------------------------------------------------------- */
+
+static const char *webp_status(VP8StatusCode st) {
+    switch (st) {
+    case VP8_STATUS_OUT_OF_MEMORY: return "out of memory";
+    case VP8_STATUS_UNSUPPORTED_FEATURE: return "unsupported feature";
+    case VP8_STATUS_NOT_ENOUGH_DATA: return "truncated data";
+    default: return "corrupt data";
+    }
+}
+
+/* The size and kind from the RIFF header and the first chunk (VP8, VP8L or
+ * VP8X) alone; animations are refused. */
+static int webp_features(const uint8_t *buf, size_t n, WebPBitstreamFeatures *f, char *err) {
+    VP8StatusCode st = WebPGetFeatures(buf, n, f);
+    if (st != VP8_STATUS_OK) return e2g_fail(err, "WebP: %s", webp_status(st));
+    if (f->has_animation) return e2g_fail(err, "WebP: animated images are not supported");
+    return 0;
+}
+
+static int probe_webp(const uint8_t *buf, size_t n, int *width, int *height, char *err) {
+    WebPBitstreamFeatures f;
+    if (webp_features(buf, n, &f, err) != 0) return -1;
+    *width = f.width;
+    *height = f.height;
+    return 0;
+}
+
+/* Decodes lossy or lossless WebP straight into our RGB8 buffer (alpha is
+ * dropped).  WebPDecode is given the whole file, so a RIFF size larger than
+ * the data (a truncated upload) is an error, not a partial image. */
+static int decode_webp(e2g_image *out, const uint8_t *buf, size_t n, long max_pixels, char *err) {
+    WebPDecoderConfig config;
+    if (!WebPInitDecoderConfig(&config)) return e2g_fail(err, "WebP: library version mismatch");
+    if (webp_features(buf, n, &config.input, err) != 0) return -1;
+    int w = config.input.width, h = config.input.height;
+    if (check_size(w, h, max_pixels, err) != 0) return -1;
+    uint8_t *pixels = alloc_pixels(w, h, err);
+    if (!pixels) return -1;
+    config.output.colorspace = MODE_RGB;
+    config.output.is_external_memory = 1;
+    config.output.u.RGBA.rgba = pixels;
+    config.output.u.RGBA.stride = w * 3;
+    config.output.u.RGBA.size = (size_t)w * h * 3;
+    VP8StatusCode st = WebPDecode(buf, n, &config);
+    if (st != VP8_STATUS_OK) {
+        free(pixels);
+        return e2g_fail(err, "WebP: %s", webp_status(st));
+    }
+    *out = (e2g_image){.width = w, .height = h, .rgb = pixels};
+    return 0;
+}
+
+/* Lossy WebP at the given quality.  libwebp's buffer is copied into one of
+ * ours so that the caller frees it with free() like the other formats. */
+static int encode_webp(uint8_t **out, size_t *n, const e2g_image *im, int quality, char *err) {
+    if (check_quality("WebP", quality, err) != 0) return -1;
+    if (im->width > WEBP_MAX_DIMENSION || im->height > WEBP_MAX_DIMENSION)
+        return e2g_fail(err, "a %dx%d image is too large for WebP (%d at most)", im->width,
+                        im->height, WEBP_MAX_DIMENSION);
+    uint8_t *webp = NULL;
+    size_t size = WebPEncodeRGB(im->rgb, im->width, im->height, im->width * 3, (float)quality, &webp);
+    uint8_t *copy = size ? malloc(size) : NULL;
+    if (copy) memcpy(copy, webp, size);
+    WebPFree(webp);
+    if (!copy) return e2g_fail(err, "WebP: encoding a %dx%d image failed", im->width, im->height);
+    *out = copy;
+    *n = size;
+    return 0;
+}
+
 /* ---- public entry points ------------------------------------------------- */
 
 int e2g_image_probe(const uint8_t *buf, size_t n, int *width, int *height, char *err) {
     switch (e2g_image_sniff(buf, n)) {
     case E2G_IMAGE_JPEG: return probe_jpeg(buf, n, width, height, err);
     case E2G_IMAGE_PNG: return probe_png(buf, n, width, height, err);
-    default: return e2g_fail(err, "not a JPEG or PNG image");
+    case E2G_IMAGE_WEBP: return probe_webp(buf, n, width, height, err);
+    default: return e2g_fail(err, "not a JPEG, PNG or WebP image");
     }
 }
 
@@ -423,7 +533,8 @@ int e2g_image_decode(e2g_image *out, const uint8_t *buf, size_t n, long max_pixe
     switch (e2g_image_sniff(buf, n)) {
     case E2G_IMAGE_JPEG: return decode_jpeg(out, buf, n, max_pixels, err);
     case E2G_IMAGE_PNG: return decode_png(out, buf, n, max_pixels, err);
-    default: return e2g_fail(err, "not a JPEG or PNG image");
+    case E2G_IMAGE_WEBP: return decode_webp(out, buf, n, max_pixels, err);
+    default: return e2g_fail(err, "not a JPEG, PNG or WebP image");
     }
 }
 
@@ -436,6 +547,7 @@ int e2g_image_encode(uint8_t **out, size_t *n, const e2g_image *im, e2g_image_fo
     switch (fmt) {
     case E2G_IMAGE_JPEG: return encode_jpeg(out, n, im, quality, err);
     case E2G_IMAGE_PNG: return encode_png(out, n, im, err);
+    case E2G_IMAGE_WEBP: return encode_webp(out, n, im, quality, err);
     default: return e2g_fail(err, "unknown output image format");
     }
 }
@@ -470,7 +582,7 @@ int e2g_image_read_file(e2g_image *out, const char *path, long max_pixels, char 
 int e2g_image_write_file(const char *path, const e2g_image *im, int quality, char *err) {
     e2g_image_format fmt = e2g_image_format_from_path(path);
     if (fmt == E2G_IMAGE_UNKNOWN)
-        return e2g_fail(err, "%s: unknown image extension (use .jpg, .jpeg or .png)", path);
+        return e2g_fail(err, "%s: unknown image extension (use .jpg, .jpeg, .png or .webp)", path);
     uint8_t *data;
     size_t n;
     char why[E2G_ERR_LEN];

@@ -1,4 +1,4 @@
-/* image.h — decoding and encoding of JPEG and PNG images, and the mapping
+/* image.h — decoding and encoding of JPEG, PNG and WebP images, and the mapping
  * between 8-bit RGB pixels and the generator's float tensors
  * (ARCHITECTURE.md §1).  Decoders treat their input as hostile: sizes are
  * checked against a pixel limit before any pixel memory is allocated, and
@@ -16,7 +16,7 @@ typedef struct {
     uint8_t *rgb; /* (height, width, 3) */
 } e2g_image;
 
-typedef enum { E2G_IMAGE_JPEG, E2G_IMAGE_PNG, E2G_IMAGE_UNKNOWN } e2g_image_format;
+typedef enum { E2G_IMAGE_JPEG, E2G_IMAGE_PNG, E2G_IMAGE_WEBP, E2G_IMAGE_UNKNOWN } e2g_image_format;
 
 /* Releases im->rgb and zeroes *im; safe on a zeroed or already freed image. */
 void e2g_image_free(e2g_image *im);
@@ -24,9 +24,21 @@ void e2g_image_free(e2g_image *im);
 /* The format of an encoded image, judged by its magic bytes only. */
 e2g_image_format e2g_image_sniff(const uint8_t *buf, size_t n);
 
+/* The format a name stands for: jpg, jpeg, png or webp, case-insensitive
+ * (also the file extensions); E2G_IMAGE_UNKNOWN for anything else. */
+e2g_image_format e2g_image_format_from_name(const char *name);
+
 /* The format an output path asks for by its extension (.jpg, .jpeg, .png,
- * case-insensitive); E2G_IMAGE_UNKNOWN for anything else. */
+ * .webp, case-insensitive); E2G_IMAGE_UNKNOWN for anything else. */
 e2g_image_format e2g_image_format_from_path(const char *path);
+
+/* The media type of a format ("image/jpeg", "image/png", "image/webp");
+ * "application/octet-stream" for E2G_IMAGE_UNKNOWN.  A static string. */
+const char *e2g_image_media_type(e2g_image_format fmt);
+
+/* The usual file extension of a format, without the dot ("jpg", "png",
+ * "webp"); "bin" for E2G_IMAGE_UNKNOWN.  A static string. */
+const char *e2g_image_extension(e2g_image_format fmt);
 
 /* Reads the size of an encoded image from its header alone (no pixels are
  * decoded), as e2g_image_decode would return it: for a JPEG whose EXIF
@@ -34,18 +46,19 @@ e2g_image_format e2g_image_format_from_path(const char *path);
  * refuse a decompression bomb cheaply. */
 int e2g_image_probe(const uint8_t *buf, size_t n, int *width, int *height, char *err);
 
-/* Decodes a JPEG (libturbojpeg) or PNG (libpng) into *out, upright:
- * the EXIF orientation of a JPEG is applied; PNGs of any bit depth, palette,
- * gray or alpha become RGB8 (16-bit channels are scaled, alpha is dropped).
- * Refuses images with width·height > max_pixels before allocating their
- * pixels.  Warnings from the JPEG decoder (such as a truncated stream) are
- * errors.  On success the caller owns out->rgb (e2g_image_free); on failure
+/* Decodes a JPEG (libturbojpeg), PNG (libpng) or still WebP (libwebp) into
+ * *out, upright: the EXIF orientation of a JPEG is applied; PNGs of any bit
+ * depth, palette, gray or alpha become RGB8 (16-bit channels are scaled,
+ * alpha is dropped); lossy and lossless WebP become RGB8 (alpha is dropped;
+ * animations are refused).  Refuses images with width·height > max_pixels
+ * before allocating their pixels.  Warnings from the JPEG decoder (such as a
+ * truncated stream) are errors.  On success the caller owns out->rgb (e2g_image_free); on failure
  * *out is zeroed. */
 int e2g_image_decode(e2g_image *out, const uint8_t *buf, size_t n, long max_pixels, char *err);
 
 /* Encodes im as JPEG (quality 1..100; 4:4:4 chroma at quality >= 90, 4:2:0
- * below) or PNG (quality is ignored).  On success *out is a malloc'd buffer
- * of *n bytes that the caller frees. */
+ * below), lossy WebP (quality 1..100) or PNG (quality is ignored).  On
+ * success *out is a malloc'd buffer of *n bytes that the caller frees. */
 int e2g_image_encode(uint8_t **out, size_t *n, const e2g_image *im, e2g_image_format fmt,
                      int quality, char *err);
 

@@ -94,7 +94,7 @@ static const option options[] = {
     {"drain_timeout_s", NUM(OPT_INT, drain_timeout_s), "S", "60", 0, 3600, NULL, NULL, 0,
      "on SIGINT/SIGTERM, longest wait for requests in progress before closing connections"},
     {"jpeg_quality", NUM(OPT_INT, jpeg_quality), "Q", "90", 1, 100, NULL, NULL, 0,
-     "JPEG quality when a request gives none"},
+     "JPEG and WebP quality when a request gives none"},
     {"log_level", NUM(OPT_ENUM, log_level), "LEVEL", "info", 0, 0, log_levels, NULL, 0,
      "least severe level logged: debug, info, warn, error"},
 };

@@ -46,7 +46,7 @@ json_t *e2g_job_options_new(void);
 int e2g_job_option_set(json_t *options, const char *name, const char *value, char *err);
 
 typedef struct {
-    const char *name; /* STEM.src.EXT or STEM.dst.EXT (png, jpg, jpeg) */
+    const char *name; /* STEM.src.EXT or STEM.dst.EXT (png, jpg, jpeg, webp) */
     const uint8_t *data;
     size_t size;
 } e2g_job_file;

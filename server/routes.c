@@ -278,10 +278,10 @@ static void begin_edit(e2g_service *svc, e2g_http_request *rq, const char *param
             e2g_response_problem(rq, 400, "bad-request", "Bad multipart Content-Type", "%s", err);
         return;
     }
-    if (strcmp(media, "image/jpeg") && strcmp(media, "image/png") &&
+    if (strcmp(media, "image/jpeg") && strcmp(media, "image/png") && strcmp(media, "image/webp") &&
         strcmp(media, "application/octet-stream"))
         e2g_response_problem(rq, 415, "unsupported-media-type", "Unsupported media type",
-                             "send image/jpeg, image/png, application/octet-stream or "
+                             "send image/jpeg, image/png, image/webp, application/octet-stream or "
                              "multipart/form-data (field 'image'), not '%s'",
                              ct ? ct : "(no Content-Type)");
 }
@@ -320,30 +320,30 @@ static double accept_q(const char *accept, const char *type) {
     return q > 0 ? q : 0;
 }
 
-/* The output format: ?format, else the Accept header's preference between
- * JPEG and PNG, else the input's format.  -1 with an answer set. */
+/* The output format: ?format, else the Accept header's preference among
+ * JPEG, PNG and WebP (a tie keeps the input's format, else the first in that
+ * order), else the input's format.  -1 with an answer set. */
 static int choose_format(e2g_http_request *rq, const char *format, e2g_image_format input,
                          e2g_image_format *out) {
     if (format) {
-        if (strcasecmp(format, "jpeg") == 0 || strcasecmp(format, "jpg") == 0) *out = E2G_IMAGE_JPEG;
-        else if (strcasecmp(format, "png") == 0) *out = E2G_IMAGE_PNG;
-        else {
-            e2g_response_problem(rq, 400, "bad-request", "Bad format", "format must be jpeg or png");
-            return -1;
-        }
-        return 0;
+        *out = e2g_image_format_from_name(format);
+        if (*out != E2G_IMAGE_UNKNOWN) return 0;
+        e2g_response_problem(rq, 400, "bad-request", "Bad format", "format must be jpeg, png or webp");
+        return -1;
     }
     *out = input;
     const char *accept = e2g_http_header(rq, "Accept");
     if (!accept || !*accept) return 0;
-    double qj = accept_q(accept, "image/jpeg"), qp = accept_q(accept, "image/png");
-    if (qj == 0 && qp == 0) {
+    double best = accept_q(accept, e2g_image_media_type(input));
+    for (e2g_image_format f = E2G_IMAGE_JPEG; f < E2G_IMAGE_UNKNOWN; f++) {
+        double q = accept_q(accept, e2g_image_media_type(f));
+        if (q > best) best = q, *out = f;
+    }
+    if (best == 0) {
         e2g_response_problem(rq, 406, "not-acceptable", "Not acceptable",
-                             "the result is image/jpeg or image/png, and Accept allows neither");
+                             "the result is image/jpeg, image/png or image/webp, and Accept allows none");
         return -1;
     }
-    if (qj > qp) *out = E2G_IMAGE_JPEG;
-    else if (qp > qj) *out = E2G_IMAGE_PNG;
     return 0;
 }
 
@@ -445,7 +445,7 @@ static void finish_edit(e2g_service *svc, e2g_http_request *rq, const char *para
     e2g_image_format input = e2g_image_sniff(data, n), output;
     if (input == E2G_IMAGE_UNKNOWN) {
         e2g_response_problem(rq, 415, "unsupported-media-type", "Unsupported image",
-                             "the image is neither a JPEG nor a PNG");
+                             "the image is not a JPEG, PNG or WebP");
         return;
     }
     if (choose_format(rq, format_s, input, &output) != 0) return;
@@ -511,8 +511,8 @@ static void finish_edit(e2g_service *svc, e2g_http_request *rq, const char *para
         return;
     }
     double encode_ms = (e2g_now() - t_encode) * 1e3, total_ms = (e2g_now() - t0) * 1e3;
-    int png = output == E2G_IMAGE_PNG;
-    e2g_response_set(&rq->resp, 200, png ? "image/png" : "image/jpeg", out, out_len);
+    const char *type = e2g_image_media_type(output);
+    e2g_response_set(&rq->resp, 200, type, out, out_len);
     char text[256];
     e2g_response_header(&rq->resp, "X-E2gan-Concept", concept);
     snprintf(text, sizeof text, "%g", strength);
@@ -523,8 +523,8 @@ static void finish_edit(e2g_service *svc, e2g_http_request *rq, const char *para
              "decode;dur=%.2f, queue;dur=%.2f, compute;dur=%.2f, encode;dur=%.2f, total;dur=%.2f",
              decode_ms, timing.queue_ms, timing.compute_ms, encode_ms, total_ms);
     e2g_response_header(&rq->resp, "Server-Timing", text);
-    e2g_response_header(&rq->resp, "Content-Disposition",
-                        png ? "inline; filename=\"edited.png\"" : "inline; filename=\"edited.jpg\"");
+    snprintf(text, sizeof text, "inline; filename=\"edited.%s\"", e2g_image_extension(output));
+    e2g_response_header(&rq->resp, "Content-Disposition", text);
 }
 
 /* ---- concepts ------------------------------------------------------------- */
@@ -651,7 +651,7 @@ static int check_pair_image(e2g_service *svc, e2g_http_request *rq, const e2g_mu
     int w, h;
     if (e2g_image_sniff(p->data, p->size) == E2G_IMAGE_UNKNOWN) {
         e2g_response_problem(rq, 415, "unsupported-media-type", "Unsupported image",
-                             "'%s' is neither a JPEG nor a PNG", p->filename);
+                             "'%s' is not a JPEG, PNG or WebP image", p->filename);
         return -1;
     }
     if (e2g_image_probe(p->data, p->size, &w, &h, err) != 0) {

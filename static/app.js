@@ -92,6 +92,7 @@ let beforeUrl = null;
 let afterUrl = null;
 
 const fmt2 = (x) => String(Math.round(x * 100) / 100);
+const LOSSY = new Set(['jpeg', 'webp']); // the formats that take a quality
 
 // The concept parameter: one name, or a blend "a:0.7,b:0.3".
 function conceptSpec() {
@@ -110,7 +111,7 @@ function editUrl() {
   q.set('strength', $('strength').value);
   const format = $('format').value;
   q.set('format', format);
-  if (format === 'jpeg' && $('quality').value) q.set('quality', $('quality').value);
+  if (LOSSY.has(format) && $('quality').value) q.set('quality', $('quality').value);
   return apiUrl(`v1/edits?${q}`);
 }
 
@@ -118,7 +119,7 @@ function updateForm() {
   $('strength-out').value = Number($('strength').value).toFixed(2);
   $('weight2-out').value = Number($('weight2').value).toFixed(2);
   $('blend-fields').hidden = !$('blend').checked;
-  $('quality-field').hidden = $('quality-hint').hidden = $('format').value !== 'jpeg';
+  $('quality-field').hidden = $('quality-hint').hidden = !LOSSY.has($('format').value);
   const ready = inputFile && $('concept').value;
   $('spec').textContent = $('concept').value ? decodeURIComponent(editUrl().search.slice(1)) : '—';
   $('edit-button').disabled = !ready || document.body.dataset.busy === '1';
@@ -195,7 +196,7 @@ function showTimings(res, roundTripMs, bytes) {
   dl.hidden = false;
 }
 
-const EXT = { 'image/png': 'png', 'image/jpeg': 'jpg' };
+const EXT = { 'image/png': 'png', 'image/jpeg': 'jpg', 'image/webp': 'webp' };
 
 async function onEdit(ev) {
   ev.preventDefault();

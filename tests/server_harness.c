@@ -269,7 +269,7 @@ json_t *json_body(const response *r) {
 void assert_image(const response *r, e2g_image_format fmt, int w, int h) {
     ck_assert_msg(r->status == 200, "status %d: %.*s", r->status, (int)r->len,
                   r->body ? (const char *)r->body : "");
-    assert_header(r, "Content-Type", fmt == E2G_IMAGE_PNG ? "image/png" : "image/jpeg");
+    assert_header(r, "Content-Type", e2g_image_media_type(fmt));
     ck_assert_int_eq(e2g_image_sniff(r->body, r->len), fmt);
     e2g_image im = {0};
     char err[E2G_ERR_LEN];

@@ -1,9 +1,9 @@
-/* test_image.c — the image module: PNG/JPEG round trips, files written by
- * ImageMagick (bit depths, palettes, gray, alpha, interlacing, progressive
- * and gray JPEG), EXIF orientation checked against ImageMagick's
- * -auto-orient, hostile input (decompression bombs, truncation, random
- * corruption, malformed EXIF), and the pixel <-> tensor mapping with
- * PyTorch-style reflection padding. */
+/* test_image.c — the image module: PNG/JPEG/WebP round trips, files written
+ * by ImageMagick (bit depths, palettes, gray, alpha, interlacing, progressive
+ * and gray JPEG, lossless/alpha/animated WebP), EXIF orientation checked
+ * against ImageMagick's -auto-orient, hostile input (decompression bombs,
+ * truncation, random corruption, malformed EXIF), and the pixel <-> tensor
+ * mapping with PyTorch-style reflection padding. */
 #include <check.h>
 #include <ftw.h>
 #include <limits.h>
@@ -252,13 +252,29 @@ START_TEST(test_sniff_and_extension) {
     ck_assert_int_eq(e2g_image_sniff(jpeg, 2), E2G_IMAGE_UNKNOWN);
     ck_assert_int_eq(e2g_image_sniff((const uint8_t *)"GIF89a", 6), E2G_IMAGE_UNKNOWN);
     ck_assert_int_eq(e2g_image_sniff(NULL, 0), E2G_IMAGE_UNKNOWN);
+    const uint8_t *webp = (const uint8_t *)"RIFF\x10\0\0\0WEBPVP8 ";
+    ck_assert_int_eq(e2g_image_sniff(webp, 16), E2G_IMAGE_WEBP);
+    ck_assert_int_eq(e2g_image_sniff(webp, 11), E2G_IMAGE_UNKNOWN);
+    ck_assert_int_eq(e2g_image_sniff((const uint8_t *)"RIFF\x10\0\0\0WAVEfmt ", 16), E2G_IMAGE_UNKNOWN);
 
     ck_assert_int_eq(e2g_image_format_from_path("a.jpg"), E2G_IMAGE_JPEG);
     ck_assert_int_eq(e2g_image_format_from_path("dir/b.JPEG"), E2G_IMAGE_JPEG);
     ck_assert_int_eq(e2g_image_format_from_path("c.Png"), E2G_IMAGE_PNG);
-    ck_assert_int_eq(e2g_image_format_from_path("d.webp"), E2G_IMAGE_UNKNOWN);
+    ck_assert_int_eq(e2g_image_format_from_path("d.webp"), E2G_IMAGE_WEBP);
+    ck_assert_int_eq(e2g_image_format_from_path("e.gif"), E2G_IMAGE_UNKNOWN);
     ck_assert_int_eq(e2g_image_format_from_path("png"), E2G_IMAGE_UNKNOWN);
     ck_assert_int_eq(e2g_image_format_from_path("x.png/out"), E2G_IMAGE_UNKNOWN);
+
+    ck_assert_int_eq(e2g_image_format_from_name("JPG"), E2G_IMAGE_JPEG);
+    ck_assert_int_eq(e2g_image_format_from_name("WebP"), E2G_IMAGE_WEBP);
+    ck_assert_int_eq(e2g_image_format_from_name(".png"), E2G_IMAGE_UNKNOWN);
+    ck_assert_int_eq(e2g_image_format_from_name(""), E2G_IMAGE_UNKNOWN);
+    ck_assert_str_eq(e2g_image_media_type(E2G_IMAGE_JPEG), "image/jpeg");
+    ck_assert_str_eq(e2g_image_media_type(E2G_IMAGE_PNG), "image/png");
+    ck_assert_str_eq(e2g_image_media_type(E2G_IMAGE_WEBP), "image/webp");
+    ck_assert_str_eq(e2g_image_media_type(E2G_IMAGE_UNKNOWN), "application/octet-stream");
+    ck_assert_str_eq(e2g_image_extension(E2G_IMAGE_JPEG), "jpg");
+    ck_assert_str_eq(e2g_image_extension(E2G_IMAGE_WEBP), "webp");
 }
 END_TEST
 
@@ -309,6 +325,44 @@ START_TEST(test_jpeg_roundtrip) {
 }
 END_TEST
 
+START_TEST(test_webp_roundtrip) {
+    e2g_image im = smooth_image(64, 48);
+    size_t n;
+    uint8_t *buf = encode_ok(&im, E2G_IMAGE_WEBP, 95, &n);
+    ck_assert_int_eq(e2g_image_sniff(buf, n), E2G_IMAGE_WEBP);
+    ck_assert_msg(memcmp(buf + 12, "VP8 ", 4) == 0, "want a simple lossy file");
+    int w = 0, h = 0;
+    char err[E2G_ERR_LEN] = "";
+    ck_assert_msg(e2g_image_probe(buf, n, &w, &h, err) == 0, "probe: %s", err);
+    ck_assert_int_eq(w, 64);
+    ck_assert_int_eq(h, 48);
+    e2g_image back = decode_ok(buf, n);
+    double mad = mean_abs_diff(&back, &im);
+    ck_assert_msg(mad < 2, "WebP q95 mean abs error %.3f", mad);
+    e2g_image_free(&back);
+    free(buf);
+
+    size_t n_low;
+    buf = encode_ok(&im, E2G_IMAGE_WEBP, 10, &n_low);
+    ck_assert_msg(n_low < n, "q10 gave %zu bytes, q95 %zu", n_low, n);
+    back = decode_ok(buf, n_low);
+    mad = mean_abs_diff(&back, &im);
+    ck_assert_msg(mad < 6, "WebP q10 mean abs error %.3f", mad);
+    e2g_image_free(&back);
+    free(buf);
+
+    /* odd sizes survive (WebP stores chroma at half resolution) */
+    e2g_image odd = noise_image(37, 1, 4);
+    buf = encode_ok(&odd, E2G_IMAGE_WEBP, 90, &n);
+    back = decode_ok(buf, n);
+    ck_assert(back.width == 37 && back.height == 1);
+    e2g_image_free(&back);
+    free(buf);
+    e2g_image_free(&odd);
+    e2g_image_free(&im);
+}
+END_TEST
+
 START_TEST(test_encode_errors) {
     e2g_image im = smooth_image(8, 8), empty = {0, 0, NULL};
     uint8_t *buf;
@@ -316,6 +370,13 @@ START_TEST(test_encode_errors) {
     char err[E2G_ERR_LEN];
     ck_assert_int_eq(e2g_image_encode(&buf, &n, &im, E2G_IMAGE_JPEG, 0, err), -1);
     ck_assert_int_eq(e2g_image_encode(&buf, &n, &im, E2G_IMAGE_JPEG, 101, err), -1);
+    ck_assert_int_eq(e2g_image_encode(&buf, &n, &im, E2G_IMAGE_WEBP, 0, err), -1);
+    ck_assert_int_eq(e2g_image_encode(&buf, &n, &im, E2G_IMAGE_WEBP, 101, err), -1);
+    e2g_image wide = new_image(16384, 1);
+    memset(wide.rgb, 7, 16384 * 3);
+    ck_assert_int_eq(e2g_image_encode(&buf, &n, &wide, E2G_IMAGE_WEBP, 90, err), -1);
+    ck_assert_msg(strstr(err, "too large for WebP") != NULL, "message: %s", err);
+    e2g_image_free(&wide);
     ck_assert_int_eq(e2g_image_encode(&buf, &n, &im, E2G_IMAGE_UNKNOWN, 90, err), -1);
     ck_assert_int_eq(e2g_image_encode(&buf, &n, &empty, E2G_IMAGE_PNG, 90, err), -1);
     ck_assert_ptr_null(buf);
@@ -338,6 +399,10 @@ START_TEST(test_file_roundtrip) {
     write_ok("b.jpeg", &smooth);
     back = read_ok("b.jpeg");
     ck_assert_msg(mean_abs_diff(&back, &smooth) < 1.5, "JPEG file differs");
+    e2g_image_free(&back);
+    write_ok("c.WebP", &smooth);
+    back = read_ok("c.WebP");
+    ck_assert_msg(mean_abs_diff(&back, &smooth) < 2, "WebP file differs");
     e2g_image_free(&back);
     e2g_image_free(&smooth);
     e2g_image_free(&im);
@@ -490,6 +555,57 @@ START_TEST(test_magick_jpegs) {
 }
 END_TEST
 
+/* WebP files of every kind ImageMagick (libwebp) writes: lossless comes
+ * back exactly, with or without alpha (alpha is dropped; at 50% opacity the
+ * encoder keeps the colours); lossy with alpha (an extended VP8X file with
+ * an ALPH chunk) comes back close; an animation is refused. */
+START_TEST(test_magick_webps) {
+    e2g_image ref = smooth_image(48, 32);
+    write_ok("ref.png", &ref);
+    sh("convert ref.png -define webp:lossless=true lossless.webp");
+    sh("convert ref.png -alpha set -channel A -evaluate set 50%% +channel "
+       "-define webp:lossless=true lossless_alpha.webp");
+    sh("convert ref.png -quality 95 lossy.webp");
+    sh("convert ref.png -alpha set -channel A -evaluate set 50%% +channel -quality 95 lossy_alpha.webp");
+    sh("convert -delay 10 ref.png -flip ref.png -loop 0 animated.webp");
+
+    static const struct {
+        const char *file, *chunk;
+        double tol; /* mean abs error; 0: exact */
+    } cases[] = {{"lossless.webp", "VP8L", 0},
+                 {"lossless_alpha.webp", "VP8L", 0},
+                 {"lossy.webp", "VP8 ", 2},
+                 {"lossy_alpha.webp", "VP8X", 2}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t n;
+        uint8_t *buf = read_bytes(cases[i].file, &n);
+        ck_assert_msg(n > 16 && memcmp(buf + 12, cases[i].chunk, 4) == 0,
+                      "%s is not the intended kind of WebP", cases[i].file);
+        e2g_image got = decode_ok(buf, n);
+        if (cases[i].tol == 0) {
+            assert_same_pixels(&got, &ref, cases[i].file);
+        } else {
+            double mad = mean_abs_diff(&got, &ref);
+            ck_assert_msg(mad < cases[i].tol, "%s: mean abs error %.3f", cases[i].file, mad);
+        }
+        e2g_image_free(&got);
+        free(buf);
+    }
+
+    size_t n;
+    uint8_t *anim = read_bytes("animated.webp", &n);
+    ck_assert_msg(n > 21 && memcmp(anim + 12, "VP8X", 4) == 0 && (anim[20] & 0x02),
+                  "animated.webp has no animation flag");
+    char err[E2G_ERR_LEN] = "";
+    int w, h;
+    ck_assert_int_eq(e2g_image_probe(anim, n, &w, &h, err), -1);
+    ck_assert_msg(strstr(err, "animated") != NULL, "message: %s", err);
+    assert_decode_fails(anim, n, NO_LIMIT, "animated WebP");
+    free(anim);
+    e2g_image_free(&ref);
+}
+END_TEST
+
 /* For each EXIF orientation, ImageMagick stores the upright picture turned
  * the opposite way; the crafted Exif segment (alternating byte orders)
  * must bring it back upright, agreeing with ImageMagick's -auto-orient. */
@@ -558,14 +674,14 @@ static int cap_address_space(struct rlimit *saved) {
 #endif
 }
 
-/* A bomb's header must be probed as 50000×50000 and refused by the pixel
+/* A bomb's header must be probed as side×side and refused by the pixel
  * limit; with the address space capped, decoding it without a limit shows
  * the cap would have caught an allocation. */
-static void check_bomb(const uint8_t *bomb, size_t n, const char *what) {
+static void check_bomb(const uint8_t *bomb, size_t n, int side, const char *what) {
     int w = 0, h = 0;
     char err[E2G_ERR_LEN] = "";
     ck_assert_msg(e2g_image_probe(bomb, n, &w, &h, err) == 0, "%s probe: %s", what, err);
-    ck_assert_msg(w == 50000 && h == 50000, "%s probe: %dx%d", what, w, h);
+    ck_assert_msg(w == side && h == side, "%s probe: %dx%d", what, w, h);
 
     struct rlimit saved;
     int capped = cap_address_space(&saved);
@@ -589,7 +705,7 @@ START_TEST(test_bomb_png) {
     put_u32(buf + 16, 50000, 1);
     put_u32(buf + 20, 50000, 1);
     put_u32(buf + 29, png_crc32(buf + 12, 17), 1);
-    check_bomb(buf, n, "PNG");
+    check_bomb(buf, n, 50000, "PNG");
     free(buf);
     e2g_image_free(&im);
 }
@@ -603,7 +719,24 @@ START_TEST(test_bomb_jpeg) {
     ck_assert_int_ge(sof, 0);
     put_u16(buf + sof + 5, 50000, 1); /* height */
     put_u16(buf + sof + 7, 50000, 1); /* width */
-    check_bomb(buf, n, "JPEG");
+    check_bomb(buf, n, 50000, "JPEG");
+    free(buf);
+    e2g_image_free(&im);
+}
+END_TEST
+
+/* WebP sides stop at 16383: 805 MB of pixels, still a bomb. */
+START_TEST(test_bomb_webp) {
+    e2g_image im = smooth_image(16, 16);
+    size_t n;
+    uint8_t *buf = encode_ok(&im, E2G_IMAGE_WEBP, 90, &n);
+    /* simple lossy file: the VP8 frame header's start code at 23, then
+     * width and height (14 bits each, little-endian) at 26 and 28 */
+    ck_assert_msg(memcmp(buf + 12, "VP8 ", 4) == 0 && memcmp(buf + 23, "\x9d\x01\x2a", 3) == 0,
+                  "not a simple lossy WebP");
+    put_u16(buf + 26, 16383, 0);
+    put_u16(buf + 28, 16383, 0);
+    check_bomb(buf, n, 16383, "WebP");
     free(buf);
     e2g_image_free(&im);
 }
@@ -611,7 +744,7 @@ END_TEST
 
 START_TEST(test_pixel_limit_boundary) {
     e2g_image im = smooth_image(20, 10);
-    for (int fmt = E2G_IMAGE_JPEG; fmt <= E2G_IMAGE_PNG; fmt++) {
+    for (int fmt = E2G_IMAGE_JPEG; fmt <= E2G_IMAGE_WEBP; fmt++) {
         size_t n;
         uint8_t *buf = encode_ok(&im, fmt, 90, &n);
         e2g_image got;
@@ -628,14 +761,14 @@ END_TEST
 /* Every proper prefix of a valid file is an error, never a crash. */
 START_TEST(test_truncated) {
     e2g_image im = noise_image(40, 24, 3);
-    for (int fmt = E2G_IMAGE_JPEG; fmt <= E2G_IMAGE_PNG; fmt++) {
+    for (int fmt = E2G_IMAGE_JPEG; fmt <= E2G_IMAGE_WEBP; fmt++) {
         size_t n;
         uint8_t *buf = encode_ok(&im, fmt, 90, &n);
         for (size_t cut = 0; cut < n; cut++) {
             uint8_t *prefix = malloc(cut ? cut : 1); /* exact size, so ASan sees over-reads */
             memcpy(prefix, buf, cut);
             char what[64];
-            snprintf(what, sizeof what, "%s cut to %zu of %zu bytes", fmt == E2G_IMAGE_PNG ? "PNG" : "JPEG", cut, n);
+            snprintf(what, sizeof what, "%s cut to %zu of %zu bytes", e2g_image_extension(fmt), cut, n);
             assert_decode_fails(prefix, cut, NO_LIMIT, what);
             free(prefix);
         }
@@ -649,6 +782,8 @@ START_TEST(test_empty_and_garbage) {
     static const uint8_t garbage[] = "hello, this is not an image at all";
     static const uint8_t jpeg_magic[] = {0xFF, 0xD8, 0xFF};
     static const uint8_t png_magic[] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    static const uint8_t webp_magic[] = "RIFF\x04\0\0\0WEBP";
+    static const uint8_t webp_no_frame[] = "RIFF\x0c\0\0\0WEBPJUNK\0\0\0\0";
     uint8_t png_zero[33] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n', 0, 0, 0, 13, 'I', 'H', 'D', 'R'};
     put_u32(png_zero + 29, png_crc32(png_zero + 12, 17), 1); /* a 0×0 IHDR with a valid CRC */
     assert_decode_fails(NULL, 0, NO_LIMIT, "zero bytes");
@@ -656,6 +791,8 @@ START_TEST(test_empty_and_garbage) {
     assert_decode_fails(jpeg_magic, sizeof jpeg_magic, NO_LIMIT, "JPEG magic alone");
     assert_decode_fails(png_magic, sizeof png_magic, NO_LIMIT, "PNG magic alone");
     assert_decode_fails(png_zero, sizeof png_zero, NO_LIMIT, "0x0 PNG");
+    assert_decode_fails(webp_magic, sizeof webp_magic - 1, NO_LIMIT, "WebP magic alone");
+    assert_decode_fails(webp_no_frame, sizeof webp_no_frame - 1, NO_LIMIT, "WebP without a frame");
     int w, h;
     char err[E2G_ERR_LEN];
     ck_assert_int_eq(e2g_image_probe(NULL, 0, &w, &h, err), -1);
@@ -663,6 +800,8 @@ START_TEST(test_empty_and_garbage) {
     ck_assert_int_eq(e2g_image_probe(jpeg_magic, sizeof jpeg_magic, &w, &h, err), -1);
     ck_assert_int_eq(e2g_image_probe(png_magic, sizeof png_magic, &w, &h, err), -1);
     ck_assert_int_eq(e2g_image_probe(png_zero, sizeof png_zero, &w, &h, err), -1);
+    ck_assert_int_eq(e2g_image_probe(webp_magic, sizeof webp_magic - 1, &w, &h, err), -1);
+    ck_assert_int_eq(e2g_image_probe(webp_no_frame, sizeof webp_no_frame - 1, &w, &h, err), -1);
 }
 END_TEST
 
@@ -671,7 +810,7 @@ END_TEST
 START_TEST(test_random_corruption) {
     e2g_image im = smooth_image(32, 24);
     uint32_t s = 12345;
-    for (int fmt = E2G_IMAGE_JPEG; fmt <= E2G_IMAGE_PNG; fmt++) {
+    for (int fmt = E2G_IMAGE_JPEG; fmt <= E2G_IMAGE_WEBP; fmt++) {
         size_t n;
         uint8_t *buf = encode_ok(&im, fmt, 90, &n);
         uint8_t *copy = malloc(n);
@@ -888,10 +1027,12 @@ static Suite *image_suite(void) {
     tcase_add_test(codec, test_sniff_and_extension);
     tcase_add_test(codec, test_png_roundtrip);
     tcase_add_test(codec, test_jpeg_roundtrip);
+    tcase_add_test(codec, test_webp_roundtrip);
     tcase_add_test(codec, test_encode_errors);
     tcase_add_test(codec, test_file_roundtrip);
     tcase_add_test(codec, test_magick_pngs);
     tcase_add_test(codec, test_magick_jpegs);
+    tcase_add_test(codec, test_magick_webps);
     tcase_add_test(codec, test_exif_orientation);
     suite_add_tcase(s, codec);
 
@@ -899,6 +1040,7 @@ static Suite *image_suite(void) {
     tcase_set_timeout(hostile, 300);
     tcase_add_test(hostile, test_bomb_png);
     tcase_add_test(hostile, test_bomb_jpeg);
+    tcase_add_test(hostile, test_bomb_webp);
     tcase_add_test(hostile, test_pixel_limit_boundary);
     tcase_add_test(hostile, test_truncated);
     tcase_add_test(hostile, test_empty_and_garbage);

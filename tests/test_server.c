@@ -121,11 +121,15 @@ static void make_fixture_files(void) {
     ck_assert_msg(e2g_image_read_file(&photo, photo_path, 1L << 24, err) == 0, "%s", err);
     ck_assert_msg(e2g_image_write_file(tmp_path("photo.png"), &photo, 90, err) == 0, "%s", err);
     ck_assert_msg(e2g_image_write_file(tmp_path("photo.jpg"), &photo, 90, err) == 0, "%s", err);
+    ck_assert_msg(e2g_image_write_file(tmp_path("photo.webp"), &photo, 90, err) == 0, "%s", err);
     e2g_image_free(&photo);
     size_t n;
     uint8_t *jpg = read_bytes(tmp_path("photo.jpg"), &n);
     write_bytes(tmp_path("truncated.jpg"), jpg, n / 2);
     free(jpg);
+    uint8_t *webp = read_bytes(tmp_path("photo.webp"), &n);
+    write_bytes(tmp_path("truncated.webp"), webp, n / 2);
+    free(webp);
     write_bomb_png(tmp_path("bomb.png"));
     write_exif_jpeg(tmp_path("exif6.jpg"), 48, 32);
     write_png(tmp_path("big.png"), 512, 512);
@@ -558,6 +562,47 @@ START_TEST(test_edit_formats) {
 }
 END_TEST
 
+/* WebP in and out: as the body's type, by ?format, by Accept (with
+ * q-values), in a form; truncated WebP is a 422. */
+START_TEST(test_edit_webp) {
+    response r;
+    http(&r, EDIT, tmp_path("photo.webp"), "image/webp", "concept=base-a");
+    assert_image(&r, E2G_IMAGE_WEBP, PHOTO_W, PHOTO_H);
+    assert_header(&r, "Content-Disposition", "inline; filename=\"edited.webp\"");
+    response_free(&r);
+    http(&r, EDIT " -H 'Accept: image/webp'", tmp_path("photo.jpg"), "image/jpeg", "concept=lora-x");
+    assert_image(&r, E2G_IMAGE_WEBP, PHOTO_W, PHOTO_H);
+    response_free(&r);
+    http(&r, EDIT " -H 'Accept: image/webp;q=0.5, image/png;q=0.9'", tmp_path("photo.webp"), "image/webp",
+         "concept=base-b");
+    assert_image(&r, E2G_IMAGE_PNG, PHOTO_W, PHOTO_H);
+    response_free(&r);
+    http(&r, EDIT " -H 'Accept: image/*'", tmp_path("photo.webp"), "application/octet-stream", "concept=base-b");
+    assert_image(&r, E2G_IMAGE_WEBP, PHOTO_W, PHOTO_H);
+    response_free(&r);
+    http(&r, EDIT, tmp_path("photo.webp"), "image/webp", "concept=base-a&format=jpeg");
+    assert_image(&r, E2G_IMAGE_JPEG, PHOTO_W, PHOTO_H);
+    response_free(&r);
+    http(&r, "-F 'image=@%s;type=image/webp' -F concept=base-a %%PORT/v1/edits", tmp_path("photo.webp"));
+    assert_image(&r, E2G_IMAGE_WEBP, PHOTO_W, PHOTO_H);
+    response_free(&r);
+
+    /* Quality changes the WebP's size. */
+    http(&r, EDIT, tmp_path("photo.png"), "image/png", "concept=base-a&format=webp&quality=5");
+    assert_image(&r, E2G_IMAGE_WEBP, PHOTO_W, PHOTO_H);
+    size_t small = r.len;
+    response_free(&r);
+    http(&r, EDIT, tmp_path("photo.png"), "image/png", "concept=base-a&format=WebP&quality=100");
+    assert_image(&r, E2G_IMAGE_WEBP, PHOTO_W, PHOTO_H);
+    ck_assert_msg(r.len > 2 * small, "quality 100: %zu bytes, quality 5: %zu", r.len, small);
+    response_free(&r);
+
+    http(&r, EDIT, tmp_path("truncated.webp"), "image/webp", "concept=base-a");
+    assert_problem(&r, 422, "bad-image");
+    response_free(&r);
+}
+END_TEST
+
 /* Strength and blends change the output; strength 0 keeps only the
  * adapter's embedding, so it differs from strength 1 too. */
 START_TEST(test_edit_concepts) {
@@ -599,7 +644,7 @@ START_TEST(test_edit_errors) {
     static const char *const bad_params[] = {"concept=base-a&strength=3", "concept=base-a&strength=-0.1",
                                              "concept=base-a&strength=abc", "concept=base-a&strength=nan",
                                              "concept=base-a&quality=0", "concept=base-a&quality=101",
-                                             "concept=base-a&quality=9x", "concept=base-a&format=webp"};
+                                             "concept=base-a&quality=9x", "concept=base-a&format=gif"};
     for (size_t i = 0; i < sizeof bad_params / sizeof bad_params[0]; i++) {
         http(&r, EDIT, tmp_path("photo.png"), "image/png", bad_params[i]);
         assert_problem(&r, 400, "bad-request");
@@ -991,6 +1036,7 @@ int main(void) {
     tcase_add_test(api, test_concepts_read);
     tcase_add_test(api, test_admin);
     tcase_add_test(api, test_edit_formats);
+    tcase_add_test(api, test_edit_webp);
     tcase_add_test(api, test_edit_concepts);
     tcase_add_test(api, test_edit_errors);
     tcase_add_test(api, test_multipart);

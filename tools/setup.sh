@@ -8,7 +8,8 @@ packages=(
   cmake gcc make pkg-config     # the build
   libdnnl-dev                   # oneDNN: CPU convolutions and sgemm
   libjansson-dev                # JSON: safetensors headers, adapter configs
-  libturbojpeg0-dev libpng-dev  # image codecs
+  libturbojpeg0-dev libpng-dev  # image codecs: JPEG, PNG
+  libwebp-dev                   # image codec: WebP
   libssl-dev                    # SHA-256 of base files (adapters bind to it)
   libmicrohttpd-dev             # the HTTP server
   curl                          # the server's integration tests drive it with curl

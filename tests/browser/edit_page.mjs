@@ -188,6 +188,21 @@ await runBrowser({ chromiumPath: opts.chromium, width: Number(opts.width), timeo
     await expect(w === INPUT_W && h === INPUT_H, `after is ${w}×${h}`);
   });
 
+  await check('WebP at quality 80 sends format=webp&quality=80 and shows an image/webp result', async () => {
+    await page.selectOption('#format', 'webp');
+    await page.fill('#quality', '80');
+    const [res] = await Promise.all([editResponse(), page.click('#edit-button')]);
+    const q = new URL(res.url()).searchParams;
+    await expect(res.status() === 200, async () => `answered ${res.status()}: ${await res.text()}`);
+    await expect(q.get('format') === 'webp' && q.get('quality') === '80', `query ${q}`);
+    await expect(res.headers()['content-type'] === 'image/webp', `type ${res.headers()['content-type']}`);
+    await shown(page, 'after');
+    const [w, h] = await imageSize(page, '#after');
+    await expect(w === INPUT_W && h === INPUT_H, `after is ${w}×${h}`);
+    await expect((await page.getAttribute('#download', 'download')).endsWith('.webp'), 'download name');
+    await page.fill('#quality', '');
+  });
+
   if (opts.screenshot) {
     await check(`screenshot to ${opts.screenshot}`, async () => {
       await page.screenshot({ path: opts.screenshot, fullPage: true });
