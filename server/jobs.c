@@ -131,11 +131,18 @@ static int write_all(const char *path, const void *data, size_t n, char *err) {
         if (w <= 0) {
             int e = w < 0 ? errno : ENOSPC;
             close(fd);
-            return e2g_fail(err, "cannot write %s: %s", path, strerror(e));
+            e2g_fail(err, "cannot write %s: %s", path, strerror(e));
+            errno = e;
+            return -1;
         }
         p += w, n -= (size_t)w;
     }
-    if (fsync(fd) != 0 || close(fd) != 0) return e2g_fail(err, "cannot write %s: %s", path, strerror(errno));
+    if (fsync(fd) != 0 || close(fd) != 0) {
+        int e = errno;
+        e2g_fail(err, "cannot write %s: %s", path, strerror(e));
+        errno = e;
+        return -1;
+    }
     return 0;
 }
 
@@ -690,9 +697,10 @@ int e2g_jobs_submit(e2g_jobs *j, const char *name, json_t *options, const e2g_jo
         rc = -3;
     }
     if (rc) {
+        int full = rc == -3 && (errno == ENOSPC || errno == EDQUOT);
         remove_tree(tmp);
         job_free(jb);
-        return rc;
+        return full ? -4 : rc;
     }
     pthread_mutex_lock(&j->mu);
     append_job(j, jb);

@@ -55,8 +55,8 @@ typedef struct {
  * files are written to the job's folder and checked (names, partners, at
  * least 2 pairs) before the job exists.  Returns 0 with the job's id in id
  * (E2G_JOB_ID_LEN bytes); -1 bad input, -2 a queued or running job already
- * trains that concept, -3 the files could not be written (err says why:
- * e.g. a full disk; nothing is left behind). */
+ * trains that concept, -3 the files could not be written, -4 because the disk is full (err says
+ * why; nothing is left behind either way). */
 #define E2G_JOB_ID_LEN 32
 int e2g_jobs_submit(e2g_jobs *j, const char *name, json_t *options, const e2g_job_file *files,
                     int n, char *id, char *err);

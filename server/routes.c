@@ -724,7 +724,7 @@ static void post_finetune(e2g_service *svc, e2g_http_request *rq, const char *pa
     } else if (rc == -2) {
         e2g_response_problem(rq, 409, "job-exists", "A job already trains this concept", "%s", err);
     } else if (rc != 0) {
-        e2g_response_problem(rq, errno == ENOSPC ? 507 : 500, "storage", "Could not store the job", "%s", err);
+        e2g_response_problem(rq, rc == -4 ? 507 : 500, "storage", "Could not store the job", "%s", err);
     } else {
         char location[96];
         snprintf(location, sizeof location, "/v1/finetunes/%s", id);
