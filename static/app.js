@@ -2,6 +2,7 @@
 // adapters and fine-tuning jobs (finetune.js).  ES modules, no build step.
 import {
   $, apiUrl, readProblem, showProblem, clearProblem, networkProblem, formatBytes, conceptNameOk, authHeaders,
+  fillDefinitions,
 } from './util.js';
 import { setupFinetune, onTokenChange } from './finetune.js';
 
@@ -182,17 +183,7 @@ function showTimings(res, roundTripMs, bytes) {
   rows.push(['round trip', `${roundTripMs.toFixed(0)} ms`]);
   rows.push(['result', `${res.headers.get('Content-Type') || '?'}, ${formatBytes(bytes)}`]);
   const dl = $('timings');
-  dl.replaceChildren(...rows.map(([k, v]) => {
-    const row = document.createElement('div');
-    const dt = document.createElement('dt');
-    dt.textContent = k;
-    const dd = document.createElement('dd');
-    dd.textContent = v;
-    row.append(dt, dd);
-    if (v.length > 24) row.className = 'full';
-    else if (v.length > 12) row.className = 'wide';
-    return row;
-  }));
+  fillDefinitions(dl, rows, { wide: 12, full: 24 });
   dl.hidden = false;
 }
 

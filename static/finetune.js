@@ -4,7 +4,7 @@
 // new concept in the edit form when it is done.
 import {
   $, apiUrl, readProblem, showProblem, clearProblem, networkProblem, formatBytes, conceptNameOk,
-  authHeaders, hasToken,
+  authHeaders, hasToken, fillDefinitions,
 } from './util.js';
 import { readEventStream } from './sse.js';
 import { drawLossChart } from './chart.js';
@@ -456,16 +456,7 @@ function renderResult(v) {
     const ranks = Object.values(r.ranks);
     if (ranks.length) rows.push(['ranks', `${Math.min(...ranks)}–${Math.max(...ranks)} over ${ranks.length} layers`]);
   }
-  dl.replaceChildren(...rows.map(([k, val]) => {
-    const row = document.createElement('div');
-    const dt = document.createElement('dt');
-    dt.textContent = k;
-    const dd = document.createElement('dd');
-    dd.textContent = val;
-    row.append(dt, dd);
-    if (val.length > 12) row.className = 'wide';
-    return row;
-  }));
+  fillDefinitions(dl, rows);
   dl.hidden = false;
 }
 

@@ -80,3 +80,19 @@ export function authHeaders() {
 }
 
 export const hasToken = () => $('token').value.trim() !== '';
+
+// Fills a <dl> with [term, value] rows, one <div> each; long values get a
+// wider grid cell ('wide' past `wide` characters, 'full' past `full`).
+export function fillDefinitions(dl, rows, { wide = 12, full = Infinity } = {}) {
+  dl.replaceChildren(...rows.map(([term, value]) => {
+    const row = document.createElement('div');
+    const dt = document.createElement('dt');
+    dt.textContent = term;
+    const dd = document.createElement('dd');
+    dd.textContent = value;
+    row.append(dt, dd);
+    if (value.length > full) row.className = 'full';
+    else if (value.length > wide) row.className = 'wide';
+    return row;
+  }));
+}

@@ -154,13 +154,32 @@ void response_free(response *r) {
 
 /* Runs curl with `args` (a shell fragment; the URL may use %PORT as
  * http://127.0.0.1:PORT) and fills r. */
+static void http_args(response *r, const char *args);
+
 void http(response *r, const char *fmt, ...) {
-    static int counter;
-    char args[3000], expanded[3200], cmd[4096];
+    char args[3000];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(args, sizeof args, fmt, ap);
     va_end(ap);
+    http_args(r, args);
+}
+
+void http_problem(int status, const char *slug, const char *fmt, ...) {
+    char args[3000];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    response r;
+    http_args(&r, args);
+    assert_problem(&r, status, slug);
+    response_free(&r);
+}
+
+static void http_args(response *r, const char *args) {
+    static int counter;
+    char expanded[3200], cmd[4096];
     char base[48];
     snprintf(base, sizeof base, "http://127.0.0.1:%d", server_port);
     size_t len = 0;

@@ -46,6 +46,8 @@ void response_free(response *r);
 /* Runs curl with `args` (a shell fragment; %PORT in it becomes
  * http://127.0.0.1:<server_port>) and fills r. */
 void http(response *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* http() whose answer must be the problem (status, slug). */
+void http_problem(int status, const char *slug, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* A response header's value (case-insensitive name), or NULL. */
 const char *header(const response *r, const char *name);
 /* A header that must be present, as an integer. */

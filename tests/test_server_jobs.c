@@ -207,67 +207,39 @@ START_TEST(test_job_end_to_end) {
 END_TEST
 
 START_TEST(test_job_errors) {
-    response r;
-    http(&r, "-X POST -F concept=x %s %%PORT/v1/finetunes", pair_args);
-    assert_problem(&r, 401, "unauthorized");
-    response_free(&r);
-    http(&r, "-X POST " AUTH " -H 'Content-Type: application/json' --data '{}' %%PORT/v1/finetunes");
-    assert_problem(&r, 415, "unsupported-media-type");
-    response_free(&r);
-    http(&r, "-X POST " AUTH " %s %%PORT/v1/finetunes", pair_args);
-    assert_problem(&r, 400, "bad-name");
-    response_free(&r);
-    http(&r, "-X POST " AUTH " -F concept=../up %s %%PORT/v1/finetunes", pair_args);
-    assert_problem(&r, 400, "bad-name");
-    response_free(&r);
-    http(&r, "-X POST " AUTH " -F concept=x -F steps=0 %s %%PORT/v1/finetunes", pair_args);
-    assert_problem(&r, 400, "bad-request");
-    response_free(&r);
-    http(&r, "-X POST " AUTH " -F concept=x -F crop=30 %s %%PORT/v1/finetunes", pair_args);
-    assert_problem(&r, 400, "bad-request");
-    response_free(&r);
-    http(&r, "-X POST " AUTH " -F concept=x -F colour=red %s %%PORT/v1/finetunes", pair_args);
-    assert_problem(&r, 400, "bad-request");
-    response_free(&r);
-    http(&r, "-X POST " AUTH " -F concept=base-a %s %%PORT/v1/finetunes", pair_args);
-    assert_problem(&r, 409, "base-concept");
-    response_free(&r);
+#define POST_JOB "-X POST " AUTH " "
+#define JOBS " %%PORT/v1/finetunes"
+    http_problem(401, "unauthorized", "-X POST -F concept=x %s" JOBS, pair_args);
+    http_problem(415, "unsupported-media-type", POST_JOB "-H 'Content-Type: application/json' --data '{}'" JOBS);
+    http_problem(400, "bad-name", POST_JOB "%s" JOBS, pair_args);
+    http_problem(400, "bad-name", POST_JOB "-F concept=../up %s" JOBS, pair_args);
+    http_problem(400, "bad-request", POST_JOB "-F concept=x -F steps=0 %s" JOBS, pair_args);
+    http_problem(400, "bad-request", POST_JOB "-F concept=x -F crop=30 %s" JOBS, pair_args);
+    http_problem(400, "bad-request", POST_JOB "-F concept=x -F colour=red %s" JOBS, pair_args);
+    http_problem(409, "base-concept", POST_JOB "-F concept=base-a %s" JOBS, pair_args);
     /* one pair is too few; a src without its dst; an unsafe file name */
-    http(&r, "-X POST " AUTH " -F concept=x -F 'file=@%s' -F 'file=@%s' %%PORT/v1/finetunes",
-         tmp_path("pairs/p0.src.png"), tmp_path("pairs/p0.dst.png"));
-    assert_problem(&r, 422, "bad-pairs");
-    response_free(&r);
-    http(&r, "-X POST " AUTH " -F concept=x %s -F 'file=@%s;filename=p9.src.png' %%PORT/v1/finetunes", pair_args,
-         tmp_path("pairs/p0.src.png"));
-    assert_problem(&r, 422, "bad-pairs");
-    response_free(&r);
-    http(&r, "-X POST " AUTH " -F concept=x %s -F 'file=@%s;filename=../../p9.src.png' %%PORT/v1/finetunes",
-         pair_args, tmp_path("pairs/p0.src.png"));
-    assert_problem(&r, 422, "bad-pairs");
-    response_free(&r);
+    http_problem(422, "bad-pairs", POST_JOB "-F concept=x -F 'file=@%s' -F 'file=@%s'" JOBS,
+                 tmp_path("pairs/p0.src.png"), tmp_path("pairs/p0.dst.png"));
+    http_problem(422, "bad-pairs", POST_JOB "-F concept=x %s -F 'file=@%s;filename=p9.src.png'" JOBS, pair_args,
+                 tmp_path("pairs/p0.src.png"));
+    http_problem(422, "bad-pairs", POST_JOB "-F concept=x %s -F 'file=@%s;filename=../../p9.src.png'" JOBS,
+                 pair_args, tmp_path("pairs/p0.src.png"));
     /* not an image; over the upload limit (1M) */
     write_bytes(tmp_path("notes.txt"), "not an image", 12);
-    http(&r, "-X POST " AUTH " -F concept=x %s -F 'file=@%s;filename=p9.src.png' %%PORT/v1/finetunes", pair_args,
-         tmp_path("notes.txt"));
-    assert_problem(&r, 415, "unsupported-media-type");
-    response_free(&r);
+    http_problem(415, "unsupported-media-type", POST_JOB "-F concept=x %s -F 'file=@%s;filename=p9.src.png'" JOBS,
+                 pair_args, tmp_path("notes.txt"));
     uint8_t *big = calloc(2 << 20, 1);
     write_bytes(tmp_path("big.bin"), big, 2 << 20);
     free(big);
-    http(&r, "-X POST " AUTH " -F concept=x -F 'file=@%s;filename=p9.src.png' %%PORT/v1/finetunes",
-         tmp_path("big.bin"));
-    assert_problem(&r, 413, "body-too-large");
-    response_free(&r);
+    http_problem(413, "body-too-large", POST_JOB "-F concept=x -F 'file=@%s;filename=p9.src.png'" JOBS,
+                 tmp_path("big.bin"));
     /* unknown jobs; nothing was left behind by the refused uploads */
-    http(&r, AUTH " %%PORT/v1/finetunes/ft-0000000000000000");
-    assert_problem(&r, 404, "unknown-job");
-    response_free(&r);
-    http(&r, "-X DELETE " AUTH " %%PORT/v1/finetunes/ft-0000000000000000");
-    assert_problem(&r, 404, "unknown-job");
-    response_free(&r);
-    http(&r, AUTH " %%PORT/v1/finetunes/ft-0000000000000000/other");
-    assert_problem(&r, 404, "unknown-job");
-    response_free(&r);
+    http_problem(404, "unknown-job", AUTH JOBS "/ft-0000000000000000");
+    http_problem(404, "unknown-job", "-X DELETE " AUTH JOBS "/ft-0000000000000000");
+    http_problem(404, "unknown-job", AUTH JOBS "/ft-0000000000000000/other");
+#undef POST_JOB
+#undef JOBS
+    response r;
     http(&r, AUTH " %%PORT/v1/finetunes");
     json_t *j = json_body(&r);
     ck_assert_uint_eq(json_array_size(json_object_get(j, "jobs")), 0);

@@ -16,7 +16,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { check, expect, runBrowser, textOf, shown, imageSize, unlabelledControls } from './harness.mjs';
+import {
+  check, expect, runBrowser, textOf, shown, imageSize, unlabelledControls, checkLayoutAndErrors,
+} from './harness.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const INPUT = path.join(here, '..', 'data', 'chelsea.png');
@@ -336,13 +338,5 @@ await runBrowser({ chromiumPath: opts.chromium, width: Number(opts.width), timeo
     await expect((await page.inputValue('#token')) === 'token-kept-for-this-tab', 'token lost on reload');
   });
 
-  await check('at 360 px wide nothing overflows sideways', async () => {
-    await page.setViewportSize({ width: 360, height: 800 });
-    const w = await page.evaluate(() => document.documentElement.scrollWidth);
-    await expect(w <= 360, `the page is ${w} px wide`);
-  });
-
-  await check('no uncaught script errors', async () => {
-    await expect(pageErrors.length === 0, pageErrors.join(' | '));
-  });
+  await checkLayoutAndErrors(page, pageErrors);
 });

@@ -14,7 +14,9 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { check, expect, runBrowser, textOf, shown, imageSize, unlabelledControls } from './harness.mjs';
+import {
+  check, expect, runBrowser, textOf, shown, imageSize, unlabelledControls, checkLayoutAndErrors,
+} from './harness.mjs';
 import { png } from './png.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -267,13 +269,5 @@ await runBrowser({ chromiumPath: opts.chromium, width: Number(opts.width), timeo
       { id: '1', event: 'step', data: '{"a":1}' }, { id: '1', event: 'message', data: 'x\ny' }]), JSON.stringify(events));
   });
 
-  await check('at 360 px wide nothing overflows sideways', async () => {
-    await page.setViewportSize({ width: 360, height: 800 });
-    const w = await page.evaluate(() => document.documentElement.scrollWidth);
-    await expect(w <= 360, `the page is ${w} px wide`);
-  });
-
-  await check('no uncaught script errors', async () => {
-    await expect(pageErrors.length === 0, pageErrors.join(' | '));
-  });
+  await checkLayoutAndErrors(page, pageErrors);
 });

@@ -71,6 +71,20 @@ export async function runBrowser({ chromiumPath, width, timeout, name }, body) {
   process.exit(failed === 0 && passed > 0 ? 0 : 1);
 }
 
+// The checks every page test ends with: nothing overflows a 360 px wide
+// viewport, and the page threw no uncaught error.
+export async function checkLayoutAndErrors(page, pageErrors) {
+  await check('at 360 px wide nothing overflows sideways', async () => {
+    await page.setViewportSize({ width: 360, height: 800 });
+    const w = await page.evaluate(() => document.documentElement.scrollWidth);
+    await expect(w <= 360, `the page is ${w} px wide`);
+  });
+
+  await check('no uncaught script errors', async () => {
+    await expect(pageErrors.length === 0, pageErrors.join(' | '));
+  });
+}
+
 // ---- in-page helpers ----------------------------------------------------
 
 // The text of an element that must be there by now (no waiting).
