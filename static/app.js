@@ -2,7 +2,7 @@
 // adapters and fine-tuning jobs (finetune.js).  ES modules, no build step.
 import {
   $, apiUrl, readProblem, showProblem, clearProblem, networkProblem, formatBytes, conceptNameOk, authHeaders,
-  fillDefinitions,
+  fillDefinitions, makeDropZone,
 } from './util.js';
 import { setupFinetune, onTokenChange } from './finetune.js';
 
@@ -244,15 +244,7 @@ function setupDrop() {
   const drop = $('drop');
   const input = $('image');
   input.addEventListener('change', () => { if (input.files[0]) setImage(input.files[0]); });
-  drop.addEventListener('dragenter', (e) => { e.preventDefault(); drop.classList.add('over'); });
-  drop.addEventListener('dragover', (e) => { e.preventDefault(); e.dataTransfer.dropEffect = 'copy'; });
-  drop.addEventListener('dragleave', (e) => { if (!drop.contains(e.relatedTarget)) drop.classList.remove('over'); });
-  drop.addEventListener('drop', (e) => {
-    e.preventDefault();
-    drop.classList.remove('over');
-    const file = e.dataTransfer.files[0];
-    if (file) setImage(file);
-  });
+  makeDropZone(drop, (files) => { if (files[0]) setImage(files[0]); });
   // A file dropped beside the drop zone must not navigate away from the page.
   window.addEventListener('dragover', (e) => e.preventDefault());
   window.addEventListener('drop', (e) => e.preventDefault());

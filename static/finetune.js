@@ -4,7 +4,7 @@
 // new concept in the edit form when it is done.
 import {
   $, apiUrl, readProblem, showProblem, clearProblem, networkProblem, formatBytes, conceptNameOk,
-  authHeaders, hasToken, fillDefinitions,
+  authHeaders, hasToken, fillDefinitions, makeDropZone,
 } from './util.js';
 import { readEventStream } from './sse.js';
 import { drawLossChart } from './chart.js';
@@ -110,15 +110,7 @@ function setupPairPickers() {
       input.value = ''; // the list above keeps them; choosing the same file again adds it again
     });
   }
-  const drop = $('ft-drop');
-  drop.addEventListener('dragenter', (e) => { e.preventDefault(); drop.classList.add('over'); });
-  drop.addEventListener('dragover', (e) => { e.preventDefault(); e.dataTransfer.dropEffect = 'copy'; });
-  drop.addEventListener('dragleave', (e) => { if (!drop.contains(e.relatedTarget)) drop.classList.remove('over'); });
-  drop.addEventListener('drop', (e) => {
-    e.preventDefault();
-    drop.classList.remove('over');
-    addFiles(picked.pairs, e.dataTransfer.files);
-  });
+  makeDropZone($('ft-drop'), (files) => addFiles(picked.pairs, files));
   $('ft-clear').addEventListener('click', () => {
     for (const map of Object.values(picked)) map.clear();
     clearProblem($('ft-error'));

@@ -96,3 +96,16 @@ export function fillDefinitions(dl, rows, { wide = 12, full = Infinity } = {}) {
     return row;
   }));
 }
+
+// Makes `zone` a drop target for files: highlighted while files are
+// dragged over it, onFiles(FileList) when they are dropped.
+export function makeDropZone(zone, onFiles) {
+  zone.addEventListener('dragenter', (e) => { e.preventDefault(); zone.classList.add('over'); });
+  zone.addEventListener('dragover', (e) => { e.preventDefault(); e.dataTransfer.dropEffect = 'copy'; });
+  zone.addEventListener('dragleave', (e) => { if (!zone.contains(e.relatedTarget)) zone.classList.remove('over'); });
+  zone.addEventListener('drop', (e) => {
+    e.preventDefault();
+    zone.classList.remove('over');
+    onFiles(e.dataTransfer.files);
+  });
+}

@@ -13,16 +13,12 @@
 // --adapter: an adapter for the server's base; it is uploaded through the
 // page, used for an edit and deleted again.
 import fs from 'node:fs';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import {
   check, expect, runBrowser, textOf, shown, imageSize, unlabelledControls, checkLayoutAndErrors,
+  INPUT, INPUT_W, INPUT_H,
 } from './harness.mjs';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const INPUT = path.join(here, '..', 'data', 'chelsea.png');
-const INPUT_W = 203, INPUT_H = 157;
 
 let opts;
 try {

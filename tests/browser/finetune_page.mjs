@@ -11,17 +11,13 @@
 //
 //   node finetune_page.mjs --url http://127.0.0.1:PORT/ --token ADMIN_TOKEN
 //        [--screenshot out.png] [--width 1280] [--timeout 60000] [--chromium /usr/bin/chromium]
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import {
   check, expect, runBrowser, textOf, shown, imageSize, unlabelledControls, checkLayoutAndErrors,
+  INPUT, INPUT_W, INPUT_H,
 } from './harness.mjs';
 import { png } from './png.mjs';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const INPUT = path.join(here, '..', 'data', 'chelsea.png');
-const INPUT_W = 203, INPUT_H = 157;
 const CONCEPT = 'browser-ft';
 const STEPS = 60;
 

@@ -5,6 +5,11 @@ import { chromium } from 'playwright-core';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+// The photo both page tests edit (tests/data/chelsea.png) and its size.
+export const INPUT = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'data', 'chelsea.png');
+export const INPUT_W = 203, INPUT_H = 157;
 
 const results = [];
 let stopReason = null; // set when a step that later checks need has failed
