@@ -15,6 +15,7 @@ packages=(
   curl                          # the server's integration tests drive it with curl
   check                         # unit-test framework
   python3-torch python3-numpy   # PyTorch: the reference the tests compare with
+  python3-yaml python3-jsonschema  # tests: the server's answers checked against openapi.yaml
   imagemagick                   # dataset teachers; real JPEG/PNG variants for the tests
   chromium                      # tests: the web page in a real browser
 )
