@@ -342,10 +342,10 @@ static int block_fwd(e2g_cuda_trainer *T, int id, const tview &in, const tview &
     return block_epilogue(a, T->dc.stream, err);
 }
 
-static int linear_fwd(e2g_cuda_trainer *T, int id, bf16 *out, const bf16 *in, size_t M, int gelu_pre, char *err) {
+static int linear_fwd(e2g_cuda_trainer *T, int id, bf16 *out, const bf16 *in, size_t M, char *err) {
     const tslot *sl = &T->slots[id];
     TRY(conv_fwd(&T->dc, out, in, sl->w, 1, (int)M, 1, sl->cin, sl->cout, 1, 1, 0, err));
-    return gelu_pre ? 0 : bias_act(out, sl->bias, 0, M, sl->cout, T->dc.stream, err);
+    return bias_act(out, sl->bias, 0, M, sl->cout, T->dc.stream, err);
 }
 
 static int transformer_fwd(e2g_cuda_trainer *T, char *err) {
@@ -354,18 +354,18 @@ static int transformer_fwd(e2g_cuda_trainer *T, char *err) {
     cudaStream_t s = T->dc.stream;
     const e2g_gen_params *P = &T->P;
     TRY(residual_layernorm(NULL, NULL, T->u1, T->t0.p, NULL, NULL, NULL, P->ln_w[0], P->ln_b[0], M, c4, s, err));
-    TRY(linear_fwd(T, S_SA_QKV, T->qkv, T->u1, M, 0, err));
+    TRY(linear_fwd(T, S_SA_QKV, T->qkv, T->u1, M, err));
     TRY(attention(T->att1, T->qkv, 3 * c4, T->qkv + c4, T->qkv + 2 * c4, 3 * c4, N, L, L, c4, T->heads, s, err));
     TRY(conv_fwd(&T->dc, T->proj, T->att1, T->slots[S_SA_O].w, 1, (int)M, 1, c4, c4, 1, 1, 0, err));
     TRY(residual_layernorm(T->t1, NULL, T->u2, T->t0.p, NULL, T->proj, P->self_attn[E2G_O].b, P->ln_w[1],
                            P->ln_b[1], M, c4, s, err));
-    TRY(linear_fwd(T, S_CA_Q, T->q2, T->u2, M, 0, err));
-    TRY(linear_fwd(T, S_CA_KV, T->kv2, T->ctx16, (size_t)N * Tk, 0, err));
+    TRY(linear_fwd(T, S_CA_Q, T->q2, T->u2, M, err));
+    TRY(linear_fwd(T, S_CA_KV, T->kv2, T->ctx16, (size_t)N * Tk, err));
     TRY(attention(T->att2, T->q2, c4, T->kv2, T->kv2 + c4, 2 * c4, N, L, Tk, c4, T->heads, s, err));
     TRY(conv_fwd(&T->dc, T->proj, T->att2, T->slots[S_CA_O].w, 1, (int)M, 1, c4, c4, 1, 1, 0, err));
     TRY(residual_layernorm(T->t2, NULL, T->u3, NULL, T->t1, T->proj, P->cross_attn[E2G_O].b, P->ln_w[2],
                            P->ln_b[2], M, c4, s, err));
-    TRY(linear_fwd(T, S_FC1, T->hpre, T->u3, M, 0, err));
+    TRY(linear_fwd(T, S_FC1, T->hpre, T->u3, M, err));
     TRY(gelu_forward(T->hid, T->hpre, M * 4 * c4, s, err));
     TRY(conv_fwd(&T->dc, T->proj, T->hid, T->slots[S_FC2].w, 1, (int)M, 1, 4 * c4, c4, 1, 1, 0, err));
     return residual_layernorm(NULL, T->t3.p, NULL, NULL, T->t2, T->proj, P->fc2.b, NULL, NULL, M, c4, s, err);
