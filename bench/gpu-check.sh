@@ -25,9 +25,9 @@ if [ "${1:-}" = prepare ]; then
     set -e
     OBJ=$ROOT/build-gpu-obj
     cmake -S "$ROOT" -B "$OBJ" -DE2G_WERROR=ON -DBUILD_TESTING=OFF >/dev/null
-    cmake --build "$OBJ" --target e2gan-gpu-check e2gan -j"$(nproc)"
+    cmake --build "$OBJ" --target e2gan-gpu-check e2gan-gpu-train-check e2gan -j"$(nproc)"
     rm -rf "$DIST" && mkdir -p "$DIST/lib"
-    cp "$OBJ/e2gan-gpu-check" "$OBJ/e2gan" "$DIST/"
+    cp "$OBJ/e2gan-gpu-check" "$OBJ/e2gan-gpu-train-check" "$OBJ/e2gan" "$DIST/"
     # the shared libraries the GPU machine does not have (DEVICE.md)
     for lib in libdnnl.so.2 libturbojpeg.so.0; do
         path=$(ldd "$OBJ/e2gan-gpu-check" | awk -v l="$lib" '$1 == l { print $3 }')

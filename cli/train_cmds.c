@@ -20,7 +20,7 @@
 enum {
     OPT_STEPS = 1000, OPT_BATCH, OPT_LR, OPT_L1, OPT_GAN, OPT_DECAY, OPT_SEED, OPT_EVAL_EVERY,
     OPT_EVAL_PAIRS, OPT_CHECKPOINT, OPT_CHECKPOINT_EVERY, OPT_REPORT, OPT_THREADS, OPT_QUIET,
-    OPT_DATA, OPT_OUT, OPT_PAIRS, OPT_CROP, OPT_TRAIN_CROPS, OPT_EVENTS
+    OPT_DATA, OPT_OUT, OPT_PAIRS, OPT_CROP, OPT_TRAIN_CROPS, OPT_EVENTS, OPT_DEVICE
 };
 
 #define TRAIN_OPTIONS                                                                             \
@@ -31,7 +31,7 @@ enum {
         {"checkpoint-every", 1, 0, OPT_CHECKPOINT_EVERY}, {"report", 1, 0, OPT_REPORT},           \
         {"threads", 1, 0, OPT_THREADS}, {"quiet", 0, 0, OPT_QUIET}, {"data", 1, 0, OPT_DATA},     \
         {"out", 1, 0, OPT_OUT}, {"pairs", 1, 0, OPT_PAIRS}, {"crop", 1, 0, OPT_CROP},              \
-        {"train-crops", 1, 0, OPT_TRAIN_CROPS}, {"events", 0, 0, OPT_EVENTS}
+        {"train-crops", 1, 0, OPT_TRAIN_CROPS}, {"events", 0, 0, OPT_EVENTS}, {"device", 1, 0, OPT_DEVICE}
 
 #define TRAIN_OPTIONS_HELP                                                                        \
     "training options (defaults in brackets):\n"                                                  \
@@ -49,6 +49,10 @@ enum {
     "                        --checkpoint-every N [100] steps and at the end\n"                   \
     "  --report DIR          report.json, curve.png, contact.png\n"                               \
     "  --threads T  --quiet\n"                                                                   \
+    "  --device D [auto]     auto|cpu|cuda (default $E2GAN_DEVICE, else auto): auto trains on\n" \
+    "                        the GPU when present and the run is supported there (LoRA\n"     \
+    "                        or full G, L1 only: --gan-weight 0), else on the CPU as\n"       \
+    "                        before; cuda refuses to fall back (docs/cuda.md)\n"                \
     "  --events              progress as JSON lines on stdout (for a supervising process)\n"
 
 typedef struct {
@@ -90,6 +94,9 @@ static int parse_train_option(int c, const char *arg, train_args *a) {
     case OPT_CROP: return cli_parse_long(arg, 8, 4096, &v) || v % 8 ? -1 : (a->pairs_opts.crop = (int)v, 1);
     case OPT_TRAIN_CROPS: return cli_parse_long(arg, 1, 1000000, &v) ? -1 : (a->pairs_opts.train_crops = (int)v, 1);
     case OPT_EVENTS: return o->events = stdout, 1;
+    case OPT_DEVICE:
+        if (strcmp(arg, "auto") && strcmp(arg, "cpu") && strcmp(arg, "cuda")) return -1;
+        return o->device = arg, 1;
     default: return 0;
     }
 }

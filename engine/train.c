@@ -5,7 +5,12 @@
  * adversarial gradient through the updated D; λ·L1; G backward into the
  * full parameters or into the adapter; Adam.  The batch of a step depends
  * only on (seed, step) and every kernel is deterministic for a thread
- * count, so a run resumed from a checkpoint ends where an unbroken one does. */
+ * count, so a run resumed from a checkpoint ends where an unbroken one does.
+ *
+ * On a GPU (opts->device) the same loop drives kernels/cuda_trainer.h:
+ * the batch of step k+1 is decoded into the other pinned slot and uploaded
+ * while step k runs; weights and Adam state come back to the host for
+ * evaluations, checkpoints and the end. */
 #include "train.h"
 
 #include <math.h>
@@ -23,6 +28,10 @@
 #include "ops.h"
 #include "report.h"
 #include "safetensors.h"
+#ifdef E2G_HAVE_CUDA
+#include "cuda_engine.h"
+#include "cuda_trainer.h"
+#endif
 
 #define DEFAULT_NDF 64
 
@@ -172,9 +181,17 @@ typedef struct {
     size_t n_logits;
     e2g_edit *edits;
     int *idx;
+#ifdef E2G_HAVE_CUDA
+    e2g_cuda_trainer *gpu;
+    int slot;         /* the pinned slot holding the next step's batch */
+    long staged_step; /* the step whose batch is in it, or -1 */
+#endif
 } trainer;
 
 static void trainer_free(trainer *tr) {
+#ifdef E2G_HAVE_CUDA
+    e2g_cuda_trainer_free(tr->gpu);
+#endif
     e2g_gen_acts_free(tr->acts);
     e2g_disc_acts_free(tr->dacts);
     if (tr->dlora) {
@@ -295,6 +312,82 @@ static step_losses train_step(trainer *tr, long step) {
     }
     e2g_adam_step(&tr->adam_g, tr->g_params, tr->g_grad, lr, o->beta1, o->beta2, 1e-8f);
     return L;
+}
+
+/* ---- the GPU backend ------------------------------------------------------------- */
+
+/* Where the steps run: 1 on the GPU (tr->gpu made), 0 on the CPU, -1 when
+ * the device was demanded and cannot be had (err says why). */
+static int choose_device(trainer *tr, char *err) {
+    const char *mode = tr->o->device ? tr->o->device : getenv("E2GAN_DEVICE");
+    if (!mode || !*mode) mode = "auto";
+    if (strcmp(mode, "cpu") == 0) return 0;
+    if (strcmp(mode, "auto") != 0 && strcmp(mode, "cuda") != 0)
+        return e2g_fail(err, "unknown device '%s' (auto, cpu or cuda)", mode);
+    int demanded = strcmp(mode, "cuda") == 0;
+    char why[E2G_ERR_LEN];
+#ifdef E2G_HAVE_CUDA
+    int present = e2g_cuda_device_present(why);
+    if (present && tr->gan) {
+        snprintf(why, sizeof why, "the GAN term (PatchGAN D) does not run on the GPU yet; use --gan-weight 0");
+    } else if (present) {
+        const e2g_model *m = tr->t->model;
+        if (e2g_cuda_trainer_new(&tr->gpu, &m->cfg, m->memory, tr->t->lora, tr->N, tr->S, why) == 0) {
+            tr->staged_step = -1;
+            if (!tr->o->quiet) fprintf(stderr, "training on CUDA device 0\n");
+            return 1;
+        }
+    }
+    if (!demanded) {
+        if (present && !tr->o->quiet) fprintf(stderr, "training on the CPU: %s\n", why);
+        return 0;
+    }
+#else
+    snprintf(why, sizeof why, "this build has no CUDA");
+    if (!demanded) return 0;
+#endif
+    return e2g_fail(err, "cannot train on CUDA: %s", why);
+}
+
+#ifdef E2G_HAVE_CUDA
+/* Decodes the batch of `step` into pinned slot s and starts its upload. */
+static int gpu_stage(trainer *tr, int s, long step, char *err) {
+    float *x, *tgt;
+    int *rows;
+    e2g_cuda_trainer_slot(tr->gpu, s, &x, &tgt, &rows);
+    e2g_dataset_batch(tr->data, tr->o->seed, step, tr->N, tr->idx);
+    e2g_pairs_to_tensors(tr->data, tr->idx, tr->N, x, tgt);
+    for (int j = 0; j < tr->N; j++) rows[j] = tr->map[tr->data->pairs[tr->idx[j]].concept];
+    return e2g_cuda_trainer_upload(tr->gpu, s, err);
+}
+
+/* One step on the GPU; the next step's batch is prepared while it runs. */
+static int gpu_step(trainer *tr, long step, step_losses *L, char *err) {
+    const e2g_train_opts *o = tr->o;
+    if (tr->staged_step != step && gpu_stage(tr, tr->slot, step, err)) return -1;
+    int s = tr->slot;
+    tr->adam_g.t++;
+    if (e2g_cuda_trainer_step(tr->gpu, s, o->lambda_l1, 1, tr->adam_g.t, step_lr(o, step), o->beta1, o->beta2,
+                              1e-8f, err))
+        return -1;
+    tr->slot ^= 1, tr->staged_step = -1;
+    if (step + 1 < o->steps) {
+        if (gpu_stage(tr, tr->slot, step + 1, err)) return -1;
+        tr->staged_step = step + 1;
+    }
+    memset(L, 0, sizeof *L);
+    return e2g_cuda_trainer_finish(tr->gpu, &L->l1, err);
+}
+#endif
+
+/* Brings the GPU's weights and Adam state to the host arrays (no-op on
+ * the CPU). */
+static int sync_host(trainer *tr, char *err) {
+#ifdef E2G_HAVE_CUDA
+    if (tr->gpu) return e2g_cuda_trainer_get(tr->gpu, tr->g_params, NULL, tr->adam_g.m, tr->adam_g.v, err);
+#endif
+    (void)tr, (void)err;
+    return 0;
 }
 
 /* ---- checkpoints ------------------------------------------------------------------ */
@@ -439,11 +532,22 @@ int e2g_train(e2g_train_target *target, const e2g_dataset *train, const e2g_data
     int rc = -1;
     if (!target->lora && map_concepts(target->model, train, tr.map, err)) goto out;
     if (o->checkpoint && load_checkpoint(&tr, &step, &wall, &history, err)) goto out;
+    int on_gpu = choose_device(&tr, err);
+    if (on_gpu < 0) goto out;
+#ifdef E2G_HAVE_CUDA
+    if (on_gpu && e2g_cuda_trainer_set(tr.gpu, tr.g_params, tr.adam_g.m, tr.adam_g.v, err)) goto out;
+#endif
     if (step) fprintf(stderr, "resuming at step %ld of %ld\n", step, o->steps);
     double t0 = now_seconds(), rate = 0;
     long first = step;
     while (step < o->steps) {
-        step_losses L = train_step(&tr, step);
+        step_losses L;
+#ifdef E2G_HAVE_CUDA
+        if (on_gpu) {
+            if (gpu_step(&tr, step, &L, err)) goto out;
+        } else
+#endif
+            L = train_step(&tr, step);
         step++;
         rate = (step - first) / (now_seconds() - t0);
         if (step % o->log_every == 0 || step == o->steps) {
@@ -455,11 +559,11 @@ int e2g_train(e2g_train_target *target, const e2g_dataset *train, const e2g_data
                                             "gan", L.gan, "d", L.d, "steps_per_s", rate, "eta_s",
                                             rate > 0 ? (o->steps - step) / rate : 0.0));
         }
-        if (val && o->eval_every > 0 && step % o->eval_every == 0 && step < o->steps)
-            evaluate_into(&tr, val, step, history, NULL);
-        if (o->checkpoint && (step % o->checkpoint_every == 0 || step == o->steps) &&
-            save_checkpoint(&tr, step, wall + now_seconds() - t0, history, err))
-            goto out;
+        int eval_now = val && o->eval_every > 0 && step % o->eval_every == 0 && step < o->steps;
+        int save_now = o->checkpoint && (step % o->checkpoint_every == 0 || step == o->steps);
+        if ((eval_now || save_now || step == o->steps) && sync_host(&tr, err)) goto out;
+        if (eval_now) evaluate_into(&tr, val, step, history, NULL);
+        if (save_now && save_checkpoint(&tr, step, wall + now_seconds() - t0, history, err)) goto out;
     }
     wall += now_seconds() - t0;
     char sheet[4096] = "";
@@ -467,11 +571,12 @@ int e2g_train(e2g_train_target *target, const e2g_dataset *train, const e2g_data
     if (val) evaluate_into(&tr, val, o->steps, history, o->report_dir ? sheet : NULL);
     if (o->report_dir) write_curve(o->report_dir, history);
     json_t *evals = json_object_get(history, "evals");
-    *report = json_pack("{s:{s:I,s:i,s:f,s:f,s:f,s:f,s:I},s:{s:f,s:I,s:i},s:O,s:O}",
+    *report = json_pack("{s:{s:I,s:i,s:f,s:f,s:f,s:f,s:I},s:{s:f,s:I,s:i,s:s},s:O,s:O}",
                         "options", "steps", (json_int_t)o->steps, "batch", o->batch, "lr", o->lr,
                         "lambda_l1", o->lambda_l1, "gan_weight", o->gan_weight, "decay_from",
                         o->decay_from, "seed", (json_int_t)o->seed, "budget", "wall_s", wall,
                         "samples", (json_int_t)(o->steps * o->batch), "threads", e2g_get_threads(),
+                        "device", on_gpu ? "cuda" : "cpu",
                         "history", history, "final",
                         json_array_size(evals) ? json_array_get(evals, json_array_size(evals) - 1)
                                                : json_null());

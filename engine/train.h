@@ -28,6 +28,8 @@ typedef struct {
     const char *checkpoint;  /* resume from / save to this file, or NULL */
     const char *report_dir;  /* report.json, curve.png, contact.png; or NULL */
     int quiet;               /* no progress line */
+    const char *device;      /* "auto" (NULL: $E2GAN_DEVICE, else auto), "cpu" or "cuda":
+                                where the steps run (see e2g_train) */
     FILE *events;            /* when set: one JSON object per line for each logged
                                 step and each evaluation (see e2g_train) */
 } e2g_train_opts;
@@ -44,7 +46,12 @@ typedef struct {
     e2g_lora *lora;
 } e2g_train_target;
 
-/* Runs the training.  With opts->events, writes (and flushes) a line per
+/* Runs the training.  opts->device "auto" trains on CUDA device 0 when the
+ * build has CUDA, a device answers and the GPU trainer supports the run
+ * (default form, no GAN term: docs/cuda.md), else exactly as on the CPU;
+ * "cuda" makes any of those an error; "cpu" never uses the GPU.  The GPU
+ * run is not bit-deterministic (atomic reductions); its losses follow the
+ * CPU's within bf16 rounding.  With opts->events, writes (and flushes) a line per
  * logged step, {"event":"step","step","steps","l1","gan","d","steps_per_s",
  * "eta_s"}, and per evaluation, {"event":"eval","step","psnr","ssim",
  * "identity_psnr"}, for a supervising process.  On success *report (a JSON object: options, budget,

@@ -27,20 +27,17 @@
 #include <vector>
 
 #include "cuda_engine.h"
+#include "cuda_conv.cuh"
 #include "cuda_kernels.cuh"
+#include "cuda_slots.cuh"
 
 extern "C" {
 #include "layers.h"
 }
 
-#define WS_BYTES ((size_t)256 << 20) /* cuDNN workspace: algorithms needing more are skipped */
 #define MAX_BUCKETS 4
 #define MAX_GRAPHS 8 /* per bucket */
 #define MAX_TERMS E2G_MAX_TERMS
-
-/* Weight slots: the 14 conv blocks (G_* order) then the linear layers,
- * q/k/v and cross k/v concatenated so each is one GEMM. */
-enum { S_SA_QKV = G_NCONV, S_SA_O, S_CA_Q, S_CA_KV, S_CA_O, S_FC1, S_FC2, N_SLOTS };
 
 struct slot {
     int cin, cin_pad, cout, cout_pad, k, stride, pad, reflect, phase, relu, skip;
@@ -56,15 +53,6 @@ struct site {
     float *master;
 };
 
-struct conv_plan {
-    int N, H, W, C, K, R, stride, pad;
-    cudnnTensorDescriptor_t x, y;
-    cudnnFilterDescriptor_t w;
-    cudnnConvolutionDescriptor_t conv;
-    cudnnConvolutionFwdAlgo_t algo;
-    size_t ws;
-    conv_plan *next;
-};
 
 struct dev_adapter {
     unsigned long long id, serial, last_used;
@@ -129,35 +117,17 @@ struct e2g_cuda_engine {
     int c4, heads, T;
     const e2g_gen_params *host;
     pthread_mutex_t mu;
-    cudaStream_t stream;
-    cudnnHandle_t dnn;
-    void *ws;
+    dnn_ctx dc; /* stream, cuDNN handle, workspace, conv plans */
     slot slots[N_SLOTS];
     site sites[E2G_N_CRUCIAL];
     void *weights;      /* one allocation: packed slots, biases, norms, masters */
     float *ln_w[3], *ln_b[3];
-    conv_plan *plans;
     bucket *buckets;
     dev_adapter *adapters;
     dev_merged *merges;
     size_t cache_budget, cache_bytes;
     unsigned long long tick, serial;
     int graphs_off;
-};
-
-static size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
-
-/* Bump allocation inside one device allocation: a counting pass with base
- * NULL, then the real one. */
-struct dev_arena {
-    char *base;
-    size_t used;
-    template <typename T>
-    T *take(size_t n) {
-        T *p = base ? (T *)(base + used) : NULL;
-        used += align256(n * sizeof(T));
-        return p;
-    }
 };
 
 /* ---- device presence ------------------------------------------------------------------ */
@@ -171,85 +141,6 @@ extern "C" int e2g_cuda_device_present(char *err) {
         return 0;
     }
     return 1;
-}
-
-/* ---- convolutions through cuDNN ------------------------------------------------------- */
-
-static void plan_destroy(conv_plan *p) {
-    cudnnDestroyTensorDescriptor(p->x);
-    cudnnDestroyTensorDescriptor(p->y);
-    cudnnDestroyFilterDescriptor(p->w);
-    cudnnDestroyConvolutionDescriptor(p->conv);
-    free(p);
-}
-
-/* The plan for this shape, created (descriptors + fastest algorithm by
- * measurement, using x, w, y as scratch) on first sight. */
-static int get_plan(e2g_cuda_engine *E, conv_plan **out, int N, int H, int W, int C, int K, int R,
-                    int stride, int pad, const bf16 *x, const bf16 *w, bf16 *y, char *err) {
-    for (conv_plan *p = E->plans; p; p = p->next)
-        if (p->N == N && p->H == H && p->W == W && p->C == C && p->K == K && p->R == R &&
-            p->stride == stride && p->pad == pad) {
-            *out = p;
-            return 0;
-        }
-    conv_plan *p = (conv_plan *)calloc(1, sizeof *p);
-    if (!p) return e2g_fail(err, "out of host memory");
-    p->N = N, p->H = H, p->W = W, p->C = C, p->K = K, p->R = R, p->stride = stride, p->pad = pad;
-    int Ho = (H + 2 * pad - R) / stride + 1, Wo = (W + 2 * pad - R) / stride + 1;
-    int rc = -1;
-    cudnnConvolutionFwdAlgoPerf_t perf[8];
-    int found = 0;
-    if (cudnnCreateTensorDescriptor(&p->x) || cudnnCreateTensorDescriptor(&p->y) ||
-        cudnnCreateFilterDescriptor(&p->w) || cudnnCreateConvolutionDescriptor(&p->conv)) {
-        e2g_fail(err, "CUDA: cannot create cuDNN descriptors");
-        goto out;
-    }
-#define PLAN_TRY(call)                                                                     \
-    do {                                                                                   \
-        cudnnStatus_t s_ = (call);                                                         \
-        if (s_ != CUDNN_STATUS_SUCCESS) {                                                  \
-            cuda_failed(err, #call, cudnnGetErrorString(s_), __FILE__, __LINE__);          \
-            goto out;                                                                      \
-        }                                                                                  \
-    } while (0)
-    PLAN_TRY(cudnnSetTensor4dDescriptor(p->x, CUDNN_TENSOR_NHWC, CUDNN_DATA_BFLOAT16, N, C, H, W));
-    PLAN_TRY(cudnnSetTensor4dDescriptor(p->y, CUDNN_TENSOR_NHWC, CUDNN_DATA_BFLOAT16, N, K, Ho, Wo));
-    PLAN_TRY(cudnnSetFilter4dDescriptor(p->w, CUDNN_DATA_BFLOAT16, CUDNN_TENSOR_NHWC, K, C, R, R));
-    PLAN_TRY(cudnnSetConvolution2dDescriptor(p->conv, pad, pad, stride, stride, 1, 1,
-                                             CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
-    PLAN_TRY(cudnnSetConvolutionMathType(p->conv, CUDNN_TENSOR_OP_MATH));
-    PLAN_TRY(cudnnFindConvolutionForwardAlgorithmEx(E->dnn, p->x, x, p->w, w, p->conv, p->y, y, 8,
-                                                    &found, perf, E->ws, WS_BYTES));
-    for (int i = 0; i < found; i++)
-        if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= WS_BYTES) {
-            p->algo = perf[i].algo, p->ws = perf[i].memory;
-            PLAN_TRY(cudnnSetConvolutionMathType(p->conv, perf[i].mathType));
-            rc = 0;
-            break;
-        }
-#undef PLAN_TRY
-    if (rc) e2g_fail(err, "CUDA: no cuDNN algorithm for conv %dx%dx%dx%d -> %d, k %d", N, H, W, C, K, R);
-out:
-    if (rc) {
-        plan_destroy(p);
-        return -1;
-    }
-    p->next = E->plans, E->plans = p;
-    *out = p;
-    return 0;
-}
-
-/* y = conv(x, w) for an NHWC input of N×H×W×C (already padded when the
- * layer reflects), K filters of R×R. */
-static int conv(e2g_cuda_engine *E, bf16 *y, const bf16 *x, const bf16 *w, int N, int H, int W,
-                int C, int K, int R, int stride, int pad, char *err) {
-    conv_plan *p;
-    TRY(get_plan(E, &p, N, H, W, C, K, R, stride, pad, x, w, y, err));
-    const float one = 1.0f, zero = 0.0f;
-    CUDNN_TRY(cudnnConvolutionForward(E->dnn, &one, p->x, x, p->w, w, p->conv, p->algo, E->ws, p->ws,
-                                      &zero, p->y, y));
-    return 0;
 }
 
 /* ---- engine creation -------------------------------------------------------------------- */
@@ -283,53 +174,17 @@ static void describe(e2g_cuda_engine *E) {
         sl->w_elems = sl->phase ? (size_t)4 * sl->cout_pad * 4 * sl->cin
                                 : (size_t)sl->cout_pad * sl->k * sl->k * sl->cin_pad;
     }
-    static const int conv_of[E2G_N_CRUCIAL] = {G_ENC1, G_ENC2, G_ENC3, G_DS, -1, -1, -1, -1, -1, -1,
-                                               -1, -1, -1, -1, G_US, G_DEC2, G_DEC1, G_OUT};
     for (int l = 0; l < E2G_N_CRUCIAL; l++) {
         e2g_layer_shape ls;
         e2g_crucial_shape(cfg, l, &ls);
         site *st = &E->sites[l];
+        int part;
         st->cout = ls.cout, st->cin = ls.cin, st->k = ls.k ? ls.k : 1, st->is_conv = ls.k > 0;
-        if (st->is_conv) {
-            st->slot = conv_of[l];
-        } else {
-            static const int lin_slot[] = {S_SA_QKV, S_SA_QKV, S_SA_QKV, S_SA_O, S_CA_Q, S_CA_KV,
-                                           S_CA_KV, S_CA_O, S_FC1, S_FC2};
-            static const int lin_row[] = {0, 1, 2, 0, 0, 0, 1, 0, 0, 0};
-            st->slot = lin_slot[l - E2G_L_SA_Q], st->row0 = lin_row[l - E2G_L_SA_Q] * c4;
-        }
+        crucial_slot(l, &st->slot, &part);
+        st->row0 = part * c4;
         st->phase = E->slots[st->slot].phase, st->cin_pad = E->slots[st->slot].cin_pad;
     }
 }
-
-/* Host pointers of each slot's per-layer weights (row blocks of a
- * concatenated slot in order) and biases. */
-static const float *slot_bias_part(const e2g_gen_params *p, int slot, int part) {
-    switch (slot) {
-    case S_SA_QKV: return p->self_attn[part].b;
-    case S_SA_O: return p->self_attn[E2G_O].b;
-    case S_CA_Q: return p->cross_attn[E2G_Q].b;
-    case S_CA_KV: return p->cross_attn[E2G_K + part].b;
-    case S_CA_O: return p->cross_attn[E2G_O].b;
-    case S_FC1: return p->fc1.b;
-    default: return p->fc2.b;
-    }
-}
-
-static const float *slot_weight_part(const e2g_gen_params *p, int slot, int part) {
-    switch (slot) {
-    case S_SA_QKV: return p->self_attn[part].w;
-    case S_SA_O: return p->self_attn[E2G_O].w;
-    case S_CA_Q: return p->cross_attn[E2G_Q].w;
-    case S_CA_KV: return p->cross_attn[E2G_K + part].w;
-    case S_CA_O: return p->cross_attn[E2G_O].w;
-    case S_FC1: return p->fc1.w;
-    case S_FC2: return p->fc2.w;
-    default: return gen_conv_params(p, slot)->w;
-    }
-}
-
-static int slot_parts(int slot) { return slot == S_SA_QKV ? 3 : slot == S_CA_KV ? 2 : 1; }
 
 /* Lays out (base NULL: counts) the weights allocation. */
 static void layout_weights(e2g_cuda_engine *E, dev_arena *ar) {
@@ -364,7 +219,7 @@ static int pack_slot(e2g_cuda_engine *E, bf16 *dst, int id, const float *const *
         a.cout_pad = parts > 1 ? rows : sl->cout_pad, a.cin_pad = sl->cin_pad, a.phase = sl->phase;
         a.n_terms = terms ? n_terms[part] : 0;
         for (int t = 0; t < a.n_terms; t++) a.terms[t] = terms[part][t];
-        TRY(pack_weights(a, E->stream, err));
+        TRY(pack_weights(a, E->dc.stream, err));
     }
     return 0;
 }
@@ -407,7 +262,7 @@ static int upload_weights(e2g_cuda_engine *E, char *err) {
             if (!rc) rc = upload(sl->beta, gen_conv_params(p, id)->norm_b, sl->cout * sizeof(float), err);
         }
         if (!rc) rc = pack_slot(E, sl->w, id, dev_parts, NULL, NULL, err);
-        if (!rc) rc = cudaStreamSynchronize(E->stream) ? e2g_fail(err, "CUDA: packing weights failed") : 0;
+        if (!rc) rc = cudaStreamSynchronize(E->dc.stream) ? e2g_fail(err, "CUDA: packing weights failed") : 0;
     }
     for (int i = 0; i < 3 && !rc; i++) {
         rc = upload(E->ln_w[i], p->ln_w[i], E->c4 * sizeof(float), err);
@@ -417,7 +272,7 @@ static int upload_weights(e2g_cuda_engine *E, char *err) {
     return rc;
 }
 
-static int check_config(const e2g_gen_config *cfg, char *err) {
+extern "C" int e2g_cuda_check_config(const e2g_gen_config *cfg, char *err) {
     int c4 = e2g_gen_c4(cfg);
     if (cfg->norm_ends) return e2g_fail(err, "the paper-like form (norm_ends) runs on the CPU only");
     if (cfg->ngf % 8) return e2g_fail(err, "ngf %d is not a multiple of 8 (bf16 vector width)", cfg->ngf);
@@ -427,26 +282,17 @@ static int check_config(const e2g_gen_config *cfg, char *err) {
     return 0;
 }
 
-/* Stream, cuDNN handle and workspace: what running a convolution needs. */
+/* The mutex and the cuDNN context. */
 static int core_init(e2g_cuda_engine *E, char *err) {
     pthread_mutex_init(&E->mu, NULL);
-    CUDA_TRY(cudaSetDevice(0));
-    CUDA_TRY(cudaStreamCreateWithFlags(&E->stream, cudaStreamNonBlocking));
-    CUDNN_TRY(cudnnCreate(&E->dnn));
-    CUDNN_TRY(cudnnSetStream(E->dnn, E->stream));
-    CUDA_TRY(cudaMalloc(&E->ws, WS_BYTES));
-    cudaMemPool_t pool;
-    unsigned long long keep = ~0ull;
-    CUDA_TRY(cudaDeviceGetDefaultMemPool(&pool, 0));
-    CUDA_TRY(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
-    return 0;
+    return dnn_init(&E->dc, err);
 }
 
 extern "C" int e2g_cuda_engine_new(e2g_cuda_engine **out, const e2g_gen_config *cfg,
                                    const e2g_gen_params *p, size_t adapter_cache_bytes, char *err) {
     *out = NULL;
     if (!e2g_cuda_device_present(err)) return -1;
-    TRY(check_config(cfg, err));
+    TRY(e2g_cuda_check_config(cfg, err));
     e2g_cuda_engine *E = new (std::nothrow) e2g_cuda_engine();
     if (!E) return e2g_fail(err, "out of host memory");
     E->cfg = *cfg, E->host = p, E->c4 = e2g_gen_c4(cfg), E->heads = e2g_gen_heads(cfg);
@@ -479,13 +325,13 @@ out:
  * memory (release threshold: never), so a switch-in allocates in
  * microseconds instead of cudaMalloc's hundreds. */
 static void adapter_free(e2g_cuda_engine *E, dev_adapter *a) {
-    if (a->mem) cudaFreeAsync(a->mem, E->stream);
-    if (a->packed) cudaFreeAsync(a->packed, E->stream);
+    if (a->mem) cudaFreeAsync(a->mem, E->dc.stream);
+    if (a->packed) cudaFreeAsync(a->packed, E->dc.stream);
     delete a;
 }
 
 static void merged_free(e2g_cuda_engine *E, dev_merged *m) {
-    if (m->mem) cudaFreeAsync(m->mem, E->stream);
+    if (m->mem) cudaFreeAsync(m->mem, E->dc.stream);
     delete m;
 }
 
@@ -538,12 +384,12 @@ static int adapter_get(e2g_cuda_engine *E, const e2g_lora *l, dev_adapter **out,
         if (st->is_conv) packed += st->phase ? (size_t)4 * a->R[i] * 4 * st->cin : (size_t)a->R[i] * st->k * st->k * st->cin_pad;
     }
     int rc = 0;
-    if (cudaMallocAsync((void **)&a->mem, l->numel * sizeof(float), E->stream) != cudaSuccess ||
-        (packed && cudaMallocAsync((void **)&a->packed, packed * sizeof(bf16), E->stream) != cudaSuccess)) {
+    if (cudaMallocAsync((void **)&a->mem, l->numel * sizeof(float), E->dc.stream) != cudaSuccess ||
+        (packed && cudaMallocAsync((void **)&a->packed, packed * sizeof(bf16), E->dc.stream) != cudaSuccess)) {
         cudaGetLastError();
         rc = e2g_fail(err, "CUDA: out of memory for an adapter of %zu bytes", l->numel * sizeof(float));
     }
-    if (!rc && cudaMemcpyAsync(a->mem, l->memory, l->numel * sizeof(float), cudaMemcpyHostToDevice, E->stream) != cudaSuccess)
+    if (!rc && cudaMemcpyAsync(a->mem, l->memory, l->numel * sizeof(float), cudaMemcpyHostToDevice, E->dc.stream) != cudaSuccess)
         rc = e2g_fail(err, "CUDA: adapter upload failed");
     bf16 *pk = a->packed;
     for (int i = 0; i < E2G_N_CRUCIAL && !rc; i++) {
@@ -555,7 +401,7 @@ static int adapter_get(e2g_cuda_engine *E, const e2g_lora *l, dev_adapter **out,
         pa.dst = a->convA[i] = pk, pa.base = a->A[i];
         pa.cout = l->rank[i], pa.cin = st->cin, pa.k = st->k, pa.cout_pad = a->R[i];
         pa.cin_pad = st->cin_pad, pa.phase = st->phase;
-        rc = pack_weights(pa, E->stream, err);
+        rc = pack_weights(pa, E->dc.stream, err);
         pk += st->phase ? (size_t)4 * a->R[i] * 4 * st->cin : (size_t)a->R[i] * st->k * st->k * st->cin_pad;
     }
     if (rc) {
@@ -592,7 +438,7 @@ static int merged_get(e2g_cuda_engine *E, const e2g_lora_term *terms, int n_term
             if (terms[t].lora->rank[l]) touched[E->sites[l].slot] = 1;
     for (int s = 0; s < N_SLOTS; s++)
         if (touched[s]) elems += align256(E->slots[s].w_elems * sizeof(bf16)) / sizeof(bf16);
-    if (elems && cudaMallocAsync((void **)&m->mem, elems * sizeof(bf16), E->stream) != cudaSuccess) {
+    if (elems && cudaMallocAsync((void **)&m->mem, elems * sizeof(bf16), E->dc.stream) != cudaSuccess) {
         cudaGetLastError();
         delete m;
         return e2g_fail(err, "CUDA: out of memory for merged weights");
@@ -837,13 +683,13 @@ static int lora_conv(e2g_cuda_engine *E, bucket *B, const run_plan *rp, int l, c
             const lora_entry &e = B->table_host[((size_t)l * MAX_TERMS + t) * B->N + sg.n0];
             bf16 *h = B->hbuf + e.h_off;
             if (sl->phase)
-                TRY(conv(E, h, in.p + sg.n0 * per_in, sg.a->convA[l], sg.cnt, Hp, Wp, in.C, 4 * e.R, 2, 1, 1, err));
+                TRY(conv_fwd(&E->dc, h, in.p + sg.n0 * per_in, sg.a->convA[l], sg.cnt, Hp, Wp, in.C, 4 * e.R, 2, 1, 1, err));
             else
-                TRY(conv(E, h, in.p + sg.n0 * per_in, sg.a->convA[l], sg.cnt, Hp, Wp, in.C, e.R, sl->k,
+                TRY(conv_fwd(&E->dc, h, in.p + sg.n0 * per_in, sg.a->convA[l], sg.cnt, Hp, Wp, in.C, e.R, sl->k,
                          sl->stride, sl->reflect ? 0 : sl->pad, err));
         }
         TRY(lora_conv_expand(raw, Cs, sl->cout, sl->phase ? 4 : 1, B->hbuf, table_of(B, l, t), B->N, P,
-                             E->stream, err));
+                             E->dc.stream, err));
     }
     return 0;
 }
@@ -856,11 +702,11 @@ static int conv_block(e2g_cuda_engine *E, bucket *B, const run_plan *rp, int id,
     int N = B->N, Hp = in.H + 2 * in.pad, Wp = in.W + 2 * in.pad, Ho, Wo, Cs;
     size_t P;
     if (sl->phase) {
-        TRY(conv(E, B->cbuf, in.p, slot_w(E, rp, id), N, Hp, Wp, in.C, 4 * sl->cout_pad, 2, 1, 1, err));
+        TRY(conv_fwd(&E->dc, B->cbuf, in.p, slot_w(E, rp, id), N, Hp, Wp, in.C, 4 * sl->cout_pad, 2, 1, 1, err));
         Ho = 2 * in.H, Wo = 2 * in.W, Cs = 4 * sl->cout_pad, P = (size_t)(in.H + 1) * (in.W + 1);
     } else {
         int pad = sl->reflect ? 0 : sl->pad;
-        TRY(conv(E, B->cbuf, in.p, slot_w(E, rp, id), N, Hp, Wp, in.C, sl->cout_pad, sl->k, sl->stride, pad, err));
+        TRY(conv_fwd(&E->dc, B->cbuf, in.p, slot_w(E, rp, id), N, Hp, Wp, in.C, sl->cout_pad, sl->k, sl->stride, pad, err));
         Ho = (Hp + 2 * pad - sl->k) / sl->stride + 1, Wo = (Wp + 2 * pad - sl->k) / sl->stride + 1;
         Cs = sl->cout_pad, P = (size_t)Ho * Wo;
     }
@@ -869,16 +715,16 @@ static int conv_block(e2g_cuda_engine *E, bucket *B, const run_plan *rp, int id,
             TRY(lora_conv(E, B, rp, l, in, B->cbuf, Cs, P, err));
     if (id == G_OUT)
         return output_layer(B->y32, B->cbuf, Cs, sl->bias, B->x32, E->cfg.residual_out, (size_t)N * Ho * Wo,
-                            E->stream, err);
+                            E->dc.stream, err);
     conv_out src = {B->cbuf, N, Ho, Wo, sl->cout, Cs, sl->phase};
     epilogue_args a = {};
     a.src = src, a.bias = sl->bias, a.relu = sl->relu, a.dst = dst;
     if (sl->gamma) {
-        TRY(block_stats(B->sums, src, E->stream, err));
+        TRY(block_stats(B->sums, src, E->dc.stream, err));
         a.sums = B->sums, a.gamma = sl->gamma, a.beta = sl->beta;
     }
     if (add) a.add = *add;
-    return block_epilogue(a, E->stream, err);
+    return block_epilogue(a, E->dc.stream, err);
 }
 
 /* A linear layer as a 1×1 convolution over M rows, plus its LoRA for the
@@ -887,7 +733,7 @@ static int linear(e2g_cuda_engine *E, bucket *B, const run_plan *rp, int id, bf1
                   int rows_per_sample, char *err) {
     const slot *sl = &E->slots[id];
     int N = B->N;
-    TRY(conv(E, out, in, slot_w(E, rp, id), 1, N * rows_per_sample, 1, sl->cin, sl->cout, 1, 1, 0, err));
+    TRY(conv_fwd(&E->dc, out, in, slot_w(E, rp, id), 1, N * rows_per_sample, 1, sl->cin, sl->cout, 1, 1, 0, err));
     if (rp->merged) return 0;
     for (int l = 0; l < E2G_N_CRUCIAL; l++) {
         const site *st = &E->sites[l];
@@ -895,7 +741,7 @@ static int linear(e2g_cuda_engine *E, bucket *B, const run_plan *rp, int id, bf1
         for (int t = 0; t < MAX_TERMS; t++)
             if (!rp->seg[l][t].empty())
                 TRY(lora_linear(out, sl->cout, st->row0, in, sl->cin, st->cin, st->cout, table_of(B, l, t), N,
-                                rows_per_sample, E->stream, err));
+                                rows_per_sample, E->dc.stream, err));
     }
     return 0;
 }
@@ -903,7 +749,7 @@ static int linear(e2g_cuda_engine *E, bucket *B, const run_plan *rp, int id, bf1
 static int transformer(e2g_cuda_engine *E, bucket *B, const run_plan *rp, char *err) {
     int N = B->N, L = (B->H / 8) * (B->W / 8), c4 = E->c4, T = E->T;
     size_t M = (size_t)N * L;
-    cudaStream_t s = E->stream;
+    cudaStream_t s = E->dc.stream;
     const slot *S = E->slots;
     TRY(residual_layernorm(NULL, NULL, B->u, B->t0.p, NULL, NULL, NULL, E->ln_w[0], E->ln_b[0], M, c4, s, err));
     TRY(linear(E, B, rp, S_SA_QKV, B->qkv, B->u, L, err));
@@ -931,7 +777,7 @@ static int transformer(e2g_cuda_engine *E, bucket *B, const run_plan *rp, char *
 /* The whole generator from B->x32 and B->ctx32 into B->y32, enqueued. */
 static int forward(e2g_cuda_engine *E, bucket *B, const run_plan *rp, char *err) {
     int skips = E->cfg.unet_skips;
-    TRY(prep_input(B->xin, B->x32, E->stream, err));
+    TRY(prep_input(B->xin, B->x32, E->dc.stream, err));
     TRY(conv_block(E, B, rp, G_ENC1, B->xin, B->e1, NULL, err));
     TRY(conv_block(E, B, rp, G_ENC2, B->e1, B->e2, NULL, err));
     TRY(conv_block(E, B, rp, G_ENC3, B->e2, B->r0, NULL, err));
@@ -972,9 +818,9 @@ static int launch(e2g_cuda_engine *E, bucket *B, const run_plan *rp, char *err) 
     g->last_used = E->tick;
     if (!g->exec) {
         cudaGraph_t graph = NULL;
-        CUDA_TRY(cudaStreamBeginCapture(E->stream, cudaStreamCaptureModeThreadLocal));
+        CUDA_TRY(cudaStreamBeginCapture(E->dc.stream, cudaStreamCaptureModeThreadLocal));
         int rc = forward(E, B, rp, err);
-        cudaError_t end = cudaStreamEndCapture(E->stream, &graph);
+        cudaError_t end = cudaStreamEndCapture(E->dc.stream, &graph);
         if (rc == 0 && end == cudaSuccess && graph)
             end = cudaGraphInstantiate(&g->exec, graph, 0);
         if (graph) cudaGraphDestroy(graph);
@@ -988,7 +834,7 @@ static int launch(e2g_cuda_engine *E, bucket *B, const run_plan *rp, char *err) 
             return forward(E, B, rp, err);
         }
     }
-    CUDA_TRY(cudaGraphLaunch(g->exec, E->stream));
+    CUDA_TRY(cudaGraphLaunch(g->exec, E->dc.stream));
     return 0;
 }
 
@@ -1003,16 +849,16 @@ static int prepare_batch(e2g_cuda_engine *E, bucket **Bout, run_plan *rp, const 
     TRY(fill_tables(E, B, rp, edits, err));
     size_t one = (size_t)E->T * E->c4;
     for (int n = 0; n < N; n++) memcpy(B->ctx_host + n * one, edits[n].context, one * sizeof(float));
-    CUDA_TRY(cudaMemcpyAsync(B->ctx32, B->ctx_host, N * one * sizeof(float), cudaMemcpyHostToDevice, E->stream));
+    CUDA_TRY(cudaMemcpyAsync(B->ctx32, B->ctx_host, N * one * sizeof(float), cudaMemcpyHostToDevice, E->dc.stream));
     CUDA_TRY(cudaMemcpyAsync(B->table_dev, B->table_host, (size_t)E2G_N_CRUCIAL * MAX_TERMS * N * sizeof(lora_entry),
-                             cudaMemcpyHostToDevice, E->stream));
+                             cudaMemcpyHostToDevice, E->dc.stream));
     *Bout = B;
     return 0;
 }
 
 /* After a failure: wait for what was queued and clear non-sticky errors. */
 static void recover(e2g_cuda_engine *E) {
-    cudaStreamSynchronize(E->stream);
+    cudaStreamSynchronize(E->dc.stream);
     cudaGetLastError();
 }
 
@@ -1025,13 +871,13 @@ extern "C" int e2g_cuda_engine_run(e2g_cuda_engine *E, float *y, const float *x,
     int rc = prepare_batch(E, &B, &rp, edits, N, H, W, merged, err);
     if (!rc) {
         memcpy(B->x_host, x, img);
-        rc = cudaMemcpyAsync(B->x32, B->x_host, img, cudaMemcpyHostToDevice, E->stream) != cudaSuccess
+        rc = cudaMemcpyAsync(B->x32, B->x_host, img, cudaMemcpyHostToDevice, E->dc.stream) != cudaSuccess
                  ? e2g_fail(err, "CUDA: input upload failed") : 0;
     }
     if (!rc) rc = launch(E, B, &rp, err);
     if (!rc) {
-        cudaError_t e = cudaMemcpyAsync(B->y_host, B->y32, img, cudaMemcpyDeviceToHost, E->stream);
-        if (e == cudaSuccess) e = cudaStreamSynchronize(E->stream);
+        cudaError_t e = cudaMemcpyAsync(B->y_host, B->y32, img, cudaMemcpyDeviceToHost, E->dc.stream);
+        if (e == cudaSuccess) e = cudaStreamSynchronize(E->dc.stream);
         if (e != cudaSuccess) rc = e2g_fail(err, "CUDA: forward failed: %s", cudaGetErrorString(e));
     }
     if (!rc) memcpy(y, B->y_host, img);
@@ -1056,14 +902,14 @@ extern "C" int e2g_cuda_engine_time(e2g_cuda_engine *E, const e2g_edit *edits, i
             s = s * 1664525u + 1013904223u;
             B->x_host[i] = (float)(s >> 8) / 8388608.0f - 1.0f;
         }
-        rc = cudaMemcpyAsync(B->x32, B->x_host, n * sizeof(float), cudaMemcpyHostToDevice, E->stream) ||
+        rc = cudaMemcpyAsync(B->x32, B->x_host, n * sizeof(float), cudaMemcpyHostToDevice, E->dc.stream) ||
                      cudaEventCreate(&t0) || cudaEventCreate(&t1)
                  ? e2g_fail(err, "CUDA: benchmark setup failed") : 0;
     }
     for (int i = -3; i < iters && !rc; i++) { /* three warm-ups: algorithms, capture, replay */
-        rc = cudaEventRecord(t0, E->stream) ? e2g_fail(err, "CUDA: event failed") : 0;
+        rc = cudaEventRecord(t0, E->dc.stream) ? e2g_fail(err, "CUDA: event failed") : 0;
         if (!rc) rc = launch(E, B, &rp, err);
-        if (!rc && (cudaEventRecord(t1, E->stream) || cudaEventSynchronize(t1)))
+        if (!rc && (cudaEventRecord(t1, E->dc.stream) || cudaEventSynchronize(t1)))
             rc = e2g_fail(err, "CUDA: forward failed: %s", cudaGetErrorString(cudaGetLastError()));
         float t = 0;
         if (!rc && i >= 0 && cudaEventElapsedTime(&t, t0, t1) == cudaSuccess) times.push_back(t);
@@ -1085,7 +931,7 @@ extern "C" int e2g_cuda_engine_prepare(e2g_cuda_engine *E, const e2g_edit *edits
     pthread_mutex_lock(&E->mu);
     run_plan rp;
     int rc = plan_run(E, &rp, edits, N, merged, err);
-    if (!rc && cudaStreamSynchronize(E->stream) != cudaSuccess) rc = e2g_fail(err, "CUDA: adapter switch failed");
+    if (!rc && cudaStreamSynchronize(E->dc.stream) != cudaSuccess) rc = e2g_fail(err, "CUDA: adapter switch failed");
     if (rc) recover(E);
     evict(E);
     pthread_mutex_unlock(&E->mu);
@@ -1094,7 +940,7 @@ extern "C" int e2g_cuda_engine_prepare(e2g_cuda_engine *E, const e2g_edit *edits
 
 extern "C" void e2g_cuda_engine_drop_adapters(e2g_cuda_engine *E) {
     pthread_mutex_lock(&E->mu);
-    cudaStreamSynchronize(E->stream);
+    cudaStreamSynchronize(E->dc.stream);
     for (bucket *b = E->buckets; b; b = b->next) graphs_clear(b); /* they point at the weights */
     while (E->adapters) {
         dev_adapter *a = E->adapters;
@@ -1119,7 +965,7 @@ extern "C" void e2g_cuda_engine_cache_stats(const e2g_cuda_engine *E, size_t *by
 
 extern "C" void e2g_cuda_engine_free(e2g_cuda_engine *E) {
     if (!E) return;
-    if (E->stream) cudaStreamSynchronize(E->stream);
+    if (E->dc.stream) cudaStreamSynchronize(E->dc.stream);
     while (E->buckets) {
         bucket *b = E->buckets;
         E->buckets = b->next;
@@ -1127,15 +973,8 @@ extern "C" void e2g_cuda_engine_free(e2g_cuda_engine *E) {
     }
     E->cache_budget = 0, E->tick++;
     evict(E);
-    while (E->plans) {
-        conv_plan *p = E->plans;
-        E->plans = p->next;
-        plan_destroy(p);
-    }
     cudaFree(E->weights);
-    cudaFree(E->ws);
-    if (E->dnn) cudnnDestroy(E->dnn);
-    if (E->stream) cudaStreamDestroy(E->stream);
+    dnn_free(&E->dc);
     pthread_mutex_destroy(&E->mu);
     cudaGetLastError();
     delete E;
@@ -1164,26 +1003,26 @@ static int check_conv_on(e2g_cuda_engine *E, std::vector<void *> &bufs, float *o
     CUDA_TRY(cudaMemcpy(w32, w, nw * 4, cudaMemcpyHostToDevice));
     CUDA_TRY(cudaMemset(b32, 0, cout * 4));
     if (bias) CUDA_TRY(cudaMemcpy(b32, bias, cout * 4, cudaMemcpyHostToDevice));
-    TRY(f32_to_bf16(x16, x32, nx, E->stream, err));
+    TRY(f32_to_bf16(x16, x32, nx, E->dc.stream, err));
     epilogue_args pad = {}; /* the engine's way to reflect-pad: an epilogue with nothing to do */
     pad.src = {x16, N, H, W, cin, cin, 0};
     pad.dst = {xp, N, H, W, cin, p};
-    TRY(block_epilogue(pad, E->stream, err));
+    TRY(block_epilogue(pad, E->dc.stream, err));
     pack_args pa = {};
     pa.dst = wpk, pa.base = w32, pa.cout = cout, pa.cin = cin, pa.k = k, pa.cout_pad = cout, pa.cin_pad = cin;
     pa.phase = upsample;
-    TRY(pack_weights(pa, E->stream, err));
+    TRY(pack_weights(pa, E->dc.stream, err));
     if (upsample)
-        TRY(conv(E, raw, xp, wpk, N, H, W, cin, 4 * cout, 2, 1, 1, err));
+        TRY(conv_fwd(&E->dc, raw, xp, wpk, N, H, W, cin, 4 * cout, 2, 1, 1, err));
     else
-        TRY(conv(E, raw, xp, wpk, N, H + 2 * p, W + 2 * p, cin, cout, k, cs->stride, reflect ? 0 : cs->pad, err));
+        TRY(conv_fwd(&E->dc, raw, xp, wpk, N, H + 2 * p, W + 2 * p, cin, cout, k, cs->stride, reflect ? 0 : cs->pad, err));
     epilogue_args ep = {};
     ep.src = {raw, N, Ho, Wo, cout, upsample ? 4 * cout : cout, upsample};
     ep.bias = b32;
     ep.dst = {y16, N, Ho, Wo, cout, 0};
-    TRY(block_epilogue(ep, E->stream, err));
-    TRY(bf16_to_f32(y32, y16, ny, E->stream, err));
-    CUDA_TRY(cudaStreamSynchronize(E->stream));
+    TRY(block_epilogue(ep, E->dc.stream, err));
+    TRY(bf16_to_f32(y32, y16, ny, E->dc.stream, err));
+    CUDA_TRY(cudaStreamSynchronize(E->dc.stream));
     CUDA_TRY(cudaMemcpy(out, y32, ny * 4, cudaMemcpyDeviceToHost));
     return 0;
 }
@@ -1197,7 +1036,7 @@ extern "C" int e2g_cuda_check_conv(float *out, const float *x, const float *w, c
     std::vector<void *> bufs;
     int rc = core_init(E, err);
     if (!rc) rc = check_conv_on(E, bufs, out, x, w, bias, N, H, W, cs, upsample, err);
-    if (E->stream) cudaStreamSynchronize(E->stream);
+    if (E->dc.stream) cudaStreamSynchronize(E->dc.stream);
     for (void *p : bufs) cudaFree(p);
     e2g_cuda_engine_free(E);
     return rc;

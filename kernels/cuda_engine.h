@@ -22,6 +22,10 @@ typedef struct e2g_cuda_engine e2g_cuda_engine;
 /* Whether device 0 is usable: 1 yes, 0 no device (err says why). */
 int e2g_cuda_device_present(char *err);
 
+/* 0 when the GPU code (inference and training) supports the generator
+ * configuration cfg, else -1 with the reason in err. */
+int e2g_cuda_check_config(const e2g_gen_config *cfg, char *err);
+
 /* Uploads the weights p of a generator cfg to device 0 and prepares the
  * engine; the caller must keep p unchanged while the engine lives.
  * adapter_cache_bytes bounds the device memory of cached adapters and

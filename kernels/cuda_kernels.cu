@@ -11,16 +11,6 @@
 
 /* ---- conv block: statistics and epilogue ------------------------------------ */
 
-__device__ __forceinline__ size_t conv_out_index(const conv_out &s, int n, int y, int x, int c) {
-    if (!s.phase) return (((size_t)n * s.H + y) * s.W + x) * s.Cs + c;
-    int a = y & 1, b = x & 1, Hg = s.H / 2 + 1, Wg = s.W / 2 + 1;
-    return (((size_t)n * Hg + (y >> 1) + a) * Wg + (x >> 1) + b) * s.Cs + (2 * a + b) * s.C + c;
-}
-
-__device__ __forceinline__ size_t view_index(const tview &v, int n, int y, int x) {
-    return (((size_t)n * (v.H + 2 * v.pad) + y + v.pad) * (v.W + 2 * v.pad) + x + v.pad) * v.C;
-}
-
 /* Block (chunk, n): 256 threads as lanes × C/8 channel groups; each thread
  * sums 8 channels over a strided set of pixels, the block reduces in shared
  * memory and adds into sums (zeroed by the caller). */
@@ -152,10 +142,6 @@ int output_layer(float *y, const bf16 *o, int Cs, const float *bias, const float
 }
 
 /* ---- transformer block pieces --------------------------------------------------- */
-
-__device__ __forceinline__ float gelu_tanh(float v) {
-    return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
-}
 
 __global__ void bias_act_kernel(bf16 *x, const float *bias, int gelu, size_t M, int C) {
     int G = C / 8;

@@ -26,6 +26,22 @@ struct conv_out {
     int N, H, W, C, Cs, phase; /* H, W: the block's output size */
 };
 
+/* Element (n, y, x, c) of a conv output, and pixel (n, y, x) of a view. */
+__device__ __forceinline__ size_t conv_out_index(const conv_out &s, int n, int y, int x, int c) {
+    if (!s.phase) return (((size_t)n * s.H + y) * s.W + x) * s.Cs + c;
+    int a = y & 1, b = x & 1, Hg = s.H / 2 + 1, Wg = s.W / 2 + 1;
+    return (((size_t)n * Hg + (y >> 1) + a) * Wg + (x >> 1) + b) * s.Cs + (2 * a + b) * s.C + c;
+}
+
+__device__ __forceinline__ size_t view_index(const tview &v, int n, int y, int x) {
+    return (((size_t)n * (v.H + 2 * v.pad) + y + v.pad) * (v.W + 2 * v.pad) + x + v.pad) * v.C;
+}
+
+__device__ __forceinline__ float gelu_tanh(float v) {
+    return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+}
+
+
 /* The conv block epilogue, one pass over the conv output:
  * v = conv (+ bias); instance norm (stats from block_stats); ReLU; + add.
  * bias, norm (sums) and add.p may each be NULL/absent. */

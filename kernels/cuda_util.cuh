@@ -80,4 +80,19 @@ __device__ __forceinline__ int reflect_dev(int i, int n) {
     return i;
 }
 
+static inline size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
+
+/* Bump allocation inside one device allocation: a counting pass with base
+ * NULL, then the real one. */
+struct dev_arena {
+    char *base;
+    size_t used;
+    template <typename T>
+    T *take(size_t n) {
+        T *p = base ? (T *)(base + used) : NULL;
+        used += align256(n * sizeof(T));
+        return p;
+    }
+};
+
 #endif

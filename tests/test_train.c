@@ -3,7 +3,9 @@
  * SIGKILL and restarted from its checkpoint ends with exactly the weights of
  * an unbroken run; runs are deterministic for a seed; training improves the
  * validation PSNR; fine-tuning writes an adapter the engine loads and edits
- * with; bad options and data are refused with a message. */
+ * with; bad options and data are refused with a message; without a GPU,
+ * --device auto trains on the CPU exactly as --device cpu and --device cuda
+ * is refused. */
 #include <check.h>
 #include <jansson.h>
 #include <signal.h>
@@ -17,6 +19,9 @@
 
 #include "common.h"
 #include "safetensors.h"
+#ifdef E2G_HAVE_CUDA
+#include "cuda_engine.h"
+#endif
 #include "testutil.h"
 
 static char dir[256];
@@ -257,6 +262,49 @@ START_TEST(test_bad_options) {
 }
 END_TEST
 
+/* The device choice of training.  Without a GPU (CI): --device auto gives
+ * the weights of --device cpu bit for bit (full G and LoRA) and --device
+ * cuda is refused with a message.  With one, --device cuda must train. */
+START_TEST(test_device_fallback) {
+    char msg[E2G_ERR_LEN];
+    int gpu = 0;
+#ifdef E2G_HAVE_CUDA
+    gpu = e2g_cuda_device_present(msg);
+#endif
+    if (gpu) {
+        ck_assert_int_eq(sh("%s train " TRAIN_ARGS " --concepts sepia --steps 5 --gan-weight 0 --device cuda "
+                            "--out %s/dev_cuda.safetensors 2>/dev/null", test_bin(), dir, dir),
+                         0);
+        return;
+    }
+    const char *runs[][2] = {{"train", "--ngf 8 --concepts sepia"},
+                             {"finetune", "--model %s/dev_cpu_train.safetensors --concept negate --rank 2"}};
+    for (int i = 0; i < 2; i++) {
+        char extra[512];
+        snprintf(extra, sizeof extra, runs[i][1], dir);
+        for (int d = 0; d < 2; d++) {
+            const char *dev = d ? "auto" : "cpu";
+            ck_assert_int_eq(sh("%s %s --data %s/ds --batch 4 --threads 2 --quiet --eval-pairs 8 %s --steps 6 "
+                                "--gan-weight 0 --device %s --out %s/dev_%s_%s.safetensors 2>%s/dev.log",
+                                test_bin(), runs[i][0], dir, extra, dev, dir, dev, runs[i][0], dir),
+                             0);
+            ck_assert_int_eq(sh("grep -q 'training on CUDA' %s/dev.log", dir), 1);
+        }
+        char a[300], b[300];
+        snprintf(a, sizeof a, "%s/dev_cpu_%s.safetensors", dir, runs[i][0]);
+        snprintf(b, sizeof b, "%s/dev_auto_%s.safetensors", dir, runs[i][0]);
+        ck_assert_msg(same_weights(a, b), "%s: --device auto differs from --device cpu", runs[i][0]);
+    }
+    ck_assert_int_eq(sh("%s train " TRAIN_ARGS " --concepts sepia --steps 2 --gan-weight 0 --device cuda "
+                        "--out %s/dev_x.safetensors 2>%s/dev.log",
+                        test_bin(), dir, dir, dir),
+                     1);
+    ck_assert_int_eq(sh("grep -q 'cannot train on CUDA' %s/dev.log", dir), 0);
+    ck_assert_int_eq(sh("test -e %s/dev_x.safetensors", dir), 1);
+    (void)msg;
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("train");
     TCase *tc = tcase_create("train");
@@ -268,6 +316,7 @@ int main(void) {
     tcase_add_test(tc, test_finetune);
     tcase_add_test(tc, test_rank_search_and_reduction);
     tcase_add_test(tc, test_bad_options);
+    tcase_add_test(tc, test_device_fallback);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }

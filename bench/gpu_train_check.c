@@ -1,0 +1,212 @@
+/* gpu_train_check.c — e2gan-gpu-train-check: proves the GPU trainer's
+ * gradients against the CPU engine's and times its step.  Links the engine
+ * only, so it runs on the GPU machine; bench/gpu-train-check.sh drives it.
+ *
+ *   e2gan-gpu-train-check grads [NGF S N]
+ *        one step's gradient on random weights and inputs, full G and LoRA
+ *        (rank 4 on every crucial layer, B nonzero), every parameter tensor
+ *        against e2g_gen_backward: cosine ≥ 0.99 and max |gpu − cpu| ≤
+ *        0.1 · max |cpu| (bf16 activations through the whole network)
+ *   e2gan-gpu-train-check bench lora|full NGF S N [RANK]
+ *        median device ms per step (forward, L1, backward, Adam) on random
+ *        weights; samples/s
+ *
+ * "RESULT <key> <value>" lines for the script; exit 0 pass, 1 a check
+ * failed, 2 usage, 3 no CUDA device. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "cuda_engine.h"
+#include "cuda_trainer.h"
+#include "model.h"
+#include "ops.h"
+
+static int failures;
+
+static void fill_random(float *x, size_t n, float lo, float hi, unsigned *seed) {
+    for (size_t i = 0; i < n; i++) {
+        *seed = *seed * 1664525u + 1013904223u;
+        x[i] = lo + (hi - lo) * (float)(*seed >> 8) / 16777216.0f;
+    }
+}
+
+/* Compares one tensor; prints and counts a failure. */
+static void judge(const char *what, const char *name, const float *gpu, const float *cpu, size_t n) {
+    double dot = 0, ng = 0, nc = 0, maxd = 0, maxc = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)gpu[i] - cpu[i]);
+        if (!(d <= maxd)) maxd = d;
+        if (fabs(cpu[i]) > maxc) maxc = fabs(cpu[i]);
+        dot += (double)gpu[i] * cpu[i], ng += (double)gpu[i] * gpu[i], nc += (double)cpu[i] * cpu[i];
+    }
+    double cos = nc > 0 && ng > 0 ? dot / sqrt(ng * nc) : (nc == 0 && ng == 0 ? 1.0 : 0.0);
+    double rel = maxc > 0 ? maxd / maxc : maxd;
+    int ok = cos >= 0.99 && rel <= 0.1;
+    if (!ok) failures++;
+    printf("RESULT grad.%s.%s cos %.5f rel %.4f %s\n", what, name, cos, rel, ok ? "ok" : "FAIL");
+}
+
+static e2g_gen_config make_cfg(int ngf) {
+    e2g_gen_config cfg = {.ngf = ngf, .ctx_tokens = 8, .n_concepts = 2, .unet_skips = 1, .residual_out = 1,
+                          .norm_ends = 0};
+    return cfg;
+}
+
+static e2g_lora *make_lora(const e2g_gen_config *cfg, int r, unsigned *seed) {
+    int rank[E2G_N_CRUCIAL];
+    float scale[E2G_N_CRUCIAL];
+    for (int l = 0; l < E2G_N_CRUCIAL; l++) rank[l] = r, scale[l] = 2.0f;
+    e2g_lora *lora = e2g_lora_new(cfg, rank, scale);
+    fill_random(lora->memory, lora->numel, -0.2f, 0.2f, seed);
+    return lora;
+}
+
+/* CPU reference: the gradient of λ·L1 for the batch, into grads (full G,
+ * lora NULL) or dlora, as engine/train.c computes it. */
+static void cpu_grads(const e2g_gen_config *cfg, e2g_gen_params *p, e2g_lora *lora, e2g_gen_params *grads,
+                      e2g_lora *dlora, const float *x, const float *t, const int *rows, int N, int S) {
+    int T = cfg->ctx_tokens, c4 = e2g_gen_c4(cfg);
+    size_t img = (size_t)N * S * S * 3, ctx1 = (size_t)T * c4;
+    e2g_gen_acts *acts = e2g_gen_acts_new(cfg, N, S, S, 1);
+    e2g_edit *edits = e2g_xcalloc(N, sizeof *edits);
+    for (int j = 0; j < N; j++) {
+        if (lora) {
+            edits[j].context = lora->concept, edits[j].n_terms = 1;
+            edits[j].terms[0] = (e2g_lora_term){lora, 1.0f};
+        } else {
+            edits[j].context = p->concepts + rows[j] * ctx1;
+        }
+    }
+    float *y = e2g_xmalloc(img * sizeof(float)), *dy = e2g_xcalloc(img, sizeof(float));
+    float *dctx = e2g_xcalloc(N * ctx1, sizeof(float));
+    e2g_gen_forward(acts, y, p, x, edits);
+    l1_loss(dy, y, t, img, 100.0f);
+    e2g_gen_backward(acts, grads, dlora, lora, dctx, NULL, dy, p, x, edits);
+    for (int j = 0; j < N; j++)
+        accumulate(lora ? dlora->concept : grads->concepts + rows[j] * ctx1, dctx + j * ctx1, ctx1);
+    e2g_gen_acts_free(acts);
+    free(edits), free(y), free(dy), free(dctx);
+}
+
+static int gpu_grads(const e2g_gen_config *cfg, const float *gen, const e2g_lora *lora, float *out, const float *x,
+                     const float *t, const int *rows, int N, int S, char *err) {
+    e2g_cuda_trainer *tr;
+    if (e2g_cuda_trainer_new(&tr, cfg, gen, lora, N, S, err)) return -1;
+    float *hx, *ht;
+    int *hr;
+    size_t img = (size_t)N * S * S * 3;
+    e2g_cuda_trainer_slot(tr, 0, &hx, &ht, &hr);
+    memcpy(hx, x, img * sizeof(float)), memcpy(ht, t, img * sizeof(float)), memcpy(hr, rows, N * sizeof(int));
+    double l1;
+    int rc = e2g_cuda_trainer_upload(tr, 0, err) || e2g_cuda_trainer_step(tr, 0, 100.0f, 0, 1, 0, 0.5f, 0.999f, 1e-8f, err) ||
+             e2g_cuda_trainer_finish(tr, &l1, err) || e2g_cuda_trainer_get(tr, NULL, out, NULL, NULL, err);
+    e2g_cuda_trainer_free(tr);
+    return rc ? -1 : 0;
+}
+
+static int cmd_grads(int ngf, int S, int N) {
+    char err[E2G_ERR_LEN];
+    if (!e2g_cuda_device_present(err)) {
+        printf("%s\n", err);
+        return 3;
+    }
+    e2g_gen_config cfg = make_cfg(ngf);
+    size_t n = e2g_gen_param_count(&cfg), img = (size_t)N * S * S * 3;
+    float *mem = e2g_xmalloc(n * sizeof(float)), *g_cpu = e2g_xcalloc(n, sizeof(float)), *g_gpu = e2g_xmalloc(n * sizeof(float));
+    e2g_gen_params p, gp;
+    e2g_gen_bind(&cfg, &p, mem);
+    e2g_gen_init(&cfg, &p, 7);
+    e2g_gen_bind(&cfg, &gp, g_cpu);
+    unsigned seed = 11;
+    float *x = e2g_xmalloc(img * sizeof(float)), *t = e2g_xmalloc(img * sizeof(float));
+    fill_random(x, img, -1, 1, &seed), fill_random(t, img, -1, 1, &seed);
+    int rows[64];
+    for (int j = 0; j < N; j++) rows[j] = j % cfg.n_concepts;
+    /* full G */
+    cpu_grads(&cfg, &p, NULL, &gp, NULL, x, t, rows, N, S);
+    if (gpu_grads(&cfg, mem, NULL, g_gpu, x, t, rows, N, S, err)) {
+        printf("FAIL full G: %s\n", err);
+        return 1;
+    }
+    e2g_tensor_entry tab[E2G_GEN_MAX_TENSORS];
+    int nt = e2g_gen_tensors(&cfg, &gp, tab);
+    for (int i = 0; i < nt; i++) {
+        size_t off = (size_t)(*tab[i].slot - g_cpu);
+        judge("full", tab[i].name, g_gpu + off, g_cpu + off, tab[i].numel);
+    }
+    /* LoRA */
+    e2g_lora *lora = make_lora(&cfg, 4, &seed), *dlora = e2g_lora_new(&cfg, lora->rank, lora->scale);
+    float *l_gpu = e2g_xmalloc(lora->numel * sizeof(float));
+    cpu_grads(&cfg, &p, lora, NULL, dlora, x, t, rows, N, S);
+    if (gpu_grads(&cfg, mem, lora, l_gpu, x, t, rows, N, S, err)) {
+        printf("FAIL LoRA: %s\n", err);
+        return 1;
+    }
+    for (int l = 0; l < E2G_N_CRUCIAL; l++) {
+        char name[96];
+        e2g_layer_shape ls;
+        e2g_crucial_shape(&cfg, l, &ls);
+        size_t kk = ls.k ? (size_t)ls.k * ls.k : 1;
+        snprintf(name, sizeof name, "%s.lora_A", e2g_crucial_name(l));
+        judge("lora", name, l_gpu + (lora->A[l] - lora->memory), dlora->A[l], (size_t)lora->rank[l] * ls.cin * kk);
+        snprintf(name, sizeof name, "%s.lora_B", e2g_crucial_name(l));
+        judge("lora", name, l_gpu + (lora->B[l] - lora->memory), dlora->B[l], (size_t)ls.cout * lora->rank[l]);
+    }
+    judge("lora", "concept.embedding", l_gpu + (lora->concept - lora->memory), dlora->concept,
+          (size_t)cfg.ctx_tokens * e2g_gen_c4(&cfg));
+    printf("RESULT grads_failed %d\n", failures);
+    e2g_lora_free(lora), e2g_lora_free(dlora);
+    free(mem), free(g_cpu), free(g_gpu), free(l_gpu), free(x), free(t);
+    return failures ? 1 : 0;
+}
+
+static int cmd_bench(const char *mode, int ngf, int S, int N, int rank) {
+    char err[E2G_ERR_LEN];
+    if (!e2g_cuda_device_present(err)) {
+        printf("%s\n", err);
+        return 3;
+    }
+    e2g_gen_config cfg = make_cfg(ngf);
+    size_t n = e2g_gen_param_count(&cfg), img = (size_t)N * S * S * 3;
+    float *mem = e2g_xmalloc(n * sizeof(float));
+    e2g_gen_params p;
+    e2g_gen_bind(&cfg, &p, mem);
+    e2g_gen_init(&cfg, &p, 3);
+    unsigned seed = 5;
+    e2g_lora *lora = strcmp(mode, "lora") == 0 ? make_lora(&cfg, rank, &seed) : NULL;
+    e2g_cuda_trainer *tr;
+    if (e2g_cuda_trainer_new(&tr, &cfg, mem, lora, N, S, err)) {
+        printf("FAIL bench: %s\n", err);
+        return 1;
+    }
+    float *hx, *ht;
+    int *hr;
+    e2g_cuda_trainer_slot(tr, 0, &hx, &ht, &hr);
+    fill_random(hx, img, -1, 1, &seed), fill_random(ht, img, -1, 1, &seed);
+    for (int j = 0; j < N; j++) hr[j] = j % cfg.n_concepts;
+    double ms;
+    int rc = e2g_cuda_trainer_time(tr, 20, &ms, err);
+    if (rc) {
+        printf("FAIL bench: %s\n", err);
+        failures++;
+    } else {
+        printf("RESULT train.%s.ngf%d.%d.b%d.ms_per_step %.3f\n", mode, ngf, S, N, ms);
+        printf("RESULT train.%s.ngf%d.%d.b%d.samples_per_s %.1f\n", mode, ngf, S, N, N * 1000.0 / ms);
+    }
+    e2g_cuda_trainer_free(tr);
+    if (lora) e2g_lora_free(lora);
+    free(mem);
+    return failures ? 1 : 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc >= 2 && strcmp(argv[1], "grads") == 0)
+        return cmd_grads(argc > 2 ? atoi(argv[2]) : 16, argc > 3 ? atoi(argv[3]) : 32, argc > 4 ? atoi(argv[4]) : 2);
+    if (argc >= 6 && strcmp(argv[1], "bench") == 0 && (!strcmp(argv[2], "lora") || !strcmp(argv[2], "full")))
+        return cmd_bench(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), argc > 6 ? atoi(argv[6]) : 8);
+    fprintf(stderr, "usage: e2gan-gpu-train-check grads [NGF S N] | bench lora|full NGF S N [RANK]\n");
+    return 2;
+}

@@ -1,0 +1,574 @@
+/* cuda_train_kernels.cu — the backward kernels of the GPU trainer
+ * (cuda_train.cuh): conv block epilogue (bias, instance norm, ReLU, phase
+ * scatter), reflect-pad folding, output layer + L1, bias sums, GELU, layer
+ * norm, flash-style attention backward, the weight-gradient adjoint of the
+ * packing, LoRA factor gradients, context rows and fused Adam.  fp32
+ * arithmetic; reductions in shared memory or warps, then one atomic per
+ * block. */
+#include "cuda_train.cuh"
+
+#define THREADS 256
+
+#define GRID_LOOP(i, total) \
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (total); i += (size_t)gridDim.x * blockDim.x)
+
+/* ---- conv block epilogue ------------------------------------------------------ */
+
+/* What the forward computed at one element: the normalised value xhat
+ * (or the biased conv output without a norm) and v, the value ReLU saw. */
+__device__ __forceinline__ void epilogue_value(const epilogue_bwd_args &a, int n, int c, float raw,
+                                               float inv_hw, float *xhat, float *v, float *rstd) {
+    if (a.sums) {
+        float mean = a.sums[(size_t)n * 2 * a.src.C + c] * inv_hw;
+        float var = fmaxf(a.sums[(size_t)n * 2 * a.src.C + a.src.C + c] * inv_hw - mean * mean, 0.0f);
+        *rstd = rsqrtf(var + 1e-5f);
+        *xhat = (raw + (a.bias ? a.bias[c] : 0.0f) - mean) * *rstd;
+        *v = *xhat * a.gamma[c] + a.beta[c];
+    } else {
+        *rstd = 1.0f;
+        *xhat = *v = raw + (a.bias ? a.bias[c] : 0.0f);
+    }
+}
+
+/* Pass 1, blocks (chunk, n) as block_stats: Σ dv and Σ dv·xhat per (n, c),
+ * dv = dout masked by the ReLU. */
+__global__ void epilogue_bwd_sums_kernel(epilogue_bwd_args a) {
+    __shared__ float red[THREADS][16];
+    const conv_out &s = a.src;
+    int G = s.C / 8, lanes = THREADS / G, g = threadIdx.x % G, lane = threadIdx.x / G;
+    int n = blockIdx.y, HW = s.H * s.W;
+    float acc[16] = {0}, inv_hw = 1.0f / HW;
+    if (lane < lanes)
+        for (int p = blockIdx.x * lanes + lane; p < HW; p += gridDim.x * lanes) {
+            bf16x8 r;
+            r.u = *(const uint4 *)(s.p + conv_out_index(s, n, p / s.W, p % s.W, g * 8));
+            float f[8];
+            bf16x8_to_float(r, f);
+            const float *d = a.dout + ((size_t)n * HW + p) * s.C + g * 8;
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                float xhat, v, rstd;
+                epilogue_value(a, n, g * 8 + i, f[i], inv_hw, &xhat, &v, &rstd);
+                float dv = a.relu && v <= 0.0f ? 0.0f : d[i];
+                acc[i] += dv, acc[8 + i] += dv * xhat;
+            }
+        }
+#pragma unroll
+    for (int i = 0; i < 16; i++) red[threadIdx.x][i] = acc[i];
+    __syncthreads();
+    if (lane == 0) {
+        for (int l = 1; l < lanes; l++)
+#pragma unroll
+            for (int i = 0; i < 16; i++) acc[i] += red[l * G + g][i];
+        for (int i = 0; i < 8; i++) {
+            atomicAdd(&a.dsums[(size_t)n * 2 * s.C + g * 8 + i], acc[i]);
+            atomicAdd(&a.dsums[(size_t)n * 2 * s.C + s.C + g * 8 + i], acc[8 + i]);
+        }
+    }
+}
+
+/* dgamma, dbeta (with a norm) or dbias (without) from the per-sample sums. */
+__global__ void epilogue_bwd_params_kernel(epilogue_bwd_args a, int N) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x, C = a.src.C;
+    if (c >= C) return;
+    float sdv = 0, sdx = 0;
+    for (int n = 0; n < N; n++) sdv += a.dsums[(size_t)n * 2 * C + c], sdx += a.dsums[(size_t)n * 2 * C + C + c];
+    if (a.sums) {
+        if (a.dgamma) a.dgamma[c] += sdx;
+        if (a.dbeta) a.dbeta[c] += sdv;
+    } else if (a.dbias) {
+        a.dbias[c] += sdv;
+    }
+}
+
+/* Pass 2: the gradient of the raw conv output, in its own layout. */
+__global__ void epilogue_bwd_apply_kernel(epilogue_bwd_args a) {
+    const conv_out &s = a.src;
+    int G = s.C / 8, HW = s.H * s.W;
+    float inv_hw = 1.0f / HW;
+    GRID_LOOP(i, (size_t)s.N * HW * G) {
+        int g = (int)(i % G);
+        size_t pix = i / G;
+        int p = (int)(pix % HW), n = (int)(pix / HW), y = p / s.W, x = p % s.W;
+        size_t at = conv_out_index(s, n, y, x, g * 8);
+        bf16x8 r;
+        r.u = *(const uint4 *)(s.p + at);
+        float f[8], o[8];
+        bf16x8_to_float(r, f);
+        const float *d = a.dout + pix * s.C + g * 8;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            int c = g * 8 + j;
+            float xhat, v, rstd;
+            epilogue_value(a, n, c, f[j], inv_hw, &xhat, &v, &rstd);
+            float dv = a.relu && v <= 0.0f ? 0.0f : d[j];
+            if (a.sums) {
+                float sdv = a.dsums[(size_t)n * 2 * s.C + c] * inv_hw;
+                float sdx = a.dsums[(size_t)n * 2 * s.C + s.C + c] * inv_hw;
+                o[j] = a.gamma[c] * rstd * (dv - sdv - xhat * sdx);
+            } else {
+                o[j] = dv;
+            }
+        }
+        *(uint4 *)(a.draw + at) = float_to_bf16x8(o).u;
+    }
+}
+
+int block_epilogue_backward(const epilogue_bwd_args &a, cudaStream_t stream, char *err) {
+    const conv_out &s = a.src;
+    if (s.C % 8 || s.C > 8 * THREADS) return e2g_fail(err, "CUDA: %d channels unsupported", s.C);
+    int need_sums = a.sums || a.dbias;
+    if (need_sums) {
+        CUDA_TRY(cudaMemsetAsync(a.dsums, 0, (size_t)s.N * 2 * s.C * sizeof(float), stream));
+        int lanes = THREADS / (s.C / 8);
+        dim3 grid((s.H * s.W + lanes * 64 - 1) / (lanes * 64), s.N);
+        epilogue_bwd_sums_kernel<<<grid, THREADS, 0, stream>>>(a);
+        LAUNCH_TRY();
+        epilogue_bwd_params_kernel<<<(s.C + 127) / 128, 128, 0, stream>>>(a, s.N);
+        LAUNCH_TRY();
+    }
+    epilogue_bwd_apply_kernel<<<blocks_for((size_t)s.N * s.H * s.W * (s.C / 8), THREADS), THREADS, 0, stream>>>(a);
+    LAUNCH_TRY();
+    return 0;
+}
+
+/* ---- padding and sums ------------------------------------------------------------- */
+
+__global__ void fold_grad_kernel(float *g, const bf16 *dxp, int N, int H, int W, int C, int pad) {
+    int Hp = H + 2 * pad, Wp = W + 2 * pad;
+    GRID_LOOP(i, (size_t)N * H * W * C) {
+        int c = (int)(i % C);
+        size_t pix = i / C;
+        int x = (int)(pix % W), y = (int)(pix / W % H), n = (int)(pix / ((size_t)W * H));
+        /* padded positions whose reflection is (y, x): itself and the mirrors */
+        int ys[3] = {y, -y, 2 * (H - 1) - y}, xs[3] = {x, -x, 2 * (W - 1) - x};
+        float acc = 0;
+        for (int a = 0; a < 3; a++) {
+            if (a && (ys[a] == y || ys[a] < -pad || ys[a] >= H + pad || (a == 2 && ys[a] == ys[1]))) continue;
+            for (int b = 0; b < 3; b++) {
+                if (b && (xs[b] == x || xs[b] < -pad || xs[b] >= W + pad || (b == 2 && xs[b] == xs[1]))) continue;
+                acc += __bfloat162float(dxp[(((size_t)n * Hp + ys[a] + pad) * Wp + xs[b] + pad) * C + c]);
+            }
+        }
+        g[i] += acc;
+    }
+}
+
+int fold_grad(float *g, const bf16 *dxp, int N, int H, int W, int C, int pad, cudaStream_t stream, char *err) {
+    fold_grad_kernel<<<blocks_for((size_t)N * H * W * C, THREADS), THREADS, 0, stream>>>(g, dxp, N, H, W, C, pad);
+    LAUNCH_TRY();
+    return 0;
+}
+
+__global__ void add_f32_kernel(float *dst, const float *src, size_t n) {
+    GRID_LOOP(i, n) dst[i] += src[i];
+}
+
+int add_f32(float *dst, const float *src, size_t n, cudaStream_t stream, char *err) {
+    add_f32_kernel<<<blocks_for(n, THREADS), THREADS, 0, stream>>>(dst, src, n);
+    LAUNCH_TRY();
+    return 0;
+}
+
+/* ---- output layer and L1 ------------------------------------------------------------ */
+
+__global__ void output_l1_kernel(bf16 *dout, float *dbias, float *loss_sum, const float *y, const float *t,
+                                 float g, size_t pixels) {
+    __shared__ float red[THREADS][4];
+    float acc[4] = {0};
+    GRID_LOOP(p, pixels) {
+        float o[8] = {0};
+        for (int c = 0; c < 3; c++) {
+            float yv = y[p * 3 + c], d = yv - t[p * 3 + c];
+            float dy = d > 0 ? g : (d < 0 ? -g : 0.0f);
+            o[c] = dy * (1.0f - yv * yv);
+            acc[c] += o[c], acc[3] += fabsf(d);
+        }
+        *(uint4 *)(dout + p * 8) = float_to_bf16x8(o).u;
+    }
+    for (int i = 0; i < 4; i++) red[threadIdx.x][i] = acc[i];
+    __syncthreads();
+    for (int s = THREADS / 2; s; s >>= 1) {
+        if (threadIdx.x < s)
+            for (int i = 0; i < 4; i++) red[threadIdx.x][i] += red[threadIdx.x + s][i];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        for (int c = 0; c < 3; c++) atomicAdd(&dbias[c], red[0][c]);
+        atomicAdd(loss_sum, red[0][3]);
+    }
+}
+
+int output_l1_backward(bf16 *dout, float *dbias, float *loss_sum, const float *y, const float *t, float lambda,
+                       size_t pixels, cudaStream_t stream, char *err) {
+    unsigned blocks = blocks_for(pixels, THREADS);
+    if (blocks > 1024) blocks = 1024;
+    output_l1_kernel<<<blocks, THREADS, 0, stream>>>(dout, dbias, loss_sum, y, t, lambda / (float)(pixels * 3),
+                                                      pixels);
+    LAUNCH_TRY();
+    return 0;
+}
+
+/* Block (column chunk of 32, row chunk): threads 32 columns × 8 row lanes. */
+__global__ void col_sum_kernel(float *db, const bf16 *x, int ld, int col0, size_t M, int C) {
+    __shared__ float red[8][32];
+    int c = blockIdx.x * 32 + threadIdx.x % 32, lane = threadIdx.x / 32;
+    float acc = 0;
+    if (c < C)
+        for (size_t r = blockIdx.y * 8 + lane; r < M; r += (size_t)gridDim.y * 8)
+            acc += __bfloat162float(x[r * ld + col0 + c]);
+    red[lane][threadIdx.x % 32] = acc;
+    __syncthreads();
+    if (lane == 0 && c < C) {
+        for (int l = 1; l < 8; l++) acc += red[l][threadIdx.x];
+        atomicAdd(&db[c], acc);
+    }
+}
+
+int col_sum(float *db, const bf16 *x, int ld, int col0, size_t M, int C, cudaStream_t stream, char *err) {
+    unsigned rows = (unsigned)((M + 255) / 256);
+    dim3 grid((C + 31) / 32, rows > 256 ? 256 : rows);
+    col_sum_kernel<<<grid, THREADS, 0, stream>>>(db, x, ld, col0, M, C);
+    LAUNCH_TRY();
+    return 0;
+}
+
+/* ---- GELU ------------------------------------------------------------------------------- */
+
+__device__ __forceinline__ float gelu_tanh_grad(float v) {
+    const float k = 0.7978845608028654f;
+    float u = k * (v + 0.044715f * v * v * v), th = tanhf(u);
+    return 0.5f * (1.0f + th) + 0.5f * v * (1.0f - th * th) * k * (1.0f + 3.0f * 0.044715f * v * v);
+}
+
+__global__ void gelu_forward_kernel(bf16 *out, const bf16 *in, size_t n) {
+    GRID_LOOP(i, n / 8) {
+        bf16x8 v;
+        v.u = *(const uint4 *)(in + i * 8);
+        float f[8];
+        bf16x8_to_float(v, f);
+#pragma unroll
+        for (int j = 0; j < 8; j++) f[j] = gelu_tanh(f[j]);
+        *(uint4 *)(out + i * 8) = float_to_bf16x8(f).u;
+    }
+}
+
+__global__ void gelu_backward_kernel(bf16 *dh, const bf16 *pre, size_t n) {
+    GRID_LOOP(i, n / 8) {
+        bf16x8 v, d;
+        v.u = *(const uint4 *)(pre + i * 8), d.u = *(const uint4 *)(dh + i * 8);
+        float f[8], g[8];
+        bf16x8_to_float(v, f), bf16x8_to_float(d, g);
+#pragma unroll
+        for (int j = 0; j < 8; j++) g[j] *= gelu_tanh_grad(f[j]);
+        *(uint4 *)(dh + i * 8) = float_to_bf16x8(g).u;
+    }
+}
+
+int gelu_forward(bf16 *out, const bf16 *in, size_t n, cudaStream_t stream, char *err) {
+    if (n % 8) return e2g_fail(err, "CUDA: GELU over %zu values", n);
+    gelu_forward_kernel<<<blocks_for(n / 8, THREADS), THREADS, 0, stream>>>(out, in, n);
+    LAUNCH_TRY();
+    return 0;
+}
+
+int gelu_backward(bf16 *dh, const bf16 *pre, size_t n, cudaStream_t stream, char *err) {
+    if (n % 8) return e2g_fail(err, "CUDA: GELU over %zu values", n);
+    gelu_backward_kernel<<<blocks_for(n / 8, THREADS), THREADS, 0, stream>>>(dh, pre, n);
+    LAUNCH_TRY();
+    return 0;
+}
+
+/* ---- layer norm ------------------------------------------------------------------------- */
+
+#define LN_PER_LANE 32 /* C ≤ 1024 */
+
+/* One warp per row (rows strided over the grid); each lane keeps its
+ * channels' dgamma/dbeta in registers and adds them once at the end. */
+__global__ void layernorm_bwd_kernel(float *dx_out, const float *dres, const float *x32, const bf16 *x16,
+                                     const bf16 *dy, const float *gamma, float *dgamma, float *dbeta, size_t M,
+                                     int C) {
+    int lane = threadIdx.x % 32, warps = gridDim.x * (blockDim.x / 32);
+    float dg[LN_PER_LANE] = {0}, dbt[LN_PER_LANE] = {0};
+    for (size_t row = blockIdx.x * (size_t)(blockDim.x / 32) + threadIdx.x / 32; row < M; row += warps) {
+        size_t off = row * C;
+        float x[LN_PER_LANE], g[LN_PER_LANE], sum = 0;
+#pragma unroll
+        for (int i = 0; i < LN_PER_LANE; i++) {
+            int c = i * 32 + lane;
+            x[i] = g[i] = 0;
+            if (c < C) {
+                x[i] = x32 ? x32[off + c] : __bfloat162float(x16[off + c]);
+                g[i] = __bfloat162float(dy[off + c]);
+                sum += x[i];
+            }
+        }
+        for (int m = 16; m; m >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, m);
+        float mean = sum / C, var = 0;
+#pragma unroll
+        for (int i = 0; i < LN_PER_LANE; i++)
+            if (i * 32 + lane < C) var += (x[i] - mean) * (x[i] - mean);
+        for (int m = 16; m; m >>= 1) var += __shfl_xor_sync(0xffffffffu, var, m);
+        float rstd = rsqrtf(var / C + 1e-5f), s1 = 0, s2 = 0;
+#pragma unroll
+        for (int i = 0; i < LN_PER_LANE; i++) {
+            int c = i * 32 + lane;
+            if (c < C) {
+                float xh = (x[i] - mean) * rstd, dxh = g[i] * gamma[c];
+                dg[i] += g[i] * xh, dbt[i] += g[i];
+                x[i] = xh, g[i] = dxh;
+                s1 += dxh, s2 += dxh * xh;
+            }
+        }
+        for (int m = 16; m; m >>= 1) {
+            s1 += __shfl_xor_sync(0xffffffffu, s1, m);
+            s2 += __shfl_xor_sync(0xffffffffu, s2, m);
+        }
+        s1 /= C, s2 /= C;
+#pragma unroll
+        for (int i = 0; i < LN_PER_LANE; i++) {
+            int c = i * 32 + lane;
+            if (c < C) dx_out[off + c] = (dres ? dres[off + c] : 0.0f) + rstd * (g[i] - s1 - x[i] * s2);
+        }
+    }
+    if (dgamma)
+#pragma unroll
+        for (int i = 0; i < LN_PER_LANE; i++) {
+            int c = i * 32 + lane;
+            if (c < C) atomicAdd(&dgamma[c], dg[i]), atomicAdd(&dbeta[c], dbt[i]);
+        }
+}
+
+int layernorm_backward(float *dx_out, const float *dres, const float *x32, const bf16 *x16, const bf16 *dy,
+                       const float *gamma, float *dgamma, float *dbeta, size_t M, int C, cudaStream_t stream,
+                       char *err) {
+    if (C > 32 * LN_PER_LANE) return e2g_fail(err, "CUDA: layer norm over %d > 1024 channels", C);
+    unsigned blocks = blocks_for(M, THREADS / 32);
+    if (blocks > 512) blocks = 512;
+    layernorm_bwd_kernel<<<blocks, THREADS, 0, stream>>>(dx_out, dres, x32, x16, dy, gamma, dgamma, dbeta, M, C);
+    LAUNCH_TRY();
+    return 0;
+}
+
+/* ---- attention backward ------------------------------------------------------------------ */
+
+#define ATT_PER_LANE 4 /* head size ≤ 128 */
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int m = 16; m; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
+    return v;
+}
+
+__device__ __forceinline__ void load_head(float *dst, const bf16 *src, int d, int lane) {
+#pragma unroll
+    for (int e = 0; e < ATT_PER_LANE; e++) {
+        int c = e * 32 + lane;
+        dst[e] = c < d ? __bfloat162float(src[c]) : 0.0f;
+    }
+}
+
+__device__ __forceinline__ float head_dot(const float *a, const bf16 *b, int d, int lane) {
+    float s = 0;
+#pragma unroll
+    for (int e = 0; e < ATT_PER_LANE; e++) {
+        int c = e * 32 + lane;
+        if (c < d) s += a[e] * __bfloat162float(b[c]);
+    }
+    return warp_sum(s);
+}
+
+/* One warp per (n, head, query i): the row's log-sum-exp and D = dO·O,
+ * then dq = scale·Σ_j p_ij (dO·v_j − D) k_j. */
+__global__ void attention_dq_kernel(bf16 *dq, int lddq, const bf16 *q, int ldq, const bf16 *k, const bf16 *v,
+                                    int ldkv, const bf16 *o, const bf16 *dout, float *stats, int N, int Lq,
+                                    int Lk, int C, int heads) {
+    size_t w = blockIdx.x * (size_t)(blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x % 32, d = C / heads;
+    if (w >= (size_t)N * heads * Lq) return;
+    int i = (int)(w % Lq), h = (int)(w / Lq % heads), n = (int)(w / ((size_t)Lq * heads));
+    float scale = rsqrtf((float)d), qi[ATT_PER_LANE], doi[ATT_PER_LANE], oi[ATT_PER_LANE], acc[ATT_PER_LANE] = {0};
+    load_head(qi, q + ((size_t)n * Lq + i) * ldq + h * d, d, lane);
+    load_head(doi, dout + ((size_t)n * Lq + i) * C + h * d, d, lane);
+    load_head(oi, o + ((size_t)n * Lq + i) * C + h * d, d, lane);
+    float D = 0;
+#pragma unroll
+    for (int e = 0; e < ATT_PER_LANE; e++) D += doi[e] * oi[e];
+    D = warp_sum(D);
+    const bf16 *kb = k + (size_t)n * Lk * ldkv + h * d, *vb = v + (size_t)n * Lk * ldkv + h * d;
+    float m = -INFINITY, l = 0;
+    for (int j = 0; j < Lk; j++) {
+        float s = scale * head_dot(qi, kb + (size_t)j * ldkv, d, lane);
+        float mn = fmaxf(m, s);
+        l = l * __expf(m - mn) + __expf(s - mn), m = mn;
+    }
+    float lse = m + __logf(l);
+    for (int j = 0; j < Lk; j++) {
+        const bf16 *kj = kb + (size_t)j * ldkv;
+        float p = __expf(scale * head_dot(qi, kj, d, lane) - lse);
+        float ds = p * (head_dot(doi, vb + (size_t)j * ldkv, d, lane) - D);
+#pragma unroll
+        for (int e = 0; e < ATT_PER_LANE; e++) {
+            int c = e * 32 + lane;
+            if (c < d) acc[e] += ds * __bfloat162float(kj[c]);
+        }
+    }
+    bf16 *dst = dq + ((size_t)n * Lq + i) * lddq + h * d;
+#pragma unroll
+    for (int e = 0; e < ATT_PER_LANE; e++)
+        if (e * 32 + lane < d) dst[e * 32 + lane] = __float2bfloat16(scale * acc[e]);
+    if (lane == 0) stats[2 * w] = lse, stats[2 * w + 1] = D;
+}
+
+/* One warp per (n, head, key j): dv_j = Σ_i p_ij dO_i and
+ * dk_j = scale·Σ_i p_ij (dO_i·v_j − D_i) q_i. */
+__global__ void attention_dkv_kernel(bf16 *dk, bf16 *dv, int lddkv, const bf16 *q, int ldq, const bf16 *k,
+                                     const bf16 *v, int ldkv, const bf16 *dout, const float *stats, int N, int Lq,
+                                     int Lk, int C, int heads) {
+    size_t w = blockIdx.x * (size_t)(blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x % 32, d = C / heads;
+    if (w >= (size_t)N * heads * Lk) return;
+    int j = (int)(w % Lk), h = (int)(w / Lk % heads), n = (int)(w / ((size_t)Lk * heads));
+    float scale = rsqrtf((float)d), kj[ATT_PER_LANE], vj[ATT_PER_LANE];
+    float ak[ATT_PER_LANE] = {0}, av[ATT_PER_LANE] = {0};
+    load_head(kj, k + ((size_t)n * Lk + j) * ldkv + h * d, d, lane);
+    load_head(vj, v + ((size_t)n * Lk + j) * ldkv + h * d, d, lane);
+    const float *st = stats + 2 * ((size_t)n * heads + h) * Lq;
+    for (int i = 0; i < Lq; i++) {
+        const bf16 *qi = q + ((size_t)n * Lq + i) * ldq + h * d, *doi = dout + ((size_t)n * Lq + i) * C + h * d;
+        float p = __expf(scale * head_dot(kj, qi, d, lane) - st[2 * i]);
+        float ds = p * (head_dot(vj, doi, d, lane) - st[2 * i + 1]);
+#pragma unroll
+        for (int e = 0; e < ATT_PER_LANE; e++) {
+            int c = e * 32 + lane;
+            if (c < d) av[e] += p * __bfloat162float(doi[c]), ak[e] += ds * __bfloat162float(qi[c]);
+        }
+    }
+    bf16 *dkd = dk + ((size_t)n * Lk + j) * lddkv + h * d, *dvd = dv + ((size_t)n * Lk + j) * lddkv + h * d;
+#pragma unroll
+    for (int e = 0; e < ATT_PER_LANE; e++)
+        if (e * 32 + lane < d) {
+            dkd[e * 32 + lane] = __float2bfloat16(scale * ak[e]);
+            dvd[e * 32 + lane] = __float2bfloat16(av[e]);
+        }
+}
+
+int attention_backward(bf16 *dq, int lddq, bf16 *dk, bf16 *dv, int lddkv, const bf16 *q, int ldq, const bf16 *k,
+                       const bf16 *v, int ldkv, const bf16 *o, const bf16 *dout, float *stats, int N, int Lq, int Lk,
+                       int C, int heads, cudaStream_t stream, char *err) {
+    if (C % heads || C / heads > 32 * ATT_PER_LANE)
+        return e2g_fail(err, "CUDA: attention backward head size %d unsupported", C / heads);
+    unsigned per_block = THREADS / 32;
+    attention_dq_kernel<<<blocks_for((size_t)N * heads * Lq, per_block), THREADS, 0, stream>>>(
+        dq, lddq, q, ldq, k, v, ldkv, o, dout, stats, N, Lq, Lk, C, heads);
+    LAUNCH_TRY();
+    attention_dkv_kernel<<<blocks_for((size_t)N * heads * Lk, per_block), THREADS, 0, stream>>>(
+        dk, dv, lddkv, q, ldq, k, v, ldkv, dout, stats, N, Lq, Lk, C, heads);
+    LAUNCH_TRY();
+    return 0;
+}
+
+/* ---- weights ------------------------------------------------------------------------------ */
+
+__constant__ int TAP_GROUP_BWD[2][3] = {{0, 1, 1}, {0, 0, 1}}; /* engine/conv.c's TAP_GROUP */
+
+__global__ void unpack_weight_grad_kernel(float *dst, const bf16 *src, int cout, int cin, int k, int cout_pad,
+                                          int cin_pad, int phase) {
+    GRID_LOOP(i, (size_t)cout * cin * k * k) {
+        int kx = (int)(i % k), ky = (int)(i / k % k), ci = (int)(i / ((size_t)k * k) % cin);
+        int o = (int)(i / ((size_t)k * k * cin));
+        float g = 0;
+        if (!phase) {
+            g = __bfloat162float(src[(((size_t)o * k + ky) * k + kx) * cin_pad + ci]);
+        } else {
+            for (int a = 0; a < 2; a++)
+                for (int b = 0; b < 2; b++) {
+                    size_t row = (size_t)(2 * a + b) * cout_pad + o;
+                    g += __bfloat162float(src[((row * 2 + TAP_GROUP_BWD[a][ky]) * 2 + TAP_GROUP_BWD[b][kx]) * cin + ci]);
+                }
+        }
+        dst[i] = g;
+    }
+}
+
+int unpack_weight_grad(float *dst, const bf16 *src, int cout, int cin, int k, int cout_pad, int cin_pad, int phase,
+                       cudaStream_t stream, char *err) {
+    size_t n = (size_t)cout * cin * k * k;
+    unpack_weight_grad_kernel<<<blocks_for(n, THREADS), THREADS, 0, stream>>>(dst, src, cout, cin, k, cout_pad,
+                                                                             cin_pad, phase);
+    LAUNCH_TRY();
+    return 0;
+}
+
+__global__ void lora_grads_kernel(float *dA, float *dB, const float *dW, const float *A, const float *B, int r,
+                                  int cout, int K, float s) {
+    size_t nA = (size_t)r * K;
+    GRID_LOOP(i, nA + (size_t)cout * r) {
+        float acc = 0;
+        if (i < nA) {
+            int q = (int)(i % K), rr = (int)(i / K);
+            for (int o = 0; o < cout; o++) acc += B[(size_t)o * r + rr] * dW[(size_t)o * K + q];
+            dA[i] += s * acc;
+        } else {
+            size_t j = i - nA;
+            int rr = (int)(j % r), o = (int)(j / r);
+            for (int q = 0; q < K; q++) acc += dW[(size_t)o * K + q] * A[(size_t)rr * K + q];
+            dB[j] += s * acc;
+        }
+    }
+}
+
+int lora_grads(float *dA, float *dB, const float *dW, const float *A, const float *B, int r, int cout, int K,
+               float s, cudaStream_t stream, char *err) {
+    size_t n = (size_t)r * K + (size_t)cout * r;
+    lora_grads_kernel<<<blocks_for(n, 128), 128, 0, stream>>>(dA, dB, dW, A, B, r, cout, K, s);
+    LAUNCH_TRY();
+    return 0;
+}
+
+/* ---- context rows -------------------------------------------------------------------------- */
+
+__global__ void gather_rows_kernel(bf16 *dst, const float *src, const int *rows, int N, size_t E) {
+    GRID_LOOP(i, (size_t)N * E) {
+        int n = (int)(i / E);
+        dst[i] = __float2bfloat16(src[(size_t)(rows ? rows[n] : 0) * E + i % E]);
+    }
+}
+
+__global__ void scatter_add_rows_kernel(float *dst, const bf16 *src, const int *rows, int N, size_t E) {
+    GRID_LOOP(i, (size_t)N * E) {
+        int n = (int)(i / E);
+        atomicAdd(&dst[(size_t)(rows ? rows[n] : 0) * E + i % E], __bfloat162float(src[i]));
+    }
+}
+
+int gather_rows(bf16 *dst, const float *src, const int *rows, int N, size_t E, cudaStream_t stream, char *err) {
+    gather_rows_kernel<<<blocks_for((size_t)N * E, THREADS), THREADS, 0, stream>>>(dst, src, rows, N, E);
+    LAUNCH_TRY();
+    return 0;
+}
+
+int scatter_add_rows(float *dst, const bf16 *src, const int *rows, int N, size_t E, cudaStream_t stream, char *err) {
+    scatter_add_rows_kernel<<<blocks_for((size_t)N * E, THREADS), THREADS, 0, stream>>>(dst, src, rows, N, E);
+    LAUNCH_TRY();
+    return 0;
+}
+
+/* ---- Adam ------------------------------------------------------------------------------------ */
+
+__global__ void adam_kernel(float *p, const float *g, float *m, float *v, size_t n, float step, float b1, float b2,
+                            float inv_sqrt_bc2, float eps) {
+    GRID_LOOP(i, n) {
+        float gi = g[i];
+        float mi = b1 * m[i] + (1.0f - b1) * gi, vi = b2 * v[i] + (1.0f - b2) * gi * gi;
+        m[i] = mi, v[i] = vi;
+        p[i] -= step * mi / (sqrtf(vi) * inv_sqrt_bc2 + eps);
+    }
+}
+
+int adam_update(float *p, const float *g, float *m, float *v, size_t n, float step, float beta1, float beta2,
+                float inv_sqrt_bc2, float eps, cudaStream_t stream, char *err) {
+    adam_kernel<<<blocks_for(n, THREADS), THREADS, 0, stream>>>(p, g, m, v, n, step, beta1, beta2, inv_sqrt_bc2,
+                                                                eps);
+    LAUNCH_TRY();
+    return 0;
+}
