@@ -17,6 +17,7 @@ packages=(
   python3-torch python3-numpy   # PyTorch: the reference the tests compare with
   imagemagick                   # dataset teachers; real JPEG/PNG variants for the tests
   chromium                      # tests: the web page in a real browser
+  nginx python3-yaml            # tests: replicas behind nginx; the deployment files (docker/)
 )
 missing=()
 for p in "${packages[@]}"; do
