@@ -28,6 +28,7 @@ cleanup() {
   rm -rf "$CLUSTER_TMP"
 }
 trap cleanup EXIT
+trap 'exit 143' INT TERM
 fail() {
   echo "FAIL: $*" >&2
   exit 1
