@@ -4,18 +4,26 @@
  * Each loaded adapter is a `shared` object counted by the cache (one
  * reference while cached) and by every request that pinned it; it is freed
  * when the count drops to zero, so evicting, replacing or deleting an
- * adapter never pulls it from under a running batch. */
+ * adapter never pulls it from under a running batch.
+ *
+ * Each entry remembers the identity of the file it was loaded from (device,
+ * inode, size, mtime): an atomic replacement (rename) or a rewrite gives a
+ * new identity, so the watcher thread (inotify) and re-scans reload exactly
+ * the files that changed, whoever changed them. */
 #include "registry.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/inotify.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common.h"
@@ -24,6 +32,14 @@
 #define MAX_NAME 64
 #define SUFFIX ".safetensors"
 #define PATH_LEN (PATH_MAX + MAX_NAME + 64)
+
+/* Which file an adapter came from: a replaced or rewritten file differs. */
+typedef struct {
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime;
+} file_id;
 
 typedef struct shared {
     e2g_adapter *adapter;
@@ -35,11 +51,19 @@ typedef struct entry {
     char name[MAX_NAME + 1];
     shared *current; /* NULL when not in memory */
     size_t bytes;    /* memory when loaded */
-    size_t file_bytes;
+    file_id file;    /* the file the entry describes */
     unsigned long last_used;
     json_t *info; /* ranks, training summary */
     struct entry *next;
 } entry;
+
+/* A file that failed validation, remembered so that re-scans neither
+ * re-read nor re-report it until it changes. */
+typedef struct rejected {
+    char name[MAX_NAME + 1];
+    file_id file;
+    struct rejected *next;
+} rejected;
 
 struct e2g_registry {
     const e2g_model *base;
@@ -47,9 +71,14 @@ struct e2g_registry {
     size_t cache_limit, cached_bytes;
     pthread_mutex_t mu;
     entry *entries;
+    rejected *rejected;
     shared *live;
     unsigned long clock;
     long hits, misses, evictions;
+    /* the watcher thread (e2g_registry_watch) */
+    int watching, inotify_fd, stop_pipe[2];
+    long rescan_ms;
+    pthread_t watcher;
 };
 
 int e2g_concept_name_ok(const char *name) {
@@ -72,6 +101,48 @@ static entry *find(e2g_registry *r, const char *name) {
     for (entry *e = r->entries; e; e = e->next)
         if (strcmp(e->name, name) == 0) return e;
     return NULL;
+}
+
+/* The concept name of an adapter file name ("NAME.safetensors"); 0 for any
+ * other file, hidden and temporary ones included. */
+static int adapter_name(const char *file, char *name, size_t n) {
+    size_t len = strlen(file), ls = strlen(SUFFIX);
+    if (len <= ls || strcmp(file + len - ls, SUFFIX) != 0 || len - ls >= n) return 0;
+    snprintf(name, n, "%.*s", (int)(len - ls), file);
+    return e2g_concept_name_ok(name);
+}
+
+static int file_id_of(const char *path, file_id *id) {
+    struct stat st;
+    if (stat(path, &st) != 0) return -1;
+    *id = (file_id){st.st_dev, st.st_ino, st.st_size, st.st_mtim};
+    return 0;
+}
+
+static int same_file(const file_id *a, const file_id *b) {
+    return a->dev == b->dev && a->ino == b->ino && a->size == b->size &&
+           a->mtime.tv_sec == b->mtime.tv_sec && a->mtime.tv_nsec == b->mtime.tv_nsec;
+}
+
+static rejected **rejected_link(e2g_registry *r, const char *name) {
+    rejected **pp = &r->rejected;
+    while (*pp && strcmp((*pp)->name, name) != 0) pp = &(*pp)->next;
+    return pp;
+}
+
+/* Remembers name's file as rejected, or forgets it (f NULL). */
+static void set_rejected(e2g_registry *r, const char *name, const file_id *f) {
+    rejected **pp = rejected_link(r, name);
+    if (!f) {
+        rejected *gone = *pp;
+        if (gone) *pp = gone->next, free(gone);
+        return;
+    }
+    if (!*pp) {
+        *pp = e2g_xcalloc(1, sizeof **pp);
+        snprintf((*pp)->name, sizeof (*pp)->name, "%s", name);
+    }
+    (*pp)->file = *f;
 }
 
 static void unref(e2g_registry *r, shared *s) {
@@ -122,9 +193,10 @@ static json_t *describe_adapter(const e2g_adapter *a) {
     return json_pack("{s:o,s:I}", "ranks", ranks, "parameters", (json_int_t)a->lora->numel);
 }
 
-/* Adds or refreshes an entry from a validated adapter (mutex held); the
- * new adapter becomes the cached one.  Callers evict() afterwards. */
-static void install(e2g_registry *r, const char *name, e2g_adapter *a, size_t file_bytes) {
+/* Adds or refreshes an entry from a validated adapter loaded from file f
+ * (mutex held); the new adapter becomes the cached one, the old one lives
+ * on while a request pins it.  Callers evict() afterwards. */
+static void install(e2g_registry *r, const char *name, e2g_adapter *a, const file_id *f) {
     entry *e = find(r, name);
     if (!e) {
         e = e2g_xcalloc(1, sizeof *e);
@@ -135,7 +207,8 @@ static void install(e2g_registry *r, const char *name, e2g_adapter *a, size_t fi
     uncache(r, e);
     json_decref(e->info);
     e->info = describe_adapter(a);
-    e->file_bytes = file_bytes;
+    e->file = *f;
+    set_rejected(r, name, NULL);
     e->bytes = a->lora->numel * sizeof(float);
     shared *s = e2g_xcalloc(1, sizeof *s);
     s->adapter = a, s->refs = 1, s->next = r->live;
@@ -156,31 +229,54 @@ static void remove_entry(e2g_registry *r, entry *victim) {
     free(victim);
 }
 
-/* Adds every valid NAME.safetensors not known yet (mutex held). */
+/* Brings name's entry in line with its file: added, replaced (a new file
+ * identity) or removed.  The file is read outside the lock and installed
+ * only if it is still the one on disk, so an older version never overwrites
+ * a newer one (whose change brings its own event or re-scan). */
+static void sync_name(e2g_registry *r, const char *name) {
+    char path[PATH_LEN], err[E2G_ERR_LEN];
+    path_of(r, name, path, sizeof path);
+    file_id before = {0}, after;
+    pthread_mutex_lock(&r->mu);
+    entry *e = find(r, name);
+    int missing = file_id_of(path, &before) != 0;
+    rejected *rej = *rejected_link(r, name);
+    int known = !missing && ((e && same_file(&e->file, &before)) || (rej && same_file(&rej->file, &before)));
+    if (missing) {
+        if (e) remove_entry(r, e);
+        set_rejected(r, name, NULL);
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (missing || known) return;
+
+    e2g_adapter *a = NULL;
+    if (e2g_model_concept(r->base, name) >= 0) e2g_fail(err, "the base has a concept of that name");
+    else a = load_file(r, name, path, err);
+    pthread_mutex_lock(&r->mu);
+    if (file_id_of(path, &after) == 0 && same_file(&before, &after)) {
+        e = find(r, name);
+        if (a) {
+            install(r, name, a, &after);
+            evict(r);
+            a = NULL;
+        } else {
+            fprintf(stderr, "e2gan: skipping adapter %s: %s\n", path, err);
+            if (e) remove_entry(r, e);
+            set_rejected(r, name, &after);
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
+    e2g_adapter_free(a); /* the file changed while it was read */
+}
+
+/* Syncs every NAME.safetensors of the directory. */
 static void scan(e2g_registry *r) {
     DIR *d = opendir(r->dir);
     if (!d) return;
     struct dirent *de;
-    while ((de = readdir(d))) {
-        size_t n = strlen(de->d_name), ls = strlen(SUFFIX);
-        if (n <= ls || strcmp(de->d_name + n - ls, SUFFIX) != 0) continue;
-        char name[NAME_MAX + 1], path[PATH_LEN], err[E2G_ERR_LEN];
-        snprintf(name, sizeof name, "%.*s", (int)(n - ls), de->d_name);
-        if (!e2g_concept_name_ok(name) || find(r, name)) continue;
-        if (e2g_model_concept(r->base, name) >= 0) {
-            fprintf(stderr, "e2gan: skipping adapter %s: the base has a concept of that name\n", name);
-            continue;
-        }
-        path_of(r, name, path, sizeof path);
-        struct stat st;
-        e2g_adapter *a = stat(path, &st) == 0 ? load_file(r, name, path, err) : NULL;
-        if (!a) {
-            fprintf(stderr, "e2gan: skipping adapter %s: %s\n", path, err);
-            continue;
-        }
-        install(r, name, a, (size_t)st.st_size);
-        evict(r);
-    }
+    char name[NAME_MAX + 1];
+    while ((de = readdir(d)))
+        if (adapter_name(de->d_name, name, sizeof name)) sync_name(r, name);
     closedir(d);
 }
 
@@ -189,7 +285,7 @@ int e2g_registry_open(e2g_registry **out, const e2g_model *base, const char *ada
     if (mkdir(adapter_dir, 0755) != 0 && errno != EEXIST)
         return e2g_fail(err, "cannot create adapter directory %s: %s", adapter_dir, strerror(errno));
     e2g_registry *r = e2g_xcalloc(1, sizeof *r);
-    r->base = base, r->cache_limit = cache_bytes;
+    r->base = base, r->cache_limit = cache_bytes, r->inotify_fd = -1;
     snprintf(r->dir, sizeof r->dir, "%s", adapter_dir);
     pthread_mutex_init(&r->mu, NULL);
     scan(r);
@@ -199,7 +295,14 @@ int e2g_registry_open(e2g_registry **out, const e2g_model *base, const char *ada
 
 void e2g_registry_close(e2g_registry *r) {
     if (!r) return;
+    if (r->watching) {
+        if (write(r->stop_pipe[1], "x", 1) != 1) abort(); /* a pipe nobody filled */
+        pthread_join(r->watcher, NULL);
+        close(r->stop_pipe[0]), close(r->stop_pipe[1]);
+        if (r->inotify_fd >= 0) close(r->inotify_fd);
+    }
     while (r->entries) remove_entry(r, r->entries);
+    while (r->rejected) set_rejected(r, r->rejected->name, NULL);
     while (r->live) { /* requests still holding adapters at exit */
         shared *s = r->live;
         r->live = s->next;
@@ -218,15 +321,86 @@ void e2g_registry_rescan(e2g_registry *r) {
         path_of(r, e->name, path, sizeof path);
         if (access(path, F_OK) != 0) remove_entry(r, e);
     }
-    scan(r);
     pthread_mutex_unlock(&r->mu);
+    scan(r);
+}
+
+/* ---- following the directory ----------------------------------------------------- */
+
+static double monotonic_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* The watcher: syncs the name of every inotify event, re-scans on a queue
+ * overflow and every rescan_ms, until a byte arrives on the stop pipe. */
+static void *watch_main(void *arg) {
+    e2g_registry *r = arg;
+    struct pollfd fds[2] = {{.fd = r->stop_pipe[0], .events = POLLIN}, {.fd = r->inotify_fd, .events = POLLIN}};
+    nfds_t nfds = r->inotify_fd >= 0 ? 2 : 1;
+    _Alignas(struct inotify_event) char buf[4096];
+    char name[NAME_MAX + 1];
+    double next_rescan = monotonic_ms() + (double)r->rescan_ms;
+    for (;;) {
+        int timeout = -1;
+        if (r->rescan_ms > 0) {
+            double left = next_rescan - monotonic_ms();
+            timeout = left > 0 ? (int)left + 1 : 0;
+        }
+        int n = poll(fds, nfds, timeout);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 || fds[0].revents) break;
+        if (r->rescan_ms > 0 && monotonic_ms() >= next_rescan) {
+            e2g_registry_rescan(r);
+            next_rescan = monotonic_ms() + (double)r->rescan_ms;
+        }
+        if (nfds < 2 || !fds[1].revents) continue;
+        ssize_t len;
+        while ((len = read(r->inotify_fd, buf, sizeof buf)) > 0)
+            for (char *p = buf; p < buf + len;) {
+                const struct inotify_event *ev = (const struct inotify_event *)(void *)p;
+                p += sizeof *ev + ev->len;
+                if (ev->mask & IN_Q_OVERFLOW) e2g_registry_rescan(r);
+                else if (ev->len && adapter_name(ev->name, name, sizeof name)) sync_name(r, name);
+            }
+    }
+    return NULL;
+}
+
+int e2g_registry_watch(e2g_registry *r, int rescan_s, char *err) {
+    int rc = 0;
+    r->inotify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (r->inotify_fd >= 0 &&
+        inotify_add_watch(r->inotify_fd, r->dir, IN_CLOSE_WRITE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM | IN_ONLYDIR) < 0) {
+        int saved = errno;
+        close(r->inotify_fd);
+        r->inotify_fd = -1;
+        errno = saved;
+    }
+    if (r->inotify_fd < 0) {
+        e2g_fail(err, "cannot follow %s with inotify (%s)%s", r->dir, strerror(errno),
+                 rescan_s > 0 ? ": re-scanning it periodically only" : "");
+        if (rescan_s <= 0) return -1;
+        rc = 1;
+    }
+    r->rescan_ms = rescan_s > 0 ? 1000L * rescan_s : 0;
+    if (pipe2(r->stop_pipe, O_CLOEXEC) != 0 || pthread_create(&r->watcher, NULL, watch_main, r) != 0) {
+        if (r->inotify_fd >= 0) close(r->inotify_fd);
+        r->inotify_fd = -1;
+        return e2g_fail(err, "cannot start the adapter directory watcher: %s", strerror(errno));
+    }
+    r->watching = 1;
+    /* files that arrived between the first scan and the watch */
+    e2g_registry_rescan(r);
+    return rc;
 }
 
 /* ---- listing ------------------------------------------------------------------- */
 
 static json_t *describe_entry(const entry *e) {
     json_t *j = json_pack("{s:s,s:s,s:I,s:b}", "name", e->name, "kind", "adapter", "file_bytes",
-                          (json_int_t)e->file_bytes, "cached", e->current != NULL);
+                          (json_int_t)e->file.size, "cached", e->current != NULL);
     json_object_update(j, e->info);
     return j;
 }
@@ -263,7 +437,8 @@ static shared *pin(e2g_registry *r, entry *e, char *err) {
         e2g_adapter *a = load_file(r, e->name, path, err);
         if (!a) return NULL;
         r->misses++;
-        install(r, e->name, a, e->file_bytes);
+        file_id f = e->file;
+        install(r, e->name, a, &f);
     }
     e->last_used = ++r->clock;
     shared *s = e->current;
@@ -324,14 +499,24 @@ void e2g_registry_release(e2g_registry *r, e2g_request *req) {
 
 /* ---- uploads and deletes ------------------------------------------------------- */
 
+/* Creates a new empty file named after template (ending in XXXXXX), unique
+ * even among servers on other hosts sharing the directory (where process
+ * ids repeat: each container's server may be pid 1); readable by all. */
+static int create_unique(char *template, char *err) {
+    int fd = mkostemp(template, O_CLOEXEC);
+    if (fd < 0) return e2g_fail(err, "cannot create %s: %s", template, strerror(errno));
+    fchmod(fd, 0644);
+    return fd;
+}
+
 /* Writes data to path through a temp file, fsync and rename, then syncs the
  * directory, so a crash leaves the old file or the new one, never a torn one. */
 static int write_atomic(const char *dir, const char *path, const uint8_t *data, size_t n, char *err) {
     char tmp[2 * PATH_LEN];
-    if (snprintf(tmp, sizeof tmp, "%s.upload.%d.tmp", path, (int)getpid()) >= (int)sizeof tmp)
+    if (snprintf(tmp, sizeof tmp, "%s.upload.XXXXXX", path) >= (int)sizeof tmp)
         return e2g_fail(err, "path too long: %s", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) return e2g_fail(err, "cannot create %s: %s", tmp, strerror(errno));
+    int fd = create_unique(tmp, err);
+    if (fd < 0) return -1;
     size_t done = 0;
     while (done < n) {
         ssize_t w = write(fd, data + done, n - done);
@@ -374,22 +559,32 @@ int e2g_registry_put(e2g_registry *r, const char *name, const uint8_t *data, siz
     char path[PATH_LEN];
     path_of(r, name, path, sizeof path);
     char tmp_path[2 * PATH_LEN];
-    snprintf(tmp_path, sizeof tmp_path, "%s/.%.64s.validate.%d" SUFFIX, r->dir, name, (int)getpid());
-    if (write_atomic(r->dir, tmp_path, data, n, err)) return -3;
+    snprintf(tmp_path, sizeof tmp_path, "%s/.%.64s.validate.XXXXXX", r->dir, name);
+    int fd = create_unique(tmp_path, err);
+    if (fd < 0) return -3;
+    close(fd);
+    if (write_atomic(r->dir, tmp_path, data, n, err)) {
+        unlink(tmp_path);
+        return -3;
+    }
     e2g_adapter *a = load_file(r, name, tmp_path, err);
     if (!a) {
         unlink(tmp_path);
         return -2;
     }
-    if (rename(tmp_path, path) != 0) {
+    /* renamed under the lock, so the watcher finds the entry already
+     * installed with this file's identity and does not read it again */
+    file_id fid;
+    pthread_mutex_lock(&r->mu);
+    *created = find(r, name) == NULL;
+    if (file_id_of(tmp_path, &fid) != 0 || rename(tmp_path, path) != 0) {
+        pthread_mutex_unlock(&r->mu);
         e2g_fail(err, "installing %s: %s", path, strerror(errno));
         unlink(tmp_path);
         e2g_adapter_free(a);
         return -3;
     }
-    pthread_mutex_lock(&r->mu);
-    *created = find(r, name) == NULL;
-    install(r, name, a, n);
+    install(r, name, a, &fid);
     evict(r);
     pthread_mutex_unlock(&r->mu);
     return 0;

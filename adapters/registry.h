@@ -3,7 +3,10 @@
  * the base when found, loaded into memory on first use and kept in an LRU
  * cache bounded in bytes; a request pins the adapters it uses until it is
  * released, so eviction never frees an adapter a batch is running.
- * Uploads are written atomically (temp file, fsync, rename).  Thread-safe. */
+ * Uploads are written atomically (temp file, fsync, rename).  A watcher
+ * thread (inotify) follows the directory, so adapters that another process
+ * — another replica sharing the directory — adds, replaces or removes are
+ * served within moments.  Thread-safe. */
 #ifndef E2G_REGISTRY_H
 #define E2G_REGISTRY_H
 
@@ -47,8 +50,19 @@ int e2g_registry_put(e2g_registry *r, const char *name, const uint8_t *data, siz
 /* Removes adapter `name` (file and cache).  -1 unknown name, -2 it is a
  * base concept, -3 the file could not be removed. */
 int e2g_registry_delete(e2g_registry *r, const char *name, char *err);
-/* Re-scans the directory (adapters added or removed by another process). */
+/* Re-scans the directory: adapters added, replaced or removed by another
+ * process. */
 void e2g_registry_rescan(e2g_registry *r);
+
+/* Starts the watcher thread: every NAME.safetensors renamed into the
+ * directory, written and closed there, deleted or renamed away is re-read
+ * (added, replaced, removed) at once; hidden and temporary files are
+ * ignored.  rescan_s > 0 also re-scans every rescan_s seconds, for file
+ * systems whose notifications miss other hosts' changes (NFS).  Returns 0,
+ * or 1 with a warning in err when inotify is unavailable and only the
+ * periodic re-scans run, or -1 with err when nothing follows the directory
+ * (the registry still serves what it found).  e2g_registry_close stops it. */
+int e2g_registry_watch(e2g_registry *r, int rescan_s, char *err);
 
 typedef struct {
     long hits, misses, evictions;

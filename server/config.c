@@ -31,6 +31,7 @@ typedef struct {
 } option;
 
 static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL};
+static const char *const off_on[] = {"off", "on", NULL};
 
 static int check_listen(const char *value, char *err, size_t len);
 static int check_token(const char *value, char *err, size_t len);
@@ -61,6 +62,9 @@ static const option options[] = {
      "largest request body (K, M, G suffixes); larger is 413"},
     {"jobs_dir", STR(jobs_dir), "DIR", "jobs", 1, 4096, NULL, NULL, 0,
      "folder of the fine-tuning jobs (one folder each; kept across restarts)"},
+    {"finetune", NUM(OPT_ENUM, finetune), "on|off", "on", 0, 0, off_on, NULL, 0,
+     "run fine-tuning jobs here (needs admin_token); off answers 503, for the replicas of a "
+     "scale-out whose designated worker runs them"},
     {"trainer", STR(trainer), "FILE", "", 0, 4096, NULL, NULL, 0,
      "the e2gan CLI that runs fine-tuning jobs; empty: e2gan beside e2gan-server"},
     {"max_upload", NUM(OPT_SIZE, max_upload), "BYTES", "512M", KIB, 16 * GIB, NULL, NULL, 0,
@@ -83,6 +87,9 @@ static const option options[] = {
      NULL, 0, "an edit's longest time in the queue and the engine; later is 503"},
     {"retry_after_s", NUM(OPT_INT, retry_after_s), "S", "1", 1, 3600, NULL, NULL, 0,
      "Retry-After of 503 answers, seconds"},
+    {"adapter_rescan_s", NUM(OPT_INT, adapter_rescan_s), "S", "0", 0, 3600, NULL, NULL, 0,
+     "also re-scan the adapter directory every S seconds (0: never); changes are followed at "
+     "once through inotify, which misses other hosts' changes on network file systems (NFS)"},
     {"adapter_cache", NUM(OPT_SIZE, adapter_cache), "BYTES", "256M", MIB, 64 * GIB, NULL, NULL,
      0, "memory for loaded adapters (LRU)"},
     {"threads", NUM(OPT_INT, threads), "N", "0", 0, 1024, NULL, NULL, 0,

@@ -39,6 +39,8 @@ typedef struct {
     long long drain_timeout_s;      /* graceful shutdown's wait for requests */
     long long jpeg_quality;         /* default JPEG output quality */
     long long log_level;            /* e2g_log_level */
+    long long finetune;             /* 1: this server runs fine-tuning jobs */
+    long long adapter_rescan_s;     /* periodic re-scan of the adapters, 0 = none */
 } e2g_server_config;
 
 typedef enum { E2G_CONFIG_RUN = 0, E2G_CONFIG_HELP = 1, E2G_CONFIG_CHECK = 2 } e2g_config_action;

@@ -25,12 +25,12 @@
 
 extern char **environ;
 
-/* Fine-tuning jobs, when the admin routes are on and the trainer is
- * there; otherwise the server serves without them (POST /v1/finetunes
- * answers 503). */
+/* Fine-tuning jobs, when the admin routes and finetune are on and the
+ * trainer is there; otherwise the server serves without them (POST
+ * /v1/finetunes answers 503). */
 static void open_jobs(e2g_service *svc, const e2g_server_config *cfg) {
     char trainer[PATH_MAX], err[E2G_ERR_LEN];
-    if (!cfg->admin_token[0]) return;
+    if (!cfg->admin_token[0] || !cfg->finetune) return;
     if (cfg->trainer[0]) {
         snprintf(trainer, sizeof trainer, "%s", cfg->trainer);
     } else { /* e2gan beside this executable */
@@ -55,6 +55,8 @@ static int load_service(e2g_service *svc, const e2g_server_config *cfg, char *er
     E2G_LOG(E2G_LOG_INFO, "inference on the %s: %s", e2g_infer_backend(svc->model), device);
     if (e2g_registry_open(&svc->registry, svc->model, cfg->adapters, (size_t)cfg->adapter_cache, err) != 0)
         return -1;
+    if (e2g_registry_watch(svc->registry, (int)cfg->adapter_rescan_s, err) != 0)
+        E2G_LOG(E2G_LOG_WARN, "%s", err);
     e2g_batcher_config bc = {(int)cfg->max_batch, (long)cfg->batch_delay_us, (int)cfg->queue_capacity};
     svc->batcher = e2g_batcher_new(svc->model, &bc);
     if (!svc->batcher) return e2g_fail(err, "cannot start the batcher");

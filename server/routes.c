@@ -627,8 +627,9 @@ static void delete_concept(e2g_service *svc, e2g_http_request *rq, const char *n
 /* 503 unless fine-tuning jobs run on this server. */
 static int check_jobs(e2g_service *svc, e2g_http_request *rq) {
     if (svc->jobs) return 0;
-    e2g_response_problem(rq, 503, "finetuning-unavailable", "Fine-tuning unavailable",
-                         "this server runs no fine-tuning jobs (the trainer was not found; see the log)");
+    e2g_response_problem(rq, 503, "finetuning-unavailable", "Fine-tuning unavailable", "%s",
+                         svc->cfg->finetune ? "this server runs no fine-tuning jobs (the trainer was not found; see the log)"
+                                            : "this replica runs no fine-tuning jobs (finetune = off): its designated worker does");
     return -1;
 }
 

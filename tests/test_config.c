@@ -67,8 +67,20 @@ START_TEST(test_defaults) {
     ck_assert_int_eq(cfg.adapter_cache, 256LL << 20);
     ck_assert_int_eq(cfg.jpeg_quality, 90);
     ck_assert_int_eq(cfg.log_level, E2G_LOG_INFO);
+    ck_assert_int_eq(cfg.finetune, 1);
+    ck_assert_int_eq(cfg.adapter_rescan_s, 0);
     e2g_config_free(&cfg);
     ck_assert_ptr_null(cfg.model);
+    /* a replica that leaves the jobs to its designated worker */
+    const char *replica_env[] = {"E2GAN_FINETUNE=off", "E2GAN_ADAPTER_RESCAN_S=5", NULL};
+    ck_assert_msg(load(&cfg, err, args, replica_env) == E2G_CONFIG_RUN, "%s", err);
+    ck_assert_int_eq(cfg.finetune, 0);
+    ck_assert_int_eq(cfg.adapter_rescan_s, 5);
+    e2g_config_free(&cfg);
+    const char *bad_env[] = {"E2GAN_FINETUNE=no", NULL};
+    ck_assert_int_eq(load(&cfg, err, args, bad_env), -1);
+    ck_assert_msg(strstr(err, "E2GAN_FINETUNE") && strstr(err, "off, on"), "%s", err);
+    e2g_config_free(&cfg);
 }
 END_TEST
 

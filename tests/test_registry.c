@@ -2,11 +2,15 @@
  * and clashing files skipped, the rest served), listing, acquire/release
  * with blends, LRU eviction bounded in bytes that never evicts a pinned
  * adapter, validated atomic uploads (bad name, corrupt file, foreign base),
- * deletes, and rescans after another process changed the directory. */
+ * deletes, rescans after another process changed the directory, and the
+ * watcher thread (inotify) following files that another process adds,
+ * replaces and removes, within a second, while a replaced adapter stays
+ * valid for the request that pinned it. */
 #include <check.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common.h"
@@ -170,6 +174,92 @@ START_TEST(test_put_delete_rescan) {
 }
 END_TEST
 
+/* Waits up to 1 s for listed(name) to become `want`. */
+static int listed_within_1s(e2g_registry *r, const char *name, int want) {
+    for (int i = 0; i < 100; i++) {
+        if (listed(r, name, "adapter") == want) return 1;
+        nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
+    }
+    return 0;
+}
+
+/* The first value of the concept embedding of the adapter `name` serves. */
+static float served_concept0(e2g_registry *r, const char *name) {
+    char err[E2G_ERR_LEN];
+    e2g_request req;
+    ck_assert_msg(e2g_registry_acquire(r, &req, name, 1.0f, err) == 0, "%s", err);
+    float v = req.edit.terms[0].lora->concept[0];
+    e2g_registry_release(r, &req);
+    return v;
+}
+
+/* Writes the adapter under a temp name, then renames it to NAME.safetensors,
+ * as another replica's upload does. */
+static void drop_in(const char *name, const char *tmp_name, const void *data, size_t n) {
+    char from[512], to[512];
+    write_file(tmp_name, data, n);
+    snprintf(from, sizeof from, "%s/%s", dir, tmp_name);
+    snprintf(to, sizeof to, "%s/%s.safetensors", dir, name);
+    ck_assert_int_eq(rename(from, to), 0);
+}
+
+START_TEST(test_watch_directory) {
+    char err[E2G_ERR_LEN], path[512];
+    e2g_registry *r = NULL;
+    ck_assert_int_eq(e2g_registry_open(&r, base, dir, 1 << 30, err), 0);
+    ck_assert_msg(e2g_registry_watch(r, 0, err) == 0, "%s", err);
+
+    /* added: a temp file renamed into place; temp and hidden files ignored */
+    drop_in("gamma", ".gamma.upload.tmp", adapter_bytes, adapter_len);
+    write_file(".hidden.safetensors", adapter_bytes, adapter_len);
+    write_file("gamma.safetensors.part", adapter_bytes, adapter_len);
+    ck_assert_msg(listed_within_1s(r, "gamma", 1), "gamma not listed within 1 s");
+    e2g_request req;
+    ck_assert_msg(e2g_registry_acquire(r, &req, "gamma:0.5,beta:0.5", 1.0f, err) == 0, "%s", err);
+    e2g_registry_release(r, &req);
+    ck_assert(!listed(r, ".hidden", "adapter") && !listed(r, "gamma.safetensors", "adapter"));
+
+    /* replaced: alpha's new content serves, while a request that pinned the
+     * old one keeps it intact until it is released */
+    e2g_request pinned;
+    ck_assert_int_eq(e2g_registry_acquire(r, &pinned, "alpha", 1.0f, err), 0);
+    const float old_value = pinned.edit.terms[0].lora->concept[0];
+    e2g_adapter *a = NULL;
+    snprintf(path, sizeof path, "%s/alpha.safetensors", dir);
+    ck_assert_msg(e2g_adapter_load(&a, base, path, err) == 0, "%s", err);
+    a->lora->concept[0] = old_value + 42.0f;
+    snprintf(path, sizeof path, "%s/.alpha.new", dir);
+    ck_assert_msg(e2g_adapter_save(path, base, a->lora, "alpha", NULL, err) == 0, "%s", err);
+    e2g_adapter_free(a);
+    char to[512];
+    snprintf(to, sizeof to, "%s/alpha.safetensors", dir);
+    ck_assert_int_eq(rename(path, to), 0);
+    float served = old_value;
+    for (int i = 0; i < 100 && served == old_value; i++) {
+        nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
+        served = served_concept0(r, "alpha");
+    }
+    ck_assert_msg(served == old_value + 42.0f, "the replaced alpha was not served within 1 s");
+    ck_assert(pinned.edit.terms[0].lora->concept[0] == old_value);
+    e2g_registry_release(r, &pinned);
+
+    /* replaced by a broken file: gone rather than stale */
+    drop_in("beta", ".beta.tmp", adapter_bytes, adapter_len / 2);
+    ck_assert_msg(listed_within_1s(r, "beta", 0), "the broken beta still listed after 1 s");
+    ck_assert_int_eq(e2g_registry_acquire(r, &req, "beta", 1.0f, err), -2);
+
+    /* removed, and renamed away */
+    snprintf(path, sizeof path, "%s/gamma.safetensors", dir);
+    ck_assert_int_eq(unlink(path), 0);
+    ck_assert_msg(listed_within_1s(r, "gamma", 0), "gamma still listed 1 s after its removal");
+    snprintf(path, sizeof path, "%s/alpha.safetensors", dir);
+    snprintf(to, sizeof to, "%s/alpha.old", dir);
+    ck_assert_int_eq(rename(path, to), 0);
+    ck_assert_msg(listed_within_1s(r, "alpha", 0), "alpha still listed 1 s after it was renamed away");
+    e2g_registry_close(r); /* stops the watcher */
+}
+END_TEST
+
 START_TEST(test_names) {
     const char *good[] = {"winter", "oil-paint", "a.b_c", "X9"};
     const char *bad[] = {"", ".hidden", "a/b", "..", "a b", "x\n",
@@ -186,6 +276,7 @@ int main(void) {
     tcase_add_test(tc, test_scan_and_list);
     tcase_add_test(tc, test_acquire_release_and_eviction);
     tcase_add_test(tc, test_put_delete_rescan);
+    tcase_add_test(tc, test_watch_directory);
     tcase_add_test(tc, test_names);
     suite_add_tcase(s, tc);
     return run_suite(s);
