@@ -134,7 +134,7 @@ pid_t start_server(const char *extra, const char *log, int *port) {
 /* SIGTERM, then the exit status (or -1 when it had to be killed). */
 int stop_server(pid_t pid) {
     kill(pid, SIGTERM);
-    for (int i = 0; i < 400; i++) {
+    for (int i = 0; i < 2400; i++) { /* 60 s: a loaded machine drains slowly */
         int status;
         if (waitpid(pid, &status, WNOHANG) == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
         usleep(25000);

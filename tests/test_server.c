@@ -159,7 +159,7 @@ static void main_setup(void) {
     make_fixture_files();
     snprintf(server_log, sizeof server_log, "%s/server.log", tmpdir);
     server_pid = start_server("--admin-token " TOKEN " --cors-origins " ORIGIN
-                              " --max-body 2M --max-batch 8 --batch-delay-us 60000",
+                              " --max-body 2M --max-batch 8 --batch-delay-us 60000 --request-timeout-ms 120000",
                               server_log, &server_port);
 }
 

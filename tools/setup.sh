@@ -18,7 +18,7 @@ packages=(
   python3-yaml python3-jsonschema  # tests: the server's answers checked against openapi.yaml
   imagemagick                   # dataset teachers; real JPEG/PNG variants for the tests
   chromium                      # tests: the web page in a real browser
-  nginx python3-yaml            # tests: replicas behind nginx; the deployment files (docker/)
+  nginx                         # tests: replicas behind nginx (the deployment files in docker/)
 )
 missing=()
 for p in "${packages[@]}"; do
