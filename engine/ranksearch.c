@@ -38,6 +38,19 @@ static double val_psnr(const e2g_model *m, e2g_lora *a, const e2g_dataset *val, 
     return psnr;
 }
 
+/* An adapter with the given ranks from the probe's truncated factors (same
+ * scales, the probe's embedding). */
+static e2g_lora *truncated_adapter(const e2g_gen_config *cfg, const e2g_lora *probe, const int *ranks) {
+    e2g_lora *a = e2g_lora_new(cfg, ranks, probe->scale);
+    for (int l = 0; l < E2G_N_CRUCIAL; l++) {
+        int cout, fan = layer_fan(cfg, l, &cout);
+        if (ranks[l])
+            e2g_lowrank_truncate(probe->B[l], probe->A[l], cout, probe->rank[l], fan, ranks[l], a->B[l], a->A[l]);
+    }
+    memcpy(a->concept, probe->concept, (size_t)cfg->ctx_tokens * e2g_gen_c4(cfg) * sizeof(float));
+    return a;
+}
+
 e2g_lora *e2g_rank_search(const e2g_model *m, const e2g_lora *probe, const e2g_dataset *val,
                           int eval_pairs, double tolerance, json_t **evidence) {
     const e2g_gen_config *cfg = &m->cfg;
@@ -68,20 +81,44 @@ e2g_lora *e2g_rank_search(const e2g_model *m, const e2g_lora *probe, const e2g_d
         json_object_set_new(layers, e2g_crucial_name(l), json_pack("{s:i,s:o}", "rank", ranks[l], "psnr_by_rank", tried));
     }
     e2g_lora_free(trial);
-    /* the chosen adapter, from the truncated factors */
-    e2g_lora *chosen = e2g_lora_new(cfg, ranks, probe->scale);
+    /* Truncations chosen one layer at a time add up: while the joint
+     * truncation loses more than the tolerance, raise the rank of the one
+     * layer whose raise gains the most PSNR per added parameter. */
+    e2g_lora *chosen = truncated_adapter(cfg, probe, ranks);
+    double combined = val_psnr(m, chosen, val, eval_pairs);
+    json_t *repairs = json_array();
+    while (base - combined > tolerance) {
+        int best = -1, best_rank = 0;
+        double best_psnr = combined, best_gain = 0;
+        for (int l = 0; l < E2G_N_CRUCIAL; l++) {
+            if (ranks[l] >= probe->rank[l]) continue;
+            int saved = ranks[l], cout, fan = layer_fan(cfg, l, &cout);
+            ranks[l] = saved ? 2 * saved : 1;
+            if (ranks[l] > probe->rank[l]) ranks[l] = probe->rank[l];
+            e2g_lora *t = truncated_adapter(cfg, probe, ranks);
+            double psnr = val_psnr(m, t, val, eval_pairs);
+            double gain = (psnr - combined) / ((double)(ranks[l] - saved) * (cout + fan));
+            if (best < 0 || gain > best_gain) best = l, best_rank = ranks[l], best_psnr = psnr, best_gain = gain;
+            e2g_lora_free(t);
+            ranks[l] = saved;
+        }
+        if (best < 0) break; /* every layer is back at the probe's rank */
+        ranks[best] = best_rank;
+        combined = best_psnr;
+        json_array_append_new(repairs, json_pack("{s:s,s:i,s:f}", "layer", e2g_crucial_name(best), "rank",
+                                                 best_rank, "psnr", best_psnr));
+        json_object_set_new(json_object_get(layers, e2g_crucial_name(best)), "rank", json_integer(best_rank));
+        e2g_lora_free(chosen);
+        chosen = truncated_adapter(cfg, probe, ranks);
+    }
     size_t params = 0, probe_params = 0;
     for (int l = 0; l < E2G_N_CRUCIAL; l++) {
         int cout, fan = layer_fan(cfg, l, &cout);
         probe_params += (size_t)probe->rank[l] * (cout + fan);
         params += (size_t)ranks[l] * (cout + fan);
-        if (ranks[l]) e2g_lowrank_truncate(probe->B[l], probe->A[l], cout, probe->rank[l], fan, ranks[l],
-                                           chosen->B[l], chosen->A[l]);
     }
-    memcpy(chosen->concept, probe->concept, (size_t)cfg->ctx_tokens * e2g_gen_c4(cfg) * sizeof(float));
-    double combined = val_psnr(m, chosen, val, eval_pairs);
-    *evidence = json_pack("{s:f,s:f,s:f,s:I,s:I,s:o}", "probe_psnr", base, "tolerance_db", tolerance,
+    *evidence = json_pack("{s:f,s:f,s:f,s:I,s:I,s:o,s:o}", "probe_psnr", base, "tolerance_db", tolerance,
                           "truncated_psnr", combined, "probe_lora_params", (json_int_t)probe_params,
-                          "chosen_lora_params", (json_int_t)params, "layers", layers);
+                          "chosen_lora_params", (json_int_t)params, "layers", layers, "joint_repairs", repairs);
     return chosen;
 }

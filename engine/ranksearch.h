@@ -13,10 +13,13 @@
  * For each layer alone, its delta is replaced by the best rank-k
  * approximation (k = 0, 1, 2, 4, … < R; SVD) and the validation PSNR
  * measured; the layer gets the smallest k whose PSNR stays within
- * `tolerance` dB of the probe's (R when none does).  Returns a new adapter
- * with those ranks, warm-started from the truncated factors (same scales,
- * the probe's embedding), and the evidence (every measurement) in
- * *evidence. */
+ * `tolerance` dB of the probe's (R when none does).  Those losses add up,
+ * so the layers' truncations are then measured together, and while they
+ * lose more than `tolerance` the rank of the layer whose doubling gains the
+ * most PSNR per added parameter is doubled (up to R).  Returns a new
+ * adapter with those ranks, warm-started from the truncated factors (same
+ * scales, the probe's embedding), and the evidence (every measurement,
+ * each joint repair) in *evidence. */
 e2g_lora *e2g_rank_search(const e2g_model *m, const e2g_lora *probe, const e2g_dataset *val,
                           int eval_pairs, double tolerance, json_t **evidence);
 

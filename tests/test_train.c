@@ -234,6 +234,14 @@ START_TEST(test_rank_search_and_reduction) {
     }
     ck_assert(json_integer_value(json_object_get(search, "chosen_lora_params")) <=
               json_integer_value(json_object_get(search, "probe_lora_params")));
+    /* the chosen ranks together keep the probe's quality within the
+     * tolerance (the joint repair), unless every layer went back to 4 */
+    double probe = json_number_value(json_object_get(search, "probe_psnr"));
+    double joint = json_number_value(json_object_get(search, "truncated_psnr"));
+    double tol = json_number_value(json_object_get(search, "tolerance_db"));
+    ck_assert(json_is_array(json_object_get(search, "joint_repairs")));
+    ck_assert_msg(probe - joint <= tol + 1e-9 || chosen == 4 * 18, "joint truncation %.3f dB vs probe %.3f dB",
+                  joint, probe);
     json_t *red = json_object_get(r, "data_reduction");
     int pairs = (int)json_integer_value(json_object_get(red, "pairs"));
     ck_assert_int_eq(json_integer_value(json_object_get(red, "kept")), (pairs + 1) / 2);
