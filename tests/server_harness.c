@@ -5,14 +5,17 @@
 #include "server_harness.h"
 
 #include <check.h>
+#include <errno.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -144,6 +147,28 @@ int stop_server(pid_t pid) {
     return -1;
 }
 
+int mount_tmpfs(const char *dir, const char *size) {
+    char options[64];
+    snprintf(options, sizeof options, "size=%s,mode=0755", size);
+    if (mount("tmpfs", dir, "tmpfs", 0, options) == 0) return 0;
+    ck_assert_msg(errno == EPERM, "mounting a tmpfs on %s: %s", dir, strerror(errno));
+    return -1;
+}
+
+void unmount_tmpfs(const char *dir) { ck_assert_int_eq(umount2(dir, MNT_DETACH), 0); }
+
+void fill_disk(const char *dir) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/filler", dir);
+    FILE *f = fopen(path, "ab");
+    ck_assert_msg(f != NULL, "cannot create %s", path);
+    static const char block[4096];
+    while (fwrite(block, 1, sizeof block, f) == sizeof block) continue;
+    fclose(f); /* fails too: the disk is full */
+    struct statvfs vfs;
+    ck_assert_int_eq(statvfs(dir, &vfs), 0);
+    ck_assert_msg(vfs.f_bavail == 0, "%s still has %lu blocks free", dir, (unsigned long)vfs.f_bavail);
+}
 
 /* ---- HTTP through curl ------------------------------------------------------ */
 

@@ -17,6 +17,8 @@ packages=(
   python3-torch python3-numpy   # PyTorch: the reference the tests compare with
   imagemagick                   # dataset teachers; real JPEG/PNG variants for the tests
   chromium                      # tests: the web page in a real browser
+  clang libclang-rt-dev libomp-dev  # tests: the libFuzzer targets (fuzz/, docs/hardening.md)
+  valgrind                      # tools/valgrind.sh: the engine suites under memcheck
 )
 missing=()
 for p in "${packages[@]}"; do
