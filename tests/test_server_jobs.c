@@ -331,8 +331,8 @@ END_TEST
 /* A full disk when the trainer writes a checkpoint (the jobs folder on a
  * small tmpfs, filled once the first checkpoint is written): the job
  * fails with an error, the server goes on serving, the last checkpoint is
- * whole and no temp file is left; a restart with room again keeps the job
- * as failed.  Needs root to mount the tmpfs. */
+ * whole and no temp file is left; a restart with room again neither loses
+ * nor corrupts the job.  Needs root to mount the tmpfs. */
 START_TEST(test_job_checkpoint_full_disk) {
     stop_server(server_pid);
     if (mount_tmpfs(tmp_path("jobs"), "8m") != 0) {
@@ -369,12 +369,24 @@ START_TEST(test_job_checkpoint_full_disk) {
     e2g_st_close(f);
     sh("! ls -A %s | grep -i tmp", tmp_path(dir));
 
+    /* With room again a restart finds the job failed, or, when the full
+     * disk also kept the server from recording that (job.json still says
+     * running), resumes it from that checkpoint. */
     sh("rm %s", tmp_path("jobs/filler"));
     stop_server(server_pid);
     job_server_start();
     j = job_status(job_id);
-    ck_assert_str_eq(state_of(j), "failed");
+    long attempts = (long)json_integer_value(json_object_get(j, "attempts"));
+    fprintf(stderr, "full disk at a checkpoint: after a restart the job is %s (attempts %ld)\n", state_of(j), attempts);
+    ck_assert_msg(!strcmp(state_of(j), "failed") || attempts == 2, "state %s, attempts %ld", state_of(j), attempts);
     json_decref(j);
+    if (attempts == 2) {
+        json_decref(wait_for(job_id, "running", 51, 120));
+        http(&r, "-X DELETE " AUTH " %%PORT/v1/finetunes/%s", job_id);
+        ck_assert_int_eq(r.status, 202);
+        response_free(&r);
+        json_decref(wait_for(job_id, "cancelled", 0, 30));
+    }
     unmount_tmpfs(tmp_path("jobs"));
 }
 END_TEST
