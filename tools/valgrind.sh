@@ -27,6 +27,7 @@ for s in "${suites[@]}"; do
   else
     result=FAILED failed+=("$s")
   fi
-  echo "$s: $result in $(( $(date +%s) - start ))s ($(grep -o 'ERROR SUMMARY: [0-9]* errors' "build/valgrind/$s.log"))"
+  errors=$(grep -o 'ERROR SUMMARY: [0-9]*' "build/valgrind/$s.log" | awk '{n += $3} END {print n + 0}')
+  echo "$s: $result in $(( $(date +%s) - start ))s, $errors errors"
 done
 [ ${#failed[@]} -eq 0 ] || { echo "valgrind.sh: reports in ${failed[*]}: see build/valgrind/"; exit 1; }
