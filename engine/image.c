@@ -357,7 +357,8 @@ static int decode_png(e2g_image *out, const uint8_t *buf, size_t n, long max_pix
     /* Skip every chunk but IHDR, PLTE, tRNS, IDAT and IEND.  libpng 1.6.39
      * only warns when an ancillary chunk (text, ICC profile) is longer than
      * the cap above, then allocates its declared length: a 75-byte file
-     * asked for 1.2 GB (found by fuzz_image; tests/test_image.c). */
+     * asked for 1.2 GB (found by fuzz_image: the regression input is
+     * fuzz/corpus/image/regress-png-text-length-1.2g.png). */
     png_set_keep_unknown_chunks(png, PNG_HANDLE_CHUNK_NEVER, NULL, -1);
     png_read_info(png, info);
 

@@ -7,13 +7,14 @@
 #   tools/valgrind.sh [SUITE[:CASE]...]   (default: every engine suite)
 # test_attention runs its reference case only: its 16384-token case takes
 # a minute natively, hours under memcheck.  test_train is left out: its
-# tests run the trainer as child processes (the CLI), not in-process.
+# tests run the trainer as child processes (the CLI), not in-process;
+# test_server_batcher checks deadlines that memcheck's slowdown misses.
 # Logs: build/valgrind/SUITE.log.  docs/hardening.md has the last results.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 suites=("$@")
 [ ${#suites[@]} -gt 0 ] || suites=(test_safetensors test_image test_multipart test_config test_registry
-  test_metrics test_report test_ops test_attention:reference test_model test_server_batcher)
+  test_metrics test_report test_ops test_attention:reference test_model)
 command -v valgrind >/dev/null || { echo "valgrind.sh: install Debian's valgrind"; exit 2; }
 [ -d build/refs ] || { echo "valgrind.sh: run ctest in build/ first (it writes build/refs)"; exit 2; }
 mkdir -p build/valgrind
