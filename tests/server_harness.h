@@ -38,7 +38,8 @@ int stop_server(pid_t pid);
 /* Mounts a tmpfs of `size` (mount(8) syntax, e.g. "4m") on dir; 0, or -1
  * when this process may not mount (not root).  Fault tests fill it up. */
 int mount_tmpfs(const char *dir, const char *size);
-/* Detaches the tmpfs on dir (lazily: the server may still hold files). */
+/* Detaches a tmpfs mounted on dir, if any (lazily: the server may still
+ * hold files); fixtures' teardowns call it, so a failed test leaves none. */
 void unmount_tmpfs(const char *dir);
 /* Fills the file system holding dir: writes dir/filler until ENOSPC. */
 void fill_disk(const char *dir);

@@ -53,6 +53,7 @@ static void setup(void) {
 static void teardown(void) {
     if (server_pid > 0) stop_server(server_pid);
     server_pid = 0;
+    unmount_tmpfs(tmp_path("adapters"));
     sh("rm -rf %s", tmpdir);
 }
 
@@ -111,8 +112,8 @@ START_TEST(test_kill_during_upload) {
     srand(8);
     int kept_old = 0, got_new = 0;
     for (int round = 0; round < ROUNDS; round++) {
-        /* Upload the other version, kill the server at a random moment of
-         * it (before the request, reading the body, validating, writing,
+        /* Upload the other version, kill the server at a random moment
+         * (before the request, reading the body, validating, writing,
          * renaming, after), and check what the folder holds. */
         const char *old = same_file(installed, v1) ? v1 : v2, *next = old == v1 ? v2 : v1;
         char cmd[1024];
@@ -121,7 +122,11 @@ START_TEST(test_kill_during_upload) {
                  "--data-binary @%s http://127.0.0.1:%d/v1/concepts/ink &",
                  next, server_port);
         ck_assert_int_eq(system(cmd), 0);
-        usleep((useconds_t)(rand() % 40) * 1000); /* start, upload and install take a few ms each */
+        /* Starting curl, the upload and the install take a few ms each: a
+         * third of the kills come early, a third late, a third anywhere
+         * in 0..40 ms (those land in the middle now and then). */
+        int ms = round % 3 == 0 ? rand() % 5 : round % 3 == 1 ? rand() % 40 : 20 + rand() % 100;
+        usleep((useconds_t)ms * 1000);
         kill(server_pid, SIGKILL);
         waitpid(server_pid, NULL, 0);
         if (same_file(installed, old))
@@ -172,9 +177,6 @@ START_TEST(test_upload_to_full_disk) {
     ck_assert_int_eq(put("ink", tmp_path("v2.safetensors")), 200);
     ck_assert(same_file(tmp_path("adapters/ink.safetensors"), tmp_path("v2.safetensors")));
     assert_edits("ink");
-    stop_server(server_pid);
-    server_pid = 0;
-    unmount_tmpfs(tmp_path("adapters"));
 }
 END_TEST
 

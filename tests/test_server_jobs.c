@@ -71,6 +71,7 @@ static void setup(void) {
 
 static void teardown(void) {
     stop_server(server_pid);
+    unmount_tmpfs(tmp_path("jobs"));
     sh("rm -rf %s", tmpdir);
 }
 
@@ -387,7 +388,6 @@ START_TEST(test_job_checkpoint_full_disk) {
         response_free(&r);
         json_decref(wait_for(job_id, "cancelled", 0, 30));
     }
-    unmount_tmpfs(tmp_path("jobs"));
 }
 END_TEST
 
