@@ -34,12 +34,30 @@ static void dnnl_failed(const char *call, dnnl_status_t status, const char *file
 
 static dnnl_engine_t g_engine;
 static pthread_once_t g_engine_once = PTHREAD_ONCE_INIT;
+/* Its destructor releases a thread's plans, scratch and stream when the
+ * thread exits (connection and worker threads come and go in the server). */
+static pthread_key_t g_thread_key;
 
-static void engine_init(void) { DNNL_CHECK(dnnl_engine_create(&g_engine, dnnl_cpu, 0)); }
+static void thread_exit(void *unused) {
+    (void)unused;
+    conv2d_cache_clear();
+}
+
+static void engine_init(void) {
+    DNNL_CHECK(dnnl_engine_create(&g_engine, dnnl_cpu, 0));
+    if (pthread_key_create(&g_thread_key, thread_exit) != 0) abort();
+}
 
 static dnnl_engine_t cpu_engine(void) {
     pthread_once(&g_engine_once, engine_init);
     return g_engine;
+}
+
+/* Marks the calling thread as holding per-thread state, so thread_exit runs
+ * when it ends (a key's destructor runs only for a non-NULL value). */
+static void thread_hold(void) {
+    cpu_engine();
+    if (!pthread_getspecific(g_thread_key)) pthread_setspecific(g_thread_key, &g_thread_key);
 }
 
 /* ---- per-thread scratch buffers ------------------------------------------ */
@@ -55,6 +73,7 @@ static _Thread_local struct {
 
 static void *scratch(int slot, size_t bytes) {
     if (t_scratch[slot].bytes < bytes) {
+        thread_hold();
         free(t_scratch[slot].ptr);
         t_scratch[slot].ptr = e2g_xmalloc(bytes);
         t_scratch[slot].bytes = bytes;
@@ -95,7 +114,10 @@ static _Thread_local unsigned long t_clock;
 static _Thread_local dnnl_stream_t t_stream;
 
 static dnnl_stream_t thread_stream(void) {
-    if (!t_stream) DNNL_CHECK(dnnl_stream_create(&t_stream, cpu_engine(), dnnl_stream_default_flags));
+    if (!t_stream) {
+        thread_hold();
+        DNNL_CHECK(dnnl_stream_create(&t_stream, cpu_engine(), dnnl_stream_default_flags));
+    }
     return t_stream;
 }
 
@@ -120,6 +142,13 @@ void conv2d_cache_clear(void) {
         plan_free(t_plans[i]);
         t_plans[i] = NULL;
     }
+    for (int i = 0; i < SCRATCH_N; i++) {
+        free(t_scratch[i].ptr);
+        t_scratch[i].ptr = NULL;
+        t_scratch[i].bytes = 0;
+    }
+    if (t_stream) dnnl_stream_destroy(t_stream);
+    t_stream = NULL;
 }
 
 /* A reorder from one layout to another, or NULL when they are the same. */
@@ -211,6 +240,7 @@ static conv_plan *plan_get(const plan_key *key) {
         }
         if (!p || (t_plans[victim] && p->last_used < t_plans[victim]->last_used)) victim = i;
     }
+    thread_hold();
     plan_free(t_plans[victim]);
     t_plans[victim] = plan_create(key);
     t_plans[victim]->last_used = ++t_clock;

@@ -55,7 +55,8 @@ int reflect_index(int i, int n);
 void pad_reflect_forward(float *out, const float *inp, int N, int H, int W, int C, int p);
 void pad_reflect_backward(float *dinp, const float *dout, int N, int H, int W, int C, int p);
 
-/* Releases the cached oneDNN primitives (tests and shutdown). */
+/* Releases the calling thread's cached oneDNN primitives, scratch buffers
+ * and stream; runs by itself when a thread that used them exits. */
 void conv2d_cache_clear(void);
 
 #endif

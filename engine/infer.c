@@ -58,6 +58,7 @@ int e2g_infer_use_device(e2g_model *m, const char *mode, char *msg) {
     snprintf(msg, E2G_ERR_LEN, "CUDA device 0");
     return 1;
 #else
+    (void)m;
     snprintf(msg, E2G_ERR_LEN, "this build has no CUDA (nvcc or cuDNN missing at configure time)");
     return want_cuda ? -1 : 0;
 #endif

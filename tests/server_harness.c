@@ -5,14 +5,17 @@
 #include "server_harness.h"
 
 #include <check.h>
+#include <errno.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -21,6 +24,17 @@
 
 char tmpdir[64];
 int server_port;
+
+/* Under AddressSanitizer the server runs several times slower: it gets
+ * longer to answer an edit and to drain at shutdown.  The flags come
+ * before a test's own, which win. */
+#ifdef __SANITIZE_ADDRESS__
+#define SANITIZER_FLAGS "--request-timeout-ms 300000 "
+#define SLOWDOWN 10
+#else
+#define SANITIZER_FLAGS ""
+#define SLOWDOWN 1
+#endif
 
 void sh(const char *fmt, ...) {
     char cmd[16384];
@@ -89,7 +103,7 @@ pid_t start_server(const char *extra, const char *log, int *port) {
     char cmd[4096];
     snprintf(cmd, sizeof cmd,
              "exec %s --model %s --adapters %s --listen 127.0.0.1:0 --static-dir %s "
-             "--openapi %s/openapi.yaml --threads 2 %s",
+             "--openapi %s/openapi.yaml --threads 2 " SANITIZER_FLAGS "%s",
              server_binary(), ref_path("g_default_ngf16_base.safetensors"), tmp_path("adapters"),
              tmp_path("static"), test_source(), extra);
     pid_t pid = fork();
@@ -104,7 +118,7 @@ pid_t start_server(const char *extra, const char *log, int *port) {
         _exit(127);
     }
     *port = 0;
-    for (int i = 0; i < 400 && !*port; i++) {
+    for (int i = 0; i < 400 * SLOWDOWN && !*port; i++) {
         usleep(25000);
         FILE *f = fopen(log, "r");
         char line[1024];
@@ -121,7 +135,7 @@ pid_t start_server(const char *extra, const char *log, int *port) {
         }
     }
     ck_assert_msg(*port > 0, "the server did not report its port");
-    for (int i = 0; i < 400; i++) {
+    for (int i = 0; i < 400 * SLOWDOWN; i++) {
         char c[64];
         snprintf(c, sizeof c, "curl -s -o /dev/null -f http://127.0.0.1:%d/readyz", *port);
         if (system(c) == 0) return pid;
@@ -134,7 +148,7 @@ pid_t start_server(const char *extra, const char *log, int *port) {
 /* SIGTERM, then the exit status (or -1 when it had to be killed). */
 int stop_server(pid_t pid) {
     kill(pid, SIGTERM);
-    for (int i = 0; i < 2400; i++) { /* 60 s: a loaded machine drains slowly */
+    for (int i = 0; i < 2400 * SLOWDOWN; i++) { /* 60 s: a loaded machine drains slowly */
         int status;
         if (waitpid(pid, &status, WNOHANG) == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
         usleep(25000);
@@ -144,6 +158,31 @@ int stop_server(pid_t pid) {
     return -1;
 }
 
+int mount_tmpfs(const char *dir, const char *size) {
+    char options[64];
+    snprintf(options, sizeof options, "size=%s,mode=0755", size);
+    if (mount("tmpfs", dir, "tmpfs", 0, options) == 0) return 0;
+    ck_assert_msg(errno == EPERM, "mounting a tmpfs on %s: %s", dir, strerror(errno));
+    return -1;
+}
+
+void unmount_tmpfs(const char *dir) {
+    if (umount2(dir, MNT_DETACH) != 0)
+        ck_assert_msg(errno == EINVAL || errno == EPERM, "unmounting %s: %s", dir, strerror(errno));
+}
+
+void fill_disk(const char *dir) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/filler", dir);
+    FILE *f = fopen(path, "ab");
+    ck_assert_msg(f != NULL, "cannot create %s", path);
+    static const char block[4096];
+    while (fwrite(block, 1, sizeof block, f) == sizeof block) continue;
+    fclose(f); /* fails too: the disk is full */
+    struct statvfs vfs;
+    ck_assert_int_eq(statvfs(dir, &vfs), 0);
+    ck_assert_msg(vfs.f_bavail == 0, "%s still has %lu blocks free", dir, (unsigned long)vfs.f_bavail);
+}
 
 /* ---- HTTP through curl ------------------------------------------------------ */
 

@@ -35,6 +35,15 @@ pid_t start_server(const char *extra, const char *log, int *port);
 /* SIGTERM, then the exit status (or -1 when it had to be killed). */
 int stop_server(pid_t pid);
 
+/* Mounts a tmpfs of `size` (mount(8) syntax, e.g. "4m") on dir; 0, or -1
+ * when this process may not mount (not root).  Fault tests fill it up. */
+int mount_tmpfs(const char *dir, const char *size);
+/* Detaches a tmpfs mounted on dir, if any (lazily: the server may still
+ * hold files); fixtures' teardowns call it, so a failed test leaves none. */
+void unmount_tmpfs(const char *dir);
+/* Fills the file system holding dir: writes dir/filler until ENOSPC. */
+void fill_disk(const char *dir);
+
 typedef struct {
     int status;
     char headers[16384]; /* of the last response (after any 100 Continue) */

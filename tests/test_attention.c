@@ -80,8 +80,6 @@ START_TEST(test_reference) {
     const double err_dv = rel_error(what, dv, want_dv, nk, 1e-4);
     ck_assert(err_dq <= 1e-4 && err_dk <= 1e-4 && err_dv <= 1e-4);
 
-    free(q), free(k), free(v), free(dout), free(want_out), free(want_dq), free(want_dk), free(want_dv);
-    free(want_lse);
     free(out), free(lse), free(dq), free(dk), free(dv);
     e2g_st_close(f);
     e2g_set_threads(saved_threads);
@@ -138,7 +136,12 @@ START_TEST(test_long_sequence_linear_memory) {
     const long growth = max_rss_kib() - before;
     fprintf(stderr, "attention L=%d C=%d: forward %.3f s, backward %.3f s, peak RSS growth %ld KiB\n", L,
             C, t1 - t0, t2 - t1, growth);
-    ck_assert_msg(growth < 64 * 1024, "peak RSS grew by %ld KiB (L² floats would be 1 GiB)", growth);
+#ifdef __SANITIZE_ADDRESS__
+    const long bound = 256 * 1024; /* AddressSanitizer's shadow and quarantine come on top */
+#else
+    const long bound = 64 * 1024;
+#endif
+    ck_assert_msg(growth < bound, "peak RSS grew by %ld KiB (L² floats would be 1 GiB)", growth);
 
     /* Each output row is a convex combination of v's rows. */
     for (int c = 0; c < C; c++) {

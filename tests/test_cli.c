@@ -93,7 +93,6 @@ static void check_edit(int merged) {
         ck_assert_int_le(max_diff, 1);
         ck_assert_uint_lt(off, n / 100);
         e2g_image_free(&im);
-        free(want);
     }
     e2g_st_close(f);
 }

@@ -29,7 +29,6 @@ static uint8_t *ref_image(const e2g_st_file *f, const char *name, int *w, int *h
         ck_assert_msg(x[i] >= 0 && x[i] <= 255 && x[i] == floorf(x[i]), "%s[%zu] = %g", name, i, x[i]);
         rgb[i] = (uint8_t)x[i];
     }
-    free(x);
     return rgb;
 }
 

@@ -35,10 +35,7 @@ static e2g_model *load_base(const e2g_st_file *ref) {
 
 /* A reference image tensor (N, 3, H, W) as NHWC. */
 static float *ref_image(const e2g_st_file *f, const char *name, int N, int H, int W) {
-    float *nchw = ref_tensor(f, name, NULL);
-    float *nhwc = nchw_to_nhwc(nchw, N, 3, H, W);
-    free(nchw);
-    return nhwc;
+    return nchw_to_nhwc(ref_tensor(f, name, NULL), N, 3, H, W);
 }
 
 static void check(const char *what, const float *got, const float *want, size_t n, double tol) {
@@ -62,20 +59,19 @@ START_TEST(test_generator) {
     for (int n = 0; n < N; n++) edits[n].context = ctx + (size_t)n * T * c4;
 
     e2g_gen_acts *acts = e2g_gen_acts_new(&m->cfg, N, H, W, 1);
-    float *y = malloc(img * sizeof(float));
+    float *y = test_alloc(img * sizeof(float));
     e2g_gen_forward(acts, y, &m->params, x, edits);
     float *want_y = ref_image(f, "y", N, H, W);
     check("y", y, want_y, img, TOL_OUT);
     if (!m->cfg.norm_ends) { /* the memory-lean inference path */
-        float *y_lean = malloc(img * sizeof(float));
+        float *y_lean = test_alloc(img * sizeof(float));
         e2g_gen_infer(&m->cfg, y_lean, &m->params, x, edits, N, H, W);
         check("y (lean inference)", y_lean, want_y, img, TOL_OUT);
-        free(y_lean);
     }
 
     size_t np = e2g_gen_param_count(&m->cfg);
-    float *gmem = calloc(np, sizeof(float)), *dctx = calloc(ctx_n, sizeof(float)),
-          *dx = calloc(img, sizeof(float));
+    float *gmem = test_alloc(np * sizeof(float)), *dctx = test_alloc(ctx_n * sizeof(float)),
+          *dx = test_alloc(img * sizeof(float));
     e2g_gen_params grads;
     e2g_gen_bind(&m->cfg, &grads, gmem);
     e2g_gen_backward(acts, &grads, NULL, NULL, dctx, dx, ref_image(f, "dy", N, H, W), &m->params, x,
@@ -141,7 +137,7 @@ START_TEST(test_lora) {
         edits[n].terms[0] = (e2g_lora_term){ad->lora, strength};
     }
     e2g_gen_acts *acts = e2g_gen_acts_new(&m->cfg, N, H, W, 1);
-    float *y = malloc(img * sizeof(float));
+    float *y = test_alloc(img * sizeof(float));
     e2g_gen_forward(acts, y, &m->params, x, edits);
     check("y (unmerged LoRA)", y, want, img, TOL_OUT);
 
@@ -151,7 +147,7 @@ START_TEST(test_lora) {
     ck_assert_ptr_nonnull(private_w);
     e2g_edit plain[8] = {0};
     for (int n = 0; n < N; n++) plain[n].context = ad->lora->concept;
-    float *y_merged = malloc(img * sizeof(float));
+    float *y_merged = test_alloc(img * sizeof(float));
     e2g_gen_forward(acts, y_merged, &merged, x, plain);
     check("y (merged LoRA)", y_merged, ref_image(f, "y_merged", N, H, W), img, TOL_OUT);
     free(private_w);
@@ -159,7 +155,7 @@ START_TEST(test_lora) {
     /* gradients of the adapter (base frozen), from the unmerged forward */
     e2g_gen_forward(acts, y, &m->params, x, edits);
     e2g_lora *dl = e2g_lora_new(&m->cfg, ad->lora->rank, ad->lora->scale);
-    float *dctx = calloc((size_t)N * T * c4, sizeof(float)), *dx = calloc(img, sizeof(float));
+    float *dctx = test_alloc((size_t)N * T * c4 * sizeof(float)), *dx = test_alloc(img * sizeof(float));
     e2g_gen_backward(acts, NULL, dl, ad->lora, dctx, dx, ref_image(f, "dy", N, H, W), &m->params, x,
                      edits);
     check("dx", dx, ref_image(f, "dx", N, H, W), img, TOL_GRAD);
@@ -200,7 +196,7 @@ START_TEST(test_blend) {
     e2g_edit edits[8];
     for (int n = 0; n < N; n++) edits[n] = req.edit;
     e2g_gen_acts *acts = e2g_gen_acts_new(&m->cfg, N, H, W, 0);
-    float *y = malloc(img * sizeof(float));
+    float *y = test_alloc(img * sizeof(float));
     e2g_gen_forward(acts, y, &m->params, ref_image(f, "x", N, H, W), edits);
     check("y (blend)", y, ref_image(f, "y", N, H, W), img, TOL_OUT);
     e2g_request_free(&req);
@@ -219,8 +215,8 @@ START_TEST(test_lean_inference) {
     e2g_adapter *ad = fx.ad;
     int N = 2, H = 136, W = 48;
     size_t img = (size_t)N * H * W * 3;
-    float *x = malloc(img * sizeof(float)), *y = malloc(img * sizeof(float)),
-          *y_lean = malloc(img * sizeof(float));
+    float *x = test_alloc(img * sizeof(float)), *y = test_alloc(img * sizeof(float)),
+          *y_lean = test_alloc(img * sizeof(float));
     fill_random(x, img, 11);
     e2g_request req[2];
     e2g_edit edits[2];
@@ -251,8 +247,8 @@ START_TEST(test_mixed_batch) {
     e2g_adapter *ad = fx.ad;
     int H = 16, W = 24, N = 3;
     size_t one = (size_t)H * W * 3;
-    float *x = malloc(N * one * sizeof(float)), *y = malloc(N * one * sizeof(float)),
-          *y1 = malloc(one * sizeof(float));
+    float *x = test_alloc(N * one * sizeof(float)), *y = test_alloc(N * one * sizeof(float)),
+          *y1 = test_alloc(one * sizeof(float));
     fill_random(x, N * one, 7);
     const char *specs[3] = {"lora-x", "base-b", "lora-x:0.5,base-a:0.5"};
     float strengths[3] = {1.0f, 1.0f, 1.5f};
@@ -283,7 +279,7 @@ START_TEST(test_discriminator) {
         W = ref_meta_int(f, "W");
     char err[E2G_ERR_LEN];
     size_t np = e2g_disc_param_count(ndf);
-    float *pmem = malloc(np * sizeof(float)), *gmem = calloc(np, sizeof(float));
+    float *pmem = test_alloc(np * sizeof(float)), *gmem = test_alloc(np * sizeof(float));
     e2g_disc_params p, g;
     e2g_disc_bind(ndf, &p, pmem);
     e2g_disc_bind(ndf, &g, gmem);
@@ -296,14 +292,14 @@ START_TEST(test_discriminator) {
     e2g_disc_out_size(H, W, &Ho, &Wo);
     size_t img = (size_t)N * H * W * 3, nl = (size_t)N * Ho * Wo;
     float *src = ref_image(f, "src", N, H, W), *tgt = ref_image(f, "tgt", N, H, W);
-    float *logits = malloc(nl * sizeof(float));
+    float *logits = test_alloc(nl * sizeof(float));
     e2g_disc_acts *a = e2g_disc_acts_new(ndf, N, H, W);
     e2g_disc_forward(a, logits, &p, src, tgt);
     size_t nref;
     float *want = ref_tensor(f, "logits", &nref); /* (N, 1, Ho, Wo) is NHWC already */
     ck_assert_uint_eq(nref, nl);
     check("logits", logits, want, nl, TOL_OUT);
-    float *dsrc = calloc(img, sizeof(float)), *dtgt = calloc(img, sizeof(float));
+    float *dsrc = test_alloc(img * sizeof(float)), *dtgt = test_alloc(img * sizeof(float));
     e2g_disc_backward(a, &g, dsrc, dtgt, ref_tensor(f, "dlogits", NULL), &p, src, tgt);
     check("dsrc", dsrc, ref_image(f, "dsrc", N, H, W), img, TOL_GRAD);
     check("dtgt", dtgt, ref_image(f, "dtgt", N, H, W), img, TOL_GRAD);

@@ -20,7 +20,7 @@
 
 /* A gradient buffer pre-filled with GRAD_FILL. */
 static float *grad_buffer(size_t n) {
-    float *g = malloc(n * sizeof(float));
+    float *g = test_alloc(n * sizeof(float));
     for (size_t i = 0; i < n; i++) g[i] = GRAD_FILL;
     return g;
 }
@@ -59,7 +59,7 @@ START_TEST(test_conv) {
     float *want_out = nchw_to_nhwc(out_ref, N, cs.cout, Ho, Wo);
     float *dout = nchw_to_nhwc(dout_ref, N, cs.cout, Ho, Wo);
 
-    float *out = malloc(ny * sizeof(float));
+    float *out = test_alloc(ny * sizeof(float));
     conv2d_forward(out, x, w, b, N, H, W, &cs);
     check_out(name, out, want_out, ny);
 
@@ -73,16 +73,12 @@ START_TEST(test_conv) {
     if (has_bias) {
         float *want_db = ref_tensor(f, "dbias", NULL);
         check_grad("dbias", db, want_db, cs.cout);
-        free(want_db);
     }
     /* Input gradient alone (frozen weights, as LoRA fine-tuning runs it). */
     float *dx_only = grad_buffer(nx);
     conv2d_backward(dx_only, NULL, NULL, dout, x, w, N, H, W, &cs);
     check_grad("dx (weights frozen)", dx_only, want_dx, nx);
 
-    free(x_ref), free(w), free(b), free(x), free(out_ref), free(dout_ref), free(want_out);
-    free(dout), free(out), free(dx), free(dw), free(db), free(dx_ref), free(want_dx);
-    free(want_dw), free(dx_only);
     e2g_st_close(f);
 }
 END_TEST
@@ -94,13 +90,13 @@ START_TEST(test_instancenorm) {
     size_t n = (size_t)N * C * H * W;
     float *x = nchw_to_nhwc(ref_tensor(f, "x", NULL), N, C, H, W);
     float *w = ref_tensor(f, "weight", NULL), *b = ref_tensor(f, "bias", NULL);
-    float *out = malloc(n * sizeof(float)), *mean = malloc(N * C * sizeof(float)),
-          *rstd = malloc(N * C * sizeof(float));
+    float *out = test_alloc(n * sizeof(float)), *mean = test_alloc(N * C * sizeof(float)),
+          *rstd = test_alloc(N * C * sizeof(float));
     instancenorm_forward(out, mean, rstd, x, w, b, 0, N, H * W, C);
     float *want = nchw_to_nhwc(ref_tensor(f, "out", NULL), N, C, H, W);
     check_out("instancenorm out", out, want, n);
     /* the fused ReLU variant gives relu(norm) */
-    float *fused = malloc(n * sizeof(float));
+    float *fused = test_alloc(n * sizeof(float));
     instancenorm_forward(fused, mean, rstd, x, w, b, 1, N, H * W, C);
     for (size_t i = 0; i < n; i++) want[i] = want[i] > 0 ? want[i] : 0;
     check_out("instancenorm+relu out", fused, want, n);
@@ -120,8 +116,8 @@ START_TEST(test_layernorm) {
     size_t n = (size_t)M * C;
     float *x = ref_tensor(f, "x", NULL), *w = ref_tensor(f, "weight", NULL),
           *b = ref_tensor(f, "bias", NULL);
-    float *out = malloc(n * sizeof(float)), *mean = malloc(M * sizeof(float)),
-          *rstd = malloc(M * sizeof(float));
+    float *out = test_alloc(n * sizeof(float)), *mean = test_alloc(M * sizeof(float)),
+          *rstd = test_alloc(M * sizeof(float));
     layernorm_forward(out, mean, rstd, x, w, b, M, C);
     check_out("layernorm out", out, ref_tensor(f, "out", NULL), n);
     float *dx = grad_buffer(n), *dw = grad_buffer(C), *db = grad_buffer(C);
@@ -138,7 +134,7 @@ START_TEST(test_linear) {
     int M = ref_meta_int(f, "M"), I = ref_meta_int(f, "in"), O = ref_meta_int(f, "out");
     float *x = ref_tensor(f, "x", NULL), *w = ref_tensor(f, "weight", NULL),
           *b = ref_tensor(f, "bias", NULL);
-    float *out = malloc((size_t)M * O * sizeof(float));
+    float *out = test_alloc((size_t)M * O * sizeof(float));
     linear_forward(out, x, w, b, M, I, O, 0);
     float *want = ref_tensor(f, "out", NULL);
     check_out("linear out", out, want, (size_t)M * O);
@@ -163,7 +159,7 @@ START_TEST(test_activations) {
         e2g_st_file *f = ref_open(name);
         size_t n = ref_meta_int(f, "n");
         float *x = ref_tensor(f, "x", NULL), *dout = ref_tensor(f, "dout", NULL);
-        float *out = malloc(n * sizeof(float)), *dx = grad_buffer(n);
+        float *out = test_alloc(n * sizeof(float)), *dx = grad_buffer(n);
         if (k == 0) {
             relu_forward(out, x, n);
             relu_backward(dx, dout, out, n);
@@ -188,7 +184,7 @@ START_TEST(test_output) {
         e2g_st_file *f = ref_open(name);
         size_t n = ref_meta_int(f, "n");
         float *o = ref_tensor(f, "o", NULL), *x = ref_tensor(f, "x", NULL);
-        float *y = malloc(n * sizeof(float)), *d_o = grad_buffer(n), *dx = grad_buffer(n);
+        float *y = test_alloc(n * sizeof(float)), *d_o = grad_buffer(n), *dx = grad_buffer(n);
         output_forward(y, o, x, residual, n);
         check_out(name, y, ref_tensor(f, "out", NULL), n);
         output_backward(d_o, dx, ref_tensor(f, "dout", NULL), y, x, residual, n);
@@ -210,7 +206,7 @@ START_TEST(test_upconv) {
     size_t nx = (size_t)N * cin * H * W, ny = (size_t)N * cout * 4 * H * W, nw = (size_t)cout * cin * 9;
     float *x = nchw_to_nhwc(ref_tensor(f, "x", NULL), N, cin, H, W), *w = ref_tensor(f, "weight", NULL);
     float *b = has_bias ? ref_tensor(f, "bias", NULL) : NULL;
-    float *out = malloc(ny * sizeof(float));
+    float *out = test_alloc(ny * sizeof(float));
     upconv2x_forward(out, x, w, b, N, H, W, cin, cout);
     check_out(upconv_cases[_i], out, nchw_to_nhwc(ref_tensor(f, "out", NULL), N, cout, 2 * H, 2 * W), ny);
     float *dx = grad_buffer(nx), *dw = grad_buffer(nw), *db = grad_buffer(cout);
@@ -275,12 +271,12 @@ START_TEST(test_lowrank) {
     e2g_st_file *f = ref_open("op_lowrank");
     int cout = ref_meta_int(f, "cout"), r = ref_meta_int(f, "r"), fan = ref_meta_int(f, "fan");
     float *B = ref_tensor(f, "B", NULL), *A = ref_tensor(f, "A", NULL);
-    float sigma[16], *U = malloc((size_t)cout * r * sizeof(float)), *Vt = malloc((size_t)r * fan * sizeof(float));
+    float sigma[16], *U = test_alloc((size_t)cout * r * sizeof(float)), *Vt = test_alloc((size_t)r * fan * sizeof(float));
     ck_assert_int_eq(e2g_lowrank_svd(B, A, cout, r, fan, sigma, U, Vt), r);
     check_out("singular values", sigma, ref_tensor(f, "sigma", NULL), r);
     int ks[3] = {1, 3, 6};
-    float *Bk = malloc((size_t)cout * r * sizeof(float)), *Ak = malloc((size_t)r * fan * sizeof(float));
-    float *approx = malloc((size_t)cout * fan * sizeof(float));
+    float *Bk = test_alloc((size_t)cout * r * sizeof(float)), *Ak = test_alloc((size_t)r * fan * sizeof(float));
+    float *approx = test_alloc((size_t)cout * fan * sizeof(float));
     for (int i = 0; i < 3; i++) {
         int k = ks[i];
         char name[16];
@@ -302,7 +298,7 @@ END_TEST
 START_TEST(test_broken_op_is_caught) {
     e2g_st_file *f = ref_open("op_relu");
     size_t n = ref_meta_int(f, "n");
-    float *x = ref_tensor(f, "x", NULL), *out = malloc(n * sizeof(float));
+    float *x = ref_tensor(f, "x", NULL), *out = test_alloc(n * sizeof(float));
     leakyrelu_forward(out, x, 0.01f, n);
     ck_assert(rel_error("broken relu (expected to fail)", out, ref_tensor(f, "out", NULL), n,
                         TOL_OUT) > TOL_OUT);

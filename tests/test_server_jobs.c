@@ -5,7 +5,8 @@
  * events, finish, and serve its adapter as a new concept; bad uploads get
  * the designed problem statuses; DELETE cancels a running job and kills
  * its trainer; a server killed with SIGKILL mid-job takes its trainer with
- * it, and after a restart the job resumes from its checkpoint. */
+ * it, and after a restart the job resumes from its checkpoint; a full
+ * disk at a checkpoint fails the job cleanly and keeps the last one. */
 #include <check.h>
 #include <jansson.h>
 #include <signal.h>
@@ -17,6 +18,7 @@
 
 #include "common.h"
 #include "image.h"
+#include "safetensors.h"
 #include "server_harness.h"
 #include "testutil.h"
 
@@ -69,6 +71,7 @@ static void setup(void) {
 
 static void teardown(void) {
     stop_server(server_pid);
+    unmount_tmpfs(tmp_path("jobs"));
     sh("rm -rf %s", tmpdir);
 }
 
@@ -298,6 +301,68 @@ START_TEST(test_job_survives_restart) {
 }
 END_TEST
 
+/* A full disk when the trainer writes a checkpoint (the jobs folder on a
+ * small tmpfs, filled once the first checkpoint is written): the job
+ * fails with an error, the server goes on serving, the last checkpoint is
+ * whole and no temp file is left; a restart with room again neither loses
+ * nor corrupts the job.  Needs root to mount the tmpfs. */
+START_TEST(test_job_checkpoint_full_disk) {
+    stop_server(server_pid);
+    if (mount_tmpfs(tmp_path("jobs"), "8m") != 0) {
+        fprintf(stderr, "test_job_checkpoint_full_disk skipped: mounting a tmpfs needs root\n");
+        job_server_start();
+        return;
+    }
+    job_server_start();
+    const char *id = submit("full", "-F steps=100000 -F batch=2 -F crop=32 -F train_crops=16 "
+                                    "-F rank_search=false -F keep_fraction=1");
+    char job_id[64], dir[128], path[256];
+    snprintf(job_id, sizeof job_id, "%s", id);
+    snprintf(dir, sizeof dir, "jobs/%s", job_id);
+    json_decref(wait_for(job_id, "running", 60, 120)); /* past the checkpoint at step 50 */
+    fill_disk(tmp_path("jobs"));
+    json_t *j = wait_for(job_id, "failed", 0, 120);
+    const char *error = json_string_value(json_object_get(j, "error"));
+    ck_assert_msg(error && strstr(error, "No space left on device"), "job error: %s", error);
+    json_decref(j);
+
+    response r;
+    http(&r, "%%PORT/readyz");
+    ck_assert_int_eq(r.status, 200);
+    response_free(&r);
+    http(&r, "-X POST --data-binary @%s -H 'Content-Type: image/png' '%%PORT/v1/edits?concept=base-a'",
+         tmp_path("pairs/p0.src.png"));
+    assert_image(&r, E2G_IMAGE_PNG, 64, 48);
+    response_free(&r);
+
+    snprintf(path, sizeof path, "%s/checkpoint.safetensors", dir);
+    e2g_st_file *f;
+    char err[E2G_ERR_LEN];
+    ck_assert_msg(e2g_st_open(&f, tmp_path(path), err) == 0, "%s", err);
+    e2g_st_close(f);
+    sh("! ls -A %s | grep -i tmp", tmp_path(dir));
+
+    /* With room again a restart finds the job failed, or, when the full
+     * disk also kept the server from recording that (job.json still says
+     * running), resumes it from that checkpoint. */
+    sh("rm %s", tmp_path("jobs/filler"));
+    stop_server(server_pid);
+    job_server_start();
+    j = job_status(job_id);
+    long attempts = (long)json_integer_value(json_object_get(j, "attempts"));
+    fprintf(stderr, "full disk at a checkpoint: after a restart the job is %s (attempts %ld)\n", state_of(j), attempts);
+    ck_assert_msg(!strcmp(state_of(j), "failed") || attempts == 2, "state %s, attempts %ld", state_of(j), attempts);
+    json_decref(j);
+    if (attempts == 2) {
+        json_decref(wait_for(job_id, "running", 51, 120));
+        http(&r, "-X DELETE " AUTH " %%PORT/v1/finetunes/%s", job_id);
+        ck_assert_int_eq(r.status, 202);
+        response_free(&r);
+        json_decref(wait_for(job_id, "cancelled", 0, 30));
+    }
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("server_jobs");
     TCase *tc = tcase_create("jobs");
@@ -307,6 +372,7 @@ int main(void) {
     tcase_add_test(tc, test_job_errors);
     tcase_add_test(tc, test_job_cancel);
     tcase_add_test(tc, test_job_survives_restart);
+    tcase_add_test(tc, test_job_checkpoint_full_disk);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }

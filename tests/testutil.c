@@ -18,10 +18,32 @@ e2g_st_file *ref_open(const char *name) {
     return f;
 }
 
+static void **kept;
+static size_t n_kept, cap_kept;
+
+static void release_kept(void) {
+    for (size_t i = 0; i < n_kept; i++) free(kept[i]);
+    free(kept);
+    kept = NULL, n_kept = cap_kept = 0;
+}
+
+void *test_alloc(size_t bytes) {
+    if (n_kept == cap_kept) {
+        if (!kept) atexit(release_kept);
+        cap_kept = cap_kept ? 2 * cap_kept : 64;
+        kept = realloc(kept, cap_kept * sizeof *kept);
+        ck_assert_ptr_nonnull(kept);
+    }
+    void *p = calloc(bytes ? bytes : 1, 1);
+    ck_assert_ptr_nonnull(p);
+    kept[n_kept++] = p;
+    return p;
+}
+
 float *ref_tensor(const e2g_st_file *f, const char *name, size_t *numel) {
     const e2g_st_tensor *t = e2g_st_find(f, name);
     ck_assert_msg(t != NULL, "reference tensor %s is missing", name);
-    float *x = malloc((t->numel ? t->numel : 1) * sizeof(float));
+    float *x = test_alloc(t->numel * sizeof(float));
     e2g_st_to_f32(t, x);
     if (numel) *numel = t->numel;
     return x;
@@ -40,7 +62,7 @@ double ref_meta_double(const e2g_st_file *f, const char *key) {
 }
 
 float *nchw_to_nhwc(const float *x, int n, int c, int h, int w) {
-    float *y = malloc((size_t)n * c * h * w * sizeof(float));
+    float *y = test_alloc((size_t)n * c * h * w * sizeof(float));
     for (int in = 0; in < n; in++)
         for (int ic = 0; ic < c; ic++)
             for (int ih = 0; ih < h; ih++)
@@ -51,7 +73,7 @@ float *nchw_to_nhwc(const float *x, int n, int c, int h, int w) {
 }
 
 float *nhwc_to_nchw(const float *x, int n, int c, int h, int w) {
-    float *y = malloc((size_t)n * c * h * w * sizeof(float));
+    float *y = test_alloc((size_t)n * c * h * w * sizeof(float));
     for (int in = 0; in < n; in++)
         for (int ic = 0; ic < c; ic++)
             for (int ih = 0; ih < h; ih++)

@@ -8,16 +8,22 @@
 #include <stdint.h>
 #include "safetensors.h"
 
+/* Test memory: zeroed blocks a test keeps until its process ends (Check
+ * runs each test in a child process), freed together at exit, so tests pass
+ * their buffers around without freeing each one.  ref_tensor and the
+ * layout conversions return test memory too. */
+void *test_alloc(size_t bytes);
+
 /* Opens $E2G_REFS/<name>.safetensors; fails the current test if missing. */
 e2g_st_file *ref_open(const char *name);
-/* A reference tensor converted to a malloc'd float array; *numel gets its
+/* A reference tensor converted to a float array in test memory; *numel gets its
  * element count when numel is non-NULL.  Fails the test if absent. */
 float *ref_tensor(const e2g_st_file *f, const char *name, size_t *numel);
 /* An integer from the reference file's metadata; fails the test if absent. */
 int ref_meta_int(const e2g_st_file *f, const char *key);
 double ref_meta_double(const e2g_st_file *f, const char *key);
 
-/* Layout conversions between PyTorch's NCHW and the engine's NHWC (malloc'd). */
+/* Layout conversions between PyTorch's NCHW and the engine's NHWC (test memory). */
 float *nchw_to_nhwc(const float *x, int n, int c, int h, int w);
 float *nhwc_to_nchw(const float *x, int n, int c, int h, int w);
 

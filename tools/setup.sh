@@ -19,6 +19,8 @@ packages=(
   imagemagick                   # dataset teachers; real JPEG/PNG variants for the tests
   chromium                      # tests: the web page in a real browser
   nginx                         # tests: replicas behind nginx (the deployment files in docker/)
+  clang libclang-rt-dev libomp-dev  # tests: the libFuzzer targets (fuzz/, docs/hardening.md)
+  valgrind                      # tools/valgrind.sh: the engine suites under memcheck
 )
 missing=()
 for p in "${packages[@]}"; do
