@@ -269,14 +269,32 @@ static void sync_name(e2g_registry *r, const char *name) {
     e2g_adapter_free(a); /* the file changed while it was read */
 }
 
-/* Syncs every NAME.safetensors of the directory. */
+/* Whether a file name is one of an upload's temp files (write_atomic's
+ * NAME.safetensors.upload.XXXXXX, e2g_registry_put's .NAME.validate.XXXXXX). */
+static int upload_temp_name(const char *name) {
+    return strstr(name, ".upload.") || (name[0] == '.' && strstr(name, ".validate."));
+}
+
+/* Syncs every NAME.safetensors of the directory, and removes upload temp
+ * files an hour old or more: an upload killed mid-write leaves one (never
+ * served), and a younger one may be another replica's upload in progress. */
 static void scan(e2g_registry *r) {
     DIR *d = opendir(r->dir);
     if (!d) return;
     struct dirent *de;
     char name[NAME_MAX + 1];
-    while ((de = readdir(d)))
-        if (adapter_name(de->d_name, name, sizeof name)) sync_name(r, name);
+    time_t now = time(NULL);
+    while ((de = readdir(d))) {
+        if (adapter_name(de->d_name, name, sizeof name)) {
+            sync_name(r, name);
+        } else if (upload_temp_name(de->d_name)) {
+            char path[2 * PATH_LEN];
+            struct stat st;
+            snprintf(path, sizeof path, "%s/%s", r->dir, de->d_name);
+            if (lstat(path, &st) == 0 && S_ISREG(st.st_mode) && now - st.st_mtime >= 3600 && unlink(path) == 0)
+                fprintf(stderr, "e2gan: removed %s, left by an interrupted upload\n", path);
+        }
+    }
     closedir(d);
 }
 
@@ -504,7 +522,12 @@ void e2g_registry_release(e2g_registry *r, e2g_request *req) {
  * ids repeat: each container's server may be pid 1); readable by all. */
 static int create_unique(char *template, char *err) {
     int fd = mkostemp(template, O_CLOEXEC);
-    if (fd < 0) return e2g_fail(err, "cannot create %s: %s", template, strerror(errno));
+    if (fd < 0) {
+        int e = errno;
+        e2g_fail(err, "cannot create %s: %s", template, strerror(e));
+        errno = e;
+        return -1;
+    }
     fchmod(fd, 0644);
     return fd;
 }
@@ -522,15 +545,19 @@ static int write_atomic(const char *dir, const char *path, const uint8_t *data, 
         ssize_t w = write(fd, data + done, n - done);
         if (w < 0 && errno == EINTR) continue;
         if (w <= 0) {
-            e2g_fail(err, "writing %s: %s", tmp, strerror(errno));
+            int e = w < 0 ? errno : ENOSPC;
+            e2g_fail(err, "writing %s: %s", tmp, strerror(e));
             close(fd), unlink(tmp);
+            errno = e;
             return -1;
         }
         done += (size_t)w;
     }
     if (fsync(fd) != 0 || close(fd) != 0) {
-        e2g_fail(err, "syncing %s: %s", tmp, strerror(errno));
+        int e = errno;
+        e2g_fail(err, "syncing %s: %s", tmp, strerror(e));
         unlink(tmp);
+        errno = e;
         return -1;
     }
     if (rename(tmp, path) != 0) {
@@ -561,11 +588,12 @@ int e2g_registry_put(e2g_registry *r, const char *name, const uint8_t *data, siz
     char tmp_path[2 * PATH_LEN];
     snprintf(tmp_path, sizeof tmp_path, "%s/.%.64s.validate.XXXXXX", r->dir, name);
     int fd = create_unique(tmp_path, err);
-    if (fd < 0) return -3;
+    if (fd < 0) return errno == ENOSPC || errno == EDQUOT ? -4 : -3;
     close(fd);
     if (write_atomic(r->dir, tmp_path, data, n, err)) {
+        int full = errno == ENOSPC || errno == EDQUOT;
         unlink(tmp_path);
-        return -3;
+        return full ? -4 : -3;
     }
     e2g_adapter *a = load_file(r, name, tmp_path, err);
     if (!a) {

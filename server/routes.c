@@ -591,6 +591,10 @@ static void put_concept(e2g_service *svc, e2g_http_request *rq, const char *name
         e2g_response_problem(rq, 422, "bad-adapter", "Invalid adapter", "%s", err);
         return;
     }
+    if (rc == -4) {
+        e2g_response_problem(rq, 507, "storage", "Could not store the adapter", "%s", err);
+        return;
+    }
     if (rc != 0) {
         e2g_response_problem(rq, 500, "internal", "Could not store the adapter", "%s", err);
         return;

@@ -1,7 +1,7 @@
 /* test_server_faults.c — the real e2gan-server under faults: SIGKILL at
  * random moments of adapter uploads (PUT /v1/concepts/{name}) must leave
  * the old adapter or the new one, whole, never a torn file; an upload to a
- * full disk (a small tmpfs; needs root) is a clean 500 that keeps the old
+ * full disk (a small tmpfs; needs root) is a clean 507 that keeps the old
  * adapter; a corrupt file in the adapter folder is skipped with a log line
  * while the others serve.  (A full disk at a fine-tuning checkpoint is in
  * test_server_jobs.c; SIGKILL during a job is too.) */
@@ -158,12 +158,12 @@ START_TEST(test_upload_to_full_disk) {
     fill_disk(tmp_path("adapters"));
     response r;
     http(&r, PUT_ARGS, tmp_path("v2.safetensors"), "ink");
-    assert_problem(&r, 500, "internal");
+    assert_problem(&r, 507, "storage");
     ck_assert_msg(strstr((const char *)r.body, "No space left on device") != NULL, "%.*s", (int)r.len,
                   (const char *)r.body);
     response_free(&r);
     http(&r, PUT_ARGS, tmp_path("v2.safetensors"), "other");
-    assert_problem(&r, 500, "internal");
+    assert_problem(&r, 507, "storage");
     response_free(&r);
     /* the old adapter is intact and serves; the failed uploads left nothing */
     ck_assert(same_file(tmp_path("adapters/ink.safetensors"), tmp_path("v1.safetensors")));
