@@ -9,7 +9,7 @@ edits from one keep-alive client with no job, then starts a fine-tuning job
 trains; prints p50/p99 of both and the job's step rate, and writes
 bench/results/finetune-latency-DATE-COMMIT.md.
 
-usage: /usr/bin/python3 bench/finetune_latency.py [--edits N] [--concept cartoon]
+usage: /usr/bin/python3 bench/finetune_latency.py [--edits N (400)] [--concept cartoon]
        [--finetune-threads T] [--finetune-nice N] [--no-write]
 """
 import argparse
@@ -108,7 +108,7 @@ def admin(port, method, path, body=None, ctype=None):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--edits", type=int, default=100)
+    ap.add_argument("--edits", type=int, default=400)
     ap.add_argument("--concept", default="cartoon")
     ap.add_argument("--pairs", type=int, default=32)
     ap.add_argument("--finetune-threads", type=int, default=1)
@@ -167,7 +167,8 @@ def main():
               f"sequential 256x256 JPEG edits (concept winter, shipped e2gan-s), server on all cores; the job "
               f"fine-tunes `{args.concept}` on {len(ids)} pairs with {args.finetune_threads} thread(s) at nice "
               f"{args.finetune_nice}.\n\n{table}\n"
-              f"The job trained at {job_rate:.2f} steps/s (batch 8, 128² crops) while the edits ran.\n")
+              f"The job trained at {job_rate:.2f} steps/s (batch 8, 128² crops) while the edits ran "
+              f"(its progress is logged every 10 steps).\n")
     print(report)
     if not args.no_write:
         path = os.path.join(ROOT, f"bench/results/finetune-latency-{date.replace('-', '')}-{commit}.md")

@@ -72,7 +72,7 @@ static const option options[] = {
     {"finetune_threads", NUM(OPT_INT, finetune_threads), "N", "1", 1, 1024, NULL, NULL, 0,
      "threads of a fine-tuning job (a child process, apart from serving)"},
     {"finetune_nice", NUM(OPT_INT, finetune_nice), "N", "19", 0, 19, NULL, NULL, 0,
-     "nice value of a fine-tuning job; 19 lets edits go first"},
+     "nice value of a fine-tuning job; 19 (the default) also makes it SCHED_IDLE: it gets the CPU only when edits leave it idle"},
     {"finetune_attempts", NUM(OPT_INT, finetune_attempts), "N", "3", 1, 100, NULL, NULL, 0,
      "starts of a job interrupted by restarts before it is marked failed"},
     {"max_pixels", NUM(OPT_INT, max_pixels), "N", "4194304", 64, 1LL << 28, NULL, NULL, 0,

@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -365,6 +366,10 @@ static pid_t spawn_trainer(const e2g_jobs *j, const job *jb, int *out_fd, char *
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (getppid() != parent) _exit(127);
         setpriority(PRIO_PROCESS, 0, j->nice);
+        if (j->nice >= 19) { /* the lowest: SCHED_IDLE, the CPU only when serving leaves it idle */
+            struct sched_param idle = {0};
+            sched_setscheduler(0, SCHED_IDLE, &idle);
+        }
         sigset_t none; /* the server blocks SIGTERM and ignores SIGPIPE; the trainer must not */
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
