@@ -183,7 +183,9 @@ report=$(
   echo "  (client latency − server total) $http ms."
 )
 echo "$report"
-out=${OUT:-$ROOT/bench/results/load-$(date -u +%Y%m%d)-$commit$([ "$QUICK" = 1 ] && echo -quick).md}
+suffix=
+[ "$QUICK" = 1 ] && suffix=-quick
+out=${OUT:-$ROOT/bench/results/load-$(date -u +%Y%m%d)-$commit$suffix.md}
 mkdir -p "$(dirname "$out")"
 echo "$report" >"$out"
 echo "written to ${out#"$ROOT"/}"
