@@ -148,8 +148,11 @@ def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     options = server_options(sys.argv[1])
-    setup = read(os.path.join(ROOT, "tools", "setup.sh"))
-    setup_libs = sorted(set(re.findall(r"\blib[a-z0-9.+-]*-dev\b", setup)))
+    # the libraries the build needs: setup.sh's -dev packages, less those on
+    # lines marked as for the tests only (the fuzz build's clang runtimes)
+    setup = [line for line in read(os.path.join(ROOT, "tools", "setup.sh")).splitlines()
+             if not re.search(r"#\s*tests\b", line)]
+    setup_libs = sorted(set(re.findall(r"\blib[a-z0-9.+-]*-dev\b", "\n".join(setup))))
     parsed = {}
     for path in deploy_files():
         name = os.path.relpath(path, ROOT)
