@@ -15,7 +15,6 @@ usage: /usr/bin/python3 bench/finetune_latency.py [--edits N (400)] [--concept c
 import argparse
 import datetime
 import http.client
-import io
 import json
 import os
 import re
@@ -26,6 +25,8 @@ import sys
 import tempfile
 import time
 import uuid
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+from multipart_form import multipart  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN = "bench-admin-token-" + uuid.uuid4().hex
@@ -82,19 +83,6 @@ def measure(port, image, n):
             "mean": statistics.fmean(times), "n": n}
 
 
-def multipart(fields, files):
-    boundary = uuid.uuid4().hex
-    body = io.BytesIO()
-    for k, v in fields.items():
-        body.write(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n".encode())
-    for name, data in files:
-        body.write(f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
-                   f"Content-Type: image/png\r\n\r\n".encode())
-        body.write(data + b"\r\n")
-    body.write(f"--{boundary}--\r\n".encode())
-    return body.getvalue(), f"multipart/form-data; boundary={boundary}"
-
-
 def admin(port, method, path, body=None, ctype=None):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     headers = {"Authorization": f"Bearer {TOKEN}"}
@@ -122,8 +110,8 @@ def main():
     files = []
     for i in ids:
         stem = os.path.splitext(i)[0]
-        files.append((f"{stem}.src.png", open(os.path.join(data, "src", i), "rb").read()))
-        files.append((f"{stem}.dst.png", open(os.path.join(data, args.concept, i), "rb").read()))
+        files.append(("file", f"{stem}.src.png", open(os.path.join(data, "src", i), "rb").read()))
+        files.append(("file", f"{stem}.dst.png", open(os.path.join(data, args.concept, i), "rb").read()))
 
     with tempfile.TemporaryDirectory() as tmp:
         os.mkdir(os.path.join(tmp, "adapters"))

@@ -27,7 +27,6 @@ import argparse
 import collections
 import datetime
 import http.client
-import io
 import json
 import os
 import re
@@ -39,6 +38,8 @@ import tempfile
 import threading
 import time
 import uuid
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+from multipart_form import multipart  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN = "soak-admin-token-" + uuid.uuid4().hex
@@ -160,25 +161,12 @@ def churner(port, adapter, image, stop, tally):
         tally.add("delete", status, status == 204, body.decode(errors="replace"))
 
 
-def multipart(fields, files):
-    boundary = uuid.uuid4().hex
-    body = io.BytesIO()
-    for k, v in fields.items():
-        body.write(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n".encode())
-    for name, data in files:
-        body.write(f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
-                   f"Content-Type: image/png\r\n\r\n".encode())
-        body.write(data + b"\r\n")
-    body.write(f"--{boundary}--\r\n".encode())
-    return body.getvalue(), f"multipart/form-data; boundary={boundary}"
-
-
 def start_job(port, photo, tally):
     files = []
     for k in range(4):
         crop = ["-crop", f"96x72+{40 * k}+{30 * k}", "+repage"]
-        files.append((f"p{k}.src.png", convert(photo, *crop, "png:-")))
-        files.append((f"p{k}.dst.png", convert(photo, *crop, "-negate", "png:-")))
+        files.append(("file", f"p{k}.src.png", convert(photo, *crop, "png:-")))
+        files.append(("file", f"p{k}.dst.png", convert(photo, *crop, "-negate", "png:-")))
     body, ctype = multipart({"concept": "soak-job", "steps": "200", "batch": "2", "crop": "48",
                              "train_crops": "32", "replace": "true"}, files)
     status, data = request(port, "POST", "/v1/finetunes", body, admin_headers(ctype))

@@ -914,11 +914,7 @@ extern "C" int e2g_cuda_engine_time(e2g_cuda_engine *E, const e2g_edit *edits, i
         float t = 0;
         if (!rc && i >= 0 && cudaEventElapsedTime(&t, t0, t1) == cudaSuccess) times.push_back(t);
     }
-    if (!rc && times.empty()) rc = e2g_fail(err, "CUDA: no timing");
-    if (!rc) {
-        std::sort(times.begin(), times.end());
-        *ms = times[times.size() / 2];
-    }
+    if (!rc) rc = median_ms(times, ms, err);
     if (t0) cudaEventDestroy(t0);
     if (t1) cudaEventDestroy(t1);
     if (rc) recover(E);

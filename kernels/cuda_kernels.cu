@@ -28,18 +28,7 @@ __global__ void block_stats_kernel(float *sums, conv_out s) {
 #pragma unroll
             for (int i = 0; i < 8; i++) acc[i] += f[i], acc[8 + i] += f[i] * f[i];
         }
-#pragma unroll
-    for (int i = 0; i < 16; i++) red[threadIdx.x][i] = acc[i];
-    __syncthreads();
-    if (lane == 0) {
-        for (int l = 1; l < lanes; l++)
-#pragma unroll
-            for (int i = 0; i < 16; i++) acc[i] += red[l * G + g][i];
-        for (int i = 0; i < 8; i++) {
-            atomicAdd(&sums[(size_t)n * 2 * s.C + g * 8 + i], acc[i]);
-            atomicAdd(&sums[(size_t)n * 2 * s.C + s.C + g * 8 + i], acc[8 + i]);
-        }
-    }
+    reduce_channel_pairs(red, acc, sums, s.C, n, G, lanes, g, lane);
 }
 
 int block_stats(float *sums, const conv_out &src, cudaStream_t stream, char *err) {

@@ -37,6 +37,27 @@ __device__ __forceinline__ size_t view_index(const tview &v, int n, int y, int x
     return (((size_t)n * (v.H + 2 * v.pad) + y + v.pad) * (v.W + 2 * v.pad) + x + v.pad) * v.C;
 }
 
+/* The end of a per-(n, channel) reduction over pixels by a block of
+ * `threads` threads laid out as lanes × C/8 channel groups (thread t: group
+ * t % G, lane t / G), each holding acc[0..7] and acc[8..15] for its 8
+ * channels: reduces them in shared memory red[threads][16] and adds them
+ * into out[n·2C + c] and out[n·2C + C + c]. */
+__device__ __forceinline__ void reduce_channel_pairs(float (*red)[16], float *acc, float *out, int C, int n,
+                                                     int G, int lanes, int g, int lane) {
+#pragma unroll
+    for (int i = 0; i < 16; i++) red[threadIdx.x][i] = acc[i];
+    __syncthreads();
+    if (lane == 0) {
+        for (int l = 1; l < lanes; l++)
+#pragma unroll
+            for (int i = 0; i < 16; i++) acc[i] += red[l * G + g][i];
+        for (int i = 0; i < 8; i++) {
+            atomicAdd(&out[(size_t)n * 2 * C + g * 8 + i], acc[i]);
+            atomicAdd(&out[(size_t)n * 2 * C + C + g * 8 + i], acc[8 + i]);
+        }
+    }
+}
+
 __device__ __forceinline__ float gelu_tanh(float v) {
     return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
 }

@@ -633,11 +633,7 @@ extern "C" int e2g_cuda_trainer_time(e2g_cuda_trainer *T, int iters, double *ms,
         float t = 0;
         if (!rc && i >= 0 && cudaEventElapsedTime(&t, t0, t1) == cudaSuccess) times.push_back(t);
     }
-    if (!rc && times.empty()) rc = e2g_fail(err, "CUDA: no timing");
-    if (!rc) {
-        std::sort(times.begin(), times.end());
-        *ms = times[times.size() / 2];
-    }
+    if (!rc) rc = median_ms(times, ms, err);
     if (t0) cudaEventDestroy(t0);
     if (t1) cudaEventDestroy(t1);
     return rc;

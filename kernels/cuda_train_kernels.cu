@@ -53,18 +53,7 @@ __global__ void epilogue_bwd_sums_kernel(epilogue_bwd_args a) {
                 acc[i] += dv, acc[8 + i] += dv * xhat;
             }
         }
-#pragma unroll
-    for (int i = 0; i < 16; i++) red[threadIdx.x][i] = acc[i];
-    __syncthreads();
-    if (lane == 0) {
-        for (int l = 1; l < lanes; l++)
-#pragma unroll
-            for (int i = 0; i < 16; i++) acc[i] += red[l * G + g][i];
-        for (int i = 0; i < 8; i++) {
-            atomicAdd(&a.dsums[(size_t)n * 2 * s.C + g * 8 + i], acc[i]);
-            atomicAdd(&a.dsums[(size_t)n * 2 * s.C + s.C + g * 8 + i], acc[8 + i]);
-        }
-    }
+    reduce_channel_pairs(red, acc, a.dsums, s.C, n, G, lanes, g, lane);
 }
 
 /* dgamma, dbeta (with a norm) or dbias (without) from the per-sample sums. */

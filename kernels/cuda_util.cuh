@@ -9,6 +9,9 @@
 #include <cudnn.h>
 #include <stdio.h>
 
+#include <algorithm>
+#include <vector>
+
 extern "C" {
 #include "common.h"
 }
@@ -94,5 +97,15 @@ struct dev_arena {
         return p;
     }
 };
+
+/* The median of a benchmark's timings into *ms; an error when none were
+ * taken. */
+template <typename T>
+static inline int median_ms(std::vector<T> &times, T *ms, char *err) {
+    if (times.empty()) return e2g_fail(err, "CUDA: no timing");
+    std::sort(times.begin(), times.end());
+    *ms = times[times.size() / 2];
+    return 0;
+}
 
 #endif

@@ -14,7 +14,6 @@ usage: tests/openapi/conformance.py [--build DIR]
 """
 import argparse
 import http.client
-import io
 import json
 import os
 import re
@@ -25,11 +24,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 import zlib
 
 import jsonschema
 import yaml
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tools"))
+from multipart_form import multipart  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 failures = []
@@ -131,18 +131,6 @@ class Server:
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(timeout=60)
-
-
-def multipart(fields, files):
-    boundary = uuid.uuid4().hex
-    out = io.BytesIO()
-    for k, v in fields.items():
-        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode())
-    for field, name, data in files:
-        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
-                  f"Content-Type: image/png\r\n\r\n".encode() + data + b"\r\n")
-    out.write(f"--{boundary}--\r\n".encode())
-    return out.getvalue(), f"multipart/form-data; boundary={boundary}"
 
 
 def main():
