@@ -269,8 +269,8 @@ static void sync_name(e2g_registry *r, const char *name) {
     e2g_adapter_free(a); /* the file changed while it was read */
 }
 
-/* Whether a file name is one of an upload's temp files (write_atomic's
- * NAME.safetensors.upload.XXXXXX, e2g_registry_put's .NAME.validate.XXXXXX). */
+/* Whether a file name is one of an upload's temp files (e2g_registry_put's
+ * .NAME.validate.XXXXXX and e2g_write_file_atomic's ….upload.XXXXXX). */
 static int upload_temp_name(const char *name) {
     return strstr(name, ".upload.") || (name[0] == '.' && strstr(name, ".validate."));
 }
@@ -532,44 +532,6 @@ static int create_unique(char *template, char *err) {
     return fd;
 }
 
-/* Writes data to path through a temp file, fsync and rename, then syncs the
- * directory, so a crash leaves the old file or the new one, never a torn one. */
-static int write_atomic(const char *dir, const char *path, const uint8_t *data, size_t n, char *err) {
-    char tmp[2 * PATH_LEN];
-    if (snprintf(tmp, sizeof tmp, "%s.upload.XXXXXX", path) >= (int)sizeof tmp)
-        return e2g_fail(err, "path too long: %s", path);
-    int fd = create_unique(tmp, err);
-    if (fd < 0) return -1;
-    size_t done = 0;
-    while (done < n) {
-        ssize_t w = write(fd, data + done, n - done);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) {
-            int e = w < 0 ? errno : ENOSPC;
-            e2g_fail(err, "writing %s: %s", tmp, strerror(e));
-            close(fd), unlink(tmp);
-            errno = e;
-            return -1;
-        }
-        done += (size_t)w;
-    }
-    if (fsync(fd) != 0 || close(fd) != 0) {
-        int e = errno;
-        e2g_fail(err, "syncing %s: %s", tmp, strerror(e));
-        unlink(tmp);
-        errno = e;
-        return -1;
-    }
-    if (rename(tmp, path) != 0) {
-        e2g_fail(err, "renaming %s: %s", tmp, strerror(errno));
-        unlink(tmp);
-        return -1;
-    }
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY);
-    if (dfd >= 0) fsync(dfd), close(dfd);
-    return 0;
-}
-
 int e2g_registry_put(e2g_registry *r, const char *name, const uint8_t *data, size_t n,
                      int *created, char *err) {
     if (!e2g_concept_name_ok(name))
@@ -590,7 +552,7 @@ int e2g_registry_put(e2g_registry *r, const char *name, const uint8_t *data, siz
     int fd = create_unique(tmp_path, err);
     if (fd < 0) return errno == ENOSPC || errno == EDQUOT ? -4 : -3;
     close(fd);
-    if (write_atomic(r->dir, tmp_path, data, n, err)) {
+    if (e2g_write_file_atomic(tmp_path, data, n, err)) {
         int full = errno == ENOSPC || errno == EDQUOT;
         unlink(tmp_path);
         return full ? -4 : -3;

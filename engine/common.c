@@ -1,10 +1,16 @@
-/* common.c — error buffers, checked allocation and thread settings. */
+/* common.c — error buffers, checked allocation, atomic file writes and
+ * thread settings. */
 #include "common.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <omp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 int e2g_fail(char *err, const char *fmt, ...) {
     if (err) {
@@ -14,6 +20,50 @@ int e2g_fail(char *err, const char *fmt, ...) {
         va_end(ap);
     }
     return -1;
+}
+
+/* Fails with errno kept as the cause, after the cleanup. */
+static int fail_errno(char *err, int cause, const char *what, const char *path) {
+    e2g_fail(err, "%s %s: %s", what, path, strerror(cause));
+    errno = cause;
+    return -1;
+}
+
+int e2g_write_file_atomic(const char *path, const void *data, size_t n, char *err) {
+    size_t len = strlen(path) + 16;
+    char *tmp = e2g_xmalloc(len);
+    snprintf(tmp, len, "%s.upload.XXXXXX", path);
+    /* a unique name, even among servers on other hosts sharing the folder
+     * (where process ids repeat: each container's server may be pid 1) */
+    int fd = mkostemp(tmp, O_CLOEXEC), rc = 0;
+    if (fd < 0) {
+        rc = fail_errno(err, errno, "cannot create", tmp);
+        free(tmp);
+        return rc;
+    }
+    fchmod(fd, 0644);
+    for (const uint8_t *p = data; n && !rc;) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) rc = -1, errno = w < 0 ? errno : ENOSPC;
+        else p += w, n -= (size_t)w;
+    }
+    if (rc || fsync(fd) != 0) {
+        int cause = errno;
+        close(fd), unlink(tmp);
+        rc = fail_errno(err, cause, "cannot write", tmp);
+    } else if (close(fd) != 0 || rename(tmp, path) != 0) {
+        int cause = errno;
+        unlink(tmp);
+        rc = fail_errno(err, cause, "cannot install", path);
+    } else {
+        char *slash = strrchr(tmp, '/');
+        if (slash) *slash = '\0';
+        int dfd = open(slash ? (slash == tmp ? "/" : tmp) : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd >= 0) fsync(dfd), close(dfd);
+    }
+    free(tmp);
+    return rc;
 }
 
 void *e2g_xmalloc(size_t n) {

@@ -23,6 +23,12 @@ void *e2g_xcalloc(size_t count, size_t n);
  * overflow. */
 int e2g_mul_size(size_t a, size_t b, size_t *out);
 
+/* Writes n bytes to path so that a crash leaves the old file or the new
+ * one, never a torn one: a unique temp file PATH.upload.XXXXXX (mode 0644),
+ * fsync, rename over path, fsync of the folder.  On failure nothing is left
+ * behind, err says why and errno is the cause (ENOSPC on a full disk). */
+int e2g_write_file_atomic(const char *path, const void *data, size_t n, char *err);
+
 /* Number of worker threads the engine uses (OpenMP + oneDNN). 0 = all cores. */
 void e2g_set_threads(int n);
 int e2g_get_threads(void);

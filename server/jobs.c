@@ -122,42 +122,13 @@ static void job_path(const e2g_jobs *j, const char *id, const char *name, char *
     snprintf(out, len, "%s/%s%s%s", j->dir, id, name[0] ? "/" : "", name);
 }
 
-static int write_all(const char *path, const void *data, size_t n, char *err) {
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) return e2g_fail(err, "cannot create %s: %s", path, strerror(errno));
-    const uint8_t *p = data;
-    while (n) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) {
-            int e = w < 0 ? errno : ENOSPC;
-            close(fd);
-            e2g_fail(err, "cannot write %s: %s", path, strerror(e));
-            errno = e;
-            return -1;
-        }
-        p += w, n -= (size_t)w;
-    }
-    if (fsync(fd) != 0 || close(fd) != 0) {
-        int e = errno;
-        e2g_fail(err, "cannot write %s: %s", path, strerror(e));
-        errno = e;
-        return -1;
-    }
-    return 0;
-}
-
-/* Replaces job.json atomically (temp file, fsync, rename).  Called with
- * the lock held. */
+/* Replaces job.json atomically.  Called with the lock held. */
 static int save_doc(const e2g_jobs *j, const job *jb, char *err) {
-    char path[4096], tmp[4200];
+    char path[4096];
     job_path(j, jb->id, "job.json", path, sizeof path);
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
     char *text = json_dumps(jb->doc, JSON_INDENT(2) | JSON_SORT_KEYS);
-    int rc = write_all(tmp, text, strlen(text), err);
+    int rc = e2g_write_file_atomic(path, text, strlen(text), err);
     free(text);
-    if (!rc && rename(tmp, path) != 0) rc = e2g_fail(err, "cannot rename %s: %s", tmp, strerror(errno));
-    if (rc) unlink(tmp);
     return rc;
 }
 
@@ -665,7 +636,7 @@ static int write_pairs(const char *dir, const e2g_job_file *files, int n, int *p
             return e2g_fail(err, "file name '%s' is not a plain name of A-Za-z0-9._-", files[i].name), -1;
         snprintf(path, sizeof path, "%s/pairs/%s", dir, files[i].name);
         if (access(path, F_OK) == 0) return e2g_fail(err, "two files are named '%s'", files[i].name), -1;
-        if (write_all(path, files[i].data, files[i].size, err)) return -3;
+        if (e2g_write_file_atomic(path, files[i].data, files[i].size, err)) return -3;
     }
     snprintf(path, sizeof path, "%s/pairs", dir);
     *pairs = e2g_pairs_count(path, err);
