@@ -383,6 +383,36 @@ static int parse_quality(const char *s, int *out) {
     return 0;
 }
 
+/* The format of an image to be decoded (`what` names it in the answer);
+ * 415 unless it is JPEG, PNG or WebP. */
+static int check_image_format(e2g_http_request *rq, const uint8_t *data, size_t n, const char *what,
+                              e2g_image_format *format) {
+    *format = e2g_image_sniff(data, n);
+    if (*format != E2G_IMAGE_UNKNOWN) return 0;
+    e2g_response_problem(rq, 415, "unsupported-media-type", "Unsupported image", "%s is not a JPEG, PNG or WebP",
+                         what);
+    return -1;
+}
+
+/* The header alone says how many pixels decoding would allocate: 422 when
+ * it is unreadable, 413 past max_pixels. */
+static int check_image_size(e2g_service *svc, e2g_http_request *rq, const uint8_t *data, size_t n,
+                            const char *what) {
+    char err[E2G_ERR_LEN];
+    int w, h;
+    if (e2g_image_probe(data, n, &w, &h, err) != 0) {
+        e2g_response_problem(rq, 422, "bad-image", "Unreadable image", "%s: %s", what, err);
+        return -1;
+    }
+    if ((long long)w * h > svc->cfg->max_pixels) {
+        e2g_response_problem(rq, 413, "too-many-pixels", "Image too large",
+                             "%s is %d x %d, %lld pixels; this server takes at most %lld", what, w, h,
+                             (long long)w * h, svc->cfg->max_pixels);
+        return -1;
+    }
+    return 0;
+}
+
 static void finish_edit(e2g_service *svc, e2g_http_request *rq, const char *param) {
     (void)param;
     const e2g_server_config *cfg = svc->cfg;
@@ -442,26 +472,10 @@ static void finish_edit(e2g_service *svc, e2g_http_request *rq, const char *para
         e2g_response_problem(rq, 400, "bad-request", "Bad quality", "quality must be an integer in 1..100");
         return;
     }
-    e2g_image_format input = e2g_image_sniff(data, n), output;
-    if (input == E2G_IMAGE_UNKNOWN) {
-        e2g_response_problem(rq, 415, "unsupported-media-type", "Unsupported image",
-                             "the image is not a JPEG, PNG or WebP");
+    e2g_image_format input, output;
+    if (check_image_format(rq, data, n, "the image", &input) != 0 ||
+        choose_format(rq, format_s, input, &output) != 0 || check_image_size(svc, rq, data, n, "the image") != 0)
         return;
-    }
-    if (choose_format(rq, format_s, input, &output) != 0) return;
-
-    /* The header alone says how many pixels decoding would allocate. */
-    int w, h;
-    if (e2g_image_probe(data, n, &w, &h, err) != 0) {
-        e2g_response_problem(rq, 422, "bad-image", "Unreadable image", "%s", err);
-        return;
-    }
-    if ((long long)w * h > cfg->max_pixels) {
-        e2g_response_problem(rq, 413, "too-many-pixels", "Image too large",
-                             "%d x %d is %lld pixels; this server takes at most %lld", w, h,
-                             (long long)w * h, cfg->max_pixels);
-        return;
-    }
 
     e2g_request req = {0};
     int rc = e2g_registry_acquire(svc->registry, &req, concept, strength, err);
@@ -650,27 +664,6 @@ static void begin_post_finetune(e2g_service *svc, e2g_http_request *rq, const ch
     rq->max_body = (size_t)svc->cfg->max_upload;
 }
 
-/* Checks an uploaded pair image (format, size) without decoding it. */
-static int check_pair_image(e2g_service *svc, e2g_http_request *rq, const e2g_multipart_part *p) {
-    char err[E2G_ERR_LEN];
-    int w, h;
-    if (e2g_image_sniff(p->data, p->size) == E2G_IMAGE_UNKNOWN) {
-        e2g_response_problem(rq, 415, "unsupported-media-type", "Unsupported image",
-                             "'%s' is not a JPEG, PNG or WebP image", p->filename);
-        return -1;
-    }
-    if (e2g_image_probe(p->data, p->size, &w, &h, err) != 0) {
-        e2g_response_problem(rq, 422, "bad-image", "Unreadable image", "'%s': %s", p->filename, err);
-        return -1;
-    }
-    if ((long long)w * h > svc->cfg->max_pixels) {
-        e2g_response_problem(rq, 413, "too-many-pixels", "Image too large",
-                             "'%s' is %dx%d; the limit is %lld pixels", p->filename, w, h, svc->cfg->max_pixels);
-        return -1;
-    }
-    return 0;
-}
-
 static void post_finetune(e2g_service *svc, e2g_http_request *rq, const char *param) {
     (void)param;
     enum { MAX_PARTS = 2048 };
@@ -690,7 +683,12 @@ static void post_finetune(e2g_service *svc, e2g_http_request *rq, const char *pa
     for (int i = 0; i < np; i++) {
         const e2g_multipart_part *p = &parts[i];
         if (p->filename[0]) { /* a pair image */
-            if (check_pair_image(svc, rq, p) != 0) goto out;
+            char label[300];
+            e2g_image_format fmt;
+            snprintf(label, sizeof label, "'%s'", p->filename);
+            if (check_image_format(rq, p->data, p->size, label, &fmt) != 0 ||
+                check_image_size(svc, rq, p->data, p->size, label) != 0)
+                goto out;
             files[nf++] = (e2g_job_file){p->filename, p->data, p->size};
             continue;
         }
