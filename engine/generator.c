@@ -1,26 +1,22 @@
-/* generator.c — E²GAN-G (ARCHITECTURE.md §1) on the CPU: the parameter
- * table, planned activations, and the forward and backward passes with
- * unmerged LoRA applied per run of samples that ask for the same adapters.
- *
- * The network is a chain of "conv blocks" (optional nearest ×2 upsample →
- * conv → optional LoRA → optional instance norm → optional ReLU) around
- * one transformer block at 1/8 resolution; residual and skip additions join
- * them.  Every activation the backward needs is kept in one allocation
- * planned from the batch size and image size; gradients of activations use
- * a second struct of the same layout. */
+/* generator.c — E²GAN-G (docs/architecture.md §1) on the CPU: the
+ * configuration, the parameter table and initialisation, LoRA adapters
+ * (allocation and merging), and the planned forward and backward, which
+ * walk the generator's node table (net.c) through planned.c.  The
+ * memory-lean inference that serves requests is lean.c. */
 #include <math.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "attention.h"
 #include "common.h"
 #include "model.h"
-#include "layers.h"
+#include "net.h"
 #include "ops.h"
+#include "planned.h"
 
-/* ---- configuration and layer specs ------------------------------------------- */
+/* ---- configuration and the crucial layers -------------------------------------- */
 
 int e2g_gen_c4(const e2g_gen_config *cfg) { return 4 * cfg->ngf; }
 
@@ -29,163 +25,44 @@ int e2g_gen_heads(const e2g_gen_config *cfg) {
     return h > 0 ? h : 1;
 }
 
-static const char *const conv_names[G_NCONV] = {"enc1", "enc2", "enc3", "rb1.a", "rb1.b",
-                                                "rb2.a", "rb2.b", "ds", "us", "rb3.a",
-                                                "rb3.b", "dec2", "dec1", "out"};
+/* The crucial layers' module paths, as in PEFT keys: their nodes' weight
+ * names, which do not depend on the configuration. */
+static e2g_net names_net;
+static pthread_once_t names_once = PTHREAD_ONCE_INIT;
 
-/* Which residual block a block id closes (its `b` conv), or -1. */
-static int residual_index(int id) {
-    return id == G_RB1B ? 0 : id == G_RB2B ? 1 : id == G_RB3B ? 2 : -1;
+static void build_names_net(void) {
+    static const e2g_gen_config any = {.ngf = 8, .ctx_tokens = 1, .n_concepts = 1, .unet_skips = 1,
+                                       .residual_out = 1};
+    e2g_gen_net(&names_net, &any);
 }
 
-conv_spec gen_conv_spec(const e2g_gen_config *cfg, int id) {
-    int ngf = cfg->ngf, c4 = e2g_gen_c4(cfg), ends_norm = cfg->norm_ends;
-    conv_spec s = {.conv = {c4, c4, 3, 1, 1, E2G_PAD_REFLECT}, .norm = 1, .act = ACT_RELU, .crucial = -1};
-    switch (id) {
-    case G_ENC1:
-        s.conv = (e2g_conv_shape){3, ngf, 7, 1, 3, E2G_PAD_REFLECT};
-        s.bias = !ends_norm, s.norm = ends_norm, s.crucial = E2G_L_ENC1;
-        break;
-    case G_ENC2: s.conv = (e2g_conv_shape){ngf, 2 * ngf, 3, 2, 1, E2G_PAD_ZERO}, s.crucial = E2G_L_ENC2; break;
-    case G_ENC3: s.conv = (e2g_conv_shape){2 * ngf, c4, 3, 2, 1, E2G_PAD_ZERO}, s.crucial = E2G_L_ENC3; break;
-    case G_RB1B: case G_RB2B: case G_RB3B: s.act = ACT_NONE; break;
-    case G_DS: s.conv = (e2g_conv_shape){c4, c4, 3, 2, 1, E2G_PAD_ZERO}, s.crucial = E2G_L_DS; break;
-    case G_US:
-        s.conv = (e2g_conv_shape){c4, c4, 3, 1, 1, E2G_PAD_ZERO}, s.upsample = 1, s.crucial = E2G_L_US;
-        break;
-    case G_DEC2:
-        s.conv = (e2g_conv_shape){c4, 2 * ngf, 3, 1, 1, E2G_PAD_ZERO}, s.upsample = 1;
-        s.crucial = E2G_L_DEC2;
-        break;
-    case G_DEC1:
-        s.conv = (e2g_conv_shape){2 * ngf, ngf, 3, 1, 1, E2G_PAD_ZERO}, s.upsample = 1;
-        s.bias = !ends_norm, s.norm = ends_norm, s.crucial = E2G_L_DEC1;
-        break;
-    case G_OUT:
-        s.conv = (e2g_conv_shape){ngf, 3, 7, 1, 3, E2G_PAD_REFLECT};
-        s.bias = 1, s.norm = 0, s.act = ACT_NONE, s.crucial = E2G_L_OUT;
-        break;
-    default: break; /* rb*.a: the defaults */
-    }
-    return s;
+const char *e2g_crucial_name(int layer) {
+    pthread_once(&names_once, build_names_net);
+    return names_net.node[e2g_net_crucial_node(&names_net, layer)].wname;
 }
-
-e2g_conv_params *gen_conv_params(const e2g_gen_params *p, int id) {
-    e2g_gen_params *m = (e2g_gen_params *)p;
-    e2g_conv_params *table[G_NCONV] = {&m->enc1, &m->enc2, &m->enc3, &m->rb_a[0], &m->rb_b[0],
-                                       &m->rb_a[1], &m->rb_b[1], &m->ds, &m->us, &m->rb_a[2],
-                                       &m->rb_b[2], &m->dec2, &m->dec1, &m->out};
-    return table[id];
-}
-
-static const char *const crucial_names[E2G_N_CRUCIAL] = {
-    "enc1.conv", "enc2.conv", "enc3.conv", "ds.conv",
-    "tb.self_attn.q", "tb.self_attn.k", "tb.self_attn.v", "tb.self_attn.o",
-    "tb.cross_attn.q", "tb.cross_attn.k", "tb.cross_attn.v", "tb.cross_attn.o",
-    "tb.fc1", "tb.fc2", "us.conv", "dec2.conv", "dec1.conv", "out"};
-
-const char *e2g_crucial_name(int layer) { return crucial_names[layer]; }
 
 void e2g_crucial_shape(const e2g_gen_config *cfg, int layer, e2g_layer_shape *out) {
-    static const int conv_of[E2G_N_CRUCIAL] = {G_ENC1, G_ENC2, G_ENC3, G_DS, -1, -1, -1, -1, -1,
-                                               -1,     -1,     -1,     -1,   -1, G_US, G_DEC2,
-                                               G_DEC1, G_OUT};
-    int c4 = e2g_gen_c4(cfg);
+    e2g_net net;
+    e2g_gen_net(&net, cfg);
+    const e2g_node *nd = &net.node[e2g_net_crucial_node(&net, layer)];
     memset(out, 0, sizeof *out);
-    if (conv_of[layer] >= 0) {
-        out->conv = gen_conv_spec(cfg, conv_of[layer]).conv;
-        out->cin = out->conv.cin, out->cout = out->conv.cout, out->k = out->conv.k;
-    } else {
-        out->cin = layer == E2G_L_FC2 ? 4 * c4 : c4;
-        out->cout = layer == E2G_L_FC1 ? 4 * c4 : c4;
-    }
+    out->cin = nd->cin, out->cout = nd->cout;
+    if (nd->op == E2G_OP_CONV) out->conv = nd->conv, out->k = nd->conv.k;
 }
 
 /* ---- parameter table ---------------------------------------------------------- */
 
-static void add_tensor(e2g_tensor_entry *t, int *n, const char *name, float **slot, int ndim,
-                       int64_t d0, int64_t d1, int64_t d2, int64_t d3) {
-    e2g_tensor_entry *e = &t[(*n)++];
-    snprintf(e->name, sizeof e->name, "%s", name);
-    int is_weight = strcmp(name + strlen(name) - 6, "weight") == 0;
-    if (strcmp(name, "concepts") == 0)
-        e->init = E2G_INIT_NORMAL;
-    else if (strstr(name, ".norm.") || strncmp(name, "tb.ln", 5) == 0)
-        e->init = is_weight ? E2G_INIT_ONES : E2G_INIT_ZEROS;
-    else
-        e->init = is_weight ? E2G_INIT_WEIGHT : E2G_INIT_BIAS;
-    e->ndim = ndim;
-    int64_t dims[4] = {d0, d1, d2, d3};
-    e->numel = 1;
-    for (int i = 0; i < 4; i++) {
-        e->shape[i] = i < ndim ? dims[i] : 0;
-        if (i < ndim) e->numel *= (size_t)dims[i];
-    }
-    e->slot = slot;
-}
-
-static void add_linear(e2g_tensor_entry *t, int *n, const char *name, e2g_linear_params *lp,
-                       int in, int out) {
-    char buf[48];
-    snprintf(buf, sizeof buf, "%.40s.weight", name);
-    add_tensor(t, n, buf, &lp->w, 2, out, in, 0, 0);
-    snprintf(buf, sizeof buf, "%.40s.bias", name);
-    add_tensor(t, n, buf, &lp->b, 1, out, 0, 0, 0);
-}
-
-/* Appends one conv layer's tensors: `<prefix>.weight`, `.bias`, and
- * `<norm_prefix>.weight/.bias` when it has an instance norm. */
-static void add_conv(e2g_tensor_entry *t, int *n, const char *prefix, const char *norm_prefix,
-                     e2g_conv_params *cp, const e2g_conv_shape *cs, int bias, int norm) {
-    char buf[48];
-    snprintf(buf, sizeof buf, "%s.weight", prefix);
-    add_tensor(t, n, buf, &cp->w, 4, cs->cout, cs->cin, cs->k, cs->k);
-    if (bias) {
-        snprintf(buf, sizeof buf, "%s.bias", prefix);
-        add_tensor(t, n, buf, &cp->b, 1, cs->cout, 0, 0, 0);
-    }
-    if (norm) {
-        snprintf(buf, sizeof buf, "%s.weight", norm_prefix);
-        add_tensor(t, n, buf, &cp->norm_w, 1, cs->cout, 0, 0, 0);
-        snprintf(buf, sizeof buf, "%s.bias", norm_prefix);
-        add_tensor(t, n, buf, &cp->norm_b, 1, cs->cout, 0, 0, 0);
-    }
-}
-
 int e2g_gen_tensors(const e2g_gen_config *cfg, e2g_gen_params *p, e2g_tensor_entry *out) {
-    int n = 0, c4 = e2g_gen_c4(cfg);
-    static const char *const qkvo = "qkvo";
-    for (int id = 0; id < G_NCONV; id++) {
-        conv_spec s = gen_conv_spec(cfg, id);
-        char prefix[40], norm_prefix[40];
-        if (id == G_OUT)
-            snprintf(prefix, sizeof prefix, "out");
-        else
-            snprintf(prefix, sizeof prefix, "%s.conv", conv_names[id]);
-        snprintf(norm_prefix, sizeof norm_prefix, "%s.norm", conv_names[id]);
-        add_conv(out, &n, prefix, norm_prefix, gen_conv_params(p, id), &s.conv, s.bias, s.norm);
-        if (id != G_DS) continue;
-        for (int i = 0; i < 3; i++) {
-            char buf[48];
-            snprintf(buf, sizeof buf, "tb.ln%d.weight", i + 1);
-            add_tensor(out, &n, buf, &p->ln_w[i], 1, c4, 0, 0, 0);
-            snprintf(buf, sizeof buf, "tb.ln%d.bias", i + 1);
-            add_tensor(out, &n, buf, &p->ln_b[i], 1, c4, 0, 0, 0);
-        }
-        for (int j = 0; j < 4; j++) {
-            char buf[48];
-            snprintf(buf, sizeof buf, "tb.self_attn.%c", qkvo[j]);
-            add_linear(out, &n, buf, &p->self_attn[j], c4, c4);
-        }
-        for (int j = 0; j < 4; j++) {
-            char buf[48];
-            snprintf(buf, sizeof buf, "tb.cross_attn.%c", qkvo[j]);
-            add_linear(out, &n, buf, &p->cross_attn[j], c4, c4);
-        }
-        add_linear(out, &n, "tb.fc1", &p->fc1, c4, 4 * c4);
-        add_linear(out, &n, "tb.fc2", &p->fc2, 4 * c4, c4);
-    }
-    add_tensor(out, &n, "concepts", &p->concepts, 3, cfg->n_concepts, cfg->ctx_tokens, c4, 0);
+    e2g_net net;
+    e2g_gen_net(&net, cfg);
+    int n = e2g_net_tensors(&net, p, out, 0);
+    e2g_tensor_entry *e = &out[n++];
+    snprintf(e->name, sizeof e->name, "concepts");
+    e->init = E2G_INIT_NORMAL;
+    e->ndim = 3;
+    e->shape[0] = cfg->n_concepts, e->shape[1] = cfg->ctx_tokens, e->shape[2] = e2g_gen_c4(cfg), e->shape[3] = 0;
+    e->numel = (size_t)cfg->n_concepts * cfg->ctx_tokens * e2g_gen_c4(cfg);
+    e->slot = &p->concepts;
     E2G_ASSERT(n <= E2G_GEN_MAX_TENSORS);
     return n;
 }
@@ -296,43 +173,11 @@ void e2g_lora_free(e2g_lora *l) {
     free(l);
 }
 
-/* Weight and size of crucial layer `layer` inside params. */
-static float *crucial_weight(const e2g_gen_params *p, int layer) {
-    switch (layer) {
-    case E2G_L_ENC1: return p->enc1.w;
-    case E2G_L_ENC2: return p->enc2.w;
-    case E2G_L_ENC3: return p->enc3.w;
-    case E2G_L_DS: return p->ds.w;
-    case E2G_L_FC1: return p->fc1.w;
-    case E2G_L_FC2: return p->fc2.w;
-    case E2G_L_US: return p->us.w;
-    case E2G_L_DEC2: return p->dec2.w;
-    case E2G_L_DEC1: return p->dec1.w;
-    case E2G_L_OUT: return p->out.w;
-    default:
-        return layer <= E2G_L_SA_O ? p->self_attn[layer - E2G_L_SA_Q].w
-                                   : p->cross_attn[layer - E2G_L_CA_Q].w;
-    }
-}
-
-static float **crucial_weight_slot(e2g_gen_params *p, int layer) {
-    float *w = crucial_weight(p, layer);
-    e2g_conv_params *convs[] = {&p->enc1, &p->enc2, &p->enc3, &p->ds, &p->us, &p->dec2, &p->dec1, &p->out};
-    for (size_t i = 0; i < sizeof convs / sizeof *convs; i++)
-        if (convs[i]->w == w) return &convs[i]->w;
-    if (p->fc1.w == w) return &p->fc1.w;
-    if (p->fc2.w == w) return &p->fc2.w;
-    for (int j = 0; j < 4; j++) {
-        if (p->self_attn[j].w == w) return &p->self_attn[j].w;
-        if (p->cross_attn[j].w == w) return &p->cross_attn[j].w;
-    }
-    E2G_ASSERT(0);
-    return NULL;
-}
-
 float *e2g_gen_merge(const e2g_gen_config *cfg, e2g_gen_params *dst, const e2g_gen_params *base,
                      const e2g_lora_term *terms, int n_terms) {
     *dst = *base;
+    e2g_net net;
+    e2g_gen_net(&net, cfg);
     size_t total = 0;
     int touched[E2G_N_CRUCIAL] = {0};
     for (int layer = 0; layer < E2G_N_CRUCIAL; layer++) {
@@ -349,7 +194,7 @@ float *e2g_gen_merge(const e2g_gen_config *cfg, e2g_gen_params *dst, const e2g_g
         e2g_layer_shape s;
         e2g_crucial_shape(cfg, layer, &s);
         int fan = s.cin * (s.k ? s.k * s.k : 1);
-        memcpy(m, crucial_weight(base, layer), (size_t)s.cout * fan * sizeof(float));
+        memcpy(m, *e2g_node_weight_slot(&net.node[e2g_net_crucial_node(&net, layer)], base), (size_t)s.cout * fan * sizeof(float));
         for (int t = 0; t < n_terms; t++) {
             const e2g_lora *l = terms[t].lora;
             if (!l->rank[layer]) continue;
@@ -357,469 +202,60 @@ float *e2g_gen_merge(const e2g_gen_config *cfg, e2g_gen_params *dst, const e2g_g
             gemm('N', 'N', s.cout, fan, l->rank[layer], terms[t].coef * l->scale[layer], l->B[layer],
                  l->rank[layer], l->A[layer], fan, 1.0f, m, fan);
         }
-        *crucial_weight_slot(dst, layer) = m;
+        *e2g_node_weight_slot(&net.node[e2g_net_crucial_node(&net, layer)], dst) = m;
         m += (size_t)s.cout * fan;
     }
     return memory;
 }
 
-/* ---- activations ------------------------------------------------------------------ */
 
-typedef struct {
-    block_acts conv[G_NCONV];
-    float *rb_sum[3];      /* x + b(a(x)) of rb1..rb3 */
-    float *skip2, *skip1;  /* dec2 + enc2, dec1 + enc1 (unet_skips) */
-    float *ln_mean[3], *ln_rstd[3], *u[3];
-    float *q, *k, *v, *att, *lse, *t1;
-    float *q2, *k2, *v2, *att2, *lse2, *t2;
-    float *h, *g, *t3;
-    float *ctx;
-    float *y;
-} gen_tensors;
+/* ---- planned forward / backward ------------------------------------------------------ */
 
 struct e2g_gen_acts {
-    e2g_gen_config cfg;
+    e2g_net net;
     int N, H, W;
-    gen_tensors act, grad; /* grad: same layout, planned only with_grads */
-    float *tmp;            /* one block-sized gradient scratch */
-    float *grad_memory;    /* where `grad` lies, zeroed by each backward */
-    size_t grad_floats;
-    int has_grads;
-    float *memory;
-    size_t floats;
+    e2g_planned *plan;
 };
-
-/* Lays out the transformer block's activations for N samples of L tokens. */
-static void plan_tb(gen_tensors *t, arena *ar, const e2g_gen_config *cfg, int N, int L) {
-    int c4 = e2g_gen_c4(cfg), heads = e2g_gen_heads(cfg);
-    size_t M = (size_t)N * L, tok = M * c4, ctx = (size_t)N * cfg->ctx_tokens * c4;
-    for (int i = 0; i < 3; i++) {
-        t->ln_mean[i] = arena_take(ar, M), t->ln_rstd[i] = arena_take(ar, M);
-        t->u[i] = arena_take(ar, tok);
-    }
-    t->q = arena_take(ar, tok), t->k = arena_take(ar, tok), t->v = arena_take(ar, tok);
-    t->att = arena_take(ar, tok), t->lse = arena_take(ar, M * heads), t->t1 = arena_take(ar, tok);
-    t->q2 = arena_take(ar, tok), t->k2 = arena_take(ar, ctx), t->v2 = arena_take(ar, ctx);
-    t->att2 = arena_take(ar, tok), t->lse2 = arena_take(ar, M * heads), t->t2 = arena_take(ar, tok);
-    t->h = arena_take(ar, 4 * tok), t->g = arena_take(ar, 4 * tok), t->t3 = arena_take(ar, tok);
-    t->ctx = arena_take(ar, ctx);
-}
-
-/* Lays out every activation; with a->base NULL it only counts. */
-static void plan_tensors(gen_tensors *t, arena *ar, const e2g_gen_config *cfg, int N, int H,
-                         int W) {
-    int h = H, w = W;
-    for (int id = 0; id < G_NCONV; id++) {
-        conv_spec s = gen_conv_spec(cfg, id);
-        block_acts *b = &t->conv[id];
-        block_plan(b, ar, &s, N, h, w);
-        size_t out_n = block_out_size(b, &s, N);
-        h = b->Ho, w = b->Wo;
-        if (residual_index(id) >= 0) t->rb_sum[residual_index(id)] = arena_take(ar, out_n);
-        if (id == G_DEC2 && cfg->unet_skips) t->skip2 = arena_take(ar, out_n);
-        if (id == G_DEC1 && cfg->unet_skips) t->skip1 = arena_take(ar, out_n);
-        if (id == G_DS) plan_tb(t, ar, cfg, N, h * w);
-    }
-    t->y = arena_take(ar, (size_t)N * H * W * 3);
-}
-
-static size_t largest_block(const gen_tensors *t, const e2g_gen_config *cfg, int N) {
-    size_t m = 0;
-    for (int id = 0; id < G_NCONV; id++) {
-        conv_spec s = gen_conv_spec(cfg, id);
-        size_t n = block_out_size(&t->conv[id], &s, N);
-        if (n > m) m = n;
-    }
-    return m;
-}
 
 e2g_gen_acts *e2g_gen_acts_new(const e2g_gen_config *cfg, int N, int H, int W, int with_grads) {
     E2G_ASSERT(N > 0 && H > 0 && W > 0 && H % 8 == 0 && W % 8 == 0);
     e2g_gen_acts *a = e2g_xcalloc(1, sizeof *a);
-    a->cfg = *cfg, a->N = N, a->H = H, a->W = W, a->has_grads = with_grads;
-    arena count = {0};
-    plan_tensors(&a->act, &count, cfg, N, H, W);
-    size_t one = count.used, tmp = largest_block(&a->act, cfg, N);
-    a->floats = one + (with_grads ? one + tmp : 0);
-    a->memory = e2g_xmalloc(a->floats * sizeof(float));
-    arena ar = {a->memory, 0};
-    plan_tensors(&a->act, &ar, cfg, N, H, W);
-    if (with_grads) {
-        a->grad_memory = a->memory + ar.used;
-        a->grad_floats = one;
-        plan_tensors(&a->grad, &ar, cfg, N, H, W);
-        a->tmp = arena_take(&ar, tmp);
-    }
+    e2g_gen_net(&a->net, cfg);
+    a->N = N, a->H = H, a->W = W;
+    a->plan = e2g_planned_new(&a->net, N, H, W, cfg->ctx_tokens, with_grads);
     return a;
 }
 
 void e2g_gen_acts_free(e2g_gen_acts *a) {
     if (!a) return;
-    free(a->memory);
+    e2g_planned_free(a->plan);
     free(a);
 }
 
-size_t e2g_gen_acts_bytes(const e2g_gen_acts *a) { return a->floats * sizeof(float); }
-
-/* ---- transformer block ---------------------------------------------------------------- */
-
-static void tb_forward(gen_tensors *t, const e2g_gen_params *p, const e2g_gen_config *cfg,
-                       const float *t0, int N, int L, const e2g_edit *edits) {
-    int c4 = e2g_gen_c4(cfg), T = cfg->ctx_tokens, heads = e2g_gen_heads(cfg), M = N * L;
-    size_t tok = (size_t)M * c4;
-    const e2g_linear_params *sa = p->self_attn, *ca = p->cross_attn;
-    float *proj[3] = {t->q, t->k, t->v};
-
-    layernorm_forward(t->u[0], t->ln_mean[0], t->ln_rstd[0], t0, p->ln_w[0], p->ln_b[0], M, c4);
-    for (int j = 0; j < 3; j++) {
-        linear_forward(proj[j], t->u[0], sa[j].w, sa[j].b, M, c4, c4, 0);
-        lora_linear_forward(proj[j], t->u[0], edits, E2G_L_SA_Q + j, L, c4, c4, N);
-    }
-    attention_forward(t->att, t->lse, t->q, t->k, t->v, N, L, L, c4, heads);
-    memcpy(t->t1, t0, tok * sizeof(float));
-    linear_forward(t->t1, t->att, sa[E2G_O].w, sa[E2G_O].b, M, c4, c4, 1);
-    lora_linear_forward(t->t1, t->att, edits, E2G_L_SA_O, L, c4, c4, N);
-
-    layernorm_forward(t->u[1], t->ln_mean[1], t->ln_rstd[1], t->t1, p->ln_w[1], p->ln_b[1], M, c4);
-    linear_forward(t->q2, t->u[1], ca[E2G_Q].w, ca[E2G_Q].b, M, c4, c4, 0);
-    lora_linear_forward(t->q2, t->u[1], edits, E2G_L_CA_Q, L, c4, c4, N);
-    float *kv[2] = {t->k2, t->v2};
-    for (int j = 0; j < 2; j++) {
-        linear_forward(kv[j], t->ctx, ca[E2G_K + j].w, ca[E2G_K + j].b, N * T, c4, c4, 0);
-        lora_linear_forward(kv[j], t->ctx, edits, E2G_L_CA_K + j, T, c4, c4, N);
-    }
-    attention_forward(t->att2, t->lse2, t->q2, t->k2, t->v2, N, L, T, c4, heads);
-    memcpy(t->t2, t->t1, tok * sizeof(float));
-    linear_forward(t->t2, t->att2, ca[E2G_O].w, ca[E2G_O].b, M, c4, c4, 1);
-    lora_linear_forward(t->t2, t->att2, edits, E2G_L_CA_O, L, c4, c4, N);
-
-    layernorm_forward(t->u[2], t->ln_mean[2], t->ln_rstd[2], t->t2, p->ln_w[2], p->ln_b[2], M, c4);
-    linear_forward(t->h, t->u[2], p->fc1.w, p->fc1.b, M, c4, 4 * c4, 0);
-    lora_linear_forward(t->h, t->u[2], edits, E2G_L_FC1, L, c4, 4 * c4, N);
-    gelu_forward(t->g, t->h, 4 * tok);
-    memcpy(t->t3, t->t2, tok * sizeof(float));
-    linear_forward(t->t3, t->g, p->fc2.w, p->fc2.b, M, 4 * c4, c4, 1);
-    lora_linear_forward(t->t3, t->g, edits, E2G_L_FC2, L, 4 * c4, c4, N);
-}
-
-#define LIN_GRAD(gp, field) ((gp) ? (gp)->field.w : NULL), ((gp) ? (gp)->field.b : NULL)
-
-/* A linear layer's backward plus its LoRA's. */
-static void linear_with_lora_backward(float *din, float *dw, float *db, e2g_lora *dlora,
-                                      const e2g_lora *train, const float *dout, const float *in,
-                                      const float *w, const e2g_edit *edits, int layer,
-                                      int rows_per_sample, int cin, int cout, int N) {
-    linear_backward(din, dw, db, dout, in, w, N * rows_per_sample, cin, cout);
-    lora_linear_backward(din, dlora, train, dout, in, edits, layer, rows_per_sample, cin, cout, N);
-}
-
-static void tb_backward(gen_tensors *t, gen_tensors *d, e2g_gen_params *gp, e2g_lora *dlora,
-                        const e2g_lora *train, const e2g_gen_params *p, const e2g_gen_config *cfg,
-                        const float *t0, float *dt0, int N, int L, const e2g_edit *edits) {
-    int c4 = e2g_gen_c4(cfg), T = cfg->ctx_tokens, heads = e2g_gen_heads(cfg), M = N * L;
-    size_t tok = (size_t)M * c4;
-    const e2g_linear_params *sa = p->self_attn, *ca = p->cross_attn;
-
-    /* t3 = t2 + fc2(gelu(fc1(LN3(t2)))) */
-    accumulate(d->t2, d->t3, tok);
-    linear_with_lora_backward(d->g, LIN_GRAD(gp, fc2), dlora, train, d->t3, t->g, p->fc2.w, edits,
-                              E2G_L_FC2, L, 4 * c4, c4, N);
-    gelu_backward(d->h, d->g, t->h, 4 * tok);
-    linear_with_lora_backward(d->u[2], LIN_GRAD(gp, fc1), dlora, train, d->h, t->u[2], p->fc1.w,
-                              edits, E2G_L_FC1, L, c4, 4 * c4, N);
-    layernorm_backward(d->t2, gp ? gp->ln_w[2] : NULL, gp ? gp->ln_b[2] : NULL, d->u[2], t->t2,
-                       t->ln_mean[2], t->ln_rstd[2], p->ln_w[2], M, c4);
-
-    /* t2 = t1 + o(attn(q(LN2(t1)), k(ctx), v(ctx))) */
-    accumulate(d->t1, d->t2, tok);
-    linear_with_lora_backward(d->att2, LIN_GRAD(gp, cross_attn[E2G_O]), dlora, train, d->t2,
-                              t->att2, ca[E2G_O].w, edits, E2G_L_CA_O, L, c4, c4, N);
-    attention_backward(d->q2, d->k2, d->v2, d->att2, t->q2, t->k2, t->v2, t->att2, t->lse2, N, L,
-                       T, c4, heads);
-    float *dkv[2] = {d->k2, d->v2};
-    for (int j = 0; j < 2; j++)
-        linear_with_lora_backward(d->ctx, LIN_GRAD(gp, cross_attn[E2G_K + j]), dlora, train, dkv[j],
-                                  t->ctx, ca[E2G_K + j].w, edits, E2G_L_CA_K + j, T, c4, c4, N);
-    linear_with_lora_backward(d->u[1], LIN_GRAD(gp, cross_attn[E2G_Q]), dlora, train, d->q2,
-                              t->u[1], ca[E2G_Q].w, edits, E2G_L_CA_Q, L, c4, c4, N);
-    layernorm_backward(d->t1, gp ? gp->ln_w[1] : NULL, gp ? gp->ln_b[1] : NULL, d->u[1], t->t1,
-                       t->ln_mean[1], t->ln_rstd[1], p->ln_w[1], M, c4);
-
-    /* t1 = t0 + o(attn(q(u), k(u), v(u))), u = LN1(t0) */
-    accumulate(dt0, d->t1, tok);
-    linear_with_lora_backward(d->att, LIN_GRAD(gp, self_attn[E2G_O]), dlora, train, d->t1, t->att,
-                              sa[E2G_O].w, edits, E2G_L_SA_O, L, c4, c4, N);
-    attention_backward(d->q, d->k, d->v, d->att, t->q, t->k, t->v, t->att, t->lse, N, L, L, c4,
-                       heads);
-    float *dproj[3] = {d->q, d->k, d->v};
-    for (int j = 0; j < 3; j++)
-        linear_with_lora_backward(d->u[0], LIN_GRAD(gp, self_attn[j]), dlora, train, dproj[j],
-                                  t->u[0], sa[j].w, edits, E2G_L_SA_Q + j, L, c4, c4, N);
-    layernorm_backward(dt0, gp ? gp->ln_w[0] : NULL, gp ? gp->ln_b[0] : NULL, d->u[0], t0,
-                       t->ln_mean[0], t->ln_rstd[0], p->ln_w[0], M, c4);
-}
-
-/* ---- the whole generator --------------------------------------------------------------- */
-
-/* The input of conv block id: the previous block's output, a residual sum
- * or a skip sum. */
-static const float *block_input(const gen_tensors *t, const float *x, int id) {
-    switch (id) {
-    case G_ENC1: return x;
-    case G_RB1A: return t->conv[G_ENC3].out;
-    case G_RB2A: return t->rb_sum[0];
-    case G_DS: return t->rb_sum[1];
-    case G_US: return t->t3;
-    case G_RB3A: return t->conv[G_US].out;
-    case G_DEC2: return t->rb_sum[2];
-    case G_DEC1: return t->skip2 ? t->skip2 : t->conv[G_DEC2].out;
-    case G_OUT: return t->skip1 ? t->skip1 : t->conv[G_DEC1].out;
-    default: return t->conv[id - 1].out;
-    }
-}
-
-/* The gradient buffer of that input (NULL for the image itself). */
-static float *block_input_grad(gen_tensors *d, float *dx, int id) {
-    return id == G_ENC1 ? dx : (float *)block_input(d, NULL, id);
-}
-
-/* Gathers each sample's context (T, C4) into ctx (N, T, C4). */
-static void gather_contexts(float *ctx, const e2g_gen_config *cfg, const e2g_edit *edits, int N) {
-    size_t one = (size_t)cfg->ctx_tokens * e2g_gen_c4(cfg);
-    for (int n = 0; n < N; n++) memcpy(ctx + n * one, edits[n].context, one * sizeof(float));
-}
+size_t e2g_gen_acts_bytes(const e2g_gen_acts *a) { return e2g_planned_bytes(a->plan); }
 
 void e2g_gen_forward(e2g_gen_acts *a, float *y, const e2g_gen_params *p, const float *x,
                      const e2g_edit *edits) {
-    const e2g_gen_config *cfg = &a->cfg;
-    gen_tensors *t = &a->act;
-    int N = a->N;
-    gather_contexts(t->ctx, cfg, edits, N);
-    for (int id = 0; id < G_NCONV; id++) {
-        conv_spec s = gen_conv_spec(cfg, id);
-        block_acts *b = &t->conv[id];
-        block_forward(b, &s, gen_conv_params(p, id), block_input(t, x, id), N, edits);
-        size_t n = block_out_size(b, &s, N);
-        int r = residual_index(id);
-        if (r >= 0) {
-            add_forward(t->rb_sum[r], block_input(t, x, id - 1), b->out, n);
-        }
-        if (id == G_DEC2 && t->skip2) add_forward(t->skip2, b->out, t->conv[G_ENC2].out, n);
-        if (id == G_DEC1 && t->skip1) add_forward(t->skip1, b->out, t->conv[G_ENC1].out, n);
-        if (id == G_DS) tb_forward(t, p, cfg, b->out, N, b->Ho * b->Wo, edits);
-    }
-    output_forward(t->y, t->conv[G_OUT].pre, x, cfg->residual_out, (size_t)N * a->H * a->W * 3);
-    if (y) memcpy(y, t->y, (size_t)N * a->H * a->W * 3 * sizeof(float));
+    e2g_planned_forward(a->plan, p, x, edits);
+    if (y)
+        memcpy(y, e2g_planned_out(a->plan, a->net.output), (size_t)a->N * a->H * a->W * 3 * sizeof(float));
 }
 
 void e2g_gen_backward(e2g_gen_acts *a, e2g_gen_params *grads, e2g_lora *dlora,
                       const e2g_lora *train, float *dctx, float *dx, const float *dy,
                       const e2g_gen_params *p, const float *x, const e2g_edit *edits) {
-    E2G_ASSERT(a->has_grads);
-    const e2g_gen_config *cfg = &a->cfg;
-    gen_tensors *t = &a->act, *d = &a->grad;
-    int N = a->N, c4 = e2g_gen_c4(cfg), T = cfg->ctx_tokens;
-    memset(a->grad_memory, 0, a->grad_floats * sizeof(float));
-    output_backward(d->conv[G_OUT].pre, dx, dy, t->y, x, cfg->residual_out,
-                    (size_t)N * a->H * a->W * 3);
-    for (int id = G_NCONV - 1; id >= 0; id--) {
-        conv_spec s = gen_conv_spec(cfg, id);
-        block_acts *b = &t->conv[id], *db = &d->conv[id];
-        size_t n = block_out_size(b, &s, N);
-        if (id == G_DEC1 && t->skip1) {
-            accumulate(db->out, d->skip1, n);
-            accumulate(d->conv[G_ENC1].out, d->skip1, n);
-        }
-        if (id == G_DEC2 && t->skip2) {
-            accumulate(db->out, d->skip2, n);
-            accumulate(d->conv[G_ENC2].out, d->skip2, n);
-        }
-        int r = residual_index(id);
-        if (r >= 0) {
-            accumulate(db->out, d->rb_sum[r], n);
-            accumulate(block_input_grad(d, dx, id - 1), d->rb_sum[r], n);
-        }
-        if (id == G_DS) /* d(t3) is complete once `us` is done */
-            tb_backward(t, d, grads, dlora, train, p, cfg, t->conv[G_DS].out, d->conv[G_DS].out, N,
-                        t->conv[G_DS].Ho * t->conv[G_DS].Wo, edits);
-        block_backward(b, db, a->tmp, block_input_grad(d, dx, id), &s, gen_conv_params(p, id),
-                       grads ? gen_conv_params(grads, id) : NULL, dlora, train, block_input(t, x, id),
-                       N, edits);
-    }
-    if (dctx) accumulate(dctx, d->ctx, (size_t)N * T * c4);
+    (void)x; /* the forward kept it */
+    e2g_planned_backward(a->plan, grads, dlora, train, dctx, dx, dy, p, edits);
 }
 
 void e2g_gen_features(const e2g_gen_acts *a, float *out) {
-    const block_acts *ds = &a->act.conv[G_DS];
-    int c4 = e2g_gen_c4(&a->cfg), L = ds->Ho * ds->Wo;
+    const float *t0 = e2g_planned_out(a->plan, a->net.features);
+    e2g_node_shape s = e2g_planned_shape(a->plan, a->net.features);
+    int L = s.h * s.w, C = s.c;
     for (int n = 0; n < a->N; n++)
-        for (int c = 0; c < c4; c++) {
-            double s = 0;
-            for (int i = 0; i < L; i++) s += ds->out[((size_t)n * L + i) * c4 + c];
-            out[(size_t)n * c4 + c] = (float)(s / L);
+        for (int c = 0; c < C; c++) {
+            double sum = 0;
+            for (int i = 0; i < L; i++) sum += t0[((size_t)n * L + i) * C + c];
+            out[(size_t)n * C + c] = (float)(sum / L);
         }
-}
-
-/* ---- memory-lean inference ------------------------------------------------------------ */
-
-/* Full-resolution rows computed per band in the head and tail: enough to
- * keep oneDNN efficient, small enough that no full-resolution activation
- * ever exists. */
-#define BAND_ROWS 32
-
-/* Copies rows [r0, r1) of an image of height H into band; src holds the
- * image's rows [src_lo, …).  Rows outside [0, H) are mirrored (reflect)
- * or zero; the caller guarantees the mirrored rows are in src. */
-static void gather_rows(float *band, const float *src, int src_lo, int r0, int r1, int H, int W,
-                        int C, int reflect) {
-    size_t row = (size_t)W * C;
-    for (int r = r0; r < r1; r++) {
-        float *dst = band + (size_t)(r - r0) * row;
-        if (reflect || (r >= 0 && r < H)) {
-            int from = reflect ? reflect_index(r, H) : r;
-            memcpy(dst, src + (size_t)(from - src_lo) * row, row * sizeof(float));
-        } else {
-            memset(dst, 0, row * sizeof(float));
-        }
-    }
-}
-
-/* A conv block on a gathered band of one image: conv and LoRA, then the
- * ReLU when the block has no norm (a norm needs the whole image: the
- * caller applies it).  Returns the output rows, malloc'd. */
-static float *band_block(const e2g_gen_config *cfg, const e2g_gen_params *p, int id,
-                         const float *band, int rows, int W, const e2g_edit *edit, int *out_rows) {
-    conv_spec s = gen_conv_spec(cfg, id);
-    const e2g_conv_params *cp = gen_conv_params(p, id);
-    int Wo = s.upsample ? 2 * W : conv2d_out_size(W, &s.conv);
-    *out_rows = layer_band_out_rows(rows, &s.conv, s.upsample);
-    size_t n = (size_t)*out_rows * Wo * s.conv.cout;
-    float *out = e2g_xmalloc(n * sizeof(float));
-    layer_conv_forward_band(out, band, cp->w, s.bias ? cp->b : NULL, rows, W, &s.conv, s.upsample);
-    lora_conv_forward_band(out, band, edit, s.crucial, &s.conv, rows, W, s.upsample);
-    if (s.act == ACT_RELU && !s.norm) relu_forward(out, out, n);
-    return out;
-}
-
-/* enc1's output rows [r0, r1) of one image x (H, W, 3). */
-static float *enc1_rows(const e2g_gen_config *cfg, const e2g_gen_params *p, const float *x, int r0,
-                        int r1, int H, int W, const e2g_edit *edit) {
-    int pad = gen_conv_spec(cfg, G_ENC1).conv.pad, rows = r1 - r0 + 2 * pad, got;
-    float *band = e2g_xmalloc((size_t)rows * W * 3 * sizeof(float));
-    gather_rows(band, x, 0, r0 - pad, r1 + pad, H, W, 3, 1);
-    float *out = band_block(cfg, p, G_ENC1, band, rows, W, edit, &got);
-    free(band);
-    return out;
-}
-
-/* x → enc2's conv output (1, H/2, W/2, 2ngf) for one image, band by band,
- * recomputing the enc1 rows each band needs. */
-static void lean_head(float *enc2_pre, const e2g_gen_config *cfg, const e2g_gen_params *p,
-                      const float *x, int H, int W, const e2g_edit *edit) {
-    int H2 = H / 2, W2 = W / 2, ngf = cfg->ngf, got;
-    for (int s0 = 0; s0 < H2; s0 += BAND_ROWS / 2) {
-        int s1 = s0 + BAND_ROWS / 2 < H2 ? s0 + BAND_ROWS / 2 : H2;
-        /* output row s reads enc1 rows 2s−1 .. 2s+1 (zero above the image) */
-        int lo = 2 * s0 - 1 > 0 ? 2 * s0 - 1 : 0, hi = 2 * s1 < H ? 2 * s1 : H;
-        float *e1 = enc1_rows(cfg, p, x, lo, hi, H, W, edit);
-        int rows = 2 * (s1 - s0) + 1;
-        float *band = e2g_xmalloc((size_t)rows * W * ngf * sizeof(float));
-        gather_rows(band, e1, lo, 2 * s0 - 1, 2 * s1, H, W, ngf, 0);
-        float *out = band_block(cfg, p, G_ENC2, band, rows, W, edit, &got);
-        memcpy(enc2_pre + (size_t)s0 * W2 * 2 * ngf, out, (size_t)got * W2 * 2 * ngf * sizeof(float));
-        free(out), free(band), free(e1);
-    }
-}
-
-/* One conv block over the whole batch with its output in place of its
- * conv result (nothing is kept for a backward).  *h, *w: input size in,
- * output size out.  Returns the malloc'd output. */
-static float *lean_block(const e2g_gen_config *cfg, const e2g_gen_params *p, int id,
-                         const float *in, int N, int *h, int *w, const e2g_edit *edits) {
-    conv_spec s = gen_conv_spec(cfg, id);
-    block_acts b;
-    arena sizes = {0};
-    block_plan(&b, &sizes, &s, N, *h, *w);
-    b.pre = b.out = e2g_xmalloc(block_out_size(&b, &s, N) * sizeof(float));
-    b.mean = s.norm ? e2g_xmalloc((size_t)N * s.conv.cout * sizeof(float)) : NULL;
-    b.rstd = s.norm ? e2g_xmalloc((size_t)N * s.conv.cout * sizeof(float)) : NULL;
-    block_forward(&b, &s, gen_conv_params(p, id), in, N, edits);
-    free(b.mean), free(b.rstd);
-    *h = b.Ho, *w = b.Wo;
-    return b.out;
-}
-
-/* A residual block x + b(a(x)) over the batch; frees x. */
-static float *lean_residual(const e2g_gen_config *cfg, const e2g_gen_params *p, int id_a,
-                            float *x, int N, int h, int w, const e2g_edit *edits) {
-    int hh = h, ww = w;
-    float *a = lean_block(cfg, p, id_a, x, N, &hh, &ww, edits);
-    float *b = lean_block(cfg, p, id_a + 1, a, N, &hh, &ww, edits);
-    add_forward(b, b, x, (size_t)N * h * w * e2g_gen_c4(cfg));
-    free(a), free(x);
-    return b;
-}
-
-/* dec2's output (skip added) → y for one image, band by band: dec1's
- * rows (and enc1's, for the skip) are computed for each band of output
- * rows with the halo the 7×7 `out` conv needs. */
-static void lean_tail(float *y, const float *d2, const e2g_gen_config *cfg, const e2g_gen_params *p,
-                      const float *x, int H, int W, const e2g_edit *edit) {
-    int ngf = cfg->ngf, pad = gen_conv_spec(cfg, G_OUT).conv.pad, got;
-    for (int y0 = 0; y0 < H; y0 += BAND_ROWS) {
-        int y1 = y0 + BAND_ROWS < H ? y0 + BAND_ROWS : H;
-        int lo = y0 - pad > 0 ? y0 - pad : 0, hi = y1 + pad < H ? y1 + pad : H;
-        int i0 = lo / 2, i1 = (hi + 1) / 2; /* dec1 rows 2·i0 .. 2·i1 − 1 cover lo .. hi − 1 */
-        int rows = i1 - i0 + 2;
-        float *band = e2g_xmalloc((size_t)rows * (W / 2) * 2 * ngf * sizeof(float));
-        gather_rows(band, d2, 0, i0 - 1, i1 + 1, H / 2, W / 2, 2 * ngf, 0);
-        float *d1 = band_block(cfg, p, G_DEC1, band, rows, W / 2, edit, &got);
-        free(band);
-        if (cfg->unet_skips) {
-            float *e1 = enc1_rows(cfg, p, x, 2 * i0, 2 * i1, H, W, edit);
-            add_forward(d1, d1, e1, (size_t)got * W * ngf);
-            free(e1);
-        }
-        rows = y1 - y0 + 2 * pad;
-        band = e2g_xmalloc((size_t)rows * W * ngf * sizeof(float));
-        gather_rows(band, d1, 2 * i0, y0 - pad, y1 + pad, H, W, ngf, 1);
-        float *o = band_block(cfg, p, G_OUT, band, rows, W, edit, &got);
-        output_forward(y + (size_t)y0 * W * 3, o, x + (size_t)y0 * W * 3, cfg->residual_out,
-                       (size_t)got * W * 3);
-        free(o), free(band), free(d1);
-    }
-}
-
-void e2g_gen_infer(const e2g_gen_config *cfg, float *y, const e2g_gen_params *p, const float *x,
-                   const e2g_edit *edits, int N, int H, int W) {
-    E2G_ASSERT(!cfg->norm_ends && H % 8 == 0 && W % 8 == 0);
-    int h = H / 2, w = W / 2, c2 = 2 * cfg->ngf;
-    size_t img = (size_t)H * W * 3, half = (size_t)h * w * c2;
-    float *e2 = e2g_xmalloc(N * half * sizeof(float));
-    for (int n = 0; n < N; n++) lean_head(e2 + n * half, cfg, p, x + n * img, H, W, &edits[n]);
-    float *mean = e2g_xmalloc((size_t)N * c2 * sizeof(float)), *rstd = e2g_xmalloc((size_t)N * c2 * sizeof(float));
-    instancenorm_forward(e2, mean, rstd, e2, p->enc2.norm_w, p->enc2.norm_b, 1, N, h * w, c2);
-    free(mean), free(rstd);
-
-    float *cur = lean_block(cfg, p, G_ENC3, e2, N, &h, &w, edits);
-    cur = lean_residual(cfg, p, G_RB1A, cur, N, h, w, edits);
-    cur = lean_residual(cfg, p, G_RB2A, cur, N, h, w, edits);
-    float *t0 = lean_block(cfg, p, G_DS, cur, N, &h, &w, edits);
-    free(cur);
-    gen_tensors tb;
-    arena sizes = {0};
-    plan_tb(&tb, &sizes, cfg, N, h * w);
-    arena tb_memory = {e2g_xmalloc(sizes.used * sizeof(float)), 0};
-    plan_tb(&tb, &tb_memory, cfg, N, h * w);
-    gather_contexts(tb.ctx, cfg, edits, N);
-    tb_forward(&tb, p, cfg, t0, N, h * w, edits);
-    cur = lean_block(cfg, p, G_US, tb.t3, N, &h, &w, edits);
-    free(tb_memory.base), free(t0);
-    cur = lean_residual(cfg, p, G_RB3A, cur, N, h, w, edits);
-    float *d2 = lean_block(cfg, p, G_DEC2, cur, N, &h, &w, edits);
-    free(cur);
-    if (cfg->unet_skips) add_forward(d2, d2, e2, N * half);
-    free(e2);
-    for (int n = 0; n < N; n++) lean_tail(y + n * img, d2 + n * half, cfg, p, x + n * img, H, W, &edits[n]);
-    free(d2);
 }

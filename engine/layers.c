@@ -13,7 +13,7 @@ float *arena_take(arena *a, size_t n) {
     return p;
 }
 
-void block_plan(block_acts *b, arena *ar, const conv_spec *s, int N, int H, int W) {
+void block_plan(block_acts *b, arena *ar, const e2g_node *s, int N, int H, int W) {
     b->H = H, b->W = W;
     b->Ho = s->upsample ? 2 * H : conv2d_out_size(H, &s->conv);
     b->Wo = s->upsample ? 2 * W : conv2d_out_size(W, &s->conv);
@@ -21,10 +21,10 @@ void block_plan(block_acts *b, arena *ar, const conv_spec *s, int N, int H, int 
     b->pre = arena_take(ar, out_n);
     b->mean = s->norm ? arena_take(ar, (size_t)N * s->conv.cout) : NULL;
     b->rstd = s->norm ? arena_take(ar, (size_t)N * s->conv.cout) : NULL;
-    b->out = (s->norm || s->act != ACT_NONE) ? arena_take(ar, out_n) : b->pre;
+    b->out = (s->norm || s->act != E2G_ACT_NONE) ? arena_take(ar, out_n) : b->pre;
 }
 
-size_t block_out_size(const block_acts *b, const conv_spec *s, int N) {
+size_t block_out_size(const block_acts *b, const e2g_node *s, int N) {
     return (size_t)N * b->Ho * b->Wo * s->conv.cout;
 }
 
@@ -204,35 +204,39 @@ void lora_linear_backward(float *din, e2g_lora *dlora, const e2g_lora *train, co
 
 /* ---- conv blocks ----------------------------------------------------------------- */
 
-void block_forward(block_acts *b, const conv_spec *s, const e2g_conv_params *cp, const float *in,
+void block_forward(block_acts *b, const e2g_node *s, const e2g_conv_params *cp, const float *in,
                    int N, const e2g_edit *edits) {
     layer_conv_forward(b->pre, in, cp->w, s->bias ? cp->b : NULL, N, b->H, b->W, &s->conv,
                        s->upsample);
     if (s->crucial >= 0)
         lora_conv_forward(b->pre, in, edits, s->crucial, &s->conv, N, b->H, b->W, s->upsample);
+    block_finish(b, s, cp, N);
+}
+
+void block_finish(block_acts *b, const e2g_node *s, const e2g_conv_params *cp, int N) {
     size_t n = block_out_size(b, s, N);
     if (s->norm)
         instancenorm_forward(b->out, b->mean, b->rstd, b->pre, cp->norm_w, cp->norm_b,
-                             s->act == ACT_RELU, N, b->Ho * b->Wo, s->conv.cout);
+                             s->act == E2G_ACT_RELU, N, b->Ho * b->Wo, s->conv.cout);
     const float *act_in = s->norm ? b->out : b->pre;
-    if (s->act == ACT_RELU && !s->norm) relu_forward(b->out, act_in, n);
-    if (s->act == ACT_LRELU) leakyrelu_forward(b->out, act_in, LRELU_SLOPE, n);
+    if (s->act == E2G_ACT_RELU && !s->norm) relu_forward(b->out, act_in, n);
+    if (s->act == E2G_ACT_LRELU) leakyrelu_forward(b->out, act_in, E2G_LRELU_SLOPE, n);
 }
 
-void block_backward(block_acts *b, block_acts *db, float *tmp, float *din, const conv_spec *s,
+void block_backward(block_acts *b, block_acts *db, float *tmp, float *din, const e2g_node *s,
                     const e2g_conv_params *cp, e2g_conv_params *gp, e2g_lora *dlora,
                     const e2g_lora *train, const float *in, int N, const e2g_edit *edits) {
     size_t n = block_out_size(b, s, N);
     /* The activation's gradient lands in tmp before a norm, else in d(pre).
      * Both activations keep the sign, so their backward can read `out`. */
     const float *dnorm_out = db->out;
-    if (s->act != ACT_NONE) {
+    if (s->act != E2G_ACT_NONE) {
         float *dact_in = s->norm ? tmp : db->pre;
         if (s->norm) memset(tmp, 0, n * sizeof(float));
-        if (s->act == ACT_RELU)
+        if (s->act == E2G_ACT_RELU)
             relu_backward(dact_in, db->out, b->out, n);
         else
-            leakyrelu_backward(dact_in, db->out, b->out, LRELU_SLOPE, n);
+            leakyrelu_backward(dact_in, db->out, b->out, E2G_LRELU_SLOPE, n);
         dnorm_out = dact_in;
     }
     if (s->norm)

@@ -1,14 +1,14 @@
-/* layers.h — building blocks shared by the generator and the
- * discriminator (engine-internal): planned activation slices, the "conv
- * block" (conv, optionally fused with a ×2 upsample → optional LoRA →
- * optional instance norm → optional ReLU/LeakyReLU) and the unmerged LoRA
- * paths. */
+/* layers.h — building blocks of the CPU executors (engine-internal):
+ * planned activation slices, the conv block of a CONV node (net.h: conv,
+ * optionally fused with a ×2 upsample → optional LoRA → optional instance
+ * norm → optional ReLU/LeakyReLU) and the unmerged LoRA paths. */
 #ifndef E2G_LAYERS_H
 #define E2G_LAYERS_H
 
 #include <stddef.h>
 
 #include "model.h"
+#include "net.h"
 
 /* Bump allocation of activations: a first pass with base NULL counts the
  * floats, a second one hands out slices of the real allocation. */
@@ -18,26 +18,6 @@ typedef struct {
 } arena;
 float *arena_take(arena *a, size_t n);
 
-typedef enum { ACT_NONE, ACT_RELU, ACT_LRELU } block_activation;
-#define LRELU_SLOPE 0.2f
-
-typedef struct {
-    e2g_conv_shape conv;
-    int bias, norm, upsample;
-    block_activation act;
-    int crucial; /* crucial layer id for LoRA, or -1 */
-} conv_spec;
-
-/* The generator's conv blocks in execution order; the transformer block
- * runs between G_DS and G_US.  Their specs and parameters (generator.c),
- * shared by the CPU and CUDA engines. */
-enum {
-    G_ENC1, G_ENC2, G_ENC3, G_RB1A, G_RB1B, G_RB2A, G_RB2B, G_DS,
-    G_US, G_RB3A, G_RB3B, G_DEC2, G_DEC1, G_OUT, G_NCONV
-};
-conv_spec gen_conv_spec(const e2g_gen_config *cfg, int id);
-e2g_conv_params *gen_conv_params(const e2g_gen_params *p, int id);
-
 typedef struct {
     int H, W, Ho, Wo; /* input and output sizes */
     float *pre;       /* conv (+ LoRA) output */
@@ -46,16 +26,18 @@ typedef struct {
 } block_acts;
 
 /* Plans one block's activations for an input of H×W. */
-void block_plan(block_acts *b, arena *ar, const conv_spec *s, int N, int H, int W);
+void block_plan(block_acts *b, arena *ar, const e2g_node *s, int N, int H, int W);
 /* Output element count of a planned block. */
-size_t block_out_size(const block_acts *b, const conv_spec *s, int N);
+size_t block_out_size(const block_acts *b, const e2g_node *s, int N);
 
-void block_forward(block_acts *b, const conv_spec *s, const e2g_conv_params *cp, const float *in,
+void block_forward(block_acts *b, const e2g_node *s, const e2g_conv_params *cp, const float *in,
                    int N, const e2g_edit *edits);
+/* The norm and activation of a block whose b->pre holds conv (+ LoRA). */
+void block_finish(block_acts *b, const e2g_node *s, const e2g_conv_params *cp, int N);
 /* Backward of one block given d(out) in db->out; accumulates into din
  * (may be NULL), the parameter grads gp (may be NULL) and the trained
  * adapter's grads.  tmp holds block_out_size floats. */
-void block_backward(block_acts *b, block_acts *db, float *tmp, float *din, const conv_spec *s,
+void block_backward(block_acts *b, block_acts *db, float *tmp, float *din, const e2g_node *s,
                     const e2g_conv_params *cp, e2g_conv_params *gp, e2g_lora *dlora,
                     const e2g_lora *train, const float *in, int N, const e2g_edit *edits);
 

@@ -41,7 +41,7 @@ enum { E2G_Q, E2G_K, E2G_V, E2G_O };
 
 typedef struct {
     e2g_conv_params enc1, enc2, enc3, rb_a[3], rb_b[3], ds, us, dec2, dec1, out;
-    float *ln_w[3], *ln_b[3];
+    e2g_linear_params ln[3]; /* the transformer block's layer norms (weight, bias) */
     e2g_linear_params self_attn[4], cross_attn[4], fc1, fc2;
     float *concepts; /* (K, T, C4) */
 } e2g_gen_params;
@@ -63,8 +63,8 @@ size_t e2g_tensors_numel(const e2g_tensor_entry *t, int n);
 void e2g_tensors_bind(const e2g_tensor_entry *t, int n, float *memory);
 
 #define E2G_GEN_MAX_TENSORS 80
-/* Lists G's tensors in ARCHITECTURE.md order with slots inside *p; returns
- * the count. */
+/* Lists G's tensors (net.h's node order, then `concepts`) with slots
+ * inside *p; returns the count. */
 int e2g_gen_tensors(const e2g_gen_config *cfg, e2g_gen_params *p, e2g_tensor_entry *out);
 /* Total floats of all G parameters. */
 size_t e2g_gen_param_count(const e2g_gen_config *cfg);
