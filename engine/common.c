@@ -100,3 +100,13 @@ void e2g_assert_failed(const char *cond, const char *file, int line) {
     fprintf(stderr, "e2gan: internal error: %s (%s:%d)\n", cond, file, line);
     abort();
 }
+
+uint64_t e2g_mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+uint64_t e2g_splitmix64(uint64_t *state) { return e2g_mix64(*state += 0x9E3779B97F4A7C15ull); }
+
+double e2g_uniform01(uint64_t *state) { return (e2g_splitmix64(state) >> 11) * (1.0 / 9007199254740992.0); }

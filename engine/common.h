@@ -29,6 +29,14 @@ int e2g_mul_size(size_t a, size_t b, size_t *out);
  * behind, err says why and errno is the cause (ENOSPC on a full disk). */
 int e2g_write_file_atomic(const char *path, const void *data, size_t n, char *err);
 
+/* SplitMix64: the engine's deterministic random numbers (weight init,
+ * k-means++ seeding, dataset shuffles).  e2g_mix64 is its finaliser,
+ * e2g_splitmix64 advances *state and returns the next number,
+ * e2g_uniform01 the next double in [0, 1). */
+uint64_t e2g_mix64(uint64_t z);
+uint64_t e2g_splitmix64(uint64_t *state);
+double e2g_uniform01(uint64_t *state);
+
 /* Number of worker threads the engine uses (OpenMP + oneDNN). 0 = all cores. */
 void e2g_set_threads(int n);
 int e2g_get_threads(void);

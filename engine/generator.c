@@ -94,15 +94,6 @@ void e2g_gen_bind(const e2g_gen_config *cfg, e2g_gen_params *p, float *memory) {
 
 /* ---- initialisation ----------------------------------------------------------- */
 
-static uint64_t splitmix64(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-static double uniform01(uint64_t *s) { return (splitmix64(s) >> 11) * (1.0 / 9007199254740992.0); }
-
 void e2g_init_tensors(const e2g_tensor_entry *t, int n, unsigned long long seed) {
     uint64_t state = seed;
     int fan_in = 1;
@@ -111,7 +102,7 @@ void e2g_init_tensors(const e2g_tensor_entry *t, int n, unsigned long long seed)
         switch (t[i].init) {
         case E2G_INIT_NORMAL:
             for (size_t j = 0; j < t[i].numel; j += 2) { /* Box–Muller */
-                double u1 = uniform01(&state), u2 = uniform01(&state);
+                double u1 = e2g_uniform01(&state), u2 = e2g_uniform01(&state);
                 double r = sqrt(-2.0 * log(u1 > 0 ? u1 : 1e-300));
                 x[j] = (float)(r * cos(2 * M_PI * u2));
                 if (j + 1 < t[i].numel) x[j + 1] = (float)(r * sin(2 * M_PI * u2));
@@ -125,7 +116,7 @@ void e2g_init_tensors(const e2g_tensor_entry *t, int n, unsigned long long seed)
         case E2G_INIT_BIAS:
             if (t[i].init == E2G_INIT_WEIGHT) fan_in = (int)(t[i].numel / t[i].shape[0]);
             for (size_t j = 0; j < t[i].numel; j++)
-                x[j] = (float)((2 * uniform01(&state) - 1) / sqrt((double)fan_in));
+                x[j] = (float)((2 * e2g_uniform01(&state) - 1) / sqrt((double)fan_in));
             break;
         }
     }

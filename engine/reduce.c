@@ -41,23 +41,16 @@ static double dist2(const float *a, const float *b, int dim) {
     return s;
 }
 
-static uint64_t next_random(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 /* k-means++: each next centre drawn with probability ∝ squared distance. */
 static void init_centres(float *centres, const float *feat, int n, int dim, int k, uint64_t *rng) {
     double *d2 = e2g_xmalloc(n * sizeof(double));
-    int first = (int)(next_random(rng) % (uint64_t)n);
+    int first = (int)(e2g_splitmix64(rng) % (uint64_t)n);
     memcpy(centres, feat + (size_t)first * dim, dim * sizeof(float));
     for (int i = 0; i < n; i++) d2[i] = dist2(feat + (size_t)i * dim, centres, dim);
     for (int c = 1; c < k; c++) {
         double total = 0;
         for (int i = 0; i < n; i++) total += d2[i];
-        double target = (next_random(rng) >> 11) * (1.0 / 9007199254740992.0) * total;
+        double target = e2g_uniform01(rng) * total;
         int pick = n - 1;
         for (int i = 0; i < n; i++) {
             target -= d2[i];
