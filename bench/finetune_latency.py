@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Edit latency while a fine-tuning job runs (the service issue's check that a
-job on a CPU-only machine does not starve serving).
+"""Edit latency while a fine-tuning job runs (the check that a job on a
+CPU-only machine does not starve serving).
 
 Starts build/e2gan-server on the shipped model (all cores for serving, the
 job at its defaults: 1 thread, nice 19), measures N sequential 256x256 JPEG

@@ -1,6 +1,6 @@
 #!/bin/sh
 # gpu-check.sh — the CUDA engine's proof and benchmark, in one run on the GPU
-# machine (../shared/DEVICE.md), about 3–6 minutes:
+# machine (docs/cuda.md#the-gpu-machine), about 3–6 minutes:
 #   1. probe: a device is there and the engine attaches;
 #   2. ops: every fused kernel against the CPU engine's op on random inputs
 #      (bf16 tolerance: max error ≤ 2e-2 of the reference's largest value);
@@ -9,7 +9,7 @@
 #      batch (base, each adapter, a blend) and a batch of one adapter merged;
 #   4. bench: ngf 64 at 256² — batch 1, batch 32, 32 requests over 32
 #      adapters, adapter switches, TFLOP/s — beside PyTorch eager bf16
-#      channels_last on the same weights (torch.compile from DEVICE.md's table);
+#      channels_last on the same weights (torch.compile from docs/cuda.md's table);
 # then writes bench/results/gpu-<date>-<commit>.md and prints its table last.
 # Exits 1 if any check fails.
 #
@@ -28,7 +28,7 @@ if [ "${1:-}" = prepare ]; then
     cmake --build "$OBJ" --target e2gan-gpu-check e2gan-gpu-train-check e2gan -j"$(nproc)"
     rm -rf "$DIST" && mkdir -p "$DIST/lib"
     cp "$OBJ/e2gan-gpu-check" "$OBJ/e2gan-gpu-train-check" "$OBJ/e2gan" "$DIST/"
-    # the shared libraries the GPU machine does not have (DEVICE.md)
+    # the shared libraries the GPU machine does not have (docs/cuda.md)
     for lib in libdnnl.so.2 libturbojpeg.so.0; do
         path=$(ldd "$OBJ/e2gan-gpu-check" | awk -v l="$lib" '$1 == l { print $3 }')
         [ -n "$path" ] || { echo "gpu-check prepare: $lib not linked?" >&2; exit 1; }
@@ -132,7 +132,7 @@ lines = [
     "checks: %s" % ("all passed" if failed == "0" else "SOME FAILED (see the run's log)"), "",
     "worst fused-op error (max |err| / max |ref|): %s; worst whole-image PSNR vs fp32 CPU: %s dB" %
     (fmt(worst_op, "%.2e"), fmt(worst_psnr, "%.1f")), "",
-    "| measure | e2gan CUDA | PyTorch eager bf16 (same run) | torch.compile / +graph (DEVICE.md) | goal |",
+    "| measure | e2gan CUDA | PyTorch eager bf16 (same run) | torch.compile / +graph (docs/cuda.md) | goal |",
     "|---|---|---|---|---|",
 ] + ["| %s | %s | %s | %s | %s |" % r for r in rows]
 text = "\n".join(lines) + "\n"

@@ -1,6 +1,6 @@
 #!/bin/sh
 # gpu-train-check.sh — the GPU trainer's proof and benchmark, one run on the
-# GPU machine (../shared/DEVICE.md), about 4–5 minutes:
+# GPU machine (docs/cuda.md#the-gpu-machine), about 4–5 minutes:
 #   1. grads: one step's gradient of every parameter tensor (full G) and of
 #      every LoRA A/B and the concept embedding against the CPU engine on
 #      random weights and inputs (ngf 16 at 32², ngf 32 at 64²): cosine
@@ -124,7 +124,7 @@ bench/gpu-train-check.sh; PyTorch $($PY -c 'import torch; print(torch.__version_
 | gradients vs CPU (every tensor, full G and LoRA) | $grads_worst | cos ≥ 0.99, rel ≤ 0.1 |
 | L1 curve GPU vs CPU, 60 steps (worst rel. diff, step:cpu/gpu) | $curve | ≤ 0.05 |
 | LoRA r8 step, ngf 64, 256², b16, G only: e2gan | ${lora_ms:-?} ms | ≤ 20 ms |
-| same, PyTorch + peft, G only / G + D | $pt_lora / $pt_lora_gan | DEVICE.md: 45.8 ms with D |
+| same, PyTorch + peft, G only / G + D | $pt_lora / $pt_lora_gan | H100 (docs/cuda.md): 45.8 ms with D |
 | full G, ngf 32, 128², b32: e2gan samples/s (G only) | ${full_sps:-?} | |
 | same, PyTorch, G only / G + D | $pt_full / $pt_full_gan | ≈1240 samples/s with D |
 | e2e $CONCEPT, rank search + keep 0.5, 500 steps: wall s, PSNR GPU, PSNR CPU adapter | $e2e | ≤ 30 s, within 0.5 dB |

@@ -1,6 +1,6 @@
 /* attention.h — multi-head scaled-dot-product attention on the CPU, the
  * softmax(q·kᵀ/√d)·v core of the transformer block's self- and
- * cross-attention (ARCHITECTURE.md §1; the q/k/v/o projections are separate
+ * cross-attention (docs/architecture.md §1; the q/k/v/o projections are separate
  * linear layers).  Flash-attention style: the Lq×Lk score matrix is never
  * built, memory stays linear in the token counts, and the backward
  * recomputes the probabilities from the saved per-row log-sum-exp. */

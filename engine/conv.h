@@ -1,7 +1,7 @@
 /* conv.h — 2-D convolution forward and backward on the CPU through oneDNN.
  * Activations are NHWC float32; weights are PyTorch's OIHW.  Reflect padding
  * is applied here (oneDNN only zero-pads), so callers describe the layer
- * exactly as ARCHITECTURE.md does. */
+ * exactly as docs/architecture.md does. */
 #ifndef E2G_CONV_H
 #define E2G_CONV_H
 

@@ -1,6 +1,6 @@
 /* image.h — decoding and encoding of JPEG, PNG and WebP images, and the mapping
  * between 8-bit RGB pixels and the generator's float tensors
- * (ARCHITECTURE.md §1).  Decoders treat their input as hostile: sizes are
+ * (docs/architecture.md §1).  Decoders treat their input as hostile: sizes are
  * checked against a pixel limit before any pixel memory is allocated, and
  * truncated or corrupt data is an error message, never a crash. */
 #ifndef E2G_IMAGE_H

@@ -1,5 +1,5 @@
 /* metrics.h — image quality metrics for validation and training reports
- * (DATA.md, "Quality metrics"): PSNR and SSIM between two 8-bit RGB images
+ * (docs/data.md): PSNR and SSIM between two 8-bit RGB images
  * of the same size, computed on the quantised pixels the user would see.
  * Both take interleaved RGB8 buffers laid out like e2g_image.rgb
  * ((h, w, 3), row-major, no padding) and compute in double. */

@@ -46,7 +46,7 @@ void leakyrelu_backward(float *dinp, const float *dout, const float *inp, float 
 void gelu_forward(float *out, const float *inp, size_t n);
 void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n);
 
-/* The generator's output (ARCHITECTURE.md §1): residual in logit space,
+/* The generator's output (docs/architecture.md §1): residual in logit space,
  * y = tanh(o + atanh(clamp(x, −0.999, 0.999))), or y = tanh(o) when
  * residual is 0.  x is the network input, same layout as o. */
 void output_forward(float *y, const float *o, const float *x, int residual, size_t n);

@@ -1,4 +1,4 @@
-/* safetensors.c — the safetensors reader and writer (ARCHITECTURE.md §4).
+/* safetensors.c — the safetensors reader and writer (docs/architecture.md §4).
  * The reader keeps the whole file in one buffer and validates the header
  * completely (JSON, dtypes, shapes, offsets, contiguity, no trailing bytes)
  * before any tensor is handed out; a tensor's data points into that buffer.

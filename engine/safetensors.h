@@ -1,5 +1,5 @@
 /* safetensors.h — reader and writer for the safetensors format
- * (ARCHITECTURE.md §4): 8-byte little-endian header length, a JSON header,
+ * (docs/architecture.md §4): 8-byte little-endian header length, a JSON header,
  * then the tensors' bytes.  The reader validates everything before any
  * tensor is touched: header ≤ 100 MB, JSON well formed with no duplicate
  * keys, known dtype (F32, F16, BF16), size == prod(shape)·dtype size, offsets

@@ -1,7 +1,7 @@
 /* train.h — the trainer: full training of the generator (and PatchGAN D)
  * on several concepts — the base model, or one concept from scratch — and
  * LoRA fine-tuning of a new concept on a frozen base.  Adam, LSGAN + λ·L1
- * (ARCHITECTURE.md §2), deterministic for a seed, checkpoint and resume,
+ * (docs/architecture.md §2), deterministic for a seed, checkpoint and resume,
  * validation PSNR/SSIM, progress on stderr and a report (JSON, loss/quality
  * curve, contact sheet).  It drives the engine only through its forward and
  * backward functions, so another backend can slot in underneath. */
@@ -34,7 +34,7 @@ typedef struct {
                                 step and each evaluation (see e2g_train) */
 } e2g_train_opts;
 
-/* Defaults of ARCHITECTURE.md §2: Adam lr 2e-4, β (0.5, 0.999), λ = 100. */
+/* Defaults of docs/architecture.md §2: Adam lr 2e-4, β (0.5, 0.999), λ = 100. */
 void e2g_train_defaults(e2g_train_opts *o);
 
 /* What is trained: the whole generator (lora NULL) — every dataset concept

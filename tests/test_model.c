@@ -1,6 +1,6 @@
 /* test_model.c — the whole generator and discriminator against PyTorch
  * (tests/refs/model_refs.py, an independent implementation of
- * ARCHITECTURE.md): outputs (tolerance 1e-5), input, context and every
+ * docs/architecture.md): outputs (tolerance 1e-5), input, context and every
  * parameter gradient (1e-4), for the default form at three widths and the
  * paper-like form; LoRA adapters unmerged and merged, with their gradients;
  * a two-concept blend; the PatchGAN discriminator. */

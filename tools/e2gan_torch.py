@@ -1,5 +1,5 @@
 """e2gan_torch.py — the PyTorch reference implementation of the E²GAN contract
-(shared/ARCHITECTURE.md): generator (§1), PatchGAN discriminator and losses
+(docs/architecture.md): generator (§1), PatchGAN discriminator and losses
 (§2), unmerged and merged LoRA with per-layer ranks, strength and blends (§3),
 and the safetensors base/adapter files (§4).
 

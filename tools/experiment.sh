@@ -69,7 +69,7 @@ G_PARAMS=$(params_of "$BASE")
   echo "  (rank search: its probe and search count inside the same $STEPS steps)"
   echo "- quality: PSNR/SSIM against the teacher on every validation pair"
   echo
-  echo "## The base: default form against the paper-like form (ARCHITECTURE.md §1)"
+  echo "## The base: default form against the paper-like form (docs/architecture.md §1)"
   echo
   echo "| form | mean PSNR | mean SSIM | identity PSNR |"
   echo "|---|---|---|---|"

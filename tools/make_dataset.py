@@ -11,7 +11,7 @@ one ImageMagick command applied to each source crop:
     convert SPLIT/src/ID.png RECIPE SPLIT/CONCEPT/ID.png
 
 The output layout, the curation of the photo packages and the measured cost
-are described in docs/data.md; the data contract is shared/DATA.md.
+are described in docs/data.md, with the rules the data follows.
 
 Standard library only; ImageMagick (`convert`, `identify`) does all image work.
 """
@@ -82,8 +82,9 @@ SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg",
 # Left out after looking at every image: ukui-wallpapers 20.04.3-1.1 (its
 # "landscapes, city, animals" are all vector illustrations) and
 # gnome-backgrounds 43.1 (only rendered patterns, gradients and SVG art).
-# Added beyond DATA.md's list: lomiri-wallpapers-16.04/-20.04, Ubuntu's
-# wallpaper-contest photographs, which double the number of photos.
+# Added to the five packages first surveyed (docs/data.md):
+# lomiri-wallpapers-16.04/-20.04, Ubuntu's wallpaper-contest photographs,
+# which double the number of photos.
 PHOTO_PACKAGES = {
     "mate-backgrounds": Curation("1.26.0-1", "usr/share/backgrounds/mate", (
         ("nature/*.jpg", KEEP, "close-up and landscape photographs"),

@@ -246,7 +246,7 @@ def read_photo(path):
 
 
 def edit_case(out, G, adapter):
-    """edit_photo.safetensors: PyTorch's edit of a real photo as ARCHITECTURE.md
+    """edit_photo.safetensors: PyTorch's edit of a real photo as docs/architecture.md
     §1 defines it — pixels p/127.5 − 1, reflection-padded at the right and
     bottom to a multiple of 8, the generator in float64, cropped back,
     round((y + 1)·127.5) clamped to 0..255 — for a base concept and for the
