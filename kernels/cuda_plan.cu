@@ -120,6 +120,8 @@ int plan_storage(gen_plan *p, char *err) {
             break;
         case E2G_OP_CONV:
             np.has_bf16 = !np.to_output;
+            if (np.has_bf16 && nd.cout % 8)
+                return e2g_fail(err, "%s: the GPU's conv epilogue needs 8k output channels", nd.name);
             break;
         case E2G_OP_CONTEXT:
         case E2G_OP_LAYERNORM:

@@ -394,8 +394,9 @@ static int weight_grad(e2g_cuda_trainer *T, int s, char *err) {
     return 0;
 }
 
-/* Node i's gradient as bf16 rows (row stride plan.np[i].ld): its own when
- * it is bf16, else converted into dy16. */
+/* Node i's gradient as dense bf16 rows (for nodes stored with ld = cout:
+ * not a part of a concatenated slot): its own when it is bf16, else
+ * converted into dy16. */
 static int grad16(e2g_cuda_trainer *T, int i, bf16 **out, char *err) {
     if (T->plan.np[i].grad == GRAD_BF16) {
         *out = T->gb[i];
