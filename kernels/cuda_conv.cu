@@ -3,12 +3,14 @@
  * is measured the first time that direction runs (with the call's own
  * buffers as scratch, so it must not run inside a CUDA graph capture: the
  * inference engine's first, eager run of a shape does it). */
+#include <stdint.h>
 #include <stdlib.h>
 
 #include "cuda_conv.cuh"
 
 struct conv_plan {
-    int N, H, W, C, K, R, stride, pad;
+    int N, H, W, C, K, R, stride, pad, align;
+    size_t xns;
     cudnnTensorDescriptor_t x, y;
     cudnnFilterDescriptor_t w;
     cudnnConvolutionDescriptor_t conv;
@@ -35,7 +37,11 @@ static int plan_describe(conv_plan *p, char *err) {
     CUDNN_TRY(cudnnCreateTensorDescriptor(&p->y));
     CUDNN_TRY(cudnnCreateFilterDescriptor(&p->w));
     CUDNN_TRY(cudnnCreateConvolutionDescriptor(&p->conv));
-    CUDNN_TRY(cudnnSetTensor4dDescriptor(p->x, CUDNN_TENSOR_NHWC, CUDNN_DATA_BFLOAT16, p->N, p->C, p->H, p->W));
+    if (p->xns) /* NHWC with a padded sample stride */
+        CUDNN_TRY(cudnnSetTensor4dDescriptorEx(p->x, CUDNN_DATA_BFLOAT16, p->N, p->C, p->H, p->W, (int)p->xns, 1,
+                                               p->W * p->C, p->C));
+    else
+        CUDNN_TRY(cudnnSetTensor4dDescriptor(p->x, CUDNN_TENSOR_NHWC, CUDNN_DATA_BFLOAT16, p->N, p->C, p->H, p->W));
     CUDNN_TRY(cudnnSetTensor4dDescriptor(p->y, CUDNN_TENSOR_NHWC, CUDNN_DATA_BFLOAT16, p->N, p->K, Ho, Wo));
     CUDNN_TRY(cudnnSetFilter4dDescriptor(p->w, CUDNN_DATA_BFLOAT16, CUDNN_TENSOR_NHWC, p->K, p->C, p->R, p->R));
     CUDNN_TRY(cudnnSetConvolution2dDescriptor(p->conv, p->pad, p->pad, p->stride, p->stride, 1, 1,
@@ -44,17 +50,26 @@ static int plan_describe(conv_plan *p, char *err) {
     return 0;
 }
 
+/* The alignment the three pointers share: their lowest set address bit,
+ * at most 256. */
+static int align_of(const void *a, const void *b, const void *c) {
+    uintptr_t v = (uintptr_t)a | (uintptr_t)b | (uintptr_t)c | 256u;
+    return (int)(v & (~v + 1));
+}
+
 static int get_plan(dnn_ctx *c, conv_plan **out, int N, int H, int W, int C, int K, int R, int stride,
-                    int pad, char *err) {
+                    int pad, size_t xns, int align, char *err) {
+    if (xns == (size_t)H * W * C) xns = 0; /* packed after all */
     for (conv_plan *p = c->plans; p; p = p->next)
         if (p->N == N && p->H == H && p->W == W && p->C == C && p->K == K && p->R == R &&
-            p->stride == stride && p->pad == pad) {
+            p->stride == stride && p->pad == pad && p->xns == xns && p->align == align) {
             *out = p;
             return 0;
         }
     conv_plan *p = (conv_plan *)calloc(1, sizeof *p);
     if (!p) return e2g_fail(err, "out of host memory");
     p->N = N, p->H = H, p->W = W, p->C = C, p->K = K, p->R = R, p->stride = stride, p->pad = pad;
+    p->xns = xns, p->align = align;
     if (plan_describe(p, err)) {
         plan_destroy(p);
         return -1;
@@ -80,9 +95,9 @@ static int no_algo(const conv_plan *p, const char *dir, char *err) {
 }
 
 int conv_fwd(dnn_ctx *c, bf16 *y, const bf16 *x, const bf16 *w, int N, int H, int W, int C, int K, int R,
-             int stride, int pad, char *err) {
+             int stride, int pad, size_t xns, char *err) {
     conv_plan *p;
-    TRY(get_plan(c, &p, N, H, W, C, K, R, stride, pad, err));
+    TRY(get_plan(c, &p, N, H, W, C, K, R, stride, pad, xns, align_of(y, x, w), err));
     if (!p->have_fwd) {
         cudnnConvolutionFwdAlgoPerf_t perf[8];
         int found = 0, ok;
@@ -100,9 +115,9 @@ int conv_fwd(dnn_ctx *c, bf16 *y, const bf16 *x, const bf16 *w, int N, int H, in
 }
 
 int conv_bwd_data(dnn_ctx *c, bf16 *dx, const bf16 *dy, const bf16 *w, int N, int H, int W, int C, int K,
-                  int R, int stride, int pad, char *err) {
+                  int R, int stride, int pad, size_t xns, char *err) {
     conv_plan *p;
-    TRY(get_plan(c, &p, N, H, W, C, K, R, stride, pad, err));
+    TRY(get_plan(c, &p, N, H, W, C, K, R, stride, pad, xns, align_of(dx, dy, w), err));
     if (!p->have_data) {
         cudnnConvolutionBwdDataAlgoPerf_t perf[8];
         int found = 0, ok;
@@ -120,9 +135,9 @@ int conv_bwd_data(dnn_ctx *c, bf16 *dx, const bf16 *dy, const bf16 *w, int N, in
 }
 
 int conv_bwd_filter(dnn_ctx *c, bf16 *dw, const bf16 *x, const bf16 *dy, int N, int H, int W, int C, int K,
-                    int R, int stride, int pad, char *err) {
+                    int R, int stride, int pad, size_t xns, char *err) {
     conv_plan *p;
-    TRY(get_plan(c, &p, N, H, W, C, K, R, stride, pad, err));
+    TRY(get_plan(c, &p, N, H, W, C, K, R, stride, pad, xns, align_of(dw, x, dy), err));
     if (!p->have_filter) {
         cudnnConvolutionBwdFilterAlgoPerf_t perf[8];
         int found = 0, ok;

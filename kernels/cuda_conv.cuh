@@ -26,15 +26,19 @@ int dnn_init(dnn_ctx *c, char *err);
 void dnn_free(dnn_ctx *c);
 
 /* Shapes: input (N, H, W, C) as stored (already padded for a reflect pad,
- * then pad = 0), K filters of R×R over C, zero padding `pad`. */
+ * then pad = 0), K filters of R×R over C, zero padding `pad`.  xns: the
+ * input's (and dx's) elements from one sample to the next, 0 = packed
+ * (H·W·C; tview.ns); the output is packed.  A plan is kept per shape and
+ * per alignment of the pointers (up to 256 bytes), because cuDNN may
+ * measure an algorithm that needs the alignment it was measured with. */
 /* y = conv(x, w) */
 int conv_fwd(dnn_ctx *c, bf16 *y, const bf16 *x, const bf16 *w, int N, int H, int W, int C, int K,
-             int R, int stride, int pad, char *err);
+             int R, int stride, int pad, size_t xns, char *err);
 /* dx = conv_transpose(dy, w): overwrites dx */
 int conv_bwd_data(dnn_ctx *c, bf16 *dx, const bf16 *dy, const bf16 *w, int N, int H, int W, int C,
-                  int K, int R, int stride, int pad, char *err);
+                  int K, int R, int stride, int pad, size_t xns, char *err);
 /* dw = Σ x ⊗ dy: overwrites dw (K, R, R, C) */
 int conv_bwd_filter(dnn_ctx *c, bf16 *dw, const bf16 *x, const bf16 *dy, int N, int H, int W, int C,
-                    int K, int R, int stride, int pad, char *err);
+                    int K, int R, int stride, int pad, size_t xns, char *err);
 
 #endif

@@ -1,14 +1,18 @@
 /* cuda_engine.cu — E²GAN-G inference on the GPU (cuda_engine.h).
  *
- * Weights live on the device as bf16 in cuDNN's KRSC filter layout (the ×2
- * upsample of us/dec2/dec1 folded into four 2×2 phase kernels stacked as
- * output channels, engine/conv.c's trick), plus fp32 masters of the crucial
- * layers for merging.  Each (batch, height, width) bucket has one device
- * allocation holding every activation — each written once by the fused
- * epilogue of its producer, already reflect-padded when its consumer pads
- * by reflection — and a small cache of CUDA graphs, one per adapter
- * signature seen twice.  cuDNN algorithms are found once per convolution
- * shape (cudnnFindConvolutionForwardAlgorithmEx) on the first, eager run.
+ * The layer sequence is the generator's node table (engine/net.c), read
+ * through cuda_plan.cuh: forward() walks it node by node.  Weights live on
+ * the device as bf16 in cuDNN's KRSC filter layout, one weight slot per
+ * conv node and per run of linear layers sharing their input (q/k/v,
+ * cross k/v: one GEMM each); the ×2 upsample of a conv is folded into
+ * four 2×2 phase kernels stacked as output channels (engine/conv.c's
+ * trick); fp32 masters of the crucial layers are kept for merging.  Each
+ * (batch, height, width) bucket has one device allocation holding every
+ * node's output — each written once by the fused epilogue of its producer,
+ * already reflect-padded when its consumer pads by reflection — and a
+ * small cache of CUDA graphs, one per adapter signature seen twice.  cuDNN
+ * algorithms are found once per convolution shape
+ * (cudnnFindConvolutionForwardAlgorithmEx) on the first, eager run.
  *
  * Adapters: an LRU cache bounded in bytes holds each adapter's A/B (fp32)
  * and its conv A packed for cuDNN, and merged weight sets (private copies
@@ -29,30 +33,27 @@
 #include "cuda_engine.h"
 #include "cuda_conv.cuh"
 #include "cuda_kernels.cuh"
-#include "cuda_slots.cuh"
-
-extern "C" {
-#include "layers.h"
-}
+#include "cuda_plan.cuh"
 
 #define MAX_BUCKETS 4
 #define MAX_GRAPHS 8 /* per bucket */
 #define MAX_TERMS E2G_MAX_TERMS
+/* Per-sample strides of the views convolutions read are multiples of this
+ * (bytes), so a LoRA segment starting at any sample is aligned for cuDNN. */
+#define SAMPLE_ALIGN 256
 
+/* A weight slot's device memory (geometry in the plan's wslot). */
 struct slot {
-    int cin, cin_pad, cout, cout_pad, k, stride, pad, reflect, phase, relu, skip;
-    bf16 *w;                     /* packed: (rows, k, k, cin_pad) or phase (4·cout, 2, 2, cin) */
-    size_t w_elems;
-    float *bias, *gamma, *beta;  /* NULL when absent */
+    bf16 *w;                    /* packed: (rows, k, k, cin_pad) or phase (4·cout, 2, 2, cin) */
+    float *bias, *gamma, *beta; /* NULL when absent; bias concatenated over the parts */
 };
 
-/* Where crucial layer l lives: a slot, the first output row inside it, and
- * its fp32 OIHW master for merging. */
+/* Where crucial layer l lives: its node, slot, the first output row inside
+ * the slot, and its fp32 OIHW master for merging. */
 struct site {
-    int slot, row0, cout, cin, k, is_conv, phase, cin_pad;
+    int node, slot, row0, cout, cin, k, is_conv, phase, cin_pad;
     float *master;
 };
-
 
 struct dev_adapter {
     unsigned long long id, serial, last_used;
@@ -72,7 +73,7 @@ struct dev_merged {
     float coefs[MAX_TERMS];
     unsigned long long serial, last_used;
     bf16 *mem;
-    bf16 *w[N_SLOTS]; /* NULL: the base slot */
+    bf16 *w[PLAN_MAX]; /* per slot; NULL: the base slot */
     size_t bytes;
     dev_merged *next;
 };
@@ -87,9 +88,8 @@ struct bucket {
     int N, H, W;
     unsigned long long last_used;
     void *mem;
-    float *x32, *y32, *ctx32, *sums, *t1, *t2;
-    bf16 *ctx16, *cbuf, *u, *qkv, *att, *proj, *q2, *kv2, *hid;
-    tview xin, e1, e2, r0, r1, r2, r3, t0, t3, s0, s1, s2, d2, d1;
+    float *x32, *y32, *ctx32;
+    act_layout A; /* every node's output, and the scratch */
     lora_entry *table_dev, *table_host;
     float *x_host, *y_host, *ctx_host; /* pinned staging */
     bf16 *hbuf;
@@ -114,14 +114,15 @@ struct run_plan {
 
 struct e2g_cuda_engine {
     e2g_gen_config cfg;
+    gen_plan plan; /* the node table and what the GPU makes of it */
     int c4, heads, T;
     const e2g_gen_params *host;
     pthread_mutex_t mu;
     dnn_ctx dc; /* stream, cuDNN handle, workspace, conv plans */
-    slot slots[N_SLOTS];
+    slot slots[PLAN_MAX];
     site sites[E2G_N_CRUCIAL];
-    void *weights;      /* one allocation: packed slots, biases, norms, masters */
-    float *ln_w[3], *ln_b[3];
+    void *weights;                    /* one allocation: packed slots, biases, norms, masters */
+    float *ln_w[PLAN_MAX], *ln_b[PLAN_MAX]; /* LAYERNORM nodes' weight and bias */
     bucket *buckets;
     dev_adapter *adapters;
     dev_merged *merges;
@@ -145,78 +146,63 @@ extern "C" int e2g_cuda_device_present(char *err) {
 
 /* ---- engine creation -------------------------------------------------------------------- */
 
-static int upload(void *dst, const void *src, size_t bytes, char *err) {
-    CUDA_TRY(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+/* Host → device on the engine's stream: the kernels that read dst run on
+ * that (non-blocking) stream, which a plain cudaMemcpy does not order. */
+static int upload(e2g_cuda_engine *E, void *dst, const void *src, size_t bytes, char *err) {
+    CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, E->dc.stream));
     return 0;
 }
 
-/* Describes the slots and sites from the generator's specs. */
+/* The crucial layers' sites, from the plan. */
 static void describe(e2g_cuda_engine *E) {
-    const e2g_gen_config *cfg = &E->cfg;
-    for (int id = 0; id < G_NCONV; id++) {
-        conv_spec s = gen_conv_spec(cfg, id);
-        slot *sl = &E->slots[id];
-        sl->cin = s.conv.cin, sl->cout = s.conv.cout, sl->k = s.conv.k;
-        sl->cin_pad = (sl->cin + 7) / 8 * 8, sl->cout_pad = (sl->cout + 7) / 8 * 8;
-        sl->stride = s.conv.stride, sl->pad = s.conv.pad;
-        sl->reflect = s.conv.pad_mode == E2G_PAD_REFLECT, sl->phase = s.upsample;
-        sl->relu = s.act == ACT_RELU;
-    }
-    int c4 = E->c4;
-    int lin[][2] = {{3 * c4, c4}, {c4, c4}, {c4, c4}, {2 * c4, c4}, {c4, c4}, {4 * c4, c4}, {c4, 4 * c4}};
-    for (int i = S_SA_QKV; i < N_SLOTS; i++) {
-        slot *sl = &E->slots[i];
-        sl->cout = sl->cout_pad = lin[i - S_SA_QKV][0], sl->cin = sl->cin_pad = lin[i - S_SA_QKV][1];
-        sl->k = 1, sl->stride = 1;
-    }
-    for (int id = 0; id < N_SLOTS; id++) {
-        slot *sl = &E->slots[id];
-        sl->w_elems = sl->phase ? (size_t)4 * sl->cout_pad * 4 * sl->cin
-                                : (size_t)sl->cout_pad * sl->k * sl->k * sl->cin_pad;
-    }
+    const gen_plan &P = E->plan;
     for (int l = 0; l < E2G_N_CRUCIAL; l++) {
-        e2g_layer_shape ls;
-        e2g_crucial_shape(cfg, l, &ls);
+        int i = P.site_node[l];
+        const e2g_node &nd = P.net.node[i];
+        const wslot &sl = P.slot[P.np[i].slot];
         site *st = &E->sites[l];
-        int part;
-        st->cout = ls.cout, st->cin = ls.cin, st->k = ls.k ? ls.k : 1, st->is_conv = ls.k > 0;
-        crucial_slot(l, &st->slot, &part);
-        st->row0 = part * c4;
-        st->phase = E->slots[st->slot].phase, st->cin_pad = E->slots[st->slot].cin_pad;
+        st->node = i, st->slot = P.np[i].slot, st->row0 = P.np[i].part * sl.rows;
+        st->cout = nd.cout, st->cin = nd.cin, st->is_conv = nd.op == E2G_OP_CONV;
+        st->k = st->is_conv ? nd.conv.k : 1;
+        st->phase = sl.phase, st->cin_pad = sl.cin_pad;
     }
 }
 
 /* Lays out (base NULL: counts) the weights allocation. */
 static void layout_weights(e2g_cuda_engine *E, dev_arena *ar) {
-    for (int id = 0; id < N_SLOTS; id++) {
-        slot *sl = &E->slots[id];
-        sl->w = ar->take<bf16>(sl->w_elems);
-        int has_bias = id >= G_NCONV || gen_conv_spec(&E->cfg, id).bias;
-        sl->bias = has_bias ? ar->take<float>(sl->cout_pad) : NULL;
-        int norm = id < G_NCONV && gen_conv_spec(&E->cfg, id).norm;
-        sl->gamma = norm ? ar->take<float>(sl->cout) : NULL;
-        sl->beta = norm ? ar->take<float>(sl->cout) : NULL;
+    const gen_plan &P = E->plan;
+    for (int s = 0; s < P.n_slots; s++) {
+        const wslot &sl = P.slot[s];
+        slot *d = &E->slots[s];
+        d->w = ar->take<bf16>(sl.w_elems);
+        d->bias = sl.bias ? ar->take<float>(sl.cout_pad) : NULL;
+        d->gamma = sl.norm ? ar->take<float>(sl.cout) : NULL;
+        d->beta = sl.norm ? ar->take<float>(sl.cout) : NULL;
     }
     for (int l = 0; l < E2G_N_CRUCIAL; l++) {
         site *st = &E->sites[l];
-        E->sites[l].master = ar->take<float>((size_t)st->cout * st->cin * st->k * st->k);
+        st->master = ar->take<float>((size_t)st->cout * st->cin * st->k * st->k);
     }
-    for (int i = 0; i < 3; i++) E->ln_w[i] = ar->take<float>(E->c4), E->ln_b[i] = ar->take<float>(E->c4);
+    for (int i = 0; i < P.net.n; i++)
+        if (P.net.node[i].op == E2G_OP_LAYERNORM) {
+            E->ln_w[i] = ar->take<float>(P.net.node[i].cout);
+            E->ln_b[i] = ar->take<float>(P.net.node[i].cout);
+        }
 }
 
-/* Packs one slot from fp32 OIHW staged at tmp, row block by row block,
- * merging the given terms into crucial row blocks (dst: the slot's
- * buffer, which may be a merged copy). */
-static int pack_slot(e2g_cuda_engine *E, bf16 *dst, int id, const float *const *oihw_parts,
+/* Packs slot s from fp32 OIHW parts (NULL: leave that row block alone),
+ * row block by row block, merging the given terms into crucial row blocks
+ * (dst: the slot's buffer, which may be a merged copy). */
+static int pack_slot(e2g_cuda_engine *E, bf16 *dst, int s, const float *const *oihw_parts,
                      const merge_term (*terms)[MAX_TERMS], const int *n_terms, char *err) {
-    const slot *sl = &E->slots[id];
-    int parts = slot_parts(id), rows = sl->cout / parts;
-    for (int part = 0; part < parts; part++) {
+    const wslot &sl = E->plan.slot[s];
+    for (int part = 0; part < sl.parts; part++) {
+        if (!oihw_parts[part]) continue; /* a row block the caller keeps as it is */
         pack_args a = {};
-        a.dst = dst + (size_t)part * rows * sl->k * sl->k * sl->cin_pad;
+        a.dst = dst + slot_part_offset(sl, part);
         a.base = oihw_parts[part];
-        a.cout = rows, a.cin = sl->cin, a.k = sl->k;
-        a.cout_pad = parts > 1 ? rows : sl->cout_pad, a.cin_pad = sl->cin_pad, a.phase = sl->phase;
+        a.cout = sl.rows, a.cin = sl.cin, a.k = sl.k;
+        a.cout_pad = slot_part_rows_pad(sl), a.cin_pad = sl.cin_pad, a.phase = sl.phase;
         a.n_terms = terms ? n_terms[part] : 0;
         for (int t = 0; t < a.n_terms; t++) a.terms[t] = terms[part][t];
         TRY(pack_weights(a, E->dc.stream, err));
@@ -224,50 +210,51 @@ static int pack_slot(e2g_cuda_engine *E, bf16 *dst, int id, const float *const *
     return 0;
 }
 
-/* The crucial layer of slot id's row block `part`, or -1. */
-static int site_of(const e2g_cuda_engine *E, int id, int part) {
-    for (int l = 0; l < E2G_N_CRUCIAL; l++)
-        if (E->sites[l].slot == id && E->sites[l].row0 == part * (E->slots[id].cout / slot_parts(id))) return l;
-    return -1;
+/* A CONV's or LINEAR's bias in a parameter struct, or NULL. */
+static const float *node_bias(const e2g_node &nd, const void *params) {
+    return nd.op == E2G_OP_CONV ? e2g_node_conv(&nd, params)->b : e2g_node_linear(&nd, params)->b;
 }
 
 static int upload_weights(e2g_cuda_engine *E, char *err) {
+    const gen_plan &P = E->plan;
     const e2g_gen_params *p = E->host;
     size_t staged = 0;
-    for (int id = 0; id < N_SLOTS; id++) staged = std::max(staged, (size_t)E->slots[id].cout * E->slots[id].cin * E->slots[id].k * E->slots[id].k);
+    for (int s = 0; s < P.n_slots; s++)
+        staged = std::max(staged, (size_t)P.slot[s].cout * P.slot[s].cin * P.slot[s].k * P.slot[s].k);
     float *tmp = NULL;
     CUDA_TRY(cudaMalloc(&tmp, staged * sizeof(float)));
     int rc = 0;
-    for (int id = 0; id < N_SLOTS && !rc; id++) {
-        slot *sl = &E->slots[id];
-        int parts = slot_parts(id), rows = sl->cout / parts;
-        const float *dev_parts[3];
-        for (int part = 0; part < parts && !rc; part++) {
-            size_t n = (size_t)rows * sl->cin * sl->k * sl->k;
-            int l = site_of(E, id, part);
-            float *d = l >= 0 ? E->sites[l].master : tmp + part * n;
-            rc = upload(d, slot_weight_part(p, id, part), n * sizeof(float), err);
-            dev_parts[part] = d;
-            if (!rc && sl->bias) {
-                const float *b = id < G_NCONV ? gen_conv_params(p, id)->b : slot_bias_part(p, id, part);
-                rc = upload(sl->bias + part * rows, b, rows * sizeof(float), err);
-            }
+    for (int s = 0; s < P.n_slots && !rc; s++) {
+        const wslot &sl = P.slot[s];
+        slot *d = &E->slots[s];
+        const float *dev_parts[PLAN_MAX_PARTS];
+        for (int part = 0; part < sl.parts && !rc; part++) {
+            const e2g_node &nd = P.net.node[sl.part_node[part]];
+            size_t n = (size_t)sl.rows * sl.cin * sl.k * sl.k;
+            float *dst = nd.crucial >= 0 ? E->sites[nd.crucial].master : tmp + part * n;
+            rc = upload(E, dst, *e2g_node_weight_slot(&nd, p), n * sizeof(float), err);
+            dev_parts[part] = dst;
+            if (!rc && d->bias) rc = upload(E, d->bias + part * sl.rows, node_bias(nd, p), sl.rows * sizeof(float), err);
         }
-        if (!rc && sl->bias && sl->cout_pad > sl->cout) {
-            float zeros[8] = {0};
-            rc = upload(sl->bias + sl->cout, zeros, (sl->cout_pad - sl->cout) * sizeof(float), err);
+        if (!rc && d->bias && sl.cout_pad > sl.cout)
+            rc = cudaMemsetAsync(d->bias + sl.cout, 0, (sl.cout_pad - sl.cout) * sizeof(float), E->dc.stream)
+                     ? e2g_fail(err, "CUDA: clearing a bias failed") : 0;
+        if (!rc && d->gamma) {
+            const e2g_conv_params *cp = e2g_node_conv(&P.net.node[sl.part_node[0]], p);
+            rc = upload(E, d->gamma, cp->norm_w, sl.cout * sizeof(float), err);
+            if (!rc) rc = upload(E, d->beta, cp->norm_b, sl.cout * sizeof(float), err);
         }
-        if (!rc && sl->gamma) {
-            rc = upload(sl->gamma, gen_conv_params(p, id)->norm_w, sl->cout * sizeof(float), err);
-            if (!rc) rc = upload(sl->beta, gen_conv_params(p, id)->norm_b, sl->cout * sizeof(float), err);
-        }
-        if (!rc) rc = pack_slot(E, sl->w, id, dev_parts, NULL, NULL, err);
+        if (!rc) rc = pack_slot(E, d->w, s, dev_parts, NULL, NULL, err);
         if (!rc) rc = cudaStreamSynchronize(E->dc.stream) ? e2g_fail(err, "CUDA: packing weights failed") : 0;
     }
-    for (int i = 0; i < 3 && !rc; i++) {
-        rc = upload(E->ln_w[i], p->ln_w[i], E->c4 * sizeof(float), err);
-        if (!rc) rc = upload(E->ln_b[i], p->ln_b[i], E->c4 * sizeof(float), err);
+    for (int i = 0; i < P.net.n && !rc; i++) {
+        const e2g_node &nd = P.net.node[i];
+        if (nd.op != E2G_OP_LAYERNORM) continue;
+        const e2g_linear_params *lp = e2g_node_linear(&nd, p);
+        rc = upload(E, E->ln_w[i], lp->w, nd.cout * sizeof(float), err);
+        if (!rc) rc = upload(E, E->ln_b[i], lp->b, nd.cout * sizeof(float), err);
     }
+    if (!rc) rc = cudaStreamSynchronize(E->dc.stream) ? e2g_fail(err, "CUDA: uploading weights failed") : 0;
     cudaFree(tmp);
     return rc;
 }
@@ -279,7 +266,11 @@ extern "C" int e2g_cuda_check_config(const e2g_gen_config *cfg, char *err) {
     if (4 * c4 > 2048 || c4 > 1024) return e2g_fail(err, "ngf %d is too wide for the CUDA kernels", cfg->ngf);
     if (!attention_supported(c4, e2g_gen_heads(cfg)))
         return e2g_fail(err, "attention head size %d unsupported on the GPU", c4 / e2g_gen_heads(cfg));
-    return 0;
+    gen_plan *plan = new (std::nothrow) gen_plan;
+    if (!plan) return e2g_fail(err, "out of host memory");
+    int rc = gen_plan_build(plan, cfg, err);
+    delete plan;
+    return rc;
 }
 
 /* The mutex and the cuDNN context. */
@@ -297,10 +288,10 @@ extern "C" int e2g_cuda_engine_new(e2g_cuda_engine **out, const e2g_gen_config *
     if (!E) return e2g_fail(err, "out of host memory");
     E->cfg = *cfg, E->host = p, E->c4 = e2g_gen_c4(cfg), E->heads = e2g_gen_heads(cfg);
     E->T = cfg->ctx_tokens, E->cache_budget = adapter_cache_bytes;
-    describe(E);
     int rc = -1;
     dev_arena count = {NULL, 0}, ar;
-    if (core_init(E, err)) goto out;
+    if (core_init(E, err) || gen_plan_build(&E->plan, cfg, err)) goto out;
+    describe(E);
     layout_weights(E, &count);
     if (cudaMalloc(&E->weights, count.used) != cudaSuccess) {
         e2g_fail(err, "CUDA: out of memory for %zu bytes of weights", count.used);
@@ -431,13 +422,14 @@ static int merged_get(e2g_cuda_engine *E, const e2g_lora_term *terms, int n_term
     }
     dev_merged *m = new (std::nothrow) dev_merged();
     if (!m) return e2g_fail(err, "out of host memory");
-    int touched[N_SLOTS] = {0};
+    const gen_plan &P = E->plan;
+    int touched[PLAN_MAX] = {0};
     size_t elems = 0;
     for (int l = 0; l < E2G_N_CRUCIAL; l++)
         for (int t = 0; t < n_terms; t++)
             if (terms[t].lora->rank[l]) touched[E->sites[l].slot] = 1;
-    for (int s = 0; s < N_SLOTS; s++)
-        if (touched[s]) elems += align256(E->slots[s].w_elems * sizeof(bf16)) / sizeof(bf16);
+    for (int s = 0; s < P.n_slots; s++)
+        if (touched[s]) elems += align256(P.slot[s].w_elems * sizeof(bf16)) / sizeof(bf16);
     if (elems && cudaMallocAsync((void **)&m->mem, elems * sizeof(bf16), E->dc.stream) != cudaSuccess) {
         cudaGetLastError();
         delete m;
@@ -445,15 +437,24 @@ static int merged_get(e2g_cuda_engine *E, const e2g_lora_term *terms, int n_term
     }
     bf16 *dst = m->mem;
     int rc = 0;
-    for (int s = 0; s < N_SLOTS && !rc; s++) {
+    for (int s = 0; s < P.n_slots && !rc; s++) {
         if (!touched[s]) continue;
         m->w[s] = dst;
-        dst += align256(E->slots[s].w_elems * sizeof(bf16)) / sizeof(bf16);
-        int parts = slot_parts(s), n_part[3] = {0};
-        const float *masters[3];
-        merge_term mt[3][MAX_TERMS];
-        for (int part = 0; part < parts; part++) {
-            int l = site_of(E, s, part);
+        dst += align256(P.slot[s].w_elems * sizeof(bf16)) / sizeof(bf16);
+        int n_part[PLAN_MAX_PARTS] = {0};
+        const float *masters[PLAN_MAX_PARTS];
+        merge_term mt[PLAN_MAX_PARTS][MAX_TERMS];
+        for (int part = 0; part < P.slot[s].parts; part++) {
+            int l = slot_crucial(P, s, part);
+            masters[part] = NULL;
+            if (l < 0) { /* no LoRA here: the base's packed rows, as they are */
+                const wslot &sl = P.slot[s];
+                size_t at = slot_part_offset(sl, part), n = (size_t)slot_part_rows_pad(sl) * sl.k * sl.k * sl.cin_pad;
+                if (cudaMemcpyAsync(m->w[s] + at, E->slots[s].w + at, n * sizeof(bf16), cudaMemcpyDeviceToDevice,
+                                    E->dc.stream) != cudaSuccess)
+                    rc = e2g_fail(err, "CUDA: copying base weights failed");
+                continue;
+            }
             masters[part] = E->sites[l].master;
             for (int t = 0; t < n_terms; t++) {
                 const dev_adapter *a = devs[t];
@@ -461,7 +462,7 @@ static int merged_get(e2g_cuda_engine *E, const e2g_lora_term *terms, int n_term
                 mt[part][n_part[part]++] = {a->A[l], a->B[l], a->rank[l], terms[t].coef * a->scale[l]};
             }
         }
-        rc = pack_slot(E, m->w[s], s, masters, mt, n_part, err);
+        if (!rc) rc = pack_slot(E, m->w[s], s, masters, mt, n_part, err);
     }
     if (rc) {
         merged_free(E, m);
@@ -519,58 +520,11 @@ static int plan_run(e2g_cuda_engine *E, run_plan *rp, const e2g_edit *edits, int
 
 /* ---- buckets ------------------------------------------------------------------------------ */
 
-static tview take_view(dev_arena *ar, int N, int H, int W, int C, int pad) {
-    tview v = {NULL, N, H, W, C, pad};
-    v.p = ar->take<bf16>((size_t)N * (H + 2 * pad) * (W + 2 * pad) * C);
-    return v;
-}
-
-/* Input size of conv block id as a divisor of the image's. */
-static int block_in_div(int id) {
-    static const int div[G_NCONV] = {1, 1, 2, 4, 4, 4, 4, 4, 8, 4, 4, 4, 2, 1};
-    return div[id];
-}
-
-/* Pixels per sample of block id's raw conv output (the phase grid for an
- * upsample); a reflect pad done in the input gives the zero-pad size. */
-static size_t raw_pixels(const e2g_cuda_engine *E, int id, int H, int W) {
-    const slot *sl = &E->slots[id];
-    int h = H / block_in_div(id), w = W / block_in_div(id);
-    if (sl->phase) return (size_t)(h + 1) * (w + 1);
-    return (size_t)((h + 2 * sl->pad - sl->k) / sl->stride + 1) * ((w + 2 * sl->pad - sl->k) / sl->stride + 1);
-}
-
-/* Largest raw conv output of any block. */
-static size_t conv_out_elems(const e2g_cuda_engine *E, int N, int H, int W) {
-    size_t m = 0;
-    for (int id = 0; id < G_NCONV; id++) {
-        const slot *sl = &E->slots[id];
-        m = std::max(m, (size_t)N * raw_pixels(E, id, H, W) * (sl->phase ? 4 : 1) * sl->cout_pad);
-    }
-    return m;
-}
-
 static void layout_bucket(e2g_cuda_engine *E, bucket *B, dev_arena *ar) {
-    int N = B->N, H = B->H, W = B->W, ngf = E->cfg.ngf, c4 = E->c4, T = E->T;
-    size_t M = (size_t)N * (H / 8) * (W / 8);
+    int N = B->N, H = B->H, W = B->W;
     B->x32 = ar->take<float>((size_t)N * H * W * 3), B->y32 = ar->take<float>((size_t)N * H * W * 3);
-    B->ctx32 = ar->take<float>((size_t)N * T * c4), B->ctx16 = ar->take<bf16>((size_t)N * T * c4);
-    B->sums = ar->take<float>((size_t)N * 2 * c4);
-    B->cbuf = ar->take<bf16>(conv_out_elems(E, N, H, W));
-    B->xin = take_view(ar, N, H, W, 8, 3);
-    B->e1 = take_view(ar, N, H, W, ngf, 0);
-    B->e2 = take_view(ar, N, H / 2, W / 2, 2 * ngf, 0);
-    B->r0 = take_view(ar, N, H / 4, W / 4, c4, 1), B->r1 = take_view(ar, N, H / 4, W / 4, c4, 1);
-    B->r2 = take_view(ar, N, H / 4, W / 4, c4, 1), B->r3 = take_view(ar, N, H / 4, W / 4, c4, 0);
-    B->t0 = take_view(ar, N, H / 8, W / 8, c4, 0), B->t3 = take_view(ar, N, H / 8, W / 8, c4, 0);
-    B->u = ar->take<bf16>(M * c4), B->qkv = ar->take<bf16>(M * 3 * c4), B->att = ar->take<bf16>(M * c4);
-    B->proj = ar->take<bf16>(M * c4), B->q2 = ar->take<bf16>(M * c4);
-    B->kv2 = ar->take<bf16>((size_t)N * T * 2 * c4), B->hid = ar->take<bf16>(M * 4 * c4);
-    B->t1 = ar->take<float>(M * c4), B->t2 = ar->take<float>(M * c4);
-    B->s0 = take_view(ar, N, H / 4, W / 4, c4, 1), B->s1 = take_view(ar, N, H / 4, W / 4, c4, 1);
-    B->s2 = take_view(ar, N, H / 4, W / 4, c4, 0);
-    B->d2 = take_view(ar, N, H / 2, W / 2, 2 * ngf, 0);
-    B->d1 = take_view(ar, N, H, W, ngf, 3);
+    B->ctx32 = ar->take<float>((size_t)N * E->T * E->c4);
+    plan_layout(&E->plan, N, H, W, 0, SAMPLE_ALIGN, ar, &B->A);
     B->table_dev = ar->take<lora_entry>((size_t)E2G_N_CRUCIAL * MAX_TERMS * N);
 }
 
@@ -629,17 +583,20 @@ static int bucket_get(e2g_cuda_engine *E, bucket **out, int N, int H, int W, cha
 }
 
 /* Fills the LoRA tables and h offsets of a run and grows the bucket's h
- * scratch (dropping its graphs, which point at the old one) if needed. */
+ * scratch (dropping its graphs, which point at the old one) if needed.
+ * Each segment's h starts on a 256-byte boundary (cuDNN writes it). */
 static int fill_tables(e2g_cuda_engine *E, bucket *B, run_plan *rp, const e2g_edit *edits, char *err) {
     int N = B->N;
     memset(B->table_host, 0, (size_t)E2G_N_CRUCIAL * MAX_TERMS * N * sizeof(lora_entry));
     rp->h_need = 0;
     for (int l = 0; l < E2G_N_CRUCIAL; l++) {
         const site *st = &E->sites[l];
-        size_t P = st->is_conv ? raw_pixels(E, st->slot, B->H, B->W) : 0; /* h only for convs */
+        const conv_geom &g = B->A.b[st->node].g;
+        size_t P = st->is_conv ? (size_t)g.Hg * g.Wg : 0; /* h only for convs: raw output pixels */
         for (int t = 0; t < MAX_TERMS; t++) {
             size_t off = 0;
-            for (const segment &sg : rp->seg[l][t])
+            for (const segment &sg : rp->seg[l][t]) {
+                off = (off + 127) / 128 * 128;
                 for (int n = sg.n0; n < sg.n0 + sg.cnt; n++) {
                     lora_entry *e = &B->table_host[((size_t)l * MAX_TERMS + t) * N + n];
                     e->A = sg.a->A[l], e->B = sg.a->B[l], e->r = sg.a->rank[l], e->R = sg.a->R[l];
@@ -647,6 +604,7 @@ static int fill_tables(e2g_cuda_engine *E, bucket *B, run_plan *rp, const e2g_ed
                     e->h_off = off;
                     off += P * (st->phase ? 4 : 1) * e->R;
                 }
+            }
             rp->h_need = std::max(rp->h_need, off);
         }
     }
@@ -660,140 +618,149 @@ static int fill_tables(e2g_cuda_engine *E, bucket *B, run_plan *rp, const e2g_ed
     return 0;
 }
 
-/* ---- the forward -------------------------------------------------------------------------- */
+/* ---- the forward: a walk of the node table ------------------------------------------------ */
 
-static const bf16 *slot_w(const e2g_cuda_engine *E, const run_plan *rp, int id) {
-    return rp->merged && rp->merged->w[id] ? rp->merged->w[id] : E->slots[id].w;
+static const bf16 *slot_w(const e2g_cuda_engine *E, const run_plan *rp, int s) {
+    return rp->merged && rp->merged->w[s] ? rp->merged->w[s] : E->slots[s].w;
 }
 
 static const lora_entry *table_of(const bucket *B, int l, int t) {
     return B->table_dev + ((size_t)l * MAX_TERMS + t) * B->N;
 }
 
-/* Unmerged LoRA of conv site l: A per segment into h, then the grouped
- * expand into the raw conv output. */
+/* Unmerged LoRA of conv site l: A per segment into h (each segment's
+ * input starts at its first sample's stride in the view), then the
+ * grouped expand into the raw conv output. */
 static int lora_conv(e2g_cuda_engine *E, bucket *B, const run_plan *rp, int l, const tview &in,
-                     bf16 *raw, int Cs, size_t P, char *err) {
-    const slot *sl = &E->slots[E->sites[l].slot];
-    int Hp = in.H + 2 * in.pad, Wp = in.W + 2 * in.pad;
-    size_t per_in = (size_t)Hp * Wp * in.C;
+                     const conv_geom &g, bf16 *raw, char *err) {
+    const site *st = &E->sites[l];
+    size_t per_in = view_sample(in);
     for (int t = 0; t < MAX_TERMS; t++) {
         if (rp->seg[l][t].empty()) continue;
         for (const segment &sg : rp->seg[l][t]) {
             const lora_entry &e = B->table_host[((size_t)l * MAX_TERMS + t) * B->N + sg.n0];
             bf16 *h = B->hbuf + e.h_off;
-            if (sl->phase)
-                TRY(conv_fwd(&E->dc, h, in.p + sg.n0 * per_in, sg.a->convA[l], sg.cnt, Hp, Wp, in.C, 4 * e.R, 2, 1, 1, err));
+            const bf16 *x = in.p + sg.n0 * per_in;
+            if (st->phase)
+                TRY(conv_fwd(&E->dc, h, x, sg.a->convA[l], sg.cnt, g.Hp, g.Wp, g.C, 4 * e.R, 2, 1, 1, in.ns, err));
             else
-                TRY(conv_fwd(&E->dc, h, in.p + sg.n0 * per_in, sg.a->convA[l], sg.cnt, Hp, Wp, in.C, e.R, sl->k,
-                         sl->stride, sl->reflect ? 0 : sl->pad, err));
+                TRY(conv_fwd(&E->dc, h, x, sg.a->convA[l], sg.cnt, g.Hp, g.Wp, g.C, e.R, g.R, g.stride, g.pad,
+                             in.ns, err));
         }
-        TRY(lora_conv_expand(raw, Cs, sl->cout, sl->phase ? 4 : 1, B->hbuf, table_of(B, l, t), B->N, P,
-                             E->dc.stream, err));
+        TRY(lora_conv_expand(raw, g.Cs, st->cout, st->phase ? 4 : 1, B->hbuf, table_of(B, l, t), B->N,
+                             (size_t)g.Hg * g.Wg, E->dc.stream, err));
     }
     return 0;
 }
 
-/* One conv block: cuDNN conv of `in` (padded as the layer needs), its
- * LoRA, then statistics and the fused epilogue into dst (+ add). */
-static int conv_block(e2g_cuda_engine *E, bucket *B, const run_plan *rp, int id, const tview &in,
-                      const tview &dst, const tview *add, char *err) {
-    const slot *sl = &E->slots[id];
-    int N = B->N, Hp = in.H + 2 * in.pad, Wp = in.W + 2 * in.pad, Ho, Wo, Cs;
-    size_t P;
-    if (sl->phase) {
-        TRY(conv_fwd(&E->dc, B->cbuf, in.p, slot_w(E, rp, id), N, Hp, Wp, in.C, 4 * sl->cout_pad, 2, 1, 1, err));
-        Ho = 2 * in.H, Wo = 2 * in.W, Cs = 4 * sl->cout_pad, P = (size_t)(in.H + 1) * (in.W + 1);
-    } else {
-        int pad = sl->reflect ? 0 : sl->pad;
-        TRY(conv_fwd(&E->dc, B->cbuf, in.p, slot_w(E, rp, id), N, Hp, Wp, in.C, sl->cout_pad, sl->k, sl->stride, pad, err));
-        Ho = (Hp + 2 * pad - sl->k) / sl->stride + 1, Wo = (Wp + 2 * pad - sl->k) / sl->stride + 1;
-        Cs = sl->cout_pad, P = (size_t)Ho * Wo;
-    }
-    for (int l = 0; l < E2G_N_CRUCIAL; l++)
-        if (E->sites[l].is_conv && E->sites[l].slot == id && !rp->merged)
-            TRY(lora_conv(E, B, rp, l, in, B->cbuf, Cs, P, err));
-    if (id == G_OUT)
-        return output_layer(B->y32, B->cbuf, Cs, sl->bias, B->x32, E->cfg.residual_out, (size_t)N * Ho * Wo,
-                            E->dc.stream, err);
-    conv_out src = {B->cbuf, N, Ho, Wo, sl->cout, Cs, sl->phase};
+/* A CONV node: cuDNN conv of its input's view (stored padded as the layer
+ * pads), its LoRA, then statistics and the fused epilogue into its own
+ * view (+ its add) — or, for the conv OUTPUT reads, the output layer. */
+static int conv_node(e2g_cuda_engine *E, bucket *B, const run_plan *rp, int i, char *err) {
+    const gen_plan &P = E->plan;
+    const act_layout &A = B->A;
+    const e2g_node &nd = P.net.node[i];
+    const node_plan &np = P.np[i];
+    const wslot &sl = P.slot[np.slot];
+    const slot &d = E->slots[np.slot];
+    const node_buf &b = A.b[i];
+    const conv_geom &g = b.g;
+    const tview &in = A.b[nd.in[0]].v;
+    cudaStream_t s = E->dc.stream;
+    TRY(conv_fwd(&E->dc, b.raw, in.p, slot_w(E, rp, np.slot), B->N, g.Hp, g.Wp, g.C, g.K, g.R, g.stride, g.pad,
+                 in.ns, err));
+    if (!rp->merged && nd.crucial >= 0) TRY(lora_conv(E, B, rp, nd.crucial, in, g, b.raw, err));
+    if (np.to_output)
+        return output_layer(B->y32, b.raw, g.Cs, d.bias, B->x32, P.net.node[P.net.output].residual,
+                            (size_t)B->N * g.Ho * g.Wo, s, err);
     epilogue_args a = {};
-    a.src = src, a.bias = sl->bias, a.relu = sl->relu, a.dst = dst;
-    if (sl->gamma) {
-        TRY(block_stats(B->sums, src, E->dc.stream, err));
-        a.sums = B->sums, a.gamma = sl->gamma, a.beta = sl->beta;
+    a.src = plan_raw(P, A, i), a.bias = d.bias, a.relu = sl.relu, a.dst = b.v;
+    if (sl.norm) {
+        TRY(block_stats(b.stats, a.src, s, err));
+        a.sums = b.stats, a.gamma = d.gamma, a.beta = d.beta;
     }
-    if (add) a.add = *add;
-    return block_epilogue(a, E->dc.stream, err);
+    if (nd.add >= 0) a.add = A.b[nd.add].v;
+    return block_epilogue(a, s, err);
 }
 
-/* A linear layer as a 1×1 convolution over M rows, plus its LoRA for the
- * crucial layers in the slot. */
-static int linear(e2g_cuda_engine *E, bucket *B, const run_plan *rp, int id, bf16 *out, const bf16 *in,
-                  int rows_per_sample, char *err) {
-    const slot *sl = &E->slots[id];
+/* Slot s's GEMM over the rows of its input (a 1×1 convolution) into out
+ * (row stride: the slot's cout), plus the unmerged LoRA of its crucial
+ * row blocks. */
+static int gemm(e2g_cuda_engine *E, bucket *B, const run_plan *rp, int s, bf16 *out, const bf16 *in,
+                int rows_per_sample, char *err) {
+    const gen_plan &P = E->plan;
+    const wslot &sl = P.slot[s];
     int N = B->N;
-    TRY(conv_fwd(&E->dc, out, in, slot_w(E, rp, id), 1, N * rows_per_sample, 1, sl->cin, sl->cout, 1, 1, 0, err));
+    TRY(conv_fwd(&E->dc, out, in, slot_w(E, rp, s), 1, N * rows_per_sample, 1, sl.cin, sl.cout, 1, 1, 0, 0, err));
     if (rp->merged) return 0;
-    for (int l = 0; l < E2G_N_CRUCIAL; l++) {
+    for (int part = 0; part < sl.parts; part++) {
+        int l = slot_crucial(P, s, part);
+        if (l < 0) continue;
         const site *st = &E->sites[l];
-        if (st->is_conv || st->slot != id) continue;
         for (int t = 0; t < MAX_TERMS; t++)
             if (!rp->seg[l][t].empty())
-                TRY(lora_linear(out, sl->cout, st->row0, in, sl->cin, st->cin, st->cout, table_of(B, l, t), N,
+                TRY(lora_linear(out, sl.cout, st->row0, in, sl.cin, st->cin, st->cout, table_of(B, l, t), N,
                                 rows_per_sample, E->dc.stream, err));
     }
     return 0;
 }
 
-static int transformer(e2g_cuda_engine *E, bucket *B, const run_plan *rp, char *err) {
-    int N = B->N, L = (B->H / 8) * (B->W / 8), c4 = E->c4, T = E->T;
-    size_t M = (size_t)N * L;
-    cudaStream_t s = E->dc.stream;
-    const slot *S = E->slots;
-    TRY(residual_layernorm(NULL, NULL, B->u, B->t0.p, NULL, NULL, NULL, E->ln_w[0], E->ln_b[0], M, c4, s, err));
-    TRY(linear(E, B, rp, S_SA_QKV, B->qkv, B->u, L, err));
-    TRY(bias_act(B->qkv, S[S_SA_QKV].bias, 0, M, 3 * c4, s, err));
-    TRY(attention(B->att, B->qkv, 3 * c4, B->qkv + c4, B->qkv + 2 * c4, 3 * c4, N, L, L, c4, E->heads, s, err));
-    TRY(linear(E, B, rp, S_SA_O, B->proj, B->att, L, err));
-    TRY(residual_layernorm(B->t1, NULL, B->u, B->t0.p, NULL, B->proj, S[S_SA_O].bias, E->ln_w[1], E->ln_b[1], M,
-                           c4, s, err));
-    TRY(linear(E, B, rp, S_CA_Q, B->q2, B->u, L, err));
-    TRY(bias_act(B->q2, S[S_CA_Q].bias, 0, M, c4, s, err));
-    TRY(f32_to_bf16(B->ctx16, B->ctx32, (size_t)N * T * c4, s, err));
-    TRY(linear(E, B, rp, S_CA_KV, B->kv2, B->ctx16, T, err));
-    TRY(bias_act(B->kv2, S[S_CA_KV].bias, 0, (size_t)N * T, 2 * c4, s, err));
-    TRY(attention(B->att, B->q2, c4, B->kv2, B->kv2 + c4, 2 * c4, N, L, T, c4, E->heads, s, err));
-    TRY(linear(E, B, rp, S_CA_O, B->proj, B->att, L, err));
-    TRY(residual_layernorm(B->t2, NULL, B->u, NULL, B->t1, B->proj, S[S_CA_O].bias, E->ln_w[2], E->ln_b[2], M,
-                           c4, s, err));
-    TRY(linear(E, B, rp, S_FC1, B->hid, B->u, L, err));
-    TRY(bias_act(B->hid, S[S_FC1].bias, 1, M, 4 * c4, s, err));
-    TRY(linear(E, B, rp, S_FC2, B->proj, B->hid, L, err));
-    return residual_layernorm(NULL, B->t3.p, NULL, NULL, B->t2, B->proj, S[S_FC2].bias, NULL, NULL, M, c4, s,
-                              err);
+/* The LINEAR nodes of slot s: the GEMM, then bias (+ GELU) in place; or,
+ * with an add, bias + residual (+ the layer norm that reads the sum) in
+ * one pass, the sum kept in fp32 and/or bf16 as its consumers read it. */
+static int linear_slot(e2g_cuda_engine *E, bucket *B, const run_plan *rp, int s, char *err) {
+    const gen_plan &P = E->plan;
+    const act_layout &A = B->A;
+    const wslot &sl = P.slot[s];
+    int i0 = sl.part_node[0];
+    const e2g_node &nd0 = P.net.node[i0];
+    const node_plan &np0 = P.np[i0];
+    const node_buf &b0 = A.b[i0], &in = A.b[nd0.in[0]];
+    int L = A.sh[i0].h * A.sh[i0].w;
+    cudaStream_t st = E->dc.stream;
+    if (nd0.add < 0) {
+        TRY(gemm(E, B, rp, s, b0.rows, in.rows, L, err));
+        return bias_act(b0.rows, E->slots[s].bias, sl.gelu, b0.M, sl.cout, st, err);
+    }
+    TRY(gemm(E, B, rp, s, A.proj, in.rows, L, err));
+    const node_buf &r = A.b[nd0.add];
+    int ln = np0.fused_ln;
+    return residual_layernorm(b0.f32, np0.has_bf16 ? b0.rows : NULL, ln >= 0 ? A.b[ln].rows : NULL,
+                              r.f32 ? NULL : r.rows, r.f32, A.proj, E->slots[s].bias, ln >= 0 ? E->ln_w[ln] : NULL,
+                              ln >= 0 ? E->ln_b[ln] : NULL, b0.M, nd0.cout, st, err);
+}
+
+/* A LAYERNORM node not computed with the residual before it. */
+static int layer_norm(e2g_cuda_engine *E, bucket *B, int i, char *err) {
+    const e2g_node &nd = E->plan.net.node[i];
+    const node_buf &b = B->A.b[i], &r = B->A.b[nd.in[0]];
+    return residual_layernorm(NULL, NULL, b.rows, r.f32 ? NULL : r.rows, r.f32, NULL, NULL, E->ln_w[i], E->ln_b[i],
+                              b.M, nd.cout, E->dc.stream, err);
 }
 
 /* The whole generator from B->x32 and B->ctx32 into B->y32, enqueued. */
 static int forward(e2g_cuda_engine *E, bucket *B, const run_plan *rp, char *err) {
-    int skips = E->cfg.unet_skips;
-    TRY(prep_input(B->xin, B->x32, E->dc.stream, err));
-    TRY(conv_block(E, B, rp, G_ENC1, B->xin, B->e1, NULL, err));
-    TRY(conv_block(E, B, rp, G_ENC2, B->e1, B->e2, NULL, err));
-    TRY(conv_block(E, B, rp, G_ENC3, B->e2, B->r0, NULL, err));
-    TRY(conv_block(E, B, rp, G_RB1A, B->r0, B->r1, NULL, err));
-    TRY(conv_block(E, B, rp, G_RB1B, B->r1, B->r2, &B->r0, err));
-    TRY(conv_block(E, B, rp, G_RB2A, B->r2, B->r1, NULL, err));
-    TRY(conv_block(E, B, rp, G_RB2B, B->r1, B->r3, &B->r2, err));
-    TRY(conv_block(E, B, rp, G_DS, B->r3, B->t0, NULL, err));
-    TRY(transformer(E, B, rp, err));
-    TRY(conv_block(E, B, rp, G_US, B->t3, B->s0, NULL, err));
-    TRY(conv_block(E, B, rp, G_RB3A, B->s0, B->s1, NULL, err));
-    TRY(conv_block(E, B, rp, G_RB3B, B->s1, B->s2, &B->s0, err));
-    TRY(conv_block(E, B, rp, G_DEC2, B->s2, B->d2, skips ? &B->e2 : NULL, err));
-    TRY(conv_block(E, B, rp, G_DEC1, B->d2, B->d1, skips ? &B->e1 : NULL, err));
-    tview none = {};
-    return conv_block(E, B, rp, G_OUT, B->d1, none, NULL, err);
+    const gen_plan &P = E->plan;
+    const act_layout &A = B->A;
+    cudaStream_t s = E->dc.stream;
+    for (int i = 0; i < P.net.n; i++) {
+        const e2g_node &nd = P.net.node[i];
+        const node_plan &np = P.np[i];
+        switch (nd.op) {
+        case E2G_OP_INPUT: TRY(prep_input(A.b[i].v, B->x32, s, err)); break;
+        case E2G_OP_CONTEXT: TRY(f32_to_bf16(A.b[i].rows, B->ctx32, A.b[i].M * nd.cout, s, err)); break;
+        case E2G_OP_CONV: TRY(conv_node(E, B, rp, i, err)); break;
+        case E2G_OP_LAYERNORM:
+            if (np.fused_into < 0) TRY(layer_norm(E, B, i, err));
+            break;
+        case E2G_OP_LINEAR: /* the whole slot at its first node */
+            if (np.part == 0) TRY(linear_slot(E, B, rp, np.slot, err));
+            break;
+        case E2G_OP_ATTENTION: TRY(plan_attention(P, A, i, s, err)); break;
+        case E2G_OP_OUTPUT: break; /* written by its conv's epilogue */
+        }
+    }
+    return 0;
 }
 
 /* Runs the forward for rp's signature: replays its graph, captures one on
@@ -995,27 +962,30 @@ static int check_conv_on(e2g_cuda_engine *E, std::vector<void *> &bufs, float *o
     bf16 *x16 = (bf16 *)alloc(nx * 2), *xp = (bf16 *)alloc(npad * 2), *wpk = (bf16 *)alloc(npk * 2);
     bf16 *raw = (bf16 *)alloc(nraw * 2), *y16 = (bf16 *)alloc(ny * 2);
     if (bufs.size() != 9) return e2g_fail(err, "CUDA: out of memory for a conv check");
-    CUDA_TRY(cudaMemcpy(x32, x, nx * 4, cudaMemcpyHostToDevice));
-    CUDA_TRY(cudaMemcpy(w32, w, nw * 4, cudaMemcpyHostToDevice));
-    CUDA_TRY(cudaMemset(b32, 0, cout * 4));
-    if (bias) CUDA_TRY(cudaMemcpy(b32, bias, cout * 4, cudaMemcpyHostToDevice));
+    /* on the engine's stream, which the kernels below run on (it does not
+     * wait for the legacy stream that plain cudaMemcpy/cudaMemset use) */
+    CUDA_TRY(cudaMemcpyAsync(x32, x, nx * 4, cudaMemcpyHostToDevice, E->dc.stream));
+    CUDA_TRY(cudaMemcpyAsync(w32, w, nw * 4, cudaMemcpyHostToDevice, E->dc.stream));
+    CUDA_TRY(cudaMemsetAsync(b32, 0, cout * 4, E->dc.stream));
+    if (bias) CUDA_TRY(cudaMemcpyAsync(b32, bias, cout * 4, cudaMemcpyHostToDevice, E->dc.stream));
     TRY(f32_to_bf16(x16, x32, nx, E->dc.stream, err));
     epilogue_args pad = {}; /* the engine's way to reflect-pad: an epilogue with nothing to do */
     pad.src = {x16, N, H, W, cin, cin, 0};
-    pad.dst = {xp, N, H, W, cin, p};
+    pad.dst = {xp, N, H, W, cin, p, 0};
     TRY(block_epilogue(pad, E->dc.stream, err));
     pack_args pa = {};
     pa.dst = wpk, pa.base = w32, pa.cout = cout, pa.cin = cin, pa.k = k, pa.cout_pad = cout, pa.cin_pad = cin;
     pa.phase = upsample;
     TRY(pack_weights(pa, E->dc.stream, err));
     if (upsample)
-        TRY(conv_fwd(&E->dc, raw, xp, wpk, N, H, W, cin, 4 * cout, 2, 1, 1, err));
+        TRY(conv_fwd(&E->dc, raw, xp, wpk, N, H, W, cin, 4 * cout, 2, 1, 1, 0, err));
     else
-        TRY(conv_fwd(&E->dc, raw, xp, wpk, N, H + 2 * p, W + 2 * p, cin, cout, k, cs->stride, reflect ? 0 : cs->pad, err));
+        TRY(conv_fwd(&E->dc, raw, xp, wpk, N, H + 2 * p, W + 2 * p, cin, cout, k, cs->stride, reflect ? 0 : cs->pad, 0,
+                     err));
     epilogue_args ep = {};
     ep.src = {raw, N, Ho, Wo, cout, upsample ? 4 * cout : cout, upsample};
     ep.bias = b32;
-    ep.dst = {y16, N, Ho, Wo, cout, 0};
+    ep.dst = {y16, N, Ho, Wo, cout, 0, 0};
     TRY(block_epilogue(ep, E->dc.stream, err));
     TRY(bf16_to_f32(y32, y16, ny, E->dc.stream, err));
     CUDA_TRY(cudaStreamSynchronize(E->dc.stream));

@@ -12,23 +12,45 @@
 /* ---- conv block: statistics and epilogue ------------------------------------ */
 
 /* Block (chunk, n): 256 threads as lanes × C/8 channel groups; each thread
- * sums 8 channels over a strided set of pixels, the block reduces in shared
- * memory and adds into sums (zeroed by the caller). */
+ * sums 8 channels of v − K over a strided set of pixels (K: the channel's
+ * value at pixel (0, 0) of sample n, a shift that keeps Σ(v − K)² free of
+ * the cancellation E[v²] − mean² suffers when |mean| ≫ std), the block
+ * reduces in shared memory and adds into sums (zeroed by the caller). */
 __global__ void block_stats_kernel(float *sums, conv_out s) {
     __shared__ float red[THREADS][16];
     int G = s.C / 8, lanes = THREADS / G, g = threadIdx.x % G, lane = threadIdx.x / G;
     int n = blockIdx.y, HW = s.H * s.W;
     float acc[16] = {0};
-    if (lane < lanes)
+    if (lane < lanes) {
+        bf16x8 k;
+        k.u = *(const uint4 *)(s.p + conv_out_index(s, n, 0, 0, g * 8));
+        float K[8];
+        bf16x8_to_float(k, K);
         for (int p = blockIdx.x * lanes + lane; p < HW; p += gridDim.x * lanes) {
             bf16x8 v;
             v.u = *(const uint4 *)(s.p + conv_out_index(s, n, p / s.W, p % s.W, g * 8));
             float f[8];
             bf16x8_to_float(v, f);
 #pragma unroll
-            for (int i = 0; i < 8; i++) acc[i] += f[i], acc[8 + i] += f[i] * f[i];
+            for (int i = 0; i < 8; i++) {
+                float d = f[i] - K[i];
+                acc[i] += d, acc[8 + i] += d * d;
+            }
         }
+    }
     reduce_channel_pairs(red, acc, sums, s.C, n, G, lanes, g, lane);
+}
+
+/* The shifted sums of (n, c) → its mean and variance, in place. */
+__global__ void block_stats_final_kernel(float *sums, conv_out s) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= s.N * s.C) return;
+    int n = i / s.C, c = i % s.C;
+    float inv_hw = 1.0f / (s.H * s.W), K = __bfloat162float(s.p[conv_out_index(s, n, 0, 0, c)]);
+    float *at = sums + (size_t)n * 2 * s.C + c;
+    float m1 = at[0] * inv_hw;
+    at[0] = K + m1;
+    at[s.C] = fmaxf(at[s.C] * inv_hw - m1 * m1, 0.0f);
 }
 
 int block_stats(float *sums, const conv_out &src, cudaStream_t stream, char *err) {
@@ -38,6 +60,8 @@ int block_stats(float *sums, const conv_out &src, cudaStream_t stream, char *err
     int chunks = (src.H * src.W + lanes * 64 - 1) / (lanes * 64);
     dim3 grid(chunks, src.N);
     block_stats_kernel<<<grid, THREADS, 0, stream>>>(sums, src);
+    LAUNCH_TRY();
+    block_stats_final_kernel<<<blocks_for((size_t)src.N * src.C, THREADS), THREADS, 0, stream>>>(sums, src);
     LAUNCH_TRY();
     return 0;
 }
@@ -57,15 +81,14 @@ __global__ void block_epilogue_kernel(epilogue_args a) {
         v.u = *(const uint4 *)(a.src.p + conv_out_index(a.src, n, y, x, c0));
         float f[8];
         bf16x8_to_float(v, f);
-        float inv_hw = 1.0f / (d.H * d.W);
 #pragma unroll
         for (int j = 0; j < 8; j++) {
             int c = c0 + j;
-            if (a.bias) f[j] += a.bias[c];
-            if (a.sums) {
-                float mean = a.sums[(size_t)n * 2 * d.C + c] * inv_hw;
-                float var = fmaxf(a.sums[(size_t)n * 2 * d.C + d.C + c] * inv_hw - mean * mean, 0.0f);
+            if (a.sums) { /* a bias before the norm cancels: skipped */
+                float mean = a.sums[(size_t)n * 2 * d.C + c], var = a.sums[(size_t)n * 2 * d.C + d.C + c];
                 f[j] = (f[j] - mean) * rsqrtf(var + 1e-5f) * a.gamma[c] + a.beta[c];
+            } else if (a.bias) {
+                f[j] += a.bias[c];
             }
             if (a.relu) f[j] = fmaxf(f[j], 0.0f);
         }
@@ -78,7 +101,7 @@ __global__ void block_epilogue_kernel(epilogue_args a) {
             for (int j = 0; j < 8; j++) f[j] += fr[j];
         }
         bf16x8 o = float_to_bf16x8(f);
-        *(uint4 *)(d.p + (((size_t)n * Hp + py) * Wp + px) * d.C + c0) = o.u;
+        *(uint4 *)(d.p + view_at(d, n, py, px) + c0) = o.u;
     }
 }
 
@@ -101,11 +124,12 @@ __global__ void prep_input_kernel(tview d, const float *x) {
         int y = reflect_dev(py - d.pad, d.H), xx = reflect_dev(px - d.pad, d.W);
         const float *src = x + (((size_t)n * d.H + y) * d.W + xx) * 3;
         float f[8] = {src[0], src[1], src[2], 0, 0, 0, 0, 0};
-        *(uint4 *)(d.p + i * 8) = float_to_bf16x8(f).u;
+        *(uint4 *)(d.p + view_at(d, n, py, px)) = float_to_bf16x8(f).u;
     }
 }
 
 int prep_input(const tview &dst, const float *x, cudaStream_t stream, char *err) {
+    if (dst.C != 8) return e2g_fail(err, "CUDA: the input view has %d channels, not 8", dst.C);
     size_t total = (size_t)dst.N * (dst.H + 2 * dst.pad) * (dst.W + 2 * dst.pad);
     prep_input_kernel<<<blocks_for(total, THREADS), THREADS, 0, stream>>>(dst, x);
     LAUNCH_TRY();

@@ -10,10 +10,13 @@
 /* An NHWC bf16 tensor stored with `pad` extra rows/columns on each side
  * (N, H + 2·pad, W + 2·pad, C); logical pixel (y, x) lies at (y + pad,
  * x + pad).  A padded tensor is written with reflected borders, so a
- * following reflect-padded convolution reads it with cuDNN's pad 0. */
+ * following reflect-padded convolution reads it with cuDNN's pad 0.
+ * Sample n starts at n·ns elements; ns 0 means packed, (H + 2·pad)·(W +
+ * 2·pad)·C (a larger ns keeps every sample's start aligned). */
 struct tview {
     bf16 *p;
     int N, H, W, C, pad;
+    size_t ns;
 };
 
 /* A convolution's raw output as a conv block's epilogue reads it: plain
@@ -33,8 +36,19 @@ __device__ __forceinline__ size_t conv_out_index(const conv_out &s, int n, int y
     return (((size_t)n * Hg + (y >> 1) + a) * Wg + (x >> 1) + b) * s.Cs + (2 * a + b) * s.C + c;
 }
 
+/* Elements from one sample of a view to the next. */
+__host__ __device__ __forceinline__ size_t view_stride(const tview &v) {
+    return v.ns ? v.ns : (size_t)(v.H + 2 * v.pad) * (v.W + 2 * v.pad) * v.C;
+}
+
+/* Pixel (y, x) of sample n, in stored coordinates (py, px) = (y + pad,
+ * x + pad) for view_at. */
+__device__ __forceinline__ size_t view_at(const tview &v, int n, int py, int px) {
+    return (size_t)n * view_stride(v) + ((size_t)py * (v.W + 2 * v.pad) + px) * v.C;
+}
+
 __device__ __forceinline__ size_t view_index(const tview &v, int n, int y, int x) {
-    return (((size_t)n * (v.H + 2 * v.pad) + y + v.pad) * (v.W + 2 * v.pad) + x + v.pad) * v.C;
+    return view_at(v, n, y + v.pad, x + v.pad);
 }
 
 /* The end of a per-(n, channel) reduction over pixels by a block of
@@ -65,17 +79,22 @@ __device__ __forceinline__ float gelu_tanh(float v) {
 
 /* The conv block epilogue, one pass over the conv output:
  * v = conv (+ bias); instance norm (stats from block_stats); ReLU; + add.
- * bias, norm (sums) and add.p may each be NULL/absent. */
+ * bias, norm (sums) and add.p may each be NULL/absent; with a norm the
+ * bias is skipped (the norm cancels it exactly; block_stats leaves it out). */
 struct epilogue_args {
     conv_out src;
     const float *bias;
-    const float *sums; /* (N, 2, C): Σv, Σv² from block_stats, or NULL: no norm */
+    const float *sums; /* (N, 2, C): mean and variance from block_stats, or NULL: no norm */
     const float *gamma, *beta;
     int relu;
     tview add; /* add.p NULL: no addition */
     tview dst; /* written interior and reflected border */
 };
 
+/* Per (sample, channel) mean and (biased) variance of a raw conv output
+ * into sums (N, 2, C).  Shifted sums, numerically stable: Σ(v − K) and
+ * Σ(v − K)² with K the channel's value at pixel (0, 0), then
+ * mean = K + Σ(v − K)/HW, var = Σ(v − K)²/HW − (Σ(v − K)/HW)². */
 int block_stats(float *sums, const conv_out &src, cudaStream_t stream, char *err);
 int block_epilogue(const epilogue_args &a, cudaStream_t stream, char *err);
 

@@ -63,8 +63,8 @@ extern "C" int e2g_cuda_check_instancenorm(float *out, const float *x, const flo
     TRY(block_stats(sums, src, 0, err));
     epilogue_args a = {};
     a.src = src, a.sums = sums, a.gamma = dg, a.beta = db, a.relu = relu;
-    a.add = {dr, N, 1, HW, C, 0};
-    a.dst = {dy, N, 1, HW, C, 0};
+    a.add = {dr, N, 1, HW, C, 0, 0};
+    a.dst = {dy, N, 1, HW, C, 0, 0};
     TRY(block_epilogue(a, 0, err));
     return s.bf16_out(out, dy, n, err);
 }

@@ -1,17 +1,22 @@
 /* cuda_train.cu — the generator's training step on the GPU (cuda_trainer.h).
  *
- * The forward is the inference engine's (cuDNN convs into the fused
- * epilogue, residual + layer norm, flash attention), with every activation
- * kept: each block's raw conv output and statistics, the transformer's
- * inputs of each op.  The backward walks it in reverse: per conv block the
- * epilogue backward (cuda_train_kernels.cu) gives the raw gradient, cuDNN's
- * backward-filter the packed weight gradient (unpacked through the adjoint
- * of the packing, the ×2 upsample phases summed back onto the 3×3 taps) and
- * backward-data the input gradient (reflect padding folded back).  Linear
- * layers are 1×1 convolutions as in the forward.  LoRA runs merged: the
- * weights are repacked each step as W + s·B·A and the factor gradients come
- * from dW.  Activation gradients are fp32; bf16 has fp32's exponent range,
- * so no loss scaling is needed. */
+ * The forward walks the generator's node table (engine/net.c, read through
+ * cuda_plan.cuh) as the inference engine does — cuDNN convs into the fused
+ * epilogue, residual + layer norm, flash attention — with every activation
+ * kept: each conv's raw output and statistics, every token op's output,
+ * each GELU's input.  The backward walks the table in reverse: per conv
+ * node the epilogue backward (cuda_train_kernels.cu) gives the raw
+ * gradient, cuDNN's backward-filter the packed weight gradient (unpacked
+ * through the adjoint of the packing, the ×2 upsample phases summed back
+ * onto the 3×3 taps) and backward-data the input gradient (reflect padding
+ * folded back).  Linear slots are 1×1 convolutions as in the forward.  A
+ * node's gradient is fp32, zeroed per step and accumulated by each of its
+ * consumers (a node with an `add` passes its gradient on to that input
+ * too); a node read only by one linear slot or one attention has a bf16
+ * gradient that this consumer writes (cuda_plan.cuh, node_plan.grad).
+ * LoRA runs merged: the weights are repacked each step as W + s·B·A and
+ * the factor gradients come from dW.  bf16 has fp32's exponent range, so
+ * no loss scaling is needed. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,24 +27,25 @@
 
 #include "cuda_conv.cuh"
 #include "cuda_engine.h"
-#include "cuda_slots.cuh"
+#include "cuda_plan.cuh"
 #include "cuda_train.cuh"
 #include "cuda_trainer.h"
 
+/* A weight slot's device memory (geometry in the plan's wslot). */
 struct tslot {
-    int cin, cin_pad, cout, cout_pad, k, stride, pad, reflect, phase, relu, parts;
-    bf16 *w;
-    size_t w_elems;
-    const float *bias; /* forward bias (concatenated for q/k/v and cross k/v), NULL when absent */
+    bf16 *w;           /* packed each step from the fp32 masters (+ the adapter) */
+    const float *bias; /* forward bias (concatenated over the parts), NULL when absent */
 };
 
 struct e2g_cuda_trainer {
     e2g_gen_config cfg;
-    int N, S, c4, heads, T, L;
+    gen_plan plan;
+    int N, S;
     dnn_ctx dc;
     cudaStream_t up;
     cudaEvent_t uploaded[2];
-    tslot slots[N_SLOTS];
+    tslot slots[PLAN_MAX];
+    float *bias_cat[PLAN_MAX]; /* multi-part slots: their parts' biases side by side */
     /* parameters: P binds the base on the device; G the gradient of all of
      * G (full training) */
     float *base32, *train32, *grad32, *m32, *v32;
@@ -51,153 +57,94 @@ struct e2g_cuda_trainer {
     float *A[E2G_N_CRUCIAL], *B[E2G_N_CRUCIAL], *dA[E2G_N_CRUCIAL], *dB[E2G_N_CRUCIAL];
     float *concept, *dconcept; /* (K or 1, T, C4) */
     void *wmem, *amem, *wpacked; /* fp32 masters/grads/Adam; activations; packed bf16 weights */
-    float *bias_qkv, *bias_kv;
     /* batch */
     float *x32[2], *t32[2], *y32, *loss;
     int *rows[2];
     float *x_host[2], *t_host[2], *loss_host;
     int *rows_host[2];
-    /* activations */
-    tview xin, e1, e2, r0, r1, r2, r1b, r3, t0, t3, s0, s1, s2, d2, d1;
-    bf16 *raw[G_NCONV];
-    float *sums[G_NCONV];
-    bf16 *ctx16, *u1, *u2, *u3, *qkv, *att1, *att2, *q2, *kv2, *hpre, *hid, *proj;
-    float *t1, *t2;
-    /* gradients (one zeroed range) */
+    /* activations, every node's kept */
+    act_layout acts;
+    /* gradients: g (GRAD_F32, one range zeroed per step), gb (GRAD_BF16,
+     * row stride plan.np[i].ld) */
+    float *g[PLAN_MAX];
+    bf16 *gb[PLAN_MAX];
     char *grad_lo, *grad_hi;
-    float *g_e1, *g_e2, *g_r0, *g_r1, *g_r2, *g_r1b, *g_r3, *g_t0, *g_t3, *g_s0, *g_s1, *g_s2, *g_d2, *g_d1;
     float *dscratch; /* the frozen output bias's gradient lands here */
-    bf16 *dproj, *datt, *dqkv, *du, *dhid, *dq2, *dkv2, *dctx16, *draw, *dxp, *dw16;
+    bf16 *dy16, *dx16, *draw, *dxp, *dw16;
     float *dw32, *dsums, *att_stats;
 };
 
 /* ---- layout ------------------------------------------------------------------------ */
 
-static void describe(e2g_cuda_trainer *T) {
-    const e2g_gen_config *cfg = &T->cfg;
-    int c4 = T->c4;
-    for (int id = 0; id < G_NCONV; id++) {
-        conv_spec s = gen_conv_spec(cfg, id);
-        tslot *sl = &T->slots[id];
-        sl->cin = s.conv.cin, sl->cout = s.conv.cout, sl->k = s.conv.k, sl->parts = 1;
-        sl->cin_pad = (sl->cin + 7) / 8 * 8, sl->cout_pad = (sl->cout + 7) / 8 * 8;
-        sl->stride = s.conv.stride, sl->pad = s.conv.pad;
-        sl->reflect = s.conv.pad_mode == E2G_PAD_REFLECT, sl->phase = s.upsample, sl->relu = s.act == ACT_RELU;
-        sl->bias = s.bias ? gen_conv_params(&T->P, id)->b : NULL;
-    }
-    int lin[][2] = {{3 * c4, c4}, {c4, c4}, {c4, c4}, {2 * c4, c4}, {c4, c4}, {4 * c4, c4}, {c4, 4 * c4}};
-    for (int i = S_SA_QKV; i < N_SLOTS; i++) {
-        tslot *sl = &T->slots[i];
-        sl->cout = sl->cout_pad = lin[i - S_SA_QKV][0], sl->cin = sl->cin_pad = lin[i - S_SA_QKV][1];
-        sl->k = 1, sl->stride = 1, sl->parts = slot_parts(i);
-        sl->bias = sl->parts > 1 ? NULL : slot_bias_part(&T->P, i, 0);
-    }
-    for (int id = 0; id < N_SLOTS; id++) {
-        tslot *sl = &T->slots[id];
-        sl->w_elems = sl->phase ? (size_t)4 * sl->cout_pad * 4 * sl->cin
-                                : (size_t)sl->cout_pad * sl->k * sl->k * sl->cin_pad;
-    }
-}
-
-/* Input size of conv block id as a divisor of the image's. */
-static int in_div(int id) {
-    static const int div[G_NCONV] = {1, 1, 2, 4, 4, 4, 4, 4, 8, 4, 4, 4, 2, 1};
-    return div[id];
-}
-
-/* Raw conv output of block id: its conv_out view (p NULL) and element count. */
-static conv_out raw_view(const e2g_cuda_trainer *T, int id, size_t *elems) {
-    const tslot *sl = &T->slots[id];
-    int h = T->S / in_div(id), Ho, Wo, Cs, Hg, Wg;
-    if (sl->phase) {
-        Ho = Wo = 2 * h, Cs = 4 * sl->cout_pad, Hg = Wg = h + 1;
-    } else {
-        Ho = Wo = (h + 2 * sl->pad - sl->k) / sl->stride + 1, Cs = sl->cout_pad, Hg = Wg = Ho;
-    }
-    *elems = (size_t)T->N * Hg * Wg * Cs;
-    conv_out v = {T->raw[id], T->N, Ho, Wo, sl->cout, Cs, sl->phase};
-    return v;
-}
-
-static tview take_view(dev_arena *ar, int N, int H, int W, int C, int pad) {
-    tview v = {NULL, N, H, W, C, pad};
-    v.p = ar->take<bf16>((size_t)N * (H + 2 * pad) * (W + 2 * pad) * C);
-    return v;
-}
-
 static void layout_acts(e2g_cuda_trainer *T, dev_arena *ar) {
-    int N = T->N, S = T->S, ngf = T->cfg.ngf, c4 = T->c4, Tk = T->T;
-    size_t M = (size_t)N * T->L, img = (size_t)N * S * S * 3, raw_max = 0, in_max = 0, w_max = 0, oihw_max = 0;
+    const gen_plan &P = T->plan;
+    const e2g_net &net = P.net;
+    int N = T->N, S = T->S;
+    size_t img = (size_t)N * S * S * 3, w_max = 0, oihw_max = 0, att_max = 1, sums_max = 1;
     for (int s = 0; s < 2; s++) {
         T->x32[s] = ar->take<float>(img), T->t32[s] = ar->take<float>(img);
         T->rows[s] = ar->take<int>(N);
     }
     T->y32 = ar->take<float>(img), T->loss = ar->take<float>(1);
-    T->xin = take_view(ar, N, S, S, 8, 3);
-    T->e1 = take_view(ar, N, S, S, ngf, 0), T->e2 = take_view(ar, N, S / 2, S / 2, 2 * ngf, 0);
-    T->r0 = take_view(ar, N, S / 4, S / 4, c4, 1), T->r1 = take_view(ar, N, S / 4, S / 4, c4, 1);
-    T->r2 = take_view(ar, N, S / 4, S / 4, c4, 1), T->r1b = take_view(ar, N, S / 4, S / 4, c4, 1);
-    T->r3 = take_view(ar, N, S / 4, S / 4, c4, 0);
-    T->t0 = take_view(ar, N, S / 8, S / 8, c4, 0), T->t3 = take_view(ar, N, S / 8, S / 8, c4, 0);
-    T->s0 = take_view(ar, N, S / 4, S / 4, c4, 1), T->s1 = take_view(ar, N, S / 4, S / 4, c4, 1);
-    T->s2 = take_view(ar, N, S / 4, S / 4, c4, 0);
-    T->d2 = take_view(ar, N, S / 2, S / 2, 2 * ngf, 0), T->d1 = take_view(ar, N, S, S, ngf, 3);
-    for (int id = 0; id < G_NCONV; id++) {
-        size_t n;
-        raw_view(T, id, &n);
-        T->raw[id] = ar->take<bf16>(n), T->sums[id] = ar->take<float>((size_t)N * 2 * T->slots[id].cout);
-        raw_max = std::max(raw_max, n);
-        int h = S / in_div(id), p = T->slots[id].reflect && !T->slots[id].phase ? T->slots[id].pad : 0;
-        in_max = std::max(in_max, (size_t)N * (h + 2 * p) * (h + 2 * p) * T->slots[id].cin_pad);
+    plan_layout(&P, N, S, S, 1, 0, ar, &T->acts);
+    const act_layout &L = T->acts;
+    for (int s = 0; s < P.n_slots; s++) {
+        const wslot &sl = P.slot[s];
+        T->bias_cat[s] = sl.parts > 1 ? ar->take<float>(sl.cout) : NULL;
+        w_max = std::max(w_max, sl.w_elems);
+        oihw_max = std::max(oihw_max, (size_t)sl.rows * sl.cin * sl.k * sl.k);
     }
-    for (int id = 0; id < N_SLOTS; id++) {
-        const tslot *sl = &T->slots[id];
-        w_max = std::max(w_max, sl->w_elems);
-        oihw_max = std::max(oihw_max, (size_t)sl->cout * sl->cin * sl->k * sl->k);
+    for (int i = 0; i < net.n; i++) {
+        const e2g_node &nd = net.node[i];
+        if (nd.op == E2G_OP_ATTENTION) att_max = std::max(att_max, L.b[i].M * nd.heads * 2);
+        if (nd.op == E2G_OP_CONV) sums_max = std::max(sums_max, (size_t)N * 2 * nd.cout);
     }
-    T->ctx16 = ar->take<bf16>((size_t)N * Tk * c4);
-    T->u1 = ar->take<bf16>(M * c4), T->u2 = ar->take<bf16>(M * c4), T->u3 = ar->take<bf16>(M * c4);
-    T->qkv = ar->take<bf16>(M * 3 * c4), T->att1 = ar->take<bf16>(M * c4), T->att2 = ar->take<bf16>(M * c4);
-    T->q2 = ar->take<bf16>(M * c4), T->kv2 = ar->take<bf16>((size_t)N * Tk * 2 * c4);
-    T->hpre = ar->take<bf16>(M * 4 * c4), T->hid = ar->take<bf16>(M * 4 * c4), T->proj = ar->take<bf16>(M * c4);
-    T->t1 = ar->take<float>(M * c4), T->t2 = ar->take<float>(M * c4);
-    T->bias_qkv = ar->take<float>(3 * c4), T->bias_kv = ar->take<float>(2 * c4);
-    T->dproj = ar->take<bf16>(M * c4), T->datt = ar->take<bf16>(M * c4), T->dqkv = ar->take<bf16>(M * 3 * c4);
-    T->du = ar->take<bf16>(M * c4), T->dhid = ar->take<bf16>(M * 4 * c4), T->dq2 = ar->take<bf16>(M * c4);
-    T->dkv2 = ar->take<bf16>((size_t)N * Tk * 2 * c4), T->dctx16 = ar->take<bf16>((size_t)N * Tk * c4);
-    T->draw = ar->take<bf16>(raw_max), T->dxp = ar->take<bf16>(in_max), T->dw16 = ar->take<bf16>(w_max);
-    T->dw32 = ar->take<float>(oihw_max), T->dsums = ar->take<float>((size_t)N * 2 * c4);
-    T->att_stats = ar->take<float>((size_t)N * T->heads * T->L * 2);
-    /* the activation gradients: one range, zeroed per step */
+    T->dy16 = ar->take<bf16>(L.rows_max), T->dx16 = ar->take<bf16>(L.rows_max);
+    T->draw = ar->take<bf16>(L.raw_max), T->dxp = ar->take<bf16>(L.conv_in_max), T->dw16 = ar->take<bf16>(w_max);
+    T->dw32 = ar->take<float>(oihw_max), T->dsums = ar->take<float>(sums_max);
+    T->att_stats = ar->take<float>(att_max);
+    /* bf16 gradients: each overwritten by its one consumer every step; a
+     * slot's parts share one buffer, side by side as in the forward */
+    for (int i = 0; i < net.n; i++) {
+        const node_plan &np = P.np[i];
+        T->gb[i] = NULL;
+        if (np.grad != GRAD_BF16) continue;
+        if (net.node[i].op == E2G_OP_LINEAR && np.part > 0) {
+            const wslot &sl = P.slot[np.slot];
+            T->gb[i] = T->gb[sl.part_node[0]] ? T->gb[sl.part_node[0]] + (size_t)np.part * sl.rows : NULL;
+        } else {
+            T->gb[i] = ar->take<bf16>(L.b[i].M * np.ld);
+        }
+    }
+    /* fp32 gradients: one range, zeroed per step */
     size_t lo = ar->used;
-    T->g_e1 = ar->take<float>((size_t)N * S * S * ngf), T->g_e2 = ar->take<float>((size_t)N * S * S / 4 * 2 * ngf);
-    size_t q = (size_t)N * S * S / 16 * c4;
-    T->g_r0 = ar->take<float>(q), T->g_r1 = ar->take<float>(q), T->g_r2 = ar->take<float>(q);
-    T->g_r1b = ar->take<float>(q), T->g_r3 = ar->take<float>(q);
-    T->g_t0 = ar->take<float>(M * c4), T->g_t3 = ar->take<float>(M * c4);
-    T->g_s0 = ar->take<float>(q), T->g_s1 = ar->take<float>(q), T->g_s2 = ar->take<float>(q);
-    T->g_d2 = ar->take<float>((size_t)N * S * S / 4 * 2 * ngf), T->g_d1 = ar->take<float>((size_t)N * S * S * ngf);
+    for (int i = 0; i < net.n; i++)
+        T->g[i] = P.np[i].grad == GRAD_F32 ? ar->take<float>(L.b[i].M * net.node[i].cout) : NULL;
     T->dscratch = ar->take<float>(8);
-    T->grad_lo = ar->base + lo, T->grad_hi = ar->base + ar->used;
+    if (ar->base) T->grad_lo = ar->base + lo, T->grad_hi = ar->base + ar->used;
 }
 
 /* ---- creation --------------------------------------------------------------------------- */
 
 extern "C" size_t e2g_cuda_trainer_size(const e2g_cuda_trainer *T) { return T->n_train; }
 
+/* Uploads go on the step's stream: its kernels run on that non-blocking
+ * stream, which plain cudaMemcpy/cudaMemset do not order. */
 static int trainer_alloc(e2g_cuda_trainer *T, const float *gen, const e2g_lora *lora, char *err) {
+    const gen_plan &P = T->plan;
+    cudaStream_t st = T->dc.stream;
     size_t gn = e2g_gen_param_count(&T->cfg);
     T->n_train = lora ? lora->numel : gn;
     CUDA_TRY(cudaMalloc(&T->wmem, (gn + 4 * T->n_train) * sizeof(float)));
     float *w = (float *)T->wmem;
     T->base32 = w, T->train32 = lora ? w + gn : w;
     T->grad32 = w + gn + T->n_train, T->m32 = T->grad32 + T->n_train, T->v32 = T->m32 + T->n_train;
-    CUDA_TRY(cudaMemcpy(T->base32, gen, gn * sizeof(float), cudaMemcpyHostToDevice));
-    CUDA_TRY(cudaMemset(T->grad32, 0, 3 * T->n_train * sizeof(float)));
+    CUDA_TRY(cudaMemcpyAsync(T->base32, gen, gn * sizeof(float), cudaMemcpyHostToDevice, st));
+    CUDA_TRY(cudaMemsetAsync(T->grad32, 0, 3 * T->n_train * sizeof(float), st));
     e2g_gen_bind(&T->cfg, &T->P, T->base32);
     if (lora) {
         T->lora = 1;
-        CUDA_TRY(cudaMemcpy(T->train32, lora->memory, lora->numel * sizeof(float), cudaMemcpyHostToDevice));
+        CUDA_TRY(cudaMemcpyAsync(T->train32, lora->memory, lora->numel * sizeof(float), cudaMemcpyHostToDevice, st));
         for (int l = 0; l < E2G_N_CRUCIAL; l++) {
             T->rank[l] = lora->rank[l], T->scale[l] = lora->scale[l];
             if (!lora->rank[l]) continue;
@@ -210,13 +157,14 @@ static int trainer_alloc(e2g_cuda_trainer *T, const float *gen, const e2g_lora *
         e2g_gen_bind(&T->cfg, &T->G, T->grad32);
         T->concept = T->P.concepts, T->dconcept = T->G.concepts;
     }
-    describe(T);
     size_t wbytes = 0;
-    for (int id = 0; id < N_SLOTS; id++) wbytes += align256(T->slots[id].w_elems * sizeof(bf16));
+    for (int s = 0; s < P.n_slots; s++) wbytes += align256(P.slot[s].w_elems * sizeof(bf16));
     CUDA_TRY(cudaMalloc(&T->wpacked, wbytes));
-    T->slots[0].w = (bf16 *)T->wpacked;
-    for (int id = 1; id < N_SLOTS; id++)
-        T->slots[id].w = T->slots[id - 1].w + align256(T->slots[id - 1].w_elems * sizeof(bf16)) / sizeof(bf16);
+    bf16 *wp = (bf16 *)T->wpacked;
+    for (int s = 0; s < P.n_slots; s++) {
+        T->slots[s].w = wp;
+        wp += align256(P.slot[s].w_elems * sizeof(bf16)) / sizeof(bf16);
+    }
     dev_arena count = {NULL, 0};
     layout_acts(T, &count);
     if (cudaMalloc(&T->amem, count.used) != cudaSuccess) {
@@ -226,7 +174,16 @@ static int trainer_alloc(e2g_cuda_trainer *T, const float *gen, const e2g_lora *
     }
     dev_arena ar = {(char *)T->amem, 0};
     layout_acts(T, &ar);
-    T->slots[S_SA_QKV].bias = T->bias_qkv, T->slots[S_CA_KV].bias = T->bias_kv;
+    for (int s = 0; s < P.n_slots; s++) {
+        const wslot &sl = P.slot[s];
+        const e2g_node &nd = P.net.node[sl.part_node[0]];
+        if (sl.parts > 1)
+            T->slots[s].bias = T->bias_cat[s]; /* filled by pack_all */
+        else if (!sl.bias)
+            T->slots[s].bias = NULL;
+        else
+            T->slots[s].bias = nd.op == E2G_OP_CONV ? e2g_node_conv(&nd, &T->P)->b : e2g_node_linear(&nd, &T->P)->b;
+    }
     size_t img = (size_t)T->N * T->S * T->S * 3 * sizeof(float);
     for (int s = 0; s < 2; s++) {
         CUDA_TRY(cudaMallocHost(&T->x_host[s], img));
@@ -237,6 +194,7 @@ static int trainer_alloc(e2g_cuda_trainer *T, const float *gen, const e2g_lora *
     }
     CUDA_TRY(cudaMallocHost(&T->loss_host, sizeof(float)));
     CUDA_TRY(cudaStreamCreateWithFlags(&T->up, cudaStreamNonBlocking));
+    CUDA_TRY(cudaStreamSynchronize(st)); /* the uploads have landed: report their errors here */
     return 0;
 }
 
@@ -268,9 +226,8 @@ extern "C" int e2g_cuda_trainer_new(e2g_cuda_trainer **out, const e2g_gen_config
                                 lora->rank[l], e2g_crucial_name(l));
     e2g_cuda_trainer *T = new (std::nothrow) e2g_cuda_trainer();
     if (!T) return e2g_fail(err, "out of host memory");
-    T->cfg = *cfg, T->N = N, T->S = S, T->c4 = e2g_gen_c4(cfg), T->heads = e2g_gen_heads(cfg);
-    T->T = cfg->ctx_tokens, T->L = (S / 8) * (S / 8);
-    if (dnn_init(&T->dc, err) || trainer_alloc(T, gen, lora, err)) {
+    T->cfg = *cfg, T->N = N, T->S = S;
+    if (gen_plan_build(&T->plan, cfg, err) || dnn_init(&T->dc, err) || trainer_alloc(T, gen, lora, err)) {
         e2g_cuda_trainer_free(T);
         return -1;
     }
@@ -280,279 +237,309 @@ extern "C" int e2g_cuda_trainer_new(e2g_cuda_trainer **out, const e2g_gen_config
 
 /* ---- weights for the forward ------------------------------------------------------------ */
 
+/* The crucial layer of node i when it trains an adapter rank, or -1. */
+static int lora_layer(const e2g_cuda_trainer *T, int i) {
+    int l = T->plan.net.node[i].crucial;
+    return T->lora && l >= 0 && T->rank[l] ? l : -1;
+}
+
 /* Packs every slot from the fp32 masters (merging the adapter into its
  * crucial layers) and gathers the concatenated biases. */
 static int pack_all(e2g_cuda_trainer *T, char *err) {
+    const gen_plan &P = T->plan;
     cudaStream_t st = T->dc.stream;
-    for (int id = 0; id < N_SLOTS; id++) {
-        const tslot *sl = &T->slots[id];
-        int rows = sl->cout / sl->parts;
-        for (int part = 0; part < sl->parts; part++) {
+    for (int s = 0; s < P.n_slots; s++) {
+        const wslot &sl = P.slot[s];
+        for (int part = 0; part < sl.parts; part++) {
+            int i = sl.part_node[part], l = lora_layer(T, i);
+            const e2g_node &nd = P.net.node[i];
             pack_args a = {};
-            a.dst = sl->w + (size_t)part * rows * sl->k * sl->k * sl->cin_pad;
-            a.base = slot_weight_part(&T->P, id, part);
-            a.cout = rows, a.cin = sl->cin, a.k = sl->k;
-            a.cout_pad = sl->parts > 1 ? rows : sl->cout_pad, a.cin_pad = sl->cin_pad, a.phase = sl->phase;
-            for (int l = 0; l < E2G_N_CRUCIAL && T->lora; l++) {
-                int s_, p_;
-                crucial_slot(l, &s_, &p_);
-                if (s_ == id && p_ == part && T->rank[l])
-                    a.terms[a.n_terms++] = {T->A[l], T->B[l], T->rank[l], T->scale[l]};
-            }
+            a.dst = T->slots[s].w + slot_part_offset(sl, part);
+            a.base = *e2g_node_weight_slot(&nd, &T->P);
+            a.cout = sl.rows, a.cin = sl.cin, a.k = sl.k;
+            a.cout_pad = slot_part_rows_pad(sl), a.cin_pad = sl.cin_pad, a.phase = sl.phase;
+            if (l >= 0) a.terms[a.n_terms++] = {T->A[l], T->B[l], T->rank[l], T->scale[l]};
             TRY(pack_weights(a, st, err));
-            if (sl->parts > 1)
-                CUDA_TRY(cudaMemcpyAsync((float *)sl->bias + part * rows, slot_bias_part(&T->P, id, part),
-                                         rows * sizeof(float), cudaMemcpyDeviceToDevice, st));
+            if (sl.parts > 1)
+                CUDA_TRY(cudaMemcpyAsync(T->bias_cat[s] + part * sl.rows, e2g_node_linear(&nd, &T->P)->b,
+                                         sl.rows * sizeof(float), cudaMemcpyDeviceToDevice, st));
         }
     }
     return 0;
 }
 
-/* ---- forward ------------------------------------------------------------------------------ */
+/* ---- forward: the node table in order ----------------------------------------------------- */
 
-/* The cuDNN shape of block id's convolution (its input as stored). */
-static void conv_shape(const e2g_cuda_trainer *T, int id, int *K, int *R, int *stride, int *pad) {
-    const tslot *sl = &T->slots[id];
-    if (sl->phase) {
-        *K = 4 * sl->cout_pad, *R = 2, *stride = 1, *pad = 1;
-    } else {
-        *K = sl->cout_pad, *R = sl->k, *stride = sl->stride, *pad = sl->reflect ? 0 : sl->pad;
-    }
-}
-
-static int block_fwd(e2g_cuda_trainer *T, int id, const tview &in, const tview &dst, const tview *add, int slot,
-                     char *err) {
-    const tslot *sl = &T->slots[id];
-    int K, R, stride, pad, Hp = in.H + 2 * in.pad, Wp = in.W + 2 * in.pad;
-    conv_shape(T, id, &K, &R, &stride, &pad);
-    TRY(conv_fwd(&T->dc, T->raw[id], in.p, sl->w, T->N, Hp, Wp, in.C, K, R, stride, pad, err));
-    size_t n;
-    conv_out src = raw_view(T, id, &n);
-    if (id == G_OUT)
-        return output_layer(T->y32, T->raw[id], src.Cs, sl->bias, T->x32[slot], T->cfg.residual_out,
-                            (size_t)T->N * src.H * src.W, T->dc.stream, err);
-    epilogue_args a = {};
-    a.src = src, a.bias = sl->bias, a.relu = sl->relu, a.dst = dst;
-    const e2g_conv_params *cp = gen_conv_params(&T->P, id);
-    if (cp->norm_w) {
-        TRY(block_stats(T->sums[id], src, T->dc.stream, err));
-        a.sums = T->sums[id], a.gamma = cp->norm_w, a.beta = cp->norm_b;
-    }
-    if (add) a.add = *add;
-    return block_epilogue(a, T->dc.stream, err);
-}
-
-static int linear_fwd(e2g_cuda_trainer *T, int id, bf16 *out, const bf16 *in, size_t M, char *err) {
-    const tslot *sl = &T->slots[id];
-    TRY(conv_fwd(&T->dc, out, in, sl->w, 1, (int)M, 1, sl->cin, sl->cout, 1, 1, 0, err));
-    return bias_act(out, sl->bias, 0, M, sl->cout, T->dc.stream, err);
-}
-
-static int transformer_fwd(e2g_cuda_trainer *T, char *err) {
-    int c4 = T->c4, N = T->N, L = T->L, Tk = T->T;
-    size_t M = (size_t)N * L;
+static int conv_forward(e2g_cuda_trainer *T, int i, int slot, char *err) {
+    const gen_plan &P = T->plan;
+    const act_layout &L = T->acts;
+    const e2g_node &nd = P.net.node[i];
+    const node_plan &np = P.np[i];
+    const wslot &sl = P.slot[np.slot];
+    const node_buf &b = L.b[i];
+    const conv_geom &g = b.g;
+    const tview &in = L.b[nd.in[0]].v;
     cudaStream_t s = T->dc.stream;
-    const e2g_gen_params *P = &T->P;
-    TRY(residual_layernorm(NULL, NULL, T->u1, T->t0.p, NULL, NULL, NULL, P->ln_w[0], P->ln_b[0], M, c4, s, err));
-    TRY(linear_fwd(T, S_SA_QKV, T->qkv, T->u1, M, err));
-    TRY(attention(T->att1, T->qkv, 3 * c4, T->qkv + c4, T->qkv + 2 * c4, 3 * c4, N, L, L, c4, T->heads, s, err));
-    TRY(conv_fwd(&T->dc, T->proj, T->att1, T->slots[S_SA_O].w, 1, (int)M, 1, c4, c4, 1, 1, 0, err));
-    TRY(residual_layernorm(T->t1, NULL, T->u2, T->t0.p, NULL, T->proj, P->self_attn[E2G_O].b, P->ln_w[1],
-                           P->ln_b[1], M, c4, s, err));
-    TRY(linear_fwd(T, S_CA_Q, T->q2, T->u2, M, err));
-    TRY(linear_fwd(T, S_CA_KV, T->kv2, T->ctx16, (size_t)N * Tk, err));
-    TRY(attention(T->att2, T->q2, c4, T->kv2, T->kv2 + c4, 2 * c4, N, L, Tk, c4, T->heads, s, err));
-    TRY(conv_fwd(&T->dc, T->proj, T->att2, T->slots[S_CA_O].w, 1, (int)M, 1, c4, c4, 1, 1, 0, err));
-    TRY(residual_layernorm(T->t2, NULL, T->u3, NULL, T->t1, T->proj, P->cross_attn[E2G_O].b, P->ln_w[2],
-                           P->ln_b[2], M, c4, s, err));
-    TRY(linear_fwd(T, S_FC1, T->hpre, T->u3, M, err));
-    TRY(gelu_forward(T->hid, T->hpre, M * 4 * c4, s, err));
-    TRY(conv_fwd(&T->dc, T->proj, T->hid, T->slots[S_FC2].w, 1, (int)M, 1, 4 * c4, c4, 1, 1, 0, err));
-    return residual_layernorm(NULL, T->t3.p, NULL, NULL, T->t2, T->proj, P->fc2.b, NULL, NULL, M, c4, s, err);
+    TRY(conv_fwd(&T->dc, b.raw, in.p, T->slots[np.slot].w, T->N, g.Hp, g.Wp, g.C, g.K, g.R, g.stride, g.pad, in.ns,
+                 err));
+    if (np.to_output)
+        return output_layer(T->y32, b.raw, g.Cs, T->slots[np.slot].bias, T->x32[slot],
+                            P.net.node[P.net.output].residual, (size_t)T->N * g.Ho * g.Wo, s, err);
+    epilogue_args a = {};
+    a.src = plan_raw(P, L, i), a.bias = T->slots[np.slot].bias, a.relu = sl.relu, a.dst = b.v;
+    if (sl.norm) {
+        const e2g_conv_params *cp = e2g_node_conv(&nd, &T->P);
+        TRY(block_stats(b.stats, a.src, s, err));
+        a.sums = b.stats, a.gamma = cp->norm_w, a.beta = cp->norm_b;
+    }
+    if (nd.add >= 0) a.add = L.b[nd.add].v;
+    return block_epilogue(a, s, err);
+}
+
+/* Slot s's LINEAR nodes (see the engine's linear_slot); with GELU the
+ * input of the activation is kept. */
+static int linear_forward(e2g_cuda_trainer *T, int s, char *err) {
+    const gen_plan &P = T->plan;
+    const act_layout &L = T->acts;
+    const wslot &sl = P.slot[s];
+    int i0 = sl.part_node[0];
+    const e2g_node &nd0 = P.net.node[i0];
+    const node_plan &np0 = P.np[i0];
+    const node_buf &b0 = L.b[i0], &in = L.b[nd0.in[0]];
+    const float *bias = T->slots[s].bias;
+    int M = (int)b0.M;
+    cudaStream_t st = T->dc.stream;
+    if (nd0.add >= 0) {
+        TRY(conv_fwd(&T->dc, L.proj, in.rows, T->slots[s].w, 1, M, 1, sl.cin, sl.cout, 1, 1, 0, 0, err));
+        const node_buf &r = L.b[nd0.add];
+        int ln = np0.fused_ln;
+        const e2g_linear_params *lp = ln >= 0 ? e2g_node_linear(&P.net.node[ln], &T->P) : NULL;
+        return residual_layernorm(b0.f32, np0.has_bf16 ? b0.rows : NULL, ln >= 0 ? L.b[ln].rows : NULL,
+                                  r.f32 ? NULL : r.rows, r.f32, L.proj, bias, lp ? lp->w : NULL, lp ? lp->b : NULL,
+                                  b0.M, nd0.cout, st, err);
+    }
+    bf16 *out = sl.gelu ? b0.pre : b0.rows;
+    TRY(conv_fwd(&T->dc, out, in.rows, T->slots[s].w, 1, M, 1, sl.cin, sl.cout, 1, 1, 0, 0, err));
+    TRY(bias_act(out, bias, 0, b0.M, sl.cout, st, err));
+    if (sl.gelu) TRY(gelu_forward(b0.rows, b0.pre, b0.M * sl.cout, st, err));
+    return 0;
+}
+
+static int layernorm_forward(e2g_cuda_trainer *T, int i, char *err) {
+    const e2g_node &nd = T->plan.net.node[i];
+    const node_buf &b = T->acts.b[i], &r = T->acts.b[nd.in[0]];
+    const e2g_linear_params *lp = e2g_node_linear(&nd, &T->P);
+    return residual_layernorm(NULL, NULL, b.rows, r.f32 ? NULL : r.rows, r.f32, NULL, NULL, lp->w, lp->b, b.M,
+                              nd.cout, T->dc.stream, err);
 }
 
 static int forward(e2g_cuda_trainer *T, int slot, char *err) {
-    int skips = T->cfg.unet_skips;
-    TRY(pack_all(T, err));
-    TRY(gather_rows(T->ctx16, T->concept, T->lora ? NULL : T->rows[slot], T->N, (size_t)T->T * T->c4,
-                    T->dc.stream, err));
-    TRY(prep_input(T->xin, T->x32[slot], T->dc.stream, err));
-    TRY(block_fwd(T, G_ENC1, T->xin, T->e1, NULL, slot, err));
-    TRY(block_fwd(T, G_ENC2, T->e1, T->e2, NULL, slot, err));
-    TRY(block_fwd(T, G_ENC3, T->e2, T->r0, NULL, slot, err));
-    TRY(block_fwd(T, G_RB1A, T->r0, T->r1, NULL, slot, err));
-    TRY(block_fwd(T, G_RB1B, T->r1, T->r2, &T->r0, slot, err));
-    TRY(block_fwd(T, G_RB2A, T->r2, T->r1b, NULL, slot, err));
-    TRY(block_fwd(T, G_RB2B, T->r1b, T->r3, &T->r2, slot, err));
-    TRY(block_fwd(T, G_DS, T->r3, T->t0, NULL, slot, err));
-    TRY(transformer_fwd(T, err));
-    TRY(block_fwd(T, G_US, T->t3, T->s0, NULL, slot, err));
-    TRY(block_fwd(T, G_RB3A, T->s0, T->s1, NULL, slot, err));
-    TRY(block_fwd(T, G_RB3B, T->s1, T->s2, &T->s0, slot, err));
-    TRY(block_fwd(T, G_DEC2, T->s2, T->d2, skips ? &T->e2 : NULL, slot, err));
-    TRY(block_fwd(T, G_DEC1, T->d2, T->d1, skips ? &T->e1 : NULL, slot, err));
-    tview none = {};
-    return block_fwd(T, G_OUT, T->d1, none, NULL, slot, err);
-}
-
-/* ---- backward ----------------------------------------------------------------------------- */
-
-/* The crucial layer at (slot id, part) with a nonzero rank, or -1. */
-static int lora_site(const e2g_cuda_trainer *T, int id, int part) {
-    if (!T->lora) return -1;
-    for (int l = 0; l < E2G_N_CRUCIAL; l++) {
-        int s_, p_;
-        crucial_slot(l, &s_, &p_);
-        if (s_ == id && p_ == part && T->rank[l]) return l;
-    }
-    return -1;
-}
-
-/* Weight gradient of slot id from its packed gradient in dw16: into G's
- * tensor (full training) or through the merge into the adapter's A/B. */
-static int weight_grad(e2g_cuda_trainer *T, int id, char *err) {
-    const tslot *sl = &T->slots[id];
-    int rows = sl->cout / sl->parts, k = sl->k;
+    const gen_plan &P = T->plan;
+    const act_layout &L = T->acts;
     cudaStream_t s = T->dc.stream;
-    for (int part = 0; part < sl->parts; part++) {
-        const bf16 *src = T->dw16 + (size_t)part * rows * k * k * sl->cin_pad;
-        int cout_pad = sl->parts > 1 ? rows : sl->cout_pad;
+    TRY(pack_all(T, err));
+    for (int i = 0; i < P.net.n; i++) {
+        const e2g_node &nd = P.net.node[i];
+        const node_plan &np = P.np[i];
+        switch (nd.op) {
+        case E2G_OP_INPUT: TRY(prep_input(L.b[i].v, T->x32[slot], s, err)); break;
+        case E2G_OP_CONTEXT:
+            TRY(gather_rows(L.b[i].rows, T->concept, T->lora ? NULL : T->rows[slot], T->N,
+                            L.b[i].M / T->N * nd.cout, s, err));
+            break;
+        case E2G_OP_CONV: TRY(conv_forward(T, i, slot, err)); break;
+        case E2G_OP_LAYERNORM:
+            if (np.fused_into < 0) TRY(layernorm_forward(T, i, err));
+            break;
+        case E2G_OP_LINEAR:
+            if (np.part == 0) TRY(linear_forward(T, np.slot, err));
+            break;
+        case E2G_OP_ATTENTION: TRY(plan_attention(P, L, i, s, err)); break;
+        case E2G_OP_OUTPUT: break; /* its conv wrote y */
+        }
+    }
+    return 0;
+}
+
+/* ---- backward: the node table in reverse --------------------------------------------------- */
+
+static int slot_trained(const e2g_cuda_trainer *T, int s) {
+    if (!T->lora) return 1;
+    for (int part = 0; part < T->plan.slot[s].parts; part++)
+        if (lora_layer(T, T->plan.slot[s].part_node[part]) >= 0) return 1;
+    return 0;
+}
+
+/* Weight gradient of slot s from its packed gradient in dw16: into G's
+ * tensors (full training) or through the merge into the adapter's A/B. */
+static int weight_grad(e2g_cuda_trainer *T, int s, char *err) {
+    const gen_plan &P = T->plan;
+    const wslot &sl = P.slot[s];
+    cudaStream_t st = T->dc.stream;
+    for (int part = 0; part < sl.parts; part++) {
+        int i = sl.part_node[part];
+        const bf16 *src = T->dw16 + slot_part_offset(sl, part);
+        int cout_pad = slot_part_rows_pad(sl);
         if (!T->lora) {
-            TRY(unpack_weight_grad(slot_weight_part(&T->G, id, part), src, rows, sl->cin, k, cout_pad, sl->cin_pad,
-                                   sl->phase, s, err));
+            TRY(unpack_weight_grad(*e2g_node_weight_slot(&P.net.node[i], &T->G), src, sl.rows, sl.cin, sl.k, cout_pad,
+                                   sl.cin_pad, sl.phase, st, err));
             continue;
         }
-        int l = lora_site(T, id, part);
+        int l = lora_layer(T, i);
         if (l < 0) continue;
-        TRY(unpack_weight_grad(T->dw32, src, rows, sl->cin, k, cout_pad, sl->cin_pad, sl->phase, s, err));
-        TRY(lora_grads(T->dA[l], T->dB[l], T->dw32, T->A[l], T->B[l], T->rank[l], rows, sl->cin * k * k, T->scale[l],
-                       s, err));
+        TRY(unpack_weight_grad(T->dw32, src, sl.rows, sl.cin, sl.k, cout_pad, sl.cin_pad, sl.phase, st, err));
+        TRY(lora_grads(T->dA[l], T->dB[l], T->dw32, T->A[l], T->B[l], T->rank[l], sl.rows, sl.cin * sl.k * sl.k,
+                       T->scale[l], st, err));
     }
     return 0;
 }
 
-static int slot_trained(const e2g_cuda_trainer *T, int id) {
-    if (!T->lora) return 1;
-    for (int part = 0; part < T->slots[id].parts; part++)
-        if (lora_site(T, id, part) >= 0) return 1;
-    return 0;
+/* Node i's gradient as dense bf16 rows (for nodes stored with ld = cout:
+ * not a part of a concatenated slot): its own when it is bf16, else
+ * converted into dy16. */
+static int grad16(e2g_cuda_trainer *T, int i, bf16 **out, char *err) {
+    if (T->plan.np[i].grad == GRAD_BF16) {
+        *out = T->gb[i];
+        return 0;
+    }
+    *out = T->dy16;
+    return f32_to_bf16(T->dy16, T->g[i], T->acts.b[i].M * T->plan.net.node[i].cout, T->dc.stream, err);
 }
 
-/* One conv block backward: g_out is d(block output) (the add's share
- * already passed on by the caller), g_in (NULL: not needed) receives
- * d(input).  For G_OUT, draw already holds d(raw). */
-static int block_bwd(e2g_cuda_trainer *T, int id, const tview &in, const float *g_out, float *g_in, char *err) {
-    const tslot *sl = &T->slots[id];
+/* A CONV node: the raw gradient from its output's (the epilogue backward;
+ * for the conv OUTPUT reads, the output layer + L1), then the weight and
+ * input gradients. */
+static int conv_backward(e2g_cuda_trainer *T, int i, int slot, float lambda, char *err) {
+    const gen_plan &P = T->plan;
+    const act_layout &L = T->acts;
+    const e2g_node &nd = P.net.node[i];
+    const node_plan &np = P.np[i];
+    const wslot &sl = P.slot[np.slot];
+    const node_buf &b = L.b[i];
+    const conv_geom &g = b.g;
+    int src = nd.in[0], N = T->N;
+    const tview &in = L.b[src].v;
     cudaStream_t s = T->dc.stream;
-    int K, R, stride, pad, Hp = in.H + 2 * in.pad, Wp = in.W + 2 * in.pad, N = T->N;
-    conv_shape(T, id, &K, &R, &stride, &pad);
-    if (id != G_OUT) {
-        size_t n;
+    if (np.to_output) { /* draw (pixels, 8), channels 3..7 zero */
+        float *dbias = !T->lora ? e2g_node_conv(&nd, &T->G)->b : T->dscratch;
+        TRY(output_l1_backward(T->draw, dbias, T->loss, T->y32, T->t32[slot], lambda, (size_t)N * g.Ho * g.Wo, s,
+                               err));
+    } else {
         epilogue_bwd_args a = {};
-        a.src = raw_view(T, id, &n);
-        CUDA_TRY(cudaMemsetAsync(T->draw, 0, n * sizeof(bf16), s));
-        const e2g_conv_params *cp = gen_conv_params(&T->P, id);
-        e2g_conv_params *gp = T->lora ? NULL : gen_conv_params(&T->G, id);
-        a.bias = sl->bias, a.relu = sl->relu, a.dout = g_out, a.draw = T->draw, a.dsums = T->dsums;
-        if (cp->norm_w) {
-            a.sums = T->sums[id], a.gamma = cp->norm_w, a.beta = cp->norm_b;
+        a.src = plan_raw(P, L, i);
+        CUDA_TRY(cudaMemsetAsync(T->draw, 0, (size_t)N * g.Hg * g.Wg * g.Cs * sizeof(bf16), s));
+        const e2g_conv_params *cp = e2g_node_conv(&nd, &T->P);
+        e2g_conv_params *gp = T->lora ? NULL : e2g_node_conv(&nd, &T->G);
+        a.bias = T->slots[np.slot].bias, a.relu = sl.relu, a.dout = T->g[i], a.draw = T->draw, a.dsums = T->dsums;
+        if (sl.norm) {
+            a.sums = b.stats, a.gamma = cp->norm_w, a.beta = cp->norm_b;
             if (gp) a.dgamma = gp->norm_w, a.dbeta = gp->norm_b;
-        } else if (gp) {
+        } else if (gp && sl.bias) {
             a.dbias = gp->b;
         }
         TRY(block_epilogue_backward(a, s, err));
     }
-    if (slot_trained(T, id)) {
-        TRY(conv_bwd_filter(&T->dc, T->dw16, in.p, T->draw, N, Hp, Wp, in.C, K, R, stride, pad, err));
-        TRY(weight_grad(T, id, err));
+    if (slot_trained(T, np.slot)) {
+        TRY(conv_bwd_filter(&T->dc, T->dw16, in.p, T->draw, N, g.Hp, g.Wp, g.C, g.K, g.R, g.stride, g.pad, in.ns,
+                            err));
+        TRY(weight_grad(T, np.slot, err));
     }
-    if (g_in) {
-        TRY(conv_bwd_data(&T->dc, T->dxp, T->draw, sl->w, N, Hp, Wp, in.C, K, R, stride, pad, err));
-        TRY(fold_grad(g_in, T->dxp, N, in.H, in.W, in.C, in.pad, s, err));
+    if (P.np[src].grad == GRAD_F32) {
+        TRY(conv_bwd_data(&T->dc, T->dxp, T->draw, T->slots[np.slot].w, N, g.Hp, g.Wp, g.C, g.K, g.R, g.stride, g.pad,
+                          in.ns, err));
+        TRY(fold_grad(T->g[src], T->dxp, N, in.H, in.W, in.C, in.pad, s, err));
     }
     return 0;
 }
 
-/* A linear slot backward over M rows: bias and weight gradients (when
- * trained) and dx (NULL: not needed). */
-static int linear_bwd(e2g_cuda_trainer *T, int id, const bf16 *in, size_t M, const bf16 *dy, bf16 *dx, char *err) {
-    const tslot *sl = &T->slots[id];
-    int rows = sl->cout / sl->parts;
-    cudaStream_t s = T->dc.stream;
+/* Slot s's LINEAR nodes: bias and weight gradients (when trained) and the
+ * input's gradient, written (bf16) or accumulated (fp32). */
+static int linear_backward(e2g_cuda_trainer *T, int s, char *err) {
+    const gen_plan &P = T->plan;
+    const wslot &sl = P.slot[s];
+    int i0 = sl.part_node[0], src = P.net.node[i0].in[0], M = (int)T->acts.b[i0].M;
+    const bf16 *x = T->acts.b[src].rows;
+    cudaStream_t st = T->dc.stream;
+    bf16 *dy;
+    if (sl.parts > 1)
+        dy = T->gb[i0]; /* the parts' gradients side by side */
+    else
+        TRY(grad16(T, i0, &dy, err));
+    if (sl.gelu) TRY(gelu_backward(dy, T->acts.b[i0].pre, (size_t)M * sl.cout, st, err));
     if (!T->lora)
-        for (int part = 0; part < sl->parts; part++)
-            TRY(col_sum(slot_bias_part(&T->G, id, part), dy, sl->cout, part * rows, M, rows, s, err));
-    if (slot_trained(T, id)) {
-        TRY(conv_bwd_filter(&T->dc, T->dw16, in, dy, 1, (int)M, 1, sl->cin, sl->cout, 1, 1, 0, err));
-        TRY(weight_grad(T, id, err));
+        for (int part = 0; part < sl.parts; part++)
+            TRY(col_sum(e2g_node_linear(&P.net.node[sl.part_node[part]], &T->G)->b, dy, sl.cout, part * sl.rows, M,
+                        sl.rows, st, err));
+    if (slot_trained(T, s)) {
+        TRY(conv_bwd_filter(&T->dc, T->dw16, x, dy, 1, M, 1, sl.cin, sl.cout, 1, 1, 0, 0, err));
+        TRY(weight_grad(T, s, err));
     }
-    if (dx) TRY(conv_bwd_data(&T->dc, dx, dy, sl->w, 1, (int)M, 1, sl->cin, sl->cout, 1, 1, 0, err));
+    if (P.np[src].grad == GRAD_BF16) {
+        TRY(conv_bwd_data(&T->dc, T->gb[src], dy, T->slots[s].w, 1, M, 1, sl.cin, sl.cout, 1, 1, 0, 0, err));
+    } else if (P.np[src].grad == GRAD_F32) {
+        TRY(conv_bwd_data(&T->dc, T->dx16, dy, T->slots[s].w, 1, M, 1, sl.cin, sl.cout, 1, 1, 0, 0, err));
+        TRY(fold_grad(T->g[src], T->dx16, 1, M, 1, sl.cin, 0, st, err)); /* pad 0: a plain add */
+    }
     return 0;
 }
 
-/* From d(t3) in g_t3 (used in place as the residual stream's gradient) to
- * d(t0) in g_t0. */
-static int transformer_bwd(e2g_cuda_trainer *T, int slot, char *err) {
-    int c4 = T->c4, N = T->N, L = T->L, Tk = T->T, H = T->heads;
-    size_t M = (size_t)N * L, MC = M * c4;
-    cudaStream_t s = T->dc.stream;
-    const e2g_gen_params *P = &T->P;
-    e2g_gen_params *G = T->lora ? NULL : &T->G;
-    float *gt = T->g_t3;
-    TRY(f32_to_bf16(T->dproj, gt, MC, s, err));
-    TRY(linear_bwd(T, S_FC2, T->hid, M, T->dproj, T->dhid, err));
-    TRY(gelu_backward(T->dhid, T->hpre, M * 4 * c4, s, err));
-    TRY(linear_bwd(T, S_FC1, T->u3, M, T->dhid, T->du, err));
-    TRY(layernorm_backward(gt, gt, T->t2, NULL, T->du, P->ln_w[2], G ? G->ln_w[2] : NULL, G ? G->ln_b[2] : NULL, M,
-                           c4, s, err));
-    TRY(f32_to_bf16(T->dproj, gt, MC, s, err));
-    TRY(linear_bwd(T, S_CA_O, T->att2, M, T->dproj, T->datt, err));
-    TRY(attention_backward(T->dq2, c4, T->dkv2, T->dkv2 + c4, 2 * c4, T->q2, c4, T->kv2, T->kv2 + c4, 2 * c4,
-                           T->att2, T->datt, T->att_stats, N, L, Tk, c4, H, s, err));
-    TRY(linear_bwd(T, S_CA_KV, T->ctx16, (size_t)N * Tk, T->dkv2, T->dctx16, err));
-    TRY(scatter_add_rows(T->dconcept, T->dctx16, T->lora ? NULL : T->rows[slot], N, (size_t)Tk * c4, s, err));
-    TRY(linear_bwd(T, S_CA_Q, T->u2, M, T->dq2, T->du, err));
-    TRY(layernorm_backward(gt, gt, T->t1, NULL, T->du, P->ln_w[1], G ? G->ln_w[1] : NULL, G ? G->ln_b[1] : NULL, M,
-                           c4, s, err));
-    TRY(f32_to_bf16(T->dproj, gt, MC, s, err));
-    TRY(linear_bwd(T, S_SA_O, T->att1, M, T->dproj, T->datt, err));
-    TRY(attention_backward(T->dqkv, 3 * c4, T->dqkv + c4, T->dqkv + 2 * c4, 3 * c4, T->qkv, 3 * c4, T->qkv + c4,
-                           T->qkv + 2 * c4, 3 * c4, T->att1, T->datt, T->att_stats, N, L, L, c4, H, s, err));
-    TRY(linear_bwd(T, S_SA_QKV, T->u1, M, T->dqkv, T->du, err));
-    return layernorm_backward(T->g_t0, gt, NULL, T->t0.p, T->du, P->ln_w[0], G ? G->ln_w[0] : NULL,
-                              G ? G->ln_b[0] : NULL, M, c4, s, err);
+static int layernorm_bwd(e2g_cuda_trainer *T, int i, char *err) {
+    const e2g_node &nd = T->plan.net.node[i];
+    int src = nd.in[0];
+    const node_buf &r = T->acts.b[src];
+    const e2g_linear_params *lp = e2g_node_linear(&nd, &T->P);
+    e2g_linear_params *gp = T->lora ? NULL : e2g_node_linear(&nd, &T->G);
+    bf16 *dy;
+    TRY(grad16(T, i, &dy, err));
+    /* d(input) += LN'ᵀ·dy, in place (its other consumers' shares are there) */
+    return layernorm_backward(T->g[src], T->g[src], r.f32, r.f32 ? NULL : r.rows, dy, lp->w, gp ? gp->w : NULL,
+                              gp ? gp->b : NULL, T->acts.b[i].M, nd.cout, T->dc.stream, err);
 }
 
-static size_t view_elems(const tview &v) { return (size_t)v.N * v.H * v.W * v.C; }
+static int attention_bwd(e2g_cuda_trainer *T, int i, char *err) {
+    const gen_plan &P = T->plan;
+    const act_layout &L = T->acts;
+    const e2g_node &nd = P.net.node[i];
+    int q = nd.in[0], k = nd.in[1], v = nd.in[2];
+    int ldq = P.np[q].ld, ldkv = P.np[k].ld;
+    bf16 *dout;
+    TRY(grad16(T, i, &dout, err));
+    return attention_backward(T->gb[q], ldq, T->gb[k], T->gb[v], ldkv, L.b[q].rows, ldq, L.b[k].rows, L.b[v].rows,
+                              ldkv, L.b[i].rows, dout, T->att_stats, T->N, L.sh[i].h * L.sh[i].w,
+                              L.sh[k].h * L.sh[k].w, nd.cout, nd.heads, T->dc.stream, err);
+}
 
 static int backward(e2g_cuda_trainer *T, int slot, float lambda, char *err) {
+    const gen_plan &P = T->plan;
+    const act_layout &L = T->acts;
     cudaStream_t s = T->dc.stream;
-    int skips = T->cfg.unet_skips, S = T->S;
     CUDA_TRY(cudaMemsetAsync(T->grad_lo, 0, T->grad_hi - T->grad_lo, s));
     CUDA_TRY(cudaMemsetAsync(T->grad32, 0, T->n_train * sizeof(float), s));
     CUDA_TRY(cudaMemsetAsync(T->loss, 0, sizeof(float), s));
-    TRY(output_l1_backward(T->draw, T->lora ? T->dscratch : T->G.out.b, T->loss, T->y32, T->t32[slot], lambda,
-                           (size_t)T->N * S * S, s, err));
-    TRY(block_bwd(T, G_OUT, T->d1, NULL, T->g_d1, err));
-    if (skips) TRY(add_f32(T->g_e1, T->g_d1, view_elems(T->e1), s, err));
-    TRY(block_bwd(T, G_DEC1, T->d2, T->g_d1, T->g_d2, err));
-    if (skips) TRY(add_f32(T->g_e2, T->g_d2, view_elems(T->e2), s, err));
-    TRY(block_bwd(T, G_DEC2, T->s2, T->g_d2, T->g_s2, err));
-    TRY(add_f32(T->g_s0, T->g_s2, view_elems(T->s0), s, err));
-    TRY(block_bwd(T, G_RB3B, T->s1, T->g_s2, T->g_s1, err));
-    TRY(block_bwd(T, G_RB3A, T->s0, T->g_s1, T->g_s0, err));
-    TRY(block_bwd(T, G_US, T->t3, T->g_s0, T->g_t3, err));
-    TRY(transformer_bwd(T, slot, err));
-    TRY(block_bwd(T, G_DS, T->r3, T->g_t0, T->g_r3, err));
-    TRY(add_f32(T->g_r2, T->g_r3, view_elems(T->r2), s, err));
-    TRY(block_bwd(T, G_RB2B, T->r1b, T->g_r3, T->g_r1b, err));
-    TRY(block_bwd(T, G_RB2A, T->r2, T->g_r1b, T->g_r2, err));
-    TRY(add_f32(T->g_r0, T->g_r2, view_elems(T->r0), s, err));
-    TRY(block_bwd(T, G_RB1B, T->r1, T->g_r2, T->g_r1, err));
-    TRY(block_bwd(T, G_RB1A, T->r0, T->g_r1, T->g_r0, err));
-    TRY(block_bwd(T, G_ENC3, T->e2, T->g_r0, T->g_e2, err));
-    TRY(block_bwd(T, G_ENC2, T->e1, T->g_e2, T->g_e1, err));
-    return block_bwd(T, G_ENC1, T->xin, T->g_e1, NULL, err);
+    for (int i = P.net.n - 1; i >= 0; i--) {
+        const e2g_node &nd = P.net.node[i];
+        const node_plan &np = P.np[i];
+        /* every consumer of i came later and is done: pass i's gradient on to its add */
+        if (nd.add >= 0) TRY(add_f32(T->g[nd.add], T->g[i], L.b[i].M * nd.cout, s, err));
+        switch (nd.op) {
+        case E2G_OP_INPUT: break;
+        case E2G_OP_OUTPUT: break; /* its conv's backward starts from the loss */
+        case E2G_OP_CONTEXT: {
+            bf16 *dy;
+            TRY(grad16(T, i, &dy, err));
+            TRY(scatter_add_rows(T->dconcept, dy, T->lora ? NULL : T->rows[slot], T->N, L.b[i].M / T->N * nd.cout,
+                                 s, err));
+            break;
+        }
+        case E2G_OP_CONV: TRY(conv_backward(T, i, slot, lambda, err)); break;
+        case E2G_OP_LAYERNORM: TRY(layernorm_bwd(T, i, err)); break;
+        case E2G_OP_LINEAR: /* the whole slot at its last node, when all its parts' gradients are in */
+            if (np.part == P.slot[np.slot].parts - 1) TRY(linear_backward(T, np.slot, err));
+            break;
+        case E2G_OP_ATTENTION: TRY(attention_bwd(T, i, err)); break;
+        }
+    }
+    return 0;
 }
 
 /* ---- the step ------------------------------------------------------------------------------ */
@@ -610,12 +597,14 @@ extern "C" int e2g_cuda_trainer_get(e2g_cuda_trainer *T, float *params, float *g
 extern "C" int e2g_cuda_trainer_set(e2g_cuda_trainer *T, const float *params, const float *m, const float *v,
                                     char *err) {
     size_t b = T->n_train * sizeof(float);
-    CUDA_TRY(cudaStreamSynchronize(T->dc.stream));
-    CUDA_TRY(cudaMemcpy(T->train32, params, b, cudaMemcpyHostToDevice));
-    if (m) CUDA_TRY(cudaMemcpy(T->m32, m, b, cudaMemcpyHostToDevice));
-    else CUDA_TRY(cudaMemset(T->m32, 0, b));
-    if (v) CUDA_TRY(cudaMemcpy(T->v32, v, b, cudaMemcpyHostToDevice));
-    else CUDA_TRY(cudaMemset(T->v32, 0, b));
+    cudaStream_t s = T->dc.stream; /* the steps' stream, which plain cudaMemcpy does not order */
+    CUDA_TRY(cudaStreamSynchronize(s));
+    CUDA_TRY(cudaMemcpyAsync(T->train32, params, b, cudaMemcpyHostToDevice, s));
+    if (m) CUDA_TRY(cudaMemcpyAsync(T->m32, m, b, cudaMemcpyHostToDevice, s));
+    else CUDA_TRY(cudaMemsetAsync(T->m32, 0, b, s));
+    if (v) CUDA_TRY(cudaMemcpyAsync(T->v32, v, b, cudaMemcpyHostToDevice, s));
+    else CUDA_TRY(cudaMemsetAsync(T->v32, 0, b, s));
+    CUDA_TRY(cudaStreamSynchronize(s));
     return 0;
 }
 

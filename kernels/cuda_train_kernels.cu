@@ -17,12 +17,11 @@
 /* What the forward computed at one element: the normalised value xhat
  * (or the biased conv output without a norm) and v, the value ReLU saw. */
 __device__ __forceinline__ void epilogue_value(const epilogue_bwd_args &a, int n, int c, float raw,
-                                               float inv_hw, float *xhat, float *v, float *rstd) {
-    if (a.sums) {
-        float mean = a.sums[(size_t)n * 2 * a.src.C + c] * inv_hw;
-        float var = fmaxf(a.sums[(size_t)n * 2 * a.src.C + a.src.C + c] * inv_hw - mean * mean, 0.0f);
+                                               float *xhat, float *v, float *rstd) {
+    if (a.sums) { /* mean and variance from block_stats; a bias before the norm cancels */
+        float mean = a.sums[(size_t)n * 2 * a.src.C + c], var = a.sums[(size_t)n * 2 * a.src.C + a.src.C + c];
         *rstd = rsqrtf(var + 1e-5f);
-        *xhat = (raw + (a.bias ? a.bias[c] : 0.0f) - mean) * *rstd;
+        *xhat = (raw - mean) * *rstd;
         *v = *xhat * a.gamma[c] + a.beta[c];
     } else {
         *rstd = 1.0f;
@@ -37,7 +36,7 @@ __global__ void epilogue_bwd_sums_kernel(epilogue_bwd_args a) {
     const conv_out &s = a.src;
     int G = s.C / 8, lanes = THREADS / G, g = threadIdx.x % G, lane = threadIdx.x / G;
     int n = blockIdx.y, HW = s.H * s.W;
-    float acc[16] = {0}, inv_hw = 1.0f / HW;
+    float acc[16] = {0};
     if (lane < lanes)
         for (int p = blockIdx.x * lanes + lane; p < HW; p += gridDim.x * lanes) {
             bf16x8 r;
@@ -48,7 +47,7 @@ __global__ void epilogue_bwd_sums_kernel(epilogue_bwd_args a) {
 #pragma unroll
             for (int i = 0; i < 8; i++) {
                 float xhat, v, rstd;
-                epilogue_value(a, n, g * 8 + i, f[i], inv_hw, &xhat, &v, &rstd);
+                epilogue_value(a, n, g * 8 + i, f[i], &xhat, &v, &rstd);
                 float dv = a.relu && v <= 0.0f ? 0.0f : d[i];
                 acc[i] += dv, acc[8 + i] += dv * xhat;
             }
@@ -89,7 +88,7 @@ __global__ void epilogue_bwd_apply_kernel(epilogue_bwd_args a) {
         for (int j = 0; j < 8; j++) {
             int c = g * 8 + j;
             float xhat, v, rstd;
-            epilogue_value(a, n, c, f[j], inv_hw, &xhat, &v, &rstd);
+            epilogue_value(a, n, c, f[j], &xhat, &v, &rstd);
             float dv = a.relu && v <= 0.0f ? 0.0f : d[j];
             if (a.sums) {
                 float sdv = a.dsums[(size_t)n * 2 * s.C + c] * inv_hw;
