@@ -28,6 +28,12 @@ int e2g_mul_size(size_t a, size_t b, size_t *out);
  * fsync, rename over path, fsync of the folder.  On failure nothing is left
  * behind, err says why and errno is the cause (ENOSPC on a full disk). */
 int e2g_write_file_atomic(const char *path, const void *data, size_t n, char *err);
+/* The same, and *written (when not NULL) is the new file's stat, taken
+ * before the rename: its device, inode, size and mtime tell it from any
+ * file that replaces it later. */
+struct stat;
+int e2g_write_file_atomic_stat(const char *path, const void *data, size_t n, struct stat *written,
+                               char *err);
 
 /* Number of worker threads the engine uses (OpenMP + oneDNN). 0 = all cores. */
 void e2g_set_threads(int n);
