@@ -666,3 +666,27 @@ void e2g_image_from_tensor(e2g_image *im, const float *src, int pw, int ph) {
         for (int i = 0; i < w * 3; i++) row[i] = to_pixel(in[i]);
     }
 }
+
+int e2g_image_pad(e2g_image_padded *p, const e2g_image *im, int multiple, char *err) {
+    memset(p, 0, sizeof *p);
+    int pw, ph;
+    e2g_image_pad_dims(im->width, im->height, multiple, &pw, &ph);
+    size_t n;
+    if (e2g_mul_size((size_t)pw * ph, 3 * sizeof(float), &n))
+        return e2g_fail(err, "image of %dx%d is too large", im->width, im->height);
+    p->x = malloc(n), p->y = malloc(n);
+    if (!p->x || !p->y) {
+        e2g_image_padded_free(p);
+        return e2g_fail(err, "not enough memory for a %dx%d image", im->width, im->height);
+    }
+    p->pw = pw, p->ph = ph;
+    e2g_image_to_tensor(p->x, im, pw, ph);
+    return 0;
+}
+
+void e2g_image_unpad(e2g_image *im, const e2g_image_padded *p) { e2g_image_from_tensor(im, p->y, p->pw, p->ph); }
+
+void e2g_image_padded_free(e2g_image_padded *p) {
+    free(p->x), free(p->y);
+    memset(p, 0, sizeof *p);
+}

@@ -86,4 +86,24 @@ void e2g_image_to_tensor(float *dst, const e2g_image *im, int pw, int ph);
  * torch.round, NaN becomes 0.  Requires pw >= im->width, ph >= im->height. */
 void e2g_image_from_tensor(e2g_image *im, const float *src, int pw, int ph);
 
+/* An image as the generator sees it: x, its pixels as one NHWC tensor of
+ * ph × pw × 3 floats reflection-padded to multiples of a size, and y, room
+ * for the generator's output of the same shape.  The pad → run → crop of a
+ * whole-image edit (the CLI's, the server's batches) is e2g_image_pad, the
+ * run on x into y, and e2g_image_unpad. */
+typedef struct {
+    int pw, ph;
+    float *x, *y;
+} e2g_image_padded;
+
+/* Fills p for im padded to multiples of `multiple` (e2g_image_pad_dims,
+ * then e2g_image_to_tensor into x).  -1 with err, and p zeroed, when the
+ * size overflows or memory runs out. */
+int e2g_image_pad(e2g_image_padded *p, const e2g_image *im, int multiple, char *err);
+/* Crops p->y back into im, the image p was made from
+ * (e2g_image_from_tensor). */
+void e2g_image_unpad(e2g_image *im, const e2g_image_padded *p);
+/* Frees x and y and zeroes *p; safe on a zeroed one. */
+void e2g_image_padded_free(e2g_image_padded *p);
+
 #endif
