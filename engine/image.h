@@ -18,15 +18,44 @@ typedef struct {
 
 typedef enum { E2G_IMAGE_JPEG, E2G_IMAGE_PNG, E2G_IMAGE_WEBP, E2G_IMAGE_UNKNOWN } e2g_image_format;
 
+/* The image formats, one row each, indexed by e2g_image_format: every list
+ * of accepted formats (the decoder's sniffing, file names, the server's
+ * media types and messages, the dataset loader's file names) reads it.
+ * static/app.js keeps its own copy of the names and media types (see the
+ * comment there). */
+typedef struct {
+    e2g_image_format fmt;
+    const char *name;          /* "jpeg": the ?format= value */
+    const char *label;         /* "JPEG", for messages */
+    const char *media_type;    /* "image/jpeg" */
+    const char *extensions[3]; /* without the dot, the usual one first; NULL-ended */
+    int lossy;                 /* encoding takes a quality */
+    /* whether buf starts with the format's magic bytes */
+    int (*detect)(const uint8_t *buf, size_t n);
+} e2g_image_format_info;
+
+extern const e2g_image_format_info e2g_image_formats[E2G_IMAGE_UNKNOWN];
+
+typedef enum { E2G_FORMAT_NAMES, E2G_FORMAT_LABELS, E2G_FORMAT_MEDIA_TYPES } e2g_image_format_field;
+
+/* One field of every format, in table order, joined by ", " and last_sep
+ * before the last ("jpeg, png or webp" for E2G_FORMAT_NAMES, " or ") into
+ * buf of n bytes; returns buf. */
+const char *e2g_image_format_list(char *buf, size_t n, e2g_image_format_field field, const char *last_sep);
+
 /* Releases im->rgb and zeroes *im; safe on a zeroed or already freed image. */
 void e2g_image_free(e2g_image *im);
 
 /* The format of an encoded image, judged by its magic bytes only. */
 e2g_image_format e2g_image_sniff(const uint8_t *buf, size_t n);
 
-/* The format a name stands for: jpg, jpeg, png or webp, case-insensitive
- * (also the file extensions); E2G_IMAGE_UNKNOWN for anything else. */
+/* The format a name or file extension stands for (jpeg, jpg, png, webp),
+ * case-insensitive; E2G_IMAGE_UNKNOWN for anything else. */
 e2g_image_format e2g_image_format_from_name(const char *name);
+
+/* The format of a media type ("image/png"; exact, lowercase, no
+ * parameters); E2G_IMAGE_UNKNOWN for anything else. */
+e2g_image_format e2g_image_format_from_media_type(const char *media_type);
 
 /* The format an output path asks for by its extension (.jpg, .jpeg, .png,
  * .webp, case-insensitive); E2G_IMAGE_UNKNOWN for anything else. */
