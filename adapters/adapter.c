@@ -131,17 +131,28 @@ static int read_layer(const e2g_st_file *f, const e2g_gen_config *cfg, e2g_lora 
     return 0;
 }
 
-int e2g_adapter_load(e2g_adapter **out, const e2g_model *base, const char *path, char *err) {
-    e2g_st_file *f = NULL;
+/* The adapter's identity for host and device caches: the first 8 bytes of
+ * the SHA-256 of its file's bytes, with the top bit set so that it never
+ * equals a counter id of e2g_lora_new (adapters made in memory). */
+static unsigned long long content_id(const e2g_st_file *f) {
+    char hex[65];
+    e2g_st_sha256(f, hex);
+    hex[16] = '\0';
+    return strtoull(hex, NULL, 16) | (1ULL << 63);
+}
+
+/* Validates a parsed adapter file against base and builds the adapter;
+ * takes f.  `what` names the file in the messages. */
+static int from_st(e2g_adapter **out, const e2g_model *base, e2g_st_file *f, const char *what,
+                   char *err) {
     json_t *config = NULL;
     e2g_adapter *a = NULL;
-    if (e2g_st_open(&f, path, err)) return -1;
     const char *format = e2g_st_meta(f, "format"), *concept = e2g_st_meta(f, "concept");
     const char *sha = e2g_st_meta(f, "base_sha256"), *config_text = e2g_st_meta(f, "adapter_config");
     int rank[E2G_N_CRUCIAL];
     float scale[E2G_N_CRUCIAL] = {0};
     if (!format || strcmp(format, "e2gan-lora") != 0) {
-        e2g_fail(err, "%s is not an e2gan adapter (metadata format must be \"e2gan-lora\")", path);
+        e2g_fail(err, "%s is not an e2gan adapter (metadata format must be \"e2gan-lora\")", what);
         goto fail;
     }
     if (!concept || !*concept || strlen(concept) > 64) {
@@ -177,6 +188,7 @@ int e2g_adapter_load(e2g_adapter **out, const e2g_model *base, const char *path,
     a = e2g_xcalloc(1, sizeof *a);
     a->concept = strdup(concept);
     a->lora = e2g_lora_new(&base->cfg, rank, scale);
+    a->lora->id = content_id(f);
     for (int l = 0; l < E2G_N_CRUCIAL; l++)
         if (rank[l] && read_layer(f, &base->cfg, a->lora, l, err)) goto fail;
     int64_t ctx_shape[2] = {base->cfg.ctx_tokens, e2g_gen_c4(&base->cfg)};
@@ -192,6 +204,23 @@ fail:
     e2g_st_close(f);
     e2g_adapter_free(a);
     return -1;
+}
+
+int e2g_adapter_load(e2g_adapter **out, const e2g_model *base, const char *path, char *err) {
+    e2g_st_file *f = NULL;
+    if (e2g_st_open(&f, path, err)) return -1;
+    return from_st(out, base, f, path, err);
+}
+
+int e2g_adapter_load_mem(e2g_adapter **out, const e2g_model *base, const uint8_t *data, size_t n,
+                         const char *what, char *err) {
+    char msg[E2G_ERR_LEN];
+    e2g_st_file *f = NULL;
+    uint8_t *copy = malloc(n ? n : 1);
+    if (!copy) return e2g_fail(err, "%s: out of memory for %zu bytes", what, n);
+    memcpy(copy, data, n);
+    if (e2g_st_parse(&f, copy, n, msg)) return e2g_fail(err, "%s: %s", what, msg);
+    return from_st(out, base, f, what, err);
 }
 
 /* ---- writing ------------------------------------------------------------------ */

@@ -5,6 +5,9 @@
 #ifndef E2G_ADAPTER_H
 #define E2G_ADAPTER_H
 
+#include <stddef.h>
+#include <stdint.h>
+
 #include "model.h"
 #include "model_io.h"
 
@@ -19,6 +22,15 @@ typedef struct {
  * known PEFT keys, each lora_A/lora_B pair with the layer's shapes and the
  * rank the config gives it, and the concept embedding (T, C4). */
 int e2g_adapter_load(e2g_adapter **out, const e2g_model *base, const char *path, char *err);
+/* The same from an adapter file's n bytes in memory (copied; `what` names
+ * them in messages, e.g. "the upload").  Both loaders parse and validate
+ * the same way, and give the adapter a content identity: lora->id is taken
+ * from the SHA-256 of the file's bytes (its first 8 bytes, top bit set, so
+ * that it never equals the counter id of an adapter made in memory), so
+ * the same bytes loaded twice — a re-scan, a re-upload, another replica —
+ * are one adapter to the host and device caches. */
+int e2g_adapter_load_mem(e2g_adapter **out, const e2g_model *base, const uint8_t *data, size_t n,
+                         const char *what, char *err);
 void e2g_adapter_free(e2g_adapter *a);
 
 /* Writes an adapter for `base` (whose sha256 it records): PEFT keys for

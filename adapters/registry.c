@@ -57,6 +57,14 @@ typedef struct entry {
     struct entry *next;
 } entry;
 
+/* A name whose upload e2g_registry_put is writing: the watcher and
+ * re-scans leave it alone, and the upload syncs it when written. */
+typedef struct pending {
+    char name[MAX_NAME + 1];
+    int count;
+    struct pending *next;
+} pending;
+
 /* A file that failed validation, remembered so that re-scans neither
  * re-read nor re-report it until it changes. */
 typedef struct rejected {
@@ -73,6 +81,7 @@ struct e2g_registry {
     entry *entries;
     rejected *rejected;
     shared *live;
+    struct pending *uploading; /* names with an upload being written */
     unsigned long clock;
     long hits, misses, evictions;
     /* the watcher thread (e2g_registry_watch) */
@@ -143,6 +152,26 @@ static void set_rejected(e2g_registry *r, const char *name, const file_id *f) {
         snprintf((*pp)->name, sizeof (*pp)->name, "%s", name);
     }
     (*pp)->file = *f;
+}
+
+static pending **pending_link(e2g_registry *r, const char *name) {
+    pending **pp = &r->uploading;
+    while (*pp && strcmp((*pp)->name, name) != 0) pp = &(*pp)->next;
+    return pp;
+}
+
+/* Counts an upload of name in (+1) or out (-1) (mutex held). */
+static void set_uploading(e2g_registry *r, const char *name, int delta) {
+    pending **pp = pending_link(r, name);
+    if (!*pp) {
+        *pp = e2g_xcalloc(1, sizeof **pp);
+        snprintf((*pp)->name, sizeof (*pp)->name, "%s", name);
+    }
+    if (((*pp)->count += delta) == 0) {
+        pending *gone = *pp;
+        *pp = gone->next;
+        free(gone);
+    }
 }
 
 static void unref(e2g_registry *r, shared *s) {
@@ -238,6 +267,10 @@ static void sync_name(e2g_registry *r, const char *name) {
     path_of(r, name, path, sizeof path);
     file_id before = {0}, after;
     pthread_mutex_lock(&r->mu);
+    if (*pending_link(r, name)) { /* the upload syncs it when written */
+        pthread_mutex_unlock(&r->mu);
+        return;
+    }
     entry *e = find(r, name);
     int missing = file_id_of(path, &before) != 0;
     rejected *rej = *rejected_link(r, name);
@@ -269,8 +302,9 @@ static void sync_name(e2g_registry *r, const char *name) {
     e2g_adapter_free(a); /* the file changed while it was read */
 }
 
-/* Whether a file name is one of an upload's temp files (e2g_registry_put's
- * .NAME.validate.XXXXXX and e2g_write_file_atomic's ….upload.XXXXXX). */
+/* Whether a file name is one of an upload's temp files (e2g_write_file_atomic's
+ * NAME.safetensors.upload.XXXXXX, and .NAME.validate.XXXXXX that earlier
+ * versions wrote). */
 static int upload_temp_name(const char *name) {
     return strstr(name, ".upload.") || (name[0] == '.' && strstr(name, ".validate."));
 }
@@ -321,6 +355,7 @@ void e2g_registry_close(e2g_registry *r) {
     }
     while (r->entries) remove_entry(r, r->entries);
     while (r->rejected) set_rejected(r, r->rejected->name, NULL);
+    while (r->uploading) set_uploading(r, r->uploading->name, -r->uploading->count);
     while (r->live) { /* requests still holding adapters at exit */
         shared *s = r->live;
         r->live = s->next;
@@ -517,67 +552,45 @@ void e2g_registry_release(e2g_registry *r, e2g_request *req) {
 
 /* ---- uploads and deletes ------------------------------------------------------- */
 
-/* Creates a new empty file named after template (ending in XXXXXX), unique
- * even among servers on other hosts sharing the directory (where process
- * ids repeat: each container's server may be pid 1); readable by all. */
-static int create_unique(char *template, char *err) {
-    int fd = mkostemp(template, O_CLOEXEC);
-    if (fd < 0) {
-        int e = errno;
-        e2g_fail(err, "cannot create %s: %s", template, strerror(e));
-        errno = e;
-        return -1;
-    }
-    fchmod(fd, 0644);
-    return fd;
-}
-
 int e2g_registry_put(e2g_registry *r, const char *name, const uint8_t *data, size_t n,
                      int *created, char *err) {
     if (!e2g_concept_name_ok(name))
         return e2g_fail(err, "a concept name is 1..64 of A-Z a-z 0-9 . _ - and does not start with '.'"), -1;
     if (e2g_model_concept(r->base, name) >= 0)
         return e2g_fail(err, "'%s' is a concept of the base model", name), -1;
-    /* validate from memory before anything touches the directory */
-    e2g_st_file *f = NULL;
-    uint8_t *copy = malloc(n ? n : 1);
-    if (!copy) return e2g_fail(err, "out of memory for the upload"), -3;
-    memcpy(copy, data, n);
-    if (e2g_st_parse(&f, copy, n, err)) return -2;
-    e2g_st_close(f);
+    /* parsed and validated once, from memory, before anything touches the
+     * directory; then written once, atomically, and installed as parsed */
+    e2g_adapter *a = NULL;
+    if (e2g_adapter_load_mem(&a, r->base, data, n, "the upload", err)) return -2;
+    free(a->concept);
+    a->concept = strdup(name);
     char path[PATH_LEN];
     path_of(r, name, path, sizeof path);
-    char tmp_path[2 * PATH_LEN];
-    snprintf(tmp_path, sizeof tmp_path, "%s/.%.64s.validate.XXXXXX", r->dir, name);
-    int fd = create_unique(tmp_path, err);
-    if (fd < 0) return errno == ENOSPC || errno == EDQUOT ? -4 : -3;
-    close(fd);
-    if (e2g_write_file_atomic(tmp_path, data, n, err)) {
-        int full = errno == ENOSPC || errno == EDQUOT;
-        unlink(tmp_path);
-        return full ? -4 : -3;
-    }
-    e2g_adapter *a = load_file(r, name, tmp_path, err);
-    if (!a) {
-        unlink(tmp_path);
-        return -2;
-    }
-    /* renamed under the lock, so the watcher finds the entry already
-     * installed with this file's identity and does not read it again */
-    file_id fid;
     pthread_mutex_lock(&r->mu);
-    *created = find(r, name) == NULL;
-    if (file_id_of(tmp_path, &fid) != 0 || rename(tmp_path, path) != 0) {
-        pthread_mutex_unlock(&r->mu);
-        e2g_fail(err, "installing %s: %s", path, strerror(errno));
-        unlink(tmp_path);
-        e2g_adapter_free(a);
-        return -3;
-    }
-    install(r, name, a, &fid);
-    evict(r);
+    set_uploading(r, name, +1);
     pthread_mutex_unlock(&r->mu);
-    return 0;
+    struct stat st;
+    memset(&st, 0, sizeof st);
+    int rc = 0;
+    if (e2g_write_file_atomic_stat(path, data, n, &st, err))
+        rc = errno == ENOSPC || errno == EDQUOT ? -4 : -3;
+    file_id written = {st.st_dev, st.st_ino, st.st_size, st.st_mtim}, now;
+    pthread_mutex_lock(&r->mu);
+    set_uploading(r, name, -1);
+    *created = find(r, name) == NULL;
+    /* installed only while the file is still this upload's: another
+     * replica may have replaced or removed it since (or the write failed),
+     * and then the sync below brings in whatever is there now */
+    int ours = rc == 0 && file_id_of(path, &now) == 0 && same_file(&written, &now);
+    if (ours) {
+        install(r, name, a, &written);
+        evict(r);
+        a = NULL;
+    }
+    pthread_mutex_unlock(&r->mu);
+    e2g_adapter_free(a);
+    if (!ours) sync_name(r, name);
+    return rc;
 }
 
 int e2g_registry_delete(e2g_registry *r, const char *name, char *err) {

@@ -42,8 +42,8 @@ int e2g_registry_acquire(e2g_registry *r, e2g_request *req, const char *spec, fl
 void e2g_registry_release(e2g_registry *r, e2g_request *req);
 
 /* Adds or replaces adapter `name` from an upload: validated against the
- * base (format, base_sha256, shapes), then written atomically into the
- * directory.  Errors: bad name (-1), invalid adapter (-2), write failure
+ * base (format, base_sha256, shapes) from memory, then written once,
+ * atomically, into the directory and installed as parsed (never re-read).  Errors: bad name (-1), invalid adapter (-2), write failure
  * (-3), a full disk (-4); *created tells whether the name was new.  Nothing
  * of a failed upload is left behind, and the old adapter stays. */
 int e2g_registry_put(e2g_registry *r, const char *name, const uint8_t *data, size_t n,

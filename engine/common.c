@@ -30,6 +30,11 @@ static int fail_errno(char *err, int cause, const char *what, const char *path) 
 }
 
 int e2g_write_file_atomic(const char *path, const void *data, size_t n, char *err) {
+    return e2g_write_file_atomic_stat(path, data, n, NULL, err);
+}
+
+int e2g_write_file_atomic_stat(const char *path, const void *data, size_t n, struct stat *written,
+                               char *err) {
     size_t len = strlen(path) + 16;
     char *tmp = e2g_xmalloc(len);
     snprintf(tmp, len, "%s.upload.XXXXXX", path);
@@ -48,7 +53,7 @@ int e2g_write_file_atomic(const char *path, const void *data, size_t n, char *er
         if (w <= 0) rc = -1, errno = w < 0 ? errno : ENOSPC;
         else p += w, n -= (size_t)w;
     }
-    if (rc || fsync(fd) != 0) {
+    if (rc || fsync(fd) != 0 || (written && fstat(fd, written) != 0)) {
         int cause = errno;
         close(fd), unlink(tmp);
         rc = fail_errno(err, cause, "cannot write", tmp);

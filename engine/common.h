@@ -28,6 +28,28 @@ int e2g_mul_size(size_t a, size_t b, size_t *out);
  * fsync, rename over path, fsync of the folder.  On failure nothing is left
  * behind, err says why and errno is the cause (ENOSPC on a full disk). */
 int e2g_write_file_atomic(const char *path, const void *data, size_t n, char *err);
+/* The same, and *written (when not NULL) is the new file's stat, taken
+ * before the rename: its device, inode, size and mtime tell it from any
+ * file that replaces it later. */
+struct stat;
+int e2g_write_file_atomic_stat(const char *path, const void *data, size_t n, struct stat *written,
+                               char *err);
+
+/* The source index in [0, n) of position i (any int, n >= 1) under
+ * PyTorch 'reflect' padding: mirrored about the edges without repeating
+ * them (-1 → 1, n → n−2), continued with period 2(n−1) past one
+ * reflection (numpy's 'reflect'); 0 when n is 1.  Inline: convolution
+ * padding calls it per pixel, nearly always within one reflection. */
+static inline int e2g_reflect_index(int i, int n) {
+    if (i >= 0 && i < n) return i;
+    if (n <= 1) return 0;
+    if (i < 0 && i > -n) return -i;
+    int64_t period = 2 * ((int64_t)n - 1), m = i;
+    if (m >= n && m <= period) return (int)(period - m);
+    m %= period;
+    if (m < 0) m += period;
+    return (int)(m < n ? m : period - m);
+}
 
 /* SplitMix64: the engine's deterministic random numbers (weight init,
  * k-means++ seeding, dataset shuffles).  e2g_mix64 is its finaliser,

@@ -5,7 +5,6 @@
 #include <dirent.h>
 #include <jansson.h>
 #include <math.h>
-#include <strings.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -200,9 +199,7 @@ typedef struct {
  * is set, STEM.ROLE.EXT); 0 otherwise. */
 static int image_stem(const char *name, const char *role, char *stem, size_t len) {
     const char *dot = strrchr(name, '.');
-    if (!dot || dot == name || (strcasecmp(dot, ".png") && strcasecmp(dot, ".jpg") && strcasecmp(dot, ".jpeg") &&
-                 strcasecmp(dot, ".webp")))
-        return 0;
+    if (!dot || dot == name || e2g_image_format_from_name(dot + 1) == E2G_IMAGE_UNKNOWN) return 0;
     size_t n = (size_t)(dot - name);
     if (role) {
         size_t r = strlen(role);

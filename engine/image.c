@@ -32,31 +32,54 @@ void e2g_image_free(e2g_image *im) {
     memset(im, 0, sizeof *im);
 }
 
+/* ---- the formats ------------------------------------------------------- */
+
+static int is_jpeg(const uint8_t *buf, size_t n) { return n >= 3 && buf[0] == 0xFF && buf[1] == 0xD8 && buf[2] == 0xFF; }
+
+static int is_png(const uint8_t *buf, size_t n) {
+    return n >= sizeof PNG_SIGNATURE && memcmp(buf, PNG_SIGNATURE, sizeof PNG_SIGNATURE) == 0;
+}
+
+static int is_webp(const uint8_t *buf, size_t n) {
+    return n >= 12 && memcmp(buf, "RIFF", 4) == 0 && memcmp(buf + 8, "WEBP", 4) == 0;
+}
+
+const e2g_image_format_info e2g_image_formats[E2G_IMAGE_UNKNOWN] = {
+    [E2G_IMAGE_JPEG] = {E2G_IMAGE_JPEG, "jpeg", "JPEG", "image/jpeg", {"jpg", "jpeg", NULL}, 1, is_jpeg},
+    [E2G_IMAGE_PNG] = {E2G_IMAGE_PNG, "png", "PNG", "image/png", {"png", NULL, NULL}, 0, is_png},
+    [E2G_IMAGE_WEBP] = {E2G_IMAGE_WEBP, "webp", "WebP", "image/webp", {"webp", NULL, NULL}, 1, is_webp},
+};
+
+const char *e2g_image_format_list(char *buf, size_t n, e2g_image_format_field field, const char *last_sep) {
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int f = 0; f < E2G_IMAGE_UNKNOWN && used < n; f++) {
+        const e2g_image_format_info *info = &e2g_image_formats[f];
+        const char *text = field == E2G_FORMAT_NAMES ? info->name : field == E2G_FORMAT_LABELS ? info->label : info->media_type;
+        const char *sep = f == 0 ? "" : f == E2G_IMAGE_UNKNOWN - 1 ? last_sep : ", ";
+        used += (size_t)snprintf(buf + used, n - used, "%s%s", sep, text);
+    }
+    return buf;
+}
+
 e2g_image_format e2g_image_sniff(const uint8_t *buf, size_t n) {
-    if (n >= 3 && buf[0] == 0xFF && buf[1] == 0xD8 && buf[2] == 0xFF) return E2G_IMAGE_JPEG;
-    if (n >= sizeof PNG_SIGNATURE && memcmp(buf, PNG_SIGNATURE, sizeof PNG_SIGNATURE) == 0)
-        return E2G_IMAGE_PNG;
-    if (n >= 12 && memcmp(buf, "RIFF", 4) == 0 && memcmp(buf + 8, "WEBP", 4) == 0)
-        return E2G_IMAGE_WEBP;
+    for (int f = 0; f < E2G_IMAGE_UNKNOWN; f++)
+        if (e2g_image_formats[f].detect(buf, n)) return (e2g_image_format)f;
     return E2G_IMAGE_UNKNOWN;
 }
 
-/* Format names (which are also the file extensions) and media types; the
- * first row of a format gives its usual extension and its media type. */
-static const struct {
-    const char *name, *media_type;
-    e2g_image_format fmt;
-} formats[] = {
-    {"jpg", "image/jpeg", E2G_IMAGE_JPEG},
-    {"jpeg", "image/jpeg", E2G_IMAGE_JPEG},
-    {"png", "image/png", E2G_IMAGE_PNG},
-    {"webp", "image/webp", E2G_IMAGE_WEBP},
-};
-#define N_FORMATS (sizeof formats / sizeof formats[0])
-
 e2g_image_format e2g_image_format_from_name(const char *name) {
-    for (size_t i = 0; i < N_FORMATS; i++)
-        if (strcasecmp(name, formats[i].name) == 0) return formats[i].fmt;
+    for (int f = 0; f < E2G_IMAGE_UNKNOWN; f++) {
+        if (strcasecmp(name, e2g_image_formats[f].name) == 0) return (e2g_image_format)f;
+        for (const char *const *ext = e2g_image_formats[f].extensions; *ext; ext++)
+            if (strcasecmp(name, *ext) == 0) return (e2g_image_format)f;
+    }
+    return E2G_IMAGE_UNKNOWN;
+}
+
+e2g_image_format e2g_image_format_from_media_type(const char *media_type) {
+    for (int f = 0; f < E2G_IMAGE_UNKNOWN; f++)
+        if (strcmp(media_type, e2g_image_formats[f].media_type) == 0) return (e2g_image_format)f;
     return E2G_IMAGE_UNKNOWN;
 }
 
@@ -67,15 +90,11 @@ e2g_image_format e2g_image_format_from_path(const char *path) {
 }
 
 const char *e2g_image_media_type(e2g_image_format fmt) {
-    for (size_t i = 0; i < N_FORMATS; i++)
-        if (formats[i].fmt == fmt) return formats[i].media_type;
-    return "application/octet-stream";
+    return (unsigned)fmt < E2G_IMAGE_UNKNOWN ? e2g_image_formats[fmt].media_type : "application/octet-stream";
 }
 
 const char *e2g_image_extension(e2g_image_format fmt) {
-    for (size_t i = 0; i < N_FORMATS; i++)
-        if (formats[i].fmt == fmt) return formats[i].name;
-    return "bin";
+    return (unsigned)fmt < E2G_IMAGE_UNKNOWN ? e2g_image_formats[fmt].extensions[0] : "bin";
 }
 
 /* Refuses empty sizes and sizes above the caller's pixel limit.  Widths and
@@ -525,12 +544,17 @@ static int encode_webp(uint8_t **out, size_t *n, const e2g_image *im, int qualit
 
 /* ---- public entry points ------------------------------------------------- */
 
+static int not_an_image(char *err) {
+    char list[64];
+    return e2g_fail(err, "not a %s image", e2g_image_format_list(list, sizeof list, E2G_FORMAT_LABELS, " or "));
+}
+
 int e2g_image_probe(const uint8_t *buf, size_t n, int *width, int *height, char *err) {
     switch (e2g_image_sniff(buf, n)) {
     case E2G_IMAGE_JPEG: return probe_jpeg(buf, n, width, height, err);
     case E2G_IMAGE_PNG: return probe_png(buf, n, width, height, err);
     case E2G_IMAGE_WEBP: return probe_webp(buf, n, width, height, err);
-    default: return e2g_fail(err, "not a JPEG, PNG or WebP image");
+    default: return not_an_image(err);
     }
 }
 
@@ -540,7 +564,7 @@ int e2g_image_decode(e2g_image *out, const uint8_t *buf, size_t n, long max_pixe
     case E2G_IMAGE_JPEG: return decode_jpeg(out, buf, n, max_pixels, err);
     case E2G_IMAGE_PNG: return decode_png(out, buf, n, max_pixels, err);
     case E2G_IMAGE_WEBP: return decode_webp(out, buf, n, max_pixels, err);
-    default: return e2g_fail(err, "not a JPEG, PNG or WebP image");
+    default: return not_an_image(err);
     }
 }
 
@@ -621,27 +645,17 @@ void e2g_image_pad_dims(int w, int h, int multiple, int *pw, int *ph) {
     *ph = (h + multiple - 1) / multiple * multiple;
 }
 
-/* The source index in [0, n) of position i >= 0 under PyTorch 'reflect'
- * padding, continued with period 2(n−1) when i runs past one reflection
- * (numpy's 'reflect', which is torch's reflect applied repeatedly). */
-static int reflect_index(int i, int n) {
-    if (n == 1) return 0;
-    int64_t period = 2 * ((int64_t)n - 1);
-    int64_t m = i % period;
-    return (int)(m < n ? m : period - m);
-}
-
 void e2g_image_to_tensor(float *dst, const e2g_image *im, int pw, int ph) {
     const int w = im->width, h = im->height;
     E2G_ASSERT(w > 0 && h > 0 && pw >= w && ph >= h);
     float value[256]; /* p/127.5 − 1, computed once per pixel value */
     for (int p = 0; p < 256; p++) value[p] = p / 127.5f - 1.0f;
     for (int y = 0; y < ph; y++) {
-        const uint8_t *row = im->rgb + (size_t)reflect_index(y, h) * w * 3;
+        const uint8_t *row = im->rgb + (size_t)e2g_reflect_index(y, h) * w * 3;
         float *out = dst + (size_t)y * pw * 3; /* (pw, 3) */
         for (int i = 0; i < w * 3; i++) out[i] = value[row[i]];
         for (int x = w; x < pw; x++) {
-            const uint8_t *p = row + (size_t)reflect_index(x, w) * 3;
+            const uint8_t *p = row + (size_t)e2g_reflect_index(x, w) * 3;
             for (int c = 0; c < 3; c++) out[3 * x + c] = value[p[c]];
         }
     }
@@ -665,4 +679,28 @@ void e2g_image_from_tensor(e2g_image *im, const float *src, int pw, int ph) {
         uint8_t *row = im->rgb + (size_t)y * w * 3;
         for (int i = 0; i < w * 3; i++) row[i] = to_pixel(in[i]);
     }
+}
+
+int e2g_image_pad(e2g_image_padded *p, const e2g_image *im, int multiple, char *err) {
+    memset(p, 0, sizeof *p);
+    int pw, ph;
+    e2g_image_pad_dims(im->width, im->height, multiple, &pw, &ph);
+    size_t n;
+    if (e2g_mul_size((size_t)pw * ph, 3 * sizeof(float), &n))
+        return e2g_fail(err, "image of %dx%d is too large", im->width, im->height);
+    p->x = malloc(n), p->y = malloc(n);
+    if (!p->x || !p->y) {
+        e2g_image_padded_free(p);
+        return e2g_fail(err, "not enough memory for a %dx%d image", im->width, im->height);
+    }
+    p->pw = pw, p->ph = ph;
+    e2g_image_to_tensor(p->x, im, pw, ph);
+    return 0;
+}
+
+void e2g_image_unpad(e2g_image *im, const e2g_image_padded *p) { e2g_image_from_tensor(im, p->y, p->pw, p->ph); }
+
+void e2g_image_padded_free(e2g_image_padded *p) {
+    free(p->x), free(p->y);
+    memset(p, 0, sizeof *p);
 }

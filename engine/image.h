@@ -18,15 +18,44 @@ typedef struct {
 
 typedef enum { E2G_IMAGE_JPEG, E2G_IMAGE_PNG, E2G_IMAGE_WEBP, E2G_IMAGE_UNKNOWN } e2g_image_format;
 
+/* The image formats, one row each, indexed by e2g_image_format: every list
+ * of accepted formats (the decoder's sniffing, file names, the server's
+ * media types and messages, the dataset loader's file names) reads it.
+ * static/app.js keeps its own copy of the names and media types (see the
+ * comment there). */
+typedef struct {
+    e2g_image_format fmt;
+    const char *name;          /* "jpeg": the ?format= value */
+    const char *label;         /* "JPEG", for messages */
+    const char *media_type;    /* "image/jpeg" */
+    const char *extensions[3]; /* without the dot, the usual one first; NULL-ended */
+    int lossy;                 /* encoding takes a quality */
+    /* whether buf starts with the format's magic bytes */
+    int (*detect)(const uint8_t *buf, size_t n);
+} e2g_image_format_info;
+
+extern const e2g_image_format_info e2g_image_formats[E2G_IMAGE_UNKNOWN];
+
+typedef enum { E2G_FORMAT_NAMES, E2G_FORMAT_LABELS, E2G_FORMAT_MEDIA_TYPES } e2g_image_format_field;
+
+/* One field of every format, in table order, joined by ", " and last_sep
+ * before the last ("jpeg, png or webp" for E2G_FORMAT_NAMES, " or ") into
+ * buf of n bytes; returns buf. */
+const char *e2g_image_format_list(char *buf, size_t n, e2g_image_format_field field, const char *last_sep);
+
 /* Releases im->rgb and zeroes *im; safe on a zeroed or already freed image. */
 void e2g_image_free(e2g_image *im);
 
 /* The format of an encoded image, judged by its magic bytes only. */
 e2g_image_format e2g_image_sniff(const uint8_t *buf, size_t n);
 
-/* The format a name stands for: jpg, jpeg, png or webp, case-insensitive
- * (also the file extensions); E2G_IMAGE_UNKNOWN for anything else. */
+/* The format a name or file extension stands for (jpeg, jpg, png, webp),
+ * case-insensitive; E2G_IMAGE_UNKNOWN for anything else. */
 e2g_image_format e2g_image_format_from_name(const char *name);
+
+/* The format of a media type ("image/png"; exact, lowercase, no
+ * parameters); E2G_IMAGE_UNKNOWN for anything else. */
+e2g_image_format e2g_image_format_from_media_type(const char *media_type);
 
 /* The format an output path asks for by its extension (.jpg, .jpeg, .png,
  * .webp, case-insensitive); E2G_IMAGE_UNKNOWN for anything else. */
@@ -85,5 +114,25 @@ void e2g_image_to_tensor(float *dst, const e2g_image *im, int pw, int ph);
  * round((y + 1)·127.5) clamped to 0..255; ties round to even like
  * torch.round, NaN becomes 0.  Requires pw >= im->width, ph >= im->height. */
 void e2g_image_from_tensor(e2g_image *im, const float *src, int pw, int ph);
+
+/* An image as the generator sees it: x, its pixels as one NHWC tensor of
+ * ph × pw × 3 floats reflection-padded to multiples of a size, and y, room
+ * for the generator's output of the same shape.  The pad → run → crop of a
+ * whole-image edit (the CLI's, the server's batches) is e2g_image_pad, the
+ * run on x into y, and e2g_image_unpad. */
+typedef struct {
+    int pw, ph;
+    float *x, *y;
+} e2g_image_padded;
+
+/* Fills p for im padded to multiples of `multiple` (e2g_image_pad_dims,
+ * then e2g_image_to_tensor into x).  -1 with err, and p zeroed, when the
+ * size overflows or memory runs out. */
+int e2g_image_pad(e2g_image_padded *p, const e2g_image *im, int multiple, char *err);
+/* Crops p->y back into im, the image p was made from
+ * (e2g_image_from_tensor). */
+void e2g_image_unpad(e2g_image *im, const e2g_image_padded *p);
+/* Frees x and y and zeroes *p; safe on a zeroed one. */
+void e2g_image_padded_free(e2g_image_padded *p);
 
 #endif

@@ -7,7 +7,11 @@
  * edits let one batch mix concepts and adapters.  A caller whose deadline
  * passes while its job is queued takes it out and gets TIMEOUT; a job
  * already running is waited for (its adapters must stay pinned until the
- * engine is done with them) and then reported as TIMEOUT. */
+ * engine is done with them) and then reported as TIMEOUT.
+ *
+ * Inference plans (e2g_infer) are made for a batch shape (N, H, W) and
+ * reused: the worker keeps the last PLAN_CACHE shapes' plans, least
+ * recently used out first, and frees them when it stops. */
 #include "batcher.h"
 
 #include <errno.h>
@@ -22,9 +26,17 @@
 
 typedef enum { JOB_QUEUED, JOB_RUNNING, JOB_DONE } job_state;
 
+/* Plans kept by the worker: a steady load has few batch shapes. */
+#define PLAN_CACHE 4
+
+typedef struct {
+    int N, H, W;
+    unsigned long last_used; /* 0: an empty slot */
+    e2g_infer *inf;
+} plan_slot;
+
 typedef struct job {
-    int pw, ph;
-    float *x, *y; /* ph × pw × 3 */
+    e2g_image_padded t; /* x and y: ph × pw × 3 */
     e2g_edit edit;
     job_state state;
     double enqueued, started, finished;
@@ -82,7 +94,7 @@ static int take_batch(e2g_batcher *b, job **batch) {
         job *first = b->head;
         n = 0;
         for (job *j = first; j && n < b->cfg.max_batch; j = j->next)
-            if (j->pw == first->pw && j->ph == first->ph) batch[n++] = j;
+            if (j->t.pw == first->t.pw && j->t.ph == first->t.ph) batch[n++] = j;
         double deadline = first->enqueued + b->cfg.max_delay_us * 1e-6;
         if (n == b->cfg.max_batch || b->stopping || now_s() >= deadline) break;
         struct timespec ts = abs_deadline(deadline);
@@ -97,28 +109,45 @@ static int take_batch(e2g_batcher *b, job **batch) {
     return n;
 }
 
+/* The plan for batches of N images of H×W from the cache, made (in the
+ * least recently used slot) on a miss. */
+static e2g_infer *plan_for(const e2g_model *m, plan_slot *cache, unsigned long *clock, int N, int H, int W) {
+    plan_slot *victim = &cache[0];
+    for (int i = 0; i < PLAN_CACHE; i++) {
+        plan_slot *s = &cache[i];
+        if (s->last_used && s->N == N && s->H == H && s->W == W) {
+            s->last_used = ++*clock;
+            return s->inf;
+        }
+        if (s->last_used < victim->last_used) victim = s;
+    }
+    e2g_infer_free(victim->inf);
+    *victim = (plan_slot){N, H, W, ++*clock, e2g_infer_new(m, N, H, W)};
+    return victim->inf;
+}
+
 static void *worker_main(void *arg) {
     e2g_batcher *b = arg;
     job **batch = e2g_xmalloc(b->cfg.max_batch * sizeof *batch);
     e2g_edit *edits = e2g_xmalloc(b->cfg.max_batch * sizeof *edits);
+    plan_slot plans[PLAN_CACHE] = {{0}};
+    unsigned long clock = 0;
     pthread_mutex_lock(&b->mu);
     int n;
     while ((n = take_batch(b, batch)) > 0) {
         pthread_mutex_unlock(&b->mu);
-        int pw = batch[0]->pw, ph = batch[0]->ph;
+        int pw = batch[0]->t.pw, ph = batch[0]->t.ph;
         size_t img = (size_t)pw * ph * 3;
         float *x = e2g_xmalloc(n * img * sizeof(float)), *y = e2g_xmalloc(n * img * sizeof(float));
         for (int i = 0; i < n; i++) {
-            memcpy(x + i * img, batch[i]->x, img * sizeof(float));
+            memcpy(x + i * img, batch[i]->t.x, img * sizeof(float));
             edits[i] = batch[i]->edit;
         }
-        e2g_infer *inf = e2g_infer_new(b->model, n, ph, pw);
-        e2g_infer_run(inf, y, x, edits, 0);
-        e2g_infer_free(inf);
+        e2g_infer_run(plan_for(b->model, plans, &clock, n, ph, pw), y, x, edits, 0);
         pthread_mutex_lock(&b->mu);
         double t = now_s();
         for (int i = 0; i < n; i++) {
-            memcpy(batch[i]->y, y + i * img, img * sizeof(float));
+            memcpy(batch[i]->t.y, y + i * img, img * sizeof(float));
             batch[i]->state = JOB_DONE, batch[i]->finished = t;
         }
         b->stats.batches++, b->stats.images += n;
@@ -127,6 +156,7 @@ static void *worker_main(void *arg) {
         free(x), free(y);
     }
     pthread_mutex_unlock(&b->mu);
+    for (int i = 0; i < PLAN_CACHE; i++) e2g_infer_free(plans[i].inf);
     free(batch), free(edits);
     return NULL;
 }
@@ -164,15 +194,7 @@ void e2g_batcher_free(e2g_batcher *b) {
 e2g_edit_status e2g_batcher_edit(e2g_batcher *b, e2g_image *im, const e2g_request *req,
                                  long timeout_ms, e2g_edit_timing *timing) {
     job j = {0};
-    e2g_image_pad_dims(im->width, im->height, 8, &j.pw, &j.ph);
-    size_t img = (size_t)j.pw * j.ph * 3;
-    j.x = malloc(img * sizeof(float));
-    j.y = malloc(img * sizeof(float));
-    if (!j.x || !j.y) {
-        free(j.x), free(j.y);
-        return E2G_EDIT_BUSY;
-    }
-    e2g_image_to_tensor(j.x, im, j.pw, j.ph);
+    if (e2g_image_pad(&j.t, im, 8, NULL)) return E2G_EDIT_BUSY; /* out of memory */
     j.edit = req->edit;
     e2g_edit_status status = E2G_EDIT_OK;
     pthread_mutex_lock(&b->mu);
@@ -205,14 +227,14 @@ e2g_edit_status e2g_batcher_edit(e2g_batcher *b, e2g_image *im, const e2g_reques
     }
     pthread_mutex_unlock(&b->mu);
     if (status == E2G_EDIT_OK) {
-        e2g_image_from_tensor(im, j.y, j.pw, j.ph);
+        e2g_image_unpad(im, &j.t);
         if (timing) {
             timing->queue_ms = (j.started - j.enqueued) * 1e3;
             timing->compute_ms = (j.finished - j.started) * 1e3;
             timing->batch_size = j.batch_size;
         }
     }
-    free(j.x), free(j.y);
+    e2g_image_padded_free(&j.t);
     return status;
 }
 

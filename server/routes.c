@@ -278,11 +278,11 @@ static void begin_edit(e2g_service *svc, e2g_http_request *rq, const char *param
             e2g_response_problem(rq, 400, "bad-request", "Bad multipart Content-Type", "%s", err);
         return;
     }
-    if (strcmp(media, "image/jpeg") && strcmp(media, "image/png") && strcmp(media, "image/webp") &&
-        strcmp(media, "application/octet-stream"))
+    char types[128];
+    if (e2g_image_format_from_media_type(media) == E2G_IMAGE_UNKNOWN && strcmp(media, "application/octet-stream"))
         e2g_response_problem(rq, 415, "unsupported-media-type", "Unsupported media type",
-                             "send image/jpeg, image/png, image/webp, application/octet-stream or "
-                             "multipart/form-data (field 'image'), not '%s'",
+                             "send %s, application/octet-stream or multipart/form-data (field 'image'), not '%s'",
+                             e2g_image_format_list(types, sizeof types, E2G_FORMAT_MEDIA_TYPES, ", "),
                              ct ? ct : "(no Content-Type)");
 }
 
@@ -325,10 +325,12 @@ static double accept_q(const char *accept, const char *type) {
  * order), else the input's format.  -1 with an answer set. */
 static int choose_format(e2g_http_request *rq, const char *format, e2g_image_format input,
                          e2g_image_format *out) {
+    char list[128];
     if (format) {
         *out = e2g_image_format_from_name(format);
         if (*out != E2G_IMAGE_UNKNOWN) return 0;
-        e2g_response_problem(rq, 400, "bad-request", "Bad format", "format must be jpeg, png or webp");
+        e2g_response_problem(rq, 400, "bad-request", "Bad format", "format must be %s",
+                             e2g_image_format_list(list, sizeof list, E2G_FORMAT_NAMES, " or "));
         return -1;
     }
     *out = input;
@@ -340,8 +342,8 @@ static int choose_format(e2g_http_request *rq, const char *format, e2g_image_for
         if (q > best) best = q, *out = f;
     }
     if (best == 0) {
-        e2g_response_problem(rq, 406, "not-acceptable", "Not acceptable",
-                             "the result is image/jpeg, image/png or image/webp, and Accept allows none");
+        e2g_response_problem(rq, 406, "not-acceptable", "Not acceptable", "the result is %s, and Accept allows none",
+                             e2g_image_format_list(list, sizeof list, E2G_FORMAT_MEDIA_TYPES, " or "));
         return -1;
     }
     return 0;
@@ -384,13 +386,14 @@ static int parse_quality(const char *s, int *out) {
 }
 
 /* The format of an image to be decoded (`what` names it in the answer);
- * 415 unless it is JPEG, PNG or WebP. */
+ * 415 unless it is one of e2g_image_formats. */
 static int check_image_format(e2g_http_request *rq, const uint8_t *data, size_t n, const char *what,
                               e2g_image_format *format) {
     *format = e2g_image_sniff(data, n);
     if (*format != E2G_IMAGE_UNKNOWN) return 0;
-    e2g_response_problem(rq, 415, "unsupported-media-type", "Unsupported image", "%s is not a JPEG, PNG or WebP",
-                         what);
+    char labels[128];
+    e2g_response_problem(rq, 415, "unsupported-media-type", "Unsupported image", "%s is not a %s", what,
+                         e2g_image_format_list(labels, sizeof labels, E2G_FORMAT_LABELS, " or "));
     return -1;
 }
 

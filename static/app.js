@@ -93,6 +93,11 @@ let beforeUrl = null;
 let afterUrl = null;
 
 const fmt2 = (x) => String(Math.round(x * 100) / 100);
+// The image formats below (names, media types, the lossy ones) copy the
+// table in engine/image.c (e2g_image_formats), which is what the server
+// accepts and writes; no API answer carries it.  A format added there is
+// added here (LOSSY, EXT) and in index.html (the #format options and the
+// #image accept list) too.
 const LOSSY = new Set(['jpeg', 'webp']); // the formats that take a quality
 
 // The concept parameter: one name, or a blend "a:0.7,b:0.3".
@@ -187,7 +192,7 @@ function showTimings(res, roundTripMs, bytes) {
   dl.hidden = false;
 }
 
-const EXT = { 'image/png': 'png', 'image/jpeg': 'jpg', 'image/webp': 'webp' };
+const EXT = { 'image/png': 'png', 'image/jpeg': 'jpg', 'image/webp': 'webp' }; // see LOSSY
 
 async function onEdit(ev) {
   ev.preventDefault();

@@ -278,6 +278,32 @@ START_TEST(test_sniff_and_extension) {
 }
 END_TEST
 
+/* The one table of formats: each row's detector, names and media type
+ * agree with the lookups, and the lists the server's messages print. */
+START_TEST(test_format_table) {
+    for (int f = 0; f < E2G_IMAGE_UNKNOWN; f++) {
+        const e2g_image_format_info *info = &e2g_image_formats[f];
+        ck_assert_int_eq(info->fmt, f);
+        ck_assert_int_eq(e2g_image_format_from_name(info->name), f);
+        ck_assert_int_eq(e2g_image_format_from_media_type(info->media_type), f);
+        ck_assert_str_eq(e2g_image_media_type(f), info->media_type);
+        ck_assert_str_eq(e2g_image_extension(f), info->extensions[0]);
+        for (const char *const *ext = info->extensions; *ext; ext++)
+            ck_assert_int_eq(e2g_image_format_from_name(*ext), f);
+    }
+    ck_assert(e2g_image_formats[E2G_IMAGE_JPEG].lossy && e2g_image_formats[E2G_IMAGE_WEBP].lossy);
+    ck_assert(!e2g_image_formats[E2G_IMAGE_PNG].lossy);
+    ck_assert_int_eq(e2g_image_format_from_media_type("image/gif"), E2G_IMAGE_UNKNOWN);
+    ck_assert_int_eq(e2g_image_format_from_media_type("IMAGE/PNG"), E2G_IMAGE_UNKNOWN);
+    char buf[128];
+    ck_assert_str_eq(e2g_image_format_list(buf, sizeof buf, E2G_FORMAT_NAMES, " or "), "jpeg, png or webp");
+    ck_assert_str_eq(e2g_image_format_list(buf, sizeof buf, E2G_FORMAT_LABELS, " or "), "JPEG, PNG or WebP");
+    ck_assert_str_eq(e2g_image_format_list(buf, sizeof buf, E2G_FORMAT_MEDIA_TYPES, ", "),
+                     "image/jpeg, image/png, image/webp");
+    ck_assert_str_eq(e2g_image_format_list(buf, 8, E2G_FORMAT_NAMES, " or "), "jpeg, p"); /* cut, terminated */
+}
+END_TEST
+
 START_TEST(test_png_roundtrip) {
     e2g_image im = noise_image(37, 29, 1);
     size_t n;
@@ -1019,12 +1045,62 @@ START_TEST(test_odd_size_pad_and_crop) {
 }
 END_TEST
 
+/* e2g_reflect_index (engine/common.h) against reflecting step by step,
+ * for negative positions too (a convolution's left and top pads). */
+START_TEST(test_reflect_index) {
+    for (int n = 1; n <= 9; n++)
+        for (int i = -40; i <= 40; i++) {
+            int want = 0;
+            if (n > 1) {
+                want = i;
+                while (want < 0 || want >= n) want = want < 0 ? -want : 2 * (n - 1) - want;
+            }
+            ck_assert_msg(e2g_reflect_index(i, n) == want, "reflect(%d, %d) = %d, want %d", i, n,
+                          e2g_reflect_index(i, n), want);
+        }
+    ck_assert_int_eq(e2g_reflect_index(1000000007, 5), 1000000007 % 8 < 5 ? 1000000007 % 8 : 8 - 1000000007 % 8);
+    ck_assert_int_eq(e2g_reflect_index(INT_MIN, 1), 0);
+    int r = e2g_reflect_index(INT_MIN, 7);
+    ck_assert(r >= 0 && r < 7);
+}
+END_TEST
+
+/* e2g_image_pad / e2g_image_unpad: the padded tensor of
+ * e2g_image_to_tensor, and back. */
+START_TEST(test_pad_helper) {
+    e2g_image im = noise_image(37, 29, 5);
+    e2g_image_padded p;
+    char err[E2G_ERR_LEN];
+    ck_assert_msg(e2g_image_pad(&p, &im, 8, err) == 0, "%s", err);
+    ck_assert(p.pw == 40 && p.ph == 32 && p.x && p.y);
+    float *t = malloc((size_t)40 * 32 * 3 * sizeof *t);
+    e2g_image_to_tensor(t, &im, 40, 32);
+    ck_assert(memcmp(t, p.x, (size_t)40 * 32 * 3 * sizeof *t) == 0);
+    memcpy(p.y, p.x, (size_t)40 * 32 * 3 * sizeof *t);
+    e2g_image back = new_image(37, 29);
+    memset(back.rgb, 0, (size_t)37 * 29 * 3);
+    e2g_image_unpad(&back, &p);
+    assert_same_pixels(&back, &im, "e2g_image_pad then e2g_image_unpad");
+    e2g_image_padded_free(&p);
+    ck_assert(p.x == NULL && p.y == NULL);
+    e2g_image_padded_free(&p); /* twice is safe */
+    e2g_image huge = {1500000000, 1500000000, im.rgb}; /* pw·ph·12 bytes overflow size_t */
+    ck_assert_int_eq(e2g_image_pad(&p, &huge, 8, err), -1);
+    ck_assert_msg(strstr(err, "too large"), "%s", err);
+    ck_assert(p.x == NULL && p.y == NULL);
+    free(t);
+    e2g_image_free(&back);
+    e2g_image_free(&im);
+}
+END_TEST
+
 static Suite *image_suite(void) {
     Suite *s = suite_create("image");
     TCase *codec = tcase_create("codec");
     tcase_add_unchecked_fixture(codec, scratch_setup, scratch_teardown);
     tcase_set_timeout(codec, 120);
     tcase_add_test(codec, test_sniff_and_extension);
+    tcase_add_test(codec, test_format_table);
     tcase_add_test(codec, test_png_roundtrip);
     tcase_add_test(codec, test_jpeg_roundtrip);
     tcase_add_test(codec, test_webp_roundtrip);
@@ -1054,6 +1130,8 @@ static Suite *image_suite(void) {
     tcase_add_test(tensor, test_reflect_torch_sizes);
     tcase_add_test(tensor, test_pixel_float_mapping);
     tcase_add_test(tensor, test_odd_size_pad_and_crop);
+    tcase_add_test(tensor, test_reflect_index);
+    tcase_add_test(tensor, test_pad_helper);
     suite_add_tcase(s, tensor);
     return s;
 }

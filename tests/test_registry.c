@@ -5,7 +5,8 @@
  * deletes, rescans after another process changed the directory, and the
  * watcher thread (inotify) following files that another process adds,
  * replaces and removes, within a second, while a replaced adapter stays
- * valid for the request that pinned it. */
+ * valid for the request that pinned it; and the adapters' identity (lora
+ * id), which comes from their bytes. */
 #include <check.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -269,6 +270,59 @@ START_TEST(test_names) {
 }
 END_TEST
 
+/* The adapter's identity comes from its bytes: the same bytes loaded twice
+ * (from memory or from a file, a re-upload, a re-scan) have one lora id,
+ * other bytes another, and no content id is a counter id of e2g_lora_new. */
+static unsigned long long served_id(e2g_registry *r, const char *name) {
+    char err[E2G_ERR_LEN];
+    e2g_request req;
+    ck_assert_msg(e2g_registry_acquire(r, &req, name, 1.0f, err) == 0, "%s", err);
+    unsigned long long id = req.edit.terms[0].lora->id;
+    e2g_registry_release(r, &req);
+    return id;
+}
+
+START_TEST(test_content_identity) {
+    char err[E2G_ERR_LEN], path[512];
+    e2g_adapter *a, *b, *c;
+    ck_assert_msg(e2g_adapter_load_mem(&a, base, adapter_bytes, adapter_len, "the bytes", err) == 0, "%s", err);
+    ck_assert_msg(e2g_adapter_load_mem(&b, base, adapter_bytes, adapter_len, "the bytes", err) == 0, "%s", err);
+    snprintf(path, sizeof path, "%s/alpha.safetensors", dir);
+    ck_assert_msg(e2g_adapter_load(&c, base, path, err) == 0, "%s", err);
+    ck_assert(a->lora != b->lora);
+    ck_assert_uint_eq(a->lora->id, b->lora->id);
+    ck_assert_uint_eq(a->lora->id, c->lora->id);
+    e2g_lora *made = e2g_lora_new(&base->cfg, a->lora->rank, a->lora->scale);
+    ck_assert_uint_ne(made->id, a->lora->id);
+    e2g_lora_free(made);
+    e2g_adapter_free(b), e2g_adapter_free(c);
+    /* one bit of one weight changed: another adapter */
+    uint8_t *other = malloc(adapter_len);
+    memcpy(other, adapter_bytes, adapter_len);
+    other[adapter_len - 4] ^= 1; /* the low mantissa byte of the last float */
+    ck_assert_msg(e2g_adapter_load_mem(&b, base, other, adapter_len, "the bytes", err) == 0, "%s", err);
+    ck_assert_uint_ne(a->lora->id, b->lora->id);
+    e2g_adapter_free(b);
+    /* a file that is not an adapter is named by `what` */
+    ck_assert_int_eq(e2g_adapter_load_mem(&b, base, other, adapter_len / 2, "the upload", err), -1);
+    ck_assert_msg(strncmp(err, "the upload: ", 12) == 0, "%s", err);
+    /* the registry: a re-upload of the same bytes and another name with
+     * the same bytes serve the same identity; other bytes another */
+    e2g_registry *r = NULL;
+    int created;
+    ck_assert_int_eq(e2g_registry_open(&r, base, dir, 1 << 30, err), 0);
+    ck_assert_uint_eq(served_id(r, "alpha"), a->lora->id);
+    ck_assert_uint_eq(served_id(r, "beta"), a->lora->id);
+    ck_assert_int_eq(e2g_registry_put(r, "alpha", adapter_bytes, adapter_len, &created, err), 0);
+    ck_assert_uint_eq(served_id(r, "alpha"), a->lora->id);
+    ck_assert_int_eq(e2g_registry_put(r, "alpha", other, adapter_len, &created, err), 0);
+    ck_assert_uint_ne(served_id(r, "alpha"), a->lora->id);
+    e2g_registry_close(r);
+    free(other);
+    e2g_adapter_free(a);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("registry");
     TCase *tc = tcase_create("registry");
@@ -278,6 +332,7 @@ int main(void) {
     tcase_add_test(tc, test_put_delete_rescan);
     tcase_add_test(tc, test_watch_directory);
     tcase_add_test(tc, test_names);
+    tcase_add_test(tc, test_content_identity);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }

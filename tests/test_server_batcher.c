@@ -1,7 +1,8 @@
 /* test_server_batcher.c — dynamic batching: concurrent requests for
  * different concepts (base, adapter, blend) share batches and each gets
  * the image a lone edit gives; sizes never mix in a batch; a full queue
- * refuses at once; a request past its deadline while queued times out. */
+ * refuses at once; a request past its deadline while queued times out;
+ * plans reused per batch shape give the lone edit's image. */
 #include <check.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -137,6 +138,50 @@ START_TEST(test_full_queue_and_timeout) {
 }
 END_TEST
 
+/* Plans are kept per batch shape (a few, least recently used out first):
+ * edits through more shapes than the cache holds, with hits and
+ * evictions, each equal to the same edit run alone; for the lean model and for the
+ * paper-like one, whose plan holds activations. */
+static void check_shapes_cycle(e2g_model *m) {
+    char err[E2G_ERR_LEN];
+    e2g_request req;
+    ck_assert_msg(e2g_request_resolve(&req, m, NULL, 0, m->concept_names[0], 1.0f, err) == 0, "%s", err);
+    e2g_batcher_config cfg = {4, 0, 8};
+    e2g_batcher *b = e2g_batcher_new(m, &cfg);
+    const int sizes[6][2] = {{16, 16}, {24, 16}, {16, 24}, {33, 17}, {40, 8}, {8, 40}};
+    const int order[12] = {0, 1, 0, 1, 2, 3, 4, 5, 4, 5, 3, 0}; /* hits, evictions, hits, a miss */
+    for (int step = 0; step < 12; step++) { /* another image at each step */
+        int w = sizes[order[step]][0], h = sizes[order[step]][1];
+        e2g_image im = random_image(w, h, 20 + step), lone = random_image(w, h, 20 + step);
+        ck_assert_int_eq(e2g_batcher_edit(b, &im, &req, 60000, NULL), E2G_EDIT_OK);
+        ck_assert_int_eq(e2g_infer_image(&lone, m, &req.edit, 0, err), 0);
+        int maxd = 0;
+        for (int k = 0; k < w * h * 3; k++) {
+            int d = abs((int)lone.rgb[k] - (int)im.rgb[k]);
+            maxd = d > maxd ? d : maxd;
+        }
+        ck_assert_msg(maxd <= 1, "step %d, %dx%d differs from its lone edit by %d", step, w, h, maxd);
+        e2g_image_free(&im), e2g_image_free(&lone);
+    }
+    e2g_batcher_stats st;
+    e2g_batcher_stats_get(b, &st);
+    ck_assert_int_eq(st.batches, 12);
+    e2g_batcher_free(b);
+    e2g_request_free(&req);
+}
+
+START_TEST(test_plans_per_shape) {
+    char err[E2G_ERR_LEN], path[1024];
+    check_shapes_cycle(base);
+    e2g_model *paper;
+    snprintf(path, sizeof path, "%s/g_paperlike_ngf16_base.safetensors", getenv("E2G_REFS"));
+    ck_assert_msg(e2g_model_load(&paper, path, err) == 0, "%s", err);
+    ck_assert(paper->cfg.norm_ends);
+    check_shapes_cycle(paper);
+    e2g_model_free(paper);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("batcher");
     TCase *tc = tcase_create("batcher");
@@ -144,6 +189,7 @@ int main(void) {
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, test_mixed_batches_match_lone_edits);
     tcase_add_test(tc, test_full_queue_and_timeout);
+    tcase_add_test(tc, test_plans_per_shape);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }
