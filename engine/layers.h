@@ -8,6 +8,7 @@
 
 #include <stddef.h>
 
+#include "convspec.h" /* conv_spec, G_* block ids, gen_conv_spec/params */
 #include "model.h"
 
 /* Bump allocation of activations: a first pass with base NULL counts the
@@ -18,25 +19,7 @@ typedef struct {
 } arena;
 float *arena_take(arena *a, size_t n);
 
-typedef enum { ACT_NONE, ACT_RELU, ACT_LRELU } block_activation;
 #define LRELU_SLOPE 0.2f
-
-typedef struct {
-    e2g_conv_shape conv;
-    int bias, norm, upsample;
-    block_activation act;
-    int crucial; /* crucial layer id for LoRA, or -1 */
-} conv_spec;
-
-/* The generator's conv blocks in execution order; the transformer block
- * runs between G_DS and G_US.  Their specs and parameters (generator.c),
- * shared by the CPU and CUDA engines. */
-enum {
-    G_ENC1, G_ENC2, G_ENC3, G_RB1A, G_RB1B, G_RB2A, G_RB2B, G_DS,
-    G_US, G_RB3A, G_RB3B, G_DEC2, G_DEC1, G_OUT, G_NCONV
-};
-conv_spec gen_conv_spec(const e2g_gen_config *cfg, int id);
-e2g_conv_params *gen_conv_params(const e2g_gen_params *p, int id);
 
 typedef struct {
     int H, W, Ho, Wo; /* input and output sizes */

@@ -32,7 +32,7 @@
 #include "cuda_slots.cuh"
 
 extern "C" {
-#include "layers.h"
+#include "convspec.h"
 }
 
 #define MAX_BUCKETS 4

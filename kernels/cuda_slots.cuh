@@ -6,7 +6,7 @@
 #define E2G_CUDA_SLOTS_CUH
 
 extern "C" {
-#include "layers.h"
+#include "convspec.h"
 }
 
 /* Weight slots: the 14 conv blocks (G_* order) then the linear layers,

@@ -33,7 +33,7 @@ typedef struct job {
 } job;
 
 struct e2g_batcher {
-    const e2g_model *model;
+    const e2g_runtime *runtime;
     e2g_batcher_config cfg;
     pthread_mutex_t mu;
     pthread_cond_t work, done;
@@ -112,7 +112,7 @@ static void *worker_main(void *arg) {
             memcpy(x + i * img, batch[i]->x, img * sizeof(float));
             edits[i] = batch[i]->edit;
         }
-        e2g_infer *inf = e2g_infer_new(b->model, n, ph, pw);
+        e2g_infer *inf = e2g_infer_new(b->runtime, n, ph, pw);
         e2g_infer_run(inf, y, x, edits, 0);
         e2g_infer_free(inf);
         pthread_mutex_lock(&b->mu);
@@ -131,9 +131,9 @@ static void *worker_main(void *arg) {
     return NULL;
 }
 
-e2g_batcher *e2g_batcher_new(const e2g_model *m, const e2g_batcher_config *cfg) {
+e2g_batcher *e2g_batcher_new(const e2g_runtime *rt, const e2g_batcher_config *cfg) {
     e2g_batcher *b = e2g_xcalloc(1, sizeof *b);
-    b->model = m, b->cfg = *cfg;
+    b->runtime = rt, b->cfg = *cfg;
     if (b->cfg.max_batch < 1) b->cfg.max_batch = 1;
     pthread_mutex_init(&b->mu, NULL);
     pthread_condattr_t attr;
