@@ -3,7 +3,7 @@
  * runs on the GPU machine; bench/gpu-check.sh drives it.
  *
  *   e2gan-gpu-check probe            device present? (exit 3 if not) and the
- *                                    engine choice e2g_infer_use_device makes
+ *                                    backend e2g_runtime_new picks per mode
  *   e2gan-gpu-check ops              each fused kernel vs the CPU op, random inputs
  *   e2gan-gpu-check model BASE IMAGE ADAPTER...
  *                                    whole images vs the fp32 CPU engine (PSNR)
@@ -20,10 +20,10 @@
 
 #include "adapter.h"
 #include "attention.h"
+#include "backend.h"
 #include "common.h"
 #include "conv.h"
-#include "cuda_engine.h"
-#include "cuda_info.h"
+#include "cuda_engine.h" /* the single-op checks */
 #include "image.h"
 #include "infer.h"
 #include "model_io.h"
@@ -70,38 +70,52 @@ static void judge(const char *name, double err, double tol) {
 
 /* ---- probe --------------------------------------------------------------------------------- */
 
-/* Without a device: the engine choice must stay on the CPU, with a reason,
- * and "cuda" must be refused.  With one: auto attaches. */
+/* The CUDA backend of the registry; this tool is built only with CUDA. */
+static const e2g_backend *cuda_backend(void) {
+    const e2g_backend *b = e2g_backend_find("cuda");
+    if (!b) {
+        printf("the backend registry lists no cuda backend\n");
+        exit(EXIT_FAILED);
+    }
+    return b;
+}
+
+/* Without a device: the backend choice must stay on the CPU, with a
+ * reason, and "cuda" must be refused.  With one: auto picks it. */
 static int cmd_probe(void) {
     char msg[E2G_ERR_LEN];
-    int present = e2g_cuda_device_present(msg);
+    int present = cuda_backend()->available(msg);
     printf("device: %s\n", present ? "CUDA device 0 present" : msg);
     e2g_gen_config cfg = {.ngf = 8, .ctx_tokens = 8, .n_concepts = 1, .unet_skips = 1, .residual_out = 1};
     const char *names[] = {"c"};
     e2g_model *m = e2g_model_new(&cfg, names, 0, 1);
-    int forced = e2g_infer_use_device(m, "cpu", msg);
-    printf("device cpu: %d (%s), backend %s\n", forced, msg, e2g_infer_backend(m));
-    if (forced != 0 || strcmp(e2g_infer_backend(m), "cpu")) failures++;
-    int autod = e2g_infer_use_device(m, "auto", msg);
-    printf("device auto: %d (%s), backend %s\n", autod, msg, e2g_infer_backend(m));
-    if (autod != present || strcmp(e2g_infer_backend(m), present ? "cuda" : "cpu")) failures++;
+    e2g_runtime *rt;
+    int forced = e2g_runtime_new(&rt, m, "cpu", msg);
+    printf("device cpu: %d (%s), backend %s\n", forced, msg, rt ? e2g_runtime_name(rt) : "none");
+    if (forced != 0 || strcmp(e2g_runtime_name(rt), "cpu")) failures++;
+    e2g_runtime_free(rt);
+    int autod = e2g_runtime_new(&rt, m, "auto", msg);
+    printf("device auto: %d (%s), backend %s\n", autod, msg, rt ? e2g_runtime_name(rt) : "none");
+    if (autod != present || strcmp(e2g_runtime_name(rt), present ? "cuda" : "cpu")) failures++;
     if (!present) {
-        int cuda = e2g_infer_use_device(m, "cuda", msg);
+        e2g_runtime *none;
+        int cuda = e2g_runtime_new(&none, m, "cuda", msg);
         printf("device cuda: %d (%s)\n", cuda, msg);
-        if (cuda != -1) failures++;
+        if (cuda != -1 || none) failures++;
         /* the CPU path still runs and matches the lean forward */
         int H = 16, W = 16;
         unsigned seed = 7;
         float *x = random_floats((size_t)H * W * 3, -1, 1, &seed), *y = e2g_xmalloc((size_t)H * W * 3 * 4),
               *ref = e2g_xmalloc((size_t)H * W * 3 * 4);
         e2g_edit edit = {.context = e2g_model_context(m, 0)};
-        e2g_infer *inf = e2g_infer_new(m, 1, H, W);
+        e2g_infer *inf = e2g_infer_new(rt, 1, H, W);
         e2g_infer_run(inf, y, x, &edit, 0);
         e2g_infer_free(inf);
         e2g_gen_infer(&m->cfg, ref, &m->params, x, &edit, 1, H, W);
         if (memcmp(y, ref, (size_t)H * W * 3 * 4)) failures++, printf("CPU path differs from e2g_gen_infer\n");
         free(x), free(y), free(ref);
     }
+    e2g_runtime_free(rt);
     e2g_model_free(m);
     if (failures) return EXIT_FAILED;
     return present ? 0 : EXIT_NO_DEVICE;
@@ -129,7 +143,7 @@ static int check_conv_case(const char *name, int N, int H, int W, e2g_conv_shape
 static int cmd_ops(void) {
     char err[E2G_ERR_LEN];
     unsigned seed = 1;
-    if (!e2g_cuda_device_present(err)) return printf("%s\n", err), EXIT_NO_DEVICE;
+    if (!cuda_backend()->available(err)) return printf("%s\n", err), EXIT_NO_DEVICE;
     check_conv_case("conv 3x3 s1 reflect 64->64 32x32", 2, 32, 32, (e2g_conv_shape){64, 64, 3, 1, 1, E2G_PAD_REFLECT}, 0, &seed);
     check_conv_case("conv 3x3 s2 zero 64->128 32x32", 2, 32, 32, (e2g_conv_shape){64, 128, 3, 2, 1, E2G_PAD_ZERO}, 0, &seed);
     check_conv_case("conv 7x7 s1 reflect 16->32 40x24", 2, 40, 24, (e2g_conv_shape){16, 32, 7, 1, 3, E2G_PAD_REFLECT}, 0, &seed);
@@ -211,16 +225,17 @@ static double psnr(const float *a, const float *b, size_t n) {
 }
 
 /* Runs edits on the CPU (fp32) and the GPU and requires PSNR ≥ 40 dB for
- * every sample. */
-static void compare_batch(const char *name, e2g_model *m, e2g_cuda_engine *eng, const float *x, const e2g_edit *edits, int N, int H,
-                          int W, int merged) {
+ * every sample.  The GPU runs through its backend's table, so a failure
+ * shows instead of falling back to the CPU. */
+static void compare_batch(const char *name, const e2g_runtime *cpu_rt, const e2g_runtime *gpu_rt, const float *x,
+                          const e2g_edit *edits, int N, int H, int W, int merged) {
     char err[E2G_ERR_LEN];
     size_t img = (size_t)H * W * 3;
     float *cpu = e2g_xmalloc(N * img * 4), *gpu = e2g_xmalloc(N * img * 4);
-    e2g_infer *inf = e2g_infer_new(m, N, H, W); /* m is not attached: the CPU engine */
+    e2g_infer *inf = e2g_infer_new(cpu_rt, N, H, W);
     e2g_infer_run(inf, cpu, x, edits, merged);
     e2g_infer_free(inf);
-    if (e2g_cuda_engine_run(eng, gpu, x, edits, N, H, W, merged, err)) {
+    if (e2g_runtime_backend(gpu_rt)->run(e2g_runtime_state(gpu_rt), gpu, x, edits, N, H, W, merged, err)) {
         printf("%s: %s\n", name, err);
         failures++;
     } else {
@@ -240,7 +255,7 @@ static void compare_batch(const char *name, e2g_model *m, e2g_cuda_engine *eng, 
 static int cmd_model(int argc, char **argv) {
     if (argc < 2) return EXIT_USAGE;
     char err[E2G_ERR_LEN];
-    if (!e2g_cuda_device_present(err)) return printf("%s\n", err), EXIT_NO_DEVICE;
+    if (!cuda_backend()->available(err)) return printf("%s\n", err), EXIT_NO_DEVICE;
     e2g_model *m = NULL;
     int n_ad = argc - 2;
     e2g_adapter **ad = e2g_xcalloc(n_ad + 1, sizeof *ad);
@@ -251,11 +266,10 @@ static int cmd_model(int argc, char **argv) {
     }
     for (int i = 0; i < n_ad; i++)
         if (e2g_adapter_load(&ad[i], m, argv[2 + i], err)) return printf("%s: %s\n", argv[2 + i], err), EXIT_FAILED;
-    /* The engine lives beside the model, which stays unattached: e2g_infer_run
-     * gives the fp32 CPU reference, eng the GPU result. */
-    e2g_cuda_engine *eng;
-    if (e2g_cuda_engine_new(&eng, &m->cfg, &m->params, (size_t)256 << 20, err))
-        return printf("%s\n", err), EXIT_FAILED;
+    /* Two runtimes of the model: the fp32 CPU reference and the GPU. */
+    e2g_runtime *cpu, *eng;
+    e2g_runtime_new(&cpu, m, "cpu", err);
+    if (e2g_runtime_new(&eng, m, "cuda", err) != 1) return printf("%s\n", err), EXIT_FAILED;
     int W, H;
     e2g_image_pad_dims(im.width, im.height, 8, &W, &H);
     size_t img = (size_t)H * W * 3;
@@ -280,17 +294,17 @@ static int cmd_model(int argc, char **argv) {
     char name[96];
     for (int n = 0; n < N; n++) {
         snprintf(name, sizeof name, "psnr sample %d unmerged", n);
-        compare_batch(name, m, eng, x + n * img, &edits[n], 1, H, W, 0);
+        compare_batch(name, cpu, eng, x + n * img, &edits[n], 1, H, W, 0);
         if (edits[n].n_terms) {
             snprintf(name, sizeof name, "psnr sample %d merged", n);
-            compare_batch(name, m, eng, x + n * img, &edits[n], 1, H, W, 1);
+            compare_batch(name, cpu, eng, x + n * img, &edits[n], 1, H, W, 1);
         }
     }
-    compare_batch("psnr mixed batch (base, adapters, blend)", m, eng, x, edits, N, H, W, 0);
+    compare_batch("psnr mixed batch (base, adapters, blend)", cpu, eng, x, edits, N, H, W, 0);
     if (n_ad) {
         e2g_edit *same = e2g_xmalloc(N * sizeof *same);
         for (int n = 0; n < N; n++) same[n] = edits[1];
-        compare_batch("psnr batch of one adapter, merged", m, eng, x, same, N, H, W, 1);
+        compare_batch("psnr batch of one adapter, merged", cpu, eng, x, same, N, H, W, 1);
         free(same);
     }
     for (int n = 0; n < N; n++) e2g_request_free(&req[n]);
@@ -298,7 +312,8 @@ static int cmd_model(int argc, char **argv) {
     for (int i = 0; i < n_ad; i++) e2g_adapter_free(ad[i]);
     free(ad);
     e2g_image_free(&im);
-    e2g_cuda_engine_free(eng);
+    e2g_runtime_free(eng);
+    e2g_runtime_free(cpu);
     e2g_model_free(m);
     return failures ? EXIT_FAILED : 0;
 }
@@ -351,14 +366,16 @@ static e2g_lora *random_adapter(const e2g_gen_config *cfg, int r, unsigned *seed
 static int cmd_bench(int argc, char **argv) {
     if (argc < 1) return EXIT_USAGE;
     char err[E2G_ERR_LEN], card[512];
-    if (!e2g_cuda_device_present(err)) return printf("%s\n", err), EXIT_NO_DEVICE;
-    e2g_cuda_describe(card, sizeof card);
+    if (!cuda_backend()->available(err)) return printf("%s\n", err), EXIT_NO_DEVICE;
+    cuda_backend()->describe(card, sizeof card);
     printf("%s\n", card);
     e2g_model *m;
     if (e2g_model_load(&m, argv[0], err)) return printf("%s\n", err), EXIT_FAILED;
     char msg[E2G_ERR_LEN];
-    if (e2g_infer_use_device(m, "cuda", msg) != 1) return printf("%s\n", msg), EXIT_FAILED;
-    e2g_cuda_engine *E = m->device;
+    e2g_runtime *rt;
+    if (e2g_runtime_new(&rt, m, "cuda", msg) != 1) return printf("%s\n", msg), EXIT_FAILED;
+    const e2g_backend *Bk = e2g_runtime_backend(rt); /* its benchmark hooks */
+    void *E = e2g_runtime_state(rt);
     const e2g_gen_config *cfg = &m->cfg;
     enum { B = 32, S = 256 };
     unsigned seed = 3;
@@ -378,7 +395,7 @@ static int cmd_bench(int argc, char **argv) {
     };
     double ms[5];
     for (int i = 0; i < 5; i++) {
-        if (e2g_cuda_engine_time(E, runs[i].edits, runs[i].n, S, S, runs[i].merged, 50, &t, err))
+        if (Bk->time(E, runs[i].edits, runs[i].n, S, S, runs[i].merged, 50, &t, err))
             return printf("%s: %s\n", runs[i].key, err), EXIT_FAILED;
         ms[i] = t;
         double tflops = 2 * macs * runs[i].n / (t * 1e-3) / 1e12;
@@ -393,19 +410,19 @@ static int cmd_bench(int argc, char **argv) {
     result("ratio_32_adapters_vs_one_unmerged", "%.3f", ms[4] / ms[3]);
 
     /* Adapter switches, merged (the single-adapter fast path), timed on the host
-     * around e2g_cuda_engine_prepare, which waits for the device. */
+     * around the backend's prepare, which waits for the device. */
     enum { SWITCHES = 40 };
     double cold[SWITCHES], warm[SWITCHES];
     for (int i = 0; i < SWITCHES; i++) {
-        e2g_cuda_engine_drop_adapters(E);
+        Bk->drop_adapters(E);
         double t0 = now_us();
-        if (e2g_cuda_engine_prepare(E, &one[0], 1, 1, err)) return printf("%s\n", err), EXIT_FAILED;
+        if (Bk->prepare(E, &one[0], 1, 1, err)) return printf("%s\n", err), EXIT_FAILED;
         cold[i] = now_us() - t0;
     }
-    e2g_cuda_engine_prepare(E, &mixed[1], 1, 1, err);
+    Bk->prepare(E, &mixed[1], 1, 1, err);
     for (int i = 0; i < SWITCHES; i++) {
         double t0 = now_us();
-        if (e2g_cuda_engine_prepare(E, i % 2 ? &mixed[1] : &one[0], 1, 1, err)) return printf("%s\n", err), EXIT_FAILED;
+        if (Bk->prepare(E, i % 2 ? &mixed[1] : &one[0], 1, 1, err)) return printf("%s\n", err), EXIT_FAILED;
         warm[i] = now_us() - t0;
     }
     qsort(cold, SWITCHES, sizeof *cold, cmp_double);
@@ -415,6 +432,7 @@ static int cmd_bench(int argc, char **argv) {
     result("us_switch_cold", "%.1f", cold[SWITCHES / 2]);
     result("us_switch_cached", "%.1f", warm[SWITCHES / 2]);
     for (int i = 0; i < B; i++) e2g_lora_free(lora[i]);
+    e2g_runtime_free(rt);
     e2g_model_free(m);
     return 0;
 }

@@ -18,13 +18,23 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend.h"
 #include "common.h"
-#include "cuda_engine.h"
-#include "cuda_trainer.h"
 #include "model.h"
 #include "ops.h"
 
 static int failures;
+
+/* The CUDA backend of the registry and its trainer (this tool is built only
+ * with CUDA): what engine/train.c drives. */
+static const e2g_backend *cuda(void) {
+    const e2g_backend *b = e2g_backend_find("cuda");
+    if (!b || !b->train) {
+        printf("the backend registry lists no cuda trainer\n");
+        exit(1);
+    }
+    return b;
+}
 
 static void fill_random(float *x, size_t n, float lo, float hi, unsigned *seed) {
     for (size_t i = 0; i < n; i++) {
@@ -93,23 +103,24 @@ static void cpu_grads(const e2g_gen_config *cfg, e2g_gen_params *p, e2g_lora *lo
 
 static int gpu_grads(const e2g_gen_config *cfg, const float *gen, const e2g_lora *lora, float *out, const float *x,
                      const float *t, const int *rows, int N, int S, char *err) {
-    e2g_cuda_trainer *tr;
-    if (e2g_cuda_trainer_new(&tr, cfg, gen, lora, N, S, err)) return -1;
+    const e2g_train_backend *tb = cuda()->train;
+    void *tr;
+    if (tb->create(&tr, cfg, gen, lora, N, S, err)) return -1;
     float *hx, *ht;
     int *hr;
     size_t img = (size_t)N * S * S * 3;
-    e2g_cuda_trainer_slot(tr, 0, &hx, &ht, &hr);
+    tb->slot(tr, 0, &hx, &ht, &hr);
     memcpy(hx, x, img * sizeof(float)), memcpy(ht, t, img * sizeof(float)), memcpy(hr, rows, N * sizeof(int));
     double l1;
-    int rc = e2g_cuda_trainer_upload(tr, 0, err) || e2g_cuda_trainer_step(tr, 0, 100.0f, 0, 1, 0, 0.5f, 0.999f, 1e-8f, err) ||
-             e2g_cuda_trainer_finish(tr, &l1, err) || e2g_cuda_trainer_get(tr, NULL, out, NULL, NULL, err);
-    e2g_cuda_trainer_free(tr);
+    int rc = tb->upload(tr, 0, err) || tb->step(tr, 0, 100.0f, 0, 1, 0, 0.5f, 0.999f, 1e-8f, err) ||
+             tb->finish(tr, &l1, err) || tb->get(tr, NULL, out, NULL, NULL, err);
+    tb->destroy(tr);
     return rc ? -1 : 0;
 }
 
 static int cmd_grads(int ngf, int S, int N) {
     char err[E2G_ERR_LEN];
-    if (!e2g_cuda_device_present(err)) {
+    if (!cuda()->available(err)) {
         printf("%s\n", err);
         return 3;
     }
@@ -165,7 +176,7 @@ static int cmd_grads(int ngf, int S, int N) {
 
 static int cmd_bench(const char *mode, int ngf, int S, int N, int rank) {
     char err[E2G_ERR_LEN];
-    if (!e2g_cuda_device_present(err)) {
+    if (!cuda()->available(err)) {
         printf("%s\n", err);
         return 3;
     }
@@ -177,18 +188,19 @@ static int cmd_bench(const char *mode, int ngf, int S, int N, int rank) {
     e2g_gen_init(&cfg, &p, 3);
     unsigned seed = 5;
     e2g_lora *lora = strcmp(mode, "lora") == 0 ? make_lora(&cfg, rank, &seed) : NULL;
-    e2g_cuda_trainer *tr;
-    if (e2g_cuda_trainer_new(&tr, &cfg, mem, lora, N, S, err)) {
+    const e2g_train_backend *tb = cuda()->train;
+    void *tr;
+    if (tb->create(&tr, &cfg, mem, lora, N, S, err)) {
         printf("FAIL bench: %s\n", err);
         return 1;
     }
     float *hx, *ht;
     int *hr;
-    e2g_cuda_trainer_slot(tr, 0, &hx, &ht, &hr);
+    tb->slot(tr, 0, &hx, &ht, &hr);
     fill_random(hx, img, -1, 1, &seed), fill_random(ht, img, -1, 1, &seed);
     for (int j = 0; j < N; j++) hr[j] = j % cfg.n_concepts;
     double ms;
-    int rc = e2g_cuda_trainer_time(tr, 20, &ms, err);
+    int rc = tb->time(tr, 20, &ms, err);
     if (rc) {
         printf("FAIL bench: %s\n", err);
         failures++;
@@ -196,7 +208,7 @@ static int cmd_bench(const char *mode, int ngf, int S, int N, int rank) {
         printf("RESULT train.%s.ngf%d.%d.b%d.ms_per_step %.3f\n", mode, ngf, S, N, ms);
         printf("RESULT train.%s.ngf%d.%d.b%d.samples_per_s %.1f\n", mode, ngf, S, N, N * 1000.0 / ms);
     }
-    e2g_cuda_trainer_free(tr);
+    tb->destroy(tr);
     if (lora) e2g_lora_free(lora);
     free(mem);
     return failures ? 1 : 0;

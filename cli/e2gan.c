@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "adapter.h"
+#include "backend.h"
 #include "cli.h"
 #include "common.h"
 #include "image.h"
@@ -22,9 +23,6 @@
 #include "model.h"
 #include "model_io.h"
 #include "safetensors.h"
-#ifdef E2G_HAVE_CUDA
-#include "cuda_info.h"
-#endif
 
 #define MAX_ADAPTERS 64
 #define DEFAULT_MAX_PIXELS (64L * 1024 * 1024)
@@ -127,9 +125,11 @@ typedef struct {
     e2g_model *model;
     e2g_adapter *adapters[MAX_ADAPTERS];
     int n_adapters;
+    e2g_runtime *runtime; /* the model on the device --device picks */
 } loaded_models;
 
 static void loaded_free(loaded_models *lm) {
+    e2g_runtime_free(lm->runtime);
     for (int i = 0; i < lm->n_adapters; i++) e2g_adapter_free(lm->adapters[i]);
     e2g_model_free(lm->model);
 }
@@ -179,12 +179,12 @@ static int cmd_edit(int argc, char **argv) {
     e2g_image im = {0};
     e2g_request req = {0};
     int rc = 1;
-    if (load_models(&lm, model, adapters, n_adapters, err) || e2g_infer_use_device(lm.model, device, err) < 0 ||
+    if (load_models(&lm, model, adapters, n_adapters, err) || e2g_runtime_new(&lm.runtime, lm.model, device, err) < 0 ||
         e2g_request_resolve(&req, lm.model, lm.adapters, lm.n_adapters, concept, (float)strength, err) ||
         e2g_image_read_file(&im, in_path, max_pixels, err))
         goto out;
     double t0 = cli_seconds();
-    if (e2g_infer_image(&im, lm.model, &req.edit, merged, err)) goto out;
+    if (e2g_infer_image(&im, lm.runtime, &req.edit, merged, err)) goto out;
     double t1 = cli_seconds();
     if (e2g_image_write_file(out_path, &im, (int)quality, err)) goto out;
     printf("%s: %dx%d, concept %s, strength %.2f, %.1f ms\n", out_path, im.width, im.height, concept,
@@ -242,11 +242,11 @@ static int cmd_bench(int argc, char **argv) {
     loaded_models lm;
     e2g_request req = {0};
     int rc = 1;
-    if (load_models(&lm, model, &adapter, adapter ? 1 : 0, err) || e2g_infer_use_device(lm.model, device, err) < 0)
+    if (load_models(&lm, model, &adapter, adapter ? 1 : 0, err) || e2g_runtime_new(&lm.runtime, lm.model, device, err) < 0)
         goto out;
     if (!concept) concept = adapter ? lm.adapters[0]->concept : lm.model->concept_names[0];
     if (e2g_request_resolve(&req, lm.model, lm.adapters, lm.n_adapters, concept, 1.0f, err)) goto out;
-    e2g_infer *inf = e2g_infer_new(lm.model, (int)batch, (int)size, (int)size);
+    e2g_infer *inf = e2g_infer_new(lm.runtime, (int)batch, (int)size, (int)size);
     size_t n = (size_t)batch * size * size * 3;
     float *x = e2g_xmalloc(n * sizeof(float)), *y = e2g_xmalloc(n * sizeof(float));
     uint32_t s = 12345;
@@ -267,7 +267,7 @@ static int cmd_bench(int argc, char **argv) {
     double median = ms[iters / 2];
     printf("model %s, ngf %d, %ldx%ld, batch %ld, %s, threads %d, concept %s%s, %ld iters: "
            "min %.2f ms, median %.2f ms, max %.2f ms\n",
-           model, lm.model->cfg.ngf, size, size, batch, e2g_infer_backend(lm.model), e2g_get_threads(), concept,
+           model, lm.model->cfg.ngf, size, size, batch, e2g_runtime_name(lm.runtime), e2g_get_threads(), concept,
            merged ? " (merged)" : "", iters, ms[0], median, ms[iters - 1]);
     printf("{\"ms_per_batch\": %.3f, \"images_per_s\": %.3f}\n", median, batch * 1e3 / median);
     free(ms), free(edits), free(x), free(y);
@@ -283,17 +283,31 @@ out:
 /* ---- devices ---------------------------------------------------------------- */
 
 static int cmd_devices(void) {
-    printf("cpu: %d threads (oneDNN)\n", e2g_get_threads());
-#ifdef E2G_HAVE_CUDA
-    char msg[512];
-    int rc = e2g_cuda_describe(msg, sizeof msg);
-    printf("cuda: %s\n", msg);
-    printf("inference: the GPU engine when a device is present (E2GAN_DEVICE=cpu or --device cpu: the CPU)\n");
-    return rc < 0;
-#else
-    printf("cuda: not built (nvcc was not found at configure time)\n");
-    return 0;
-#endif
+    int rc = 0;
+    for (int i = 0; i < e2g_backend_count(); i++) {
+        const e2g_backend *b = e2g_backend_get(i);
+        char msg[512];
+        if (b->describe(msg, sizeof msg) < 0) rc = 1;
+        printf("%s: %s\n", b->name, msg);
+    }
+    if (!e2g_backend_find("cuda")) printf("cuda: not built (nvcc or cuDNN was not found at configure time)\n");
+    /* what edit, bench, train and the server pick without --device */
+    char why[E2G_ERR_LEN] = "";
+    e2g_device_mode mode;
+    if (e2g_device_mode_parse(NULL, &mode, why)) {
+        printf("device: %s\n", why);
+        return 1;
+    }
+    const e2g_backend *cand[8], *chosen = NULL;
+    int n = e2g_backend_candidates(mode, cand, 8, why);
+    for (int i = 0; i < n && !chosen; i++)
+        if (cand[i]->available(why) == 1) chosen = cand[i];
+    if (chosen)
+        printf("device (E2GAN_DEVICE=%s): %s\n", e2g_device_mode_name(mode), chosen->name);
+    else
+        printf("device (E2GAN_DEVICE=%s): %s (%s)\n", e2g_device_mode_name(mode),
+               mode == E2G_DEVICE_CUDA ? "none" : "cpu", why);
+    return rc;
 }
 
 /* ---- main ------------------------------------------------------------------- */

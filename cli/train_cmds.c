@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include "adapter.h"
+#include "backend.h"
 #include "cli.h"
 #include "common.h"
 #include "dataset.h"
@@ -94,9 +95,11 @@ static int parse_train_option(int c, const char *arg, train_args *a) {
     case OPT_CROP: return cli_parse_long(arg, 8, 4096, &v) || v % 8 ? -1 : (a->pairs_opts.crop = (int)v, 1);
     case OPT_TRAIN_CROPS: return cli_parse_long(arg, 1, 1000000, &v) ? -1 : (a->pairs_opts.train_crops = (int)v, 1);
     case OPT_EVENTS: return o->events = stdout, 1;
-    case OPT_DEVICE:
-        if (strcmp(arg, "auto") && strcmp(arg, "cpu") && strcmp(arg, "cuda")) return -1;
+    case OPT_DEVICE: {
+        e2g_device_mode mode;
+        if (!*arg || e2g_device_mode_parse(arg, &mode, NULL)) return -1;
         return o->device = arg, 1;
+    }
     default: return 0;
     }
 }

@@ -289,9 +289,7 @@ static const float *reordered(dnnl_primitive_t reorder, const float *src, int sl
     return dst;
 }
 
-int conv2d_out_size(int n, const e2g_conv_shape *cs) {
-    return (n + 2 * cs->pad - cs->k) / cs->stride + 1;
-}
+/* conv2d_out_size is in model_desc.c (e2gan_common: the kernels use it). */
 
 static void add_into(float *dst, const float *src, size_t n) {
 #pragma omp parallel for schedule(static) if (n > 32768)

@@ -9,17 +9,11 @@
 
 #include "common.h"
 #include "safetensors.h"
-#ifdef E2G_HAVE_CUDA
-#include "cuda_engine.h"
-#endif
 
 #define DISC_PREFIX "disc."
 
 void e2g_model_free(e2g_model *m) {
     if (!m) return;
-#ifdef E2G_HAVE_CUDA
-    e2g_cuda_engine_free(m->device);
-#endif
     for (int i = 0; i < m->cfg.n_concepts; i++) free(m->concept_names[i]);
     free(m->concept_names);
     free(m->memory);

@@ -1,12 +1,11 @@
 /* model_io.h — a loaded base model: the generator's configuration, concept
  * names and weights, optionally its discriminator (tensors `disc.*`), and
- * the SHA-256 of the file adapters are bound to (ARCHITECTURE.md §4). */
+ * the SHA-256 of the file adapters are bound to (ARCHITECTURE.md §4).  It
+ * holds no backend state: an e2g_runtime (infer.h) binds it to a device. */
 #ifndef E2G_MODEL_IO_H
 #define E2G_MODEL_IO_H
 
 #include "model.h"
-
-struct e2g_cuda_engine;
 
 typedef struct {
     e2g_gen_config cfg;
@@ -17,7 +16,6 @@ typedef struct {
     e2g_disc_params disc;
     float *disc_memory;
     char sha256[65];
-    struct e2g_cuda_engine *device; /* the GPU copy once attached (infer.h), else NULL */
 } e2g_model;
 
 /* Loads and validates a base file; *out is freed with e2g_model_free. */

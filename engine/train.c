@@ -7,10 +7,11 @@
  * only on (seed, step) and every kernel is deterministic for a thread
  * count, so a run resumed from a checkpoint ends where an unbroken one does.
  *
- * On a GPU (opts->device) the same loop drives kernels/cuda_trainer.h:
- * the batch of step k+1 is decoded into the other pinned slot and uploaded
- * while step k runs; weights and Adam state come back to the host for
- * evaluations, checkpoints and the end. */
+ * On a device (opts->device) the same loop drives the backend's trainer
+ * (backend.h; CUDA: kernels/cuda_trainer.h): the batch of step k+1 is
+ * decoded into the other pinned slot and uploaded while step k runs;
+ * weights and Adam state come back to the host for evaluations,
+ * checkpoints and the end. */
 #include "train.h"
 
 #include <math.h>
@@ -21,6 +22,7 @@
 #include <unistd.h>
 
 #include "adam.h"
+#include "backend.h"
 #include "common.h"
 #include "image.h"
 #include "infer.h"
@@ -28,10 +30,6 @@
 #include "ops.h"
 #include "report.h"
 #include "safetensors.h"
-#ifdef E2G_HAVE_CUDA
-#include "cuda_engine.h"
-#include "cuda_trainer.h"
-#endif
 
 #define DEFAULT_NDF 64
 
@@ -100,6 +98,8 @@ json_t *e2g_evaluate(const e2g_train_target *t, const e2g_dataset *val, int max_
     /* the sheet shows each concept's first evaluated pair and the one halfway
      * through its list, so its rows come from different photos */
     for (int p = 0; p < n_pairs; p++) total[val->pairs[(long)p * val->n_pairs / n_pairs].concept]++;
+    e2g_runtime *rt; /* the CPU: the weights change between evaluations */
+    e2g_runtime_new(&rt, t->model, "cpu", err);
     e2g_infer *inf = NULL;
     int inf_n = 0;
     for (int p0 = 0; p0 < n_pairs; p0 += EVAL_BATCH) {
@@ -109,7 +109,7 @@ json_t *e2g_evaluate(const e2g_train_target *t, const e2g_dataset *val, int max_
         for (int j = 0; j < n; j++) idx[j] = (int)((long)(p0 + j) * val->n_pairs / n_pairs);
         if (n != inf_n) {
             e2g_infer_free(inf);
-            inf = e2g_infer_new(t->model, inf_n = n, S, S);
+            inf = e2g_infer_new(rt, inf_n = n, S, S);
         }
         e2g_pairs_to_tensors(val, idx, n, x, NULL);
         pair_edits(edits, t, val, map, idx, n);
@@ -133,6 +133,7 @@ json_t *e2g_evaluate(const e2g_train_target *t, const e2g_dataset *val, int max_
         }
     }
     e2g_infer_free(inf);
+    e2g_runtime_free(rt);
     json_t *per = json_object();
     double mean_psnr = 0, mean_ssim = 0, mean_ident = 0;
     int used = 0;
@@ -181,17 +182,15 @@ typedef struct {
     size_t n_logits;
     e2g_edit *edits;
     int *idx;
-#ifdef E2G_HAVE_CUDA
-    e2g_cuda_trainer *gpu;
+    const e2g_backend *device;    /* the device the steps run on, or NULL: the CPU */
+    const e2g_train_backend *gpu; /* its trainer, with state gpu_state */
+    void *gpu_state;
     int slot;         /* the pinned slot holding the next step's batch */
     long staged_step; /* the step whose batch is in it, or -1 */
-#endif
 } trainer;
 
 static void trainer_free(trainer *tr) {
-#ifdef E2G_HAVE_CUDA
-    e2g_cuda_trainer_free(tr->gpu);
-#endif
+    if (tr->gpu) tr->gpu->destroy(tr->gpu_state);
     e2g_gen_acts_free(tr->acts);
     e2g_disc_acts_free(tr->dacts);
     if (tr->dlora) {
@@ -314,61 +313,59 @@ static step_losses train_step(trainer *tr, long step) {
     return L;
 }
 
-/* ---- the GPU backend ------------------------------------------------------------- */
+/* ---- a device backend ------------------------------------------------------------ */
 
-/* Where the steps run: 1 on the GPU (tr->gpu made), 0 on the CPU, -1 when
- * the device was demanded and cannot be had (err says why). */
+/* Where the steps run: 1 on a device (tr->gpu made), 0 on the CPU, -1 when
+ * a device was demanded and cannot be had (err says why). */
 static int choose_device(trainer *tr, char *err) {
-    const char *mode = tr->o->device ? tr->o->device : getenv("E2GAN_DEVICE");
-    if (!mode || !*mode) mode = "auto";
-    if (strcmp(mode, "cpu") == 0) return 0;
-    if (strcmp(mode, "auto") != 0 && strcmp(mode, "cuda") != 0)
-        return e2g_fail(err, "unknown device '%s' (auto, cpu or cuda)", mode);
-    int demanded = strcmp(mode, "cuda") == 0;
+    e2g_device_mode mode;
+    if (e2g_device_mode_parse(tr->o->device, &mode, err)) return -1;
+    if (mode == E2G_DEVICE_CPU) return 0;
+    const e2g_model *m = tr->t->model;
+    const e2g_backend *cand[8];
     char why[E2G_ERR_LEN];
-#ifdef E2G_HAVE_CUDA
-    int present = e2g_cuda_device_present(why);
-    if (present && tr->gan) {
-        snprintf(why, sizeof why, "the GAN term (PatchGAN D) does not run on the GPU yet; use --gan-weight 0");
-    } else if (present) {
-        const e2g_model *m = tr->t->model;
-        if (e2g_cuda_trainer_new(&tr->gpu, &m->cfg, m->memory, tr->t->lora, tr->N, tr->S, why) == 0) {
-            tr->staged_step = -1;
-            if (!tr->o->quiet) fprintf(stderr, "training on CUDA device 0\n");
+    int n = e2g_backend_candidates(mode, cand, 8, why), present = 0;
+    for (int i = 0; i < n; i++) {
+        const e2g_train_backend *tb = cand[i]->train;
+        if (!tb) {
+            snprintf(why, sizeof why, "the %s backend does not train", cand[i]->name);
+            continue;
+        }
+        if (cand[i]->available(why) != 1) continue;
+        present = 1;
+        if (tb->supports(&m->cfg, tr->gan, why) == 1 &&
+            tb->create(&tr->gpu_state, &m->cfg, m->memory, tr->t->lora, tr->N, tr->S, why) == 0) {
+            tr->device = cand[i], tr->gpu = tb, tr->staged_step = -1;
+            if (!tr->o->quiet) fprintf(stderr, "training on %s\n", cand[i]->device);
             return 1;
         }
     }
-    if (!demanded) {
+    if (mode == E2G_DEVICE_AUTO) {
         if (present && !tr->o->quiet) fprintf(stderr, "training on the CPU: %s\n", why);
         return 0;
     }
-#else
-    snprintf(why, sizeof why, "this build has no CUDA");
-    if (!demanded) return 0;
-#endif
     return e2g_fail(err, "cannot train on CUDA: %s", why);
 }
 
-#ifdef E2G_HAVE_CUDA
 /* Decodes the batch of `step` into pinned slot s and starts its upload. */
 static int gpu_stage(trainer *tr, int s, long step, char *err) {
     float *x, *tgt;
     int *rows;
-    e2g_cuda_trainer_slot(tr->gpu, s, &x, &tgt, &rows);
+    tr->gpu->slot(tr->gpu_state, s, &x, &tgt, &rows);
     e2g_dataset_batch(tr->data, tr->o->seed, step, tr->N, tr->idx);
     e2g_pairs_to_tensors(tr->data, tr->idx, tr->N, x, tgt);
     for (int j = 0; j < tr->N; j++) rows[j] = tr->map[tr->data->pairs[tr->idx[j]].concept];
-    return e2g_cuda_trainer_upload(tr->gpu, s, err);
+    return tr->gpu->upload(tr->gpu_state, s, err);
 }
 
-/* One step on the GPU; the next step's batch is prepared while it runs. */
+/* One step on the device; the next step's batch is prepared while it runs. */
 static int gpu_step(trainer *tr, long step, step_losses *L, char *err) {
     const e2g_train_opts *o = tr->o;
     if (tr->staged_step != step && gpu_stage(tr, tr->slot, step, err)) return -1;
     int s = tr->slot;
     tr->adam_g.t++;
-    if (e2g_cuda_trainer_step(tr->gpu, s, o->lambda_l1, 1, tr->adam_g.t, step_lr(o, step), o->beta1, o->beta2,
-                              1e-8f, err))
+    if (tr->gpu->step(tr->gpu_state, s, o->lambda_l1, 1, tr->adam_g.t, step_lr(o, step), o->beta1, o->beta2,
+                      1e-8f, err))
         return -1;
     tr->slot ^= 1, tr->staged_step = -1;
     if (step + 1 < o->steps) {
@@ -376,17 +373,13 @@ static int gpu_step(trainer *tr, long step, step_losses *L, char *err) {
         tr->staged_step = step + 1;
     }
     memset(L, 0, sizeof *L);
-    return e2g_cuda_trainer_finish(tr->gpu, &L->l1, err);
+    return tr->gpu->finish(tr->gpu_state, &L->l1, err);
 }
-#endif
 
-/* Brings the GPU's weights and Adam state to the host arrays (no-op on
+/* Brings the device's weights and Adam state to the host arrays (no-op on
  * the CPU). */
 static int sync_host(trainer *tr, char *err) {
-#ifdef E2G_HAVE_CUDA
-    if (tr->gpu) return e2g_cuda_trainer_get(tr->gpu, tr->g_params, NULL, tr->adam_g.m, tr->adam_g.v, err);
-#endif
-    (void)tr, (void)err;
+    if (tr->gpu) return tr->gpu->get(tr->gpu_state, tr->g_params, NULL, tr->adam_g.m, tr->adam_g.v, err);
     return 0;
 }
 
@@ -534,20 +527,17 @@ int e2g_train(e2g_train_target *target, const e2g_dataset *train, const e2g_data
     if (o->checkpoint && load_checkpoint(&tr, &step, &wall, &history, err)) goto out;
     int on_gpu = choose_device(&tr, err);
     if (on_gpu < 0) goto out;
-#ifdef E2G_HAVE_CUDA
-    if (on_gpu && e2g_cuda_trainer_set(tr.gpu, tr.g_params, tr.adam_g.m, tr.adam_g.v, err)) goto out;
-#endif
+    if (on_gpu && tr.gpu->set(tr.gpu_state, tr.g_params, tr.adam_g.m, tr.adam_g.v, err)) goto out;
     if (step) fprintf(stderr, "resuming at step %ld of %ld\n", step, o->steps);
     double t0 = now_seconds(), rate = 0;
     long first = step;
     while (step < o->steps) {
         step_losses L;
-#ifdef E2G_HAVE_CUDA
         if (on_gpu) {
             if (gpu_step(&tr, step, &L, err)) goto out;
-        } else
-#endif
+        } else {
             L = train_step(&tr, step);
+        }
         step++;
         rate = (step - first) / (now_seconds() - t0);
         if (step % o->log_every == 0 || step == o->steps) {
@@ -576,7 +566,7 @@ int e2g_train(e2g_train_target *target, const e2g_dataset *train, const e2g_data
                         "lambda_l1", o->lambda_l1, "gan_weight", o->gan_weight, "decay_from",
                         o->decay_from, "seed", (json_int_t)o->seed, "budget", "wall_s", wall,
                         "samples", (json_int_t)(o->steps * o->batch), "threads", e2g_get_threads(),
-                        "device", on_gpu ? "cuda" : "cpu",
+                        "device", on_gpu ? tr.device->name : "cpu",
                         "history", history, "final",
                         json_array_size(evals) ? json_array_get(evals, json_array_size(evals) - 1)
                                                : json_null());

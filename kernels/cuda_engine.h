@@ -1,4 +1,5 @@
-/* cuda_engine.h — the generator on an NVIDIA GPU (the C API of the .cu files in kernels/):
+/* cuda_engine.h — the generator on an NVIDIA GPU (the C API of the .cu files in kernels/,
+ * which cuda_backend.cu presents as the "cuda" backend of engine/backend.h):
  * bf16 NHWC activations with fp32 accumulation, cuDNN tensor-core
  * convolutions with our fused kernels around them, one buffer plan and CUDA
  * graphs per (batch, height, width) bucket, and a byte-bounded LRU cache of

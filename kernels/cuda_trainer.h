@@ -1,6 +1,7 @@
-/* cuda_trainer.h — training the generator on an NVIDIA GPU: the C API that
- * engine/train.c drives instead of the CPU forward/backward when it runs
- * on the device.  One step = the forward with every activation kept (bf16
+/* cuda_trainer.h — training the generator on an NVIDIA GPU: the C API
+ * behind the cuda backend's trainer (cuda_backend.cu, engine/backend.h),
+ * which engine/train.c drives instead of the CPU forward/backward when it
+ * runs on the device.  One step = the forward with every activation kept (bf16
  * NHWC, fp32 residual stream), λ·L1, the backward through cuDNN's
  * backward-data/backward-filter and our kernels, and a fused Adam on fp32
  * master weights and state.  LoRA trains through the merged weight

@@ -45,7 +45,7 @@ typedef struct job {
 } job;
 
 struct e2g_batcher {
-    const e2g_model *model;
+    const e2g_runtime *runtime;
     e2g_batcher_config cfg;
     pthread_mutex_t mu;
     pthread_cond_t work, done;
@@ -111,7 +111,7 @@ static int take_batch(e2g_batcher *b, job **batch) {
 
 /* The plan for batches of N images of H×W from the cache, made (in the
  * least recently used slot) on a miss. */
-static e2g_infer *plan_for(const e2g_model *m, plan_slot *cache, unsigned long *clock, int N, int H, int W) {
+static e2g_infer *plan_for(const e2g_runtime *rt, plan_slot *cache, unsigned long *clock, int N, int H, int W) {
     plan_slot *victim = &cache[0];
     for (int i = 0; i < PLAN_CACHE; i++) {
         plan_slot *s = &cache[i];
@@ -122,7 +122,7 @@ static e2g_infer *plan_for(const e2g_model *m, plan_slot *cache, unsigned long *
         if (s->last_used < victim->last_used) victim = s;
     }
     e2g_infer_free(victim->inf);
-    *victim = (plan_slot){N, H, W, ++*clock, e2g_infer_new(m, N, H, W)};
+    *victim = (plan_slot){N, H, W, ++*clock, e2g_infer_new(rt, N, H, W)};
     return victim->inf;
 }
 
@@ -143,7 +143,7 @@ static void *worker_main(void *arg) {
             memcpy(x + i * img, batch[i]->t.x, img * sizeof(float));
             edits[i] = batch[i]->edit;
         }
-        e2g_infer_run(plan_for(b->model, plans, &clock, n, ph, pw), y, x, edits, 0);
+        e2g_infer_run(plan_for(b->runtime, plans, &clock, n, ph, pw), y, x, edits, 0);
         pthread_mutex_lock(&b->mu);
         double t = now_s();
         for (int i = 0; i < n; i++) {
@@ -161,9 +161,9 @@ static void *worker_main(void *arg) {
     return NULL;
 }
 
-e2g_batcher *e2g_batcher_new(const e2g_model *m, const e2g_batcher_config *cfg) {
+e2g_batcher *e2g_batcher_new(const e2g_runtime *rt, const e2g_batcher_config *cfg) {
     e2g_batcher *b = e2g_xcalloc(1, sizeof *b);
-    b->model = m, b->cfg = *cfg;
+    b->runtime = rt, b->cfg = *cfg;
     if (b->cfg.max_batch < 1) b->cfg.max_batch = 1;
     pthread_mutex_init(&b->mu, NULL);
     pthread_condattr_t attr;

@@ -9,7 +9,7 @@
 
 #include "adapter.h"
 #include "image.h"
-#include "model_io.h"
+#include "infer.h"
 
 typedef struct e2g_batcher e2g_batcher;
 
@@ -19,7 +19,7 @@ typedef struct {
     int queue_capacity;     /* queued requests before refusing */
 } e2g_batcher_config;
 
-e2g_batcher *e2g_batcher_new(const e2g_model *m, const e2g_batcher_config *cfg);
+e2g_batcher *e2g_batcher_new(const e2g_runtime *rt, const e2g_batcher_config *cfg);
 /* Stops taking requests, finishes the queued ones, joins the worker. */
 void e2g_batcher_free(e2g_batcher *b);
 

@@ -51,14 +51,14 @@ static int load_service(e2g_service *svc, const e2g_server_config *cfg, char *er
     double t0 = e2g_now();
     if (e2g_model_load(&svc->model, cfg->model, err) != 0) return -1;
     char device[E2G_ERR_LEN];
-    if (e2g_infer_use_device(svc->model, NULL, device) < 0) return e2g_fail(err, "GPU: %s", device);
-    E2G_LOG(E2G_LOG_INFO, "inference on the %s: %s", e2g_infer_backend(svc->model), device);
+    if (e2g_runtime_new(&svc->runtime, svc->model, NULL, device) < 0) return e2g_fail(err, "GPU: %s", device);
+    E2G_LOG(E2G_LOG_INFO, "inference on the %s: %s", e2g_runtime_name(svc->runtime), device);
     if (e2g_registry_open(&svc->registry, svc->model, cfg->adapters, (size_t)cfg->adapter_cache, err) != 0)
         return -1;
     if (e2g_registry_watch(svc->registry, (int)cfg->adapter_rescan_s, err) != 0)
         E2G_LOG(E2G_LOG_WARN, "%s", err);
     e2g_batcher_config bc = {(int)cfg->max_batch, (long)cfg->batch_delay_us, (int)cfg->queue_capacity};
-    svc->batcher = e2g_batcher_new(svc->model, &bc);
+    svc->batcher = e2g_batcher_new(svc->runtime, &bc);
     if (!svc->batcher) return e2g_fail(err, "cannot start the batcher");
     open_jobs(svc, cfg);
     e2g_registry_stats rs;
@@ -73,10 +73,12 @@ static void unload_service(e2g_service *svc) {
     e2g_jobs_close(svc->jobs);
     e2g_batcher_free(svc->batcher);
     e2g_registry_close(svc->registry);
+    e2g_runtime_free(svc->runtime);
     e2g_model_free(svc->model);
     svc->jobs = NULL;
     svc->batcher = NULL;
     svc->registry = NULL;
+    svc->runtime = NULL;
     svc->model = NULL;
 }
 

@@ -20,6 +20,7 @@ typedef enum { E2G_STATE_LOADING, E2G_STATE_READY, E2G_STATE_STOPPING } e2g_serv
 struct e2g_service {
     const e2g_server_config *cfg;
     e2g_model *model;       /* NULL while loading */
+    e2g_runtime *runtime;   /* the model on its backend; NULL while loading */
     e2g_registry *registry; /* NULL while loading */
     e2g_batcher *batcher;   /* NULL while loading */
     e2g_jobs *jobs;         /* NULL while loading, or when fine-tuning is off */

@@ -17,6 +17,7 @@
 #include "testutil.h"
 
 static e2g_model *base;
+static e2g_runtime *runtime; /* base on the CPU */
 static e2g_registry *reg;
 static char dir[256];
 
@@ -24,6 +25,7 @@ static void setup(void) {
     char err[E2G_ERR_LEN], path[1024], cmd[2300];
     snprintf(path, sizeof path, "%s/g_default_ngf16_base.safetensors", getenv("E2G_REFS"));
     ck_assert_msg(e2g_model_load(&base, path, err) == 0, "%s", err);
+    ck_assert_int_eq(e2g_runtime_new(&runtime, base, "cpu", err), 0);
     snprintf(dir, sizeof dir, "/tmp/e2g_batcher_XXXXXX");
     ck_assert_ptr_nonnull(mkdtemp(dir));
     snprintf(cmd, sizeof cmd, "cp %s/g_lora_default_ngf16_adapter.safetensors %s/lx.safetensors",
@@ -35,6 +37,7 @@ static void setup(void) {
 static void teardown(void) {
     char cmd[300];
     e2g_registry_close(reg);
+    e2g_runtime_free(runtime);
     e2g_model_free(base);
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     ck_assert_int_eq(system(cmd), 0);
@@ -68,7 +71,7 @@ static void *edit_thread(void *arg) {
 
 START_TEST(test_mixed_batches_match_lone_edits) {
     e2g_batcher_config cfg = {4, 200000, 32};
-    e2g_batcher *b = e2g_batcher_new(base, &cfg);
+    e2g_batcher *b = e2g_batcher_new(runtime, &cfg);
     const char *specs[6] = {"base-a", "base-b", "lx", "lx:0.5,base-a:0.5", "base-a", "lx"};
     call calls[6];
     pthread_t threads[6];
@@ -89,7 +92,7 @@ START_TEST(test_mixed_batches_match_lone_edits) {
         e2g_image lone = random_image(calls[i].im.width, calls[i].im.height, i + 1);
         e2g_request req;
         ck_assert_int_eq(e2g_registry_acquire(reg, &req, specs[i], 1.0f, err), 0);
-        ck_assert_int_eq(e2g_infer_image(&lone, base, &req.edit, 0, err), 0);
+        ck_assert_int_eq(e2g_infer_image(&lone, runtime, &req.edit, 0, err), 0);
         e2g_registry_release(reg, &req);
         int maxd = 0;
         for (int k = 0; k < lone.width * lone.height * 3; k++) {
@@ -112,7 +115,7 @@ END_TEST
  * requests stay queued long enough to observe. */
 START_TEST(test_full_queue_and_timeout) {
     e2g_batcher_config cfg = {8, 1500000, 1};
-    e2g_batcher *b = e2g_batcher_new(base, &cfg);
+    e2g_batcher *b = e2g_batcher_new(runtime, &cfg);
     call first = {b, "base-a", random_image(16, 16, 9), 0, {0, 0, 0}, 60000};
     pthread_t t;
     pthread_create(&t, NULL, edit_thread, &first);
@@ -147,14 +150,16 @@ static void check_shapes_cycle(e2g_model *m) {
     e2g_request req;
     ck_assert_msg(e2g_request_resolve(&req, m, NULL, 0, m->concept_names[0], 1.0f, err) == 0, "%s", err);
     e2g_batcher_config cfg = {4, 0, 8};
-    e2g_batcher *b = e2g_batcher_new(m, &cfg);
+    e2g_runtime *rt;
+    ck_assert_int_eq(e2g_runtime_new(&rt, m, "cpu", err), 0);
+    e2g_batcher *b = e2g_batcher_new(rt, &cfg);
     const int sizes[6][2] = {{16, 16}, {24, 16}, {16, 24}, {33, 17}, {40, 8}, {8, 40}};
     const int order[12] = {0, 1, 0, 1, 2, 3, 4, 5, 4, 5, 3, 0}; /* hits, evictions, hits, a miss */
     for (int step = 0; step < 12; step++) { /* another image at each step */
         int w = sizes[order[step]][0], h = sizes[order[step]][1];
         e2g_image im = random_image(w, h, 20 + step), lone = random_image(w, h, 20 + step);
         ck_assert_int_eq(e2g_batcher_edit(b, &im, &req, 60000, NULL), E2G_EDIT_OK);
-        ck_assert_int_eq(e2g_infer_image(&lone, m, &req.edit, 0, err), 0);
+        ck_assert_int_eq(e2g_infer_image(&lone, rt, &req.edit, 0, err), 0);
         int maxd = 0;
         for (int k = 0; k < w * h * 3; k++) {
             int d = abs((int)lone.rgb[k] - (int)im.rgb[k]);
@@ -167,6 +172,7 @@ static void check_shapes_cycle(e2g_model *m) {
     e2g_batcher_stats_get(b, &st);
     ck_assert_int_eq(st.batches, 12);
     e2g_batcher_free(b);
+    e2g_runtime_free(rt);
     e2g_request_free(&req);
 }
 

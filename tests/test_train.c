@@ -17,11 +17,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "backend.h"
 #include "common.h"
 #include "safetensors.h"
-#ifdef E2G_HAVE_CUDA
-#include "cuda_engine.h"
-#endif
 #include "testutil.h"
 
 static char dir[256];
@@ -275,10 +273,8 @@ END_TEST
  * cuda is refused with a message.  With one, --device cuda must train. */
 START_TEST(test_device_fallback) {
     char msg[E2G_ERR_LEN];
-    int gpu = 0;
-#ifdef E2G_HAVE_CUDA
-    gpu = e2g_cuda_device_present(msg);
-#endif
+    const e2g_backend *cuda = e2g_backend_find("cuda"); /* NULL: not built */
+    int gpu = cuda && cuda->available(msg) == 1;
     if (gpu) {
         ck_assert_int_eq(sh("%s train " TRAIN_ARGS " --concepts sepia --steps 5 --gan-weight 0 --device cuda "
                             "--out %s/dev_cuda.safetensors 2>/dev/null", test_bin(), dir, dir),
