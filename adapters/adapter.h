@@ -1,4 +1,4 @@
-/* adapter.h — LoRA adapter files (ARCHITECTURE.md §3–§4): validation
+/* adapter.h — LoRA adapter files (docs/architecture.md §3–§4): validation
  * against a base model, PEFT key names and rank/alpha rules, and turning a
  * concept request ("winter", "a:0.7,b:0.3", with a strength) into the
  * engine's per-sample edit. */

@@ -1,5 +1,5 @@
 /* model.h — the E²GAN generator and the PatchGAN discriminator
- * (ARCHITECTURE.md §1–§3): configuration, parameter structs bound over one
+ * (docs/architecture.md §1–§3): configuration, parameter structs bound over one
  * allocation, planned activations, forward and backward, and LoRA (merged
  * or unmerged, per-sample in a batch).  Tensors inside the engine are NHWC;
  * token sequences are (N, L, C) with L = H/8·W/8 row-major, which is the
@@ -79,7 +79,7 @@ void e2g_gen_init(const e2g_gen_config *cfg, e2g_gen_params *p, unsigned long lo
 
 /* ---- LoRA -------------------------------------------------------------------- */
 
-/* The crucial layers of ARCHITECTURE.md §3, in a fixed order. */
+/* The crucial layers of docs/architecture.md §3, in a fixed order. */
 enum {
     E2G_L_ENC1, E2G_L_ENC2, E2G_L_ENC3, E2G_L_DS,
     E2G_L_SA_Q, E2G_L_SA_K, E2G_L_SA_V, E2G_L_SA_O,

@@ -1,4 +1,4 @@
-/* model_io.c — base model files (ARCHITECTURE.md §4): loading with full
+/* model_io.c — base model files (docs/architecture.md §4): loading with full
  * validation of metadata and tensor shapes, saving, and fresh models. */
 #include "model_io.h"
 

@@ -1,6 +1,6 @@
 /* model_io.h — a loaded base model: the generator's configuration, concept
  * names and weights, optionally its discriminator (tensors `disc.*`), and
- * the SHA-256 of the file adapters are bound to (ARCHITECTURE.md §4).  It
+ * the SHA-256 of the file adapters are bound to (docs/architecture.md §4).  It
  * holds no backend state: an e2g_runtime (infer.h) binds it to a device. */
 #ifndef E2G_MODEL_IO_H
 #define E2G_MODEL_IO_H

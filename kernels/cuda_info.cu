@@ -1,5 +1,5 @@
 /* cuda_info.cu — the first piece of the CUDA path: finding the GPUs and
- * proving a kernel runs on them.  The fused inference engine of issue 4
+ * proving a kernel runs on them.  The fused inference engine (cuda_engine.cu, docs/cuda.md)
  * builds on this file's error handling. */
 #include <cuda_runtime.h>
 #include <stdio.h>
