@@ -77,21 +77,12 @@ void e2g_infer_run(e2g_infer *inf, float *y, const float *x, const e2g_edit *edi
 }
 
 int e2g_infer_image(e2g_image *im, const e2g_runtime *rt, const e2g_edit *edit, int merged, char *err) {
-    int pw, ph;
-    e2g_image_pad_dims(im->width, im->height, 8, &pw, &ph);
-    size_t n;
-    if (e2g_mul_size((size_t)pw * ph, 3 * sizeof(float), &n))
-        return e2g_fail(err, "image of %dx%d is too large", im->width, im->height);
-    float *x = malloc(n), *y = malloc(n);
-    if (!x || !y) {
-        free(x), free(y);
-        return e2g_fail(err, "not enough memory for a %dx%d image", im->width, im->height);
-    }
-    e2g_image_to_tensor(x, im, pw, ph);
-    e2g_infer *inf = e2g_infer_new(rt, 1, ph, pw);
-    e2g_infer_run(inf, y, x, edit, merged);
+    e2g_image_padded p;
+    if (e2g_image_pad(&p, im, 8, err)) return -1;
+    e2g_infer *inf = e2g_infer_new(rt, 1, p.ph, p.pw);
+    e2g_infer_run(inf, p.y, p.x, edit, merged);
     e2g_infer_free(inf);
-    e2g_image_from_tensor(im, y, pw, ph);
-    free(x), free(y);
+    e2g_image_unpad(im, &p);
+    e2g_image_padded_free(&p);
     return 0;
 }

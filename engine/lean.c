@@ -59,7 +59,7 @@ static void gather_rows(float *dst, const float *src, int src_lo, int r0, int r1
     for (int r = r0; r < r1; r++) {
         float *d = dst + (size_t)(r - r0) * row;
         if (reflect || (r >= 0 && r < H)) {
-            int from = reflect ? reflect_index(r, H) : r;
+            int from = reflect ? e2g_reflect_index(r, H) : r;
             memcpy(d, src + (size_t)(from - src_lo) * row, row * sizeof(float));
         } else {
             memset(d, 0, row * sizeof(float));

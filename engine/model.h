@@ -104,7 +104,10 @@ void e2g_crucial_shape(const e2g_gen_config *cfg, int layer, e2g_layer_shape *ou
  * a scale alpha/r, A (r, cin, k, k) or (r, in) and B (cout, r); plus the
  * concept's own embedding (T, C4).  All tensors live in `memory`. */
 typedef struct {
-    unsigned long long id; /* unique per e2g_lora_new: keys device caches */
+    /* Identity keying device caches: for an adapter loaded from bytes the
+     * SHA-256 of those bytes (top bit set), for one made in memory a
+     * process-unique counter from e2g_lora_new. */
+    unsigned long long id;
     int rank[E2G_N_CRUCIAL];
     float scale[E2G_N_CRUCIAL];
     float *A[E2G_N_CRUCIAL], *B[E2G_N_CRUCIAL];
