@@ -403,16 +403,25 @@ static float *run_backward(const plan_key *key, int want_dsrc, const float **dw,
     return dsrc;
 }
 
-/* The plan key of a layer (in the current precision) and, when need_src
- * is set, the input oneDNN sees: the reflect-padded copy in scratch, or inp
- * itself, converted to bf16 in bf16 (NULL when need_src is 0). */
+/* The precision of a forward convolution with cin input channels: the
+ * setting, except that layers with fewer than 4 input channels (the
+ * generator's RGB input layer) stay fp32: oneDNN 2.6's bf16 kernels pad the
+ * channels to pairs there and ran 2× slower than fp32 (AVX512-BF16,
+ * bench/cpu_bf16_ops.sh).  Backward passes follow the setting alone. */
+static int forward_prec(int cin) {
+    return cin < 4 ? E2G_PRECISION_FP32 : (int)e2g_get_precision();
+}
+
+/* The plan key of a layer (in precision prec) and, when need_src is set,
+ * the input oneDNN sees: the reflect-padded copy in scratch, or inp itself,
+ * converted to bf16 in bf16 (NULL when need_src is 0). */
 static const void *conv_source(const float *inp, int N, int H, int W, const e2g_conv_shape *cs,
-                               int has_bias, int need_src, plan_key *key) {
+                               int has_bias, int need_src, int prec, plan_key *key) {
     int reflect = cs->pad_mode == E2G_PAD_REFLECT && cs->pad > 0;
     int p = reflect ? cs->pad : 0, zp = reflect ? 0 : cs->pad;
     int Ho = conv2d_out_size(H, cs), Wo = conv2d_out_size(W, cs);
     *key = (plan_key){N, H + 2 * p, W + 2 * p, cs->cin, cs->cout, cs->k, cs->stride, zp, zp, 0, 0,
-                      has_bias, (int)e2g_get_precision()};
+                      has_bias, prec};
     /* PyTorch pads symmetrically and floors; oneDNN wants the bottom/right
      * pad that makes the output size exact. */
     key->pad_b = (Ho - 1) * cs->stride + cs->k - key->H - zp;
@@ -433,7 +442,7 @@ static const void *conv_source(const float *inp, int N, int H, int W, const e2g_
 void conv2d_forward(float *out, const float *inp, const float *weight, const float *bias, int N,
                     int H, int W, const e2g_conv_shape *cs) {
     plan_key key;
-    const void *src = conv_source(inp, N, H, W, cs, bias != NULL, 1, &key);
+    const void *src = conv_source(inp, N, H, W, cs, bias != NULL, 1, forward_prec(cs->cin), &key);
     run_forward(&key, out, src, weight, bias);
 }
 
@@ -443,7 +452,7 @@ void conv2d_backward(float *dinp, float *dweight, float *dbias, const float *dou
     /* The bias gradient is a by-product of the weights primitive; a plan
      * with a bias is only needed when that gradient is wanted. */
     int want_dw = dweight || dbias;
-    const void *src = conv_source(inp, N, H, W, cs, dbias != NULL, want_dw, &key);
+    const void *src = conv_source(inp, N, H, W, cs, dbias != NULL, want_dw, (int)e2g_get_precision(), &key);
     size_t dout_n = (size_t)N * conv2d_out_size(H, cs) * conv2d_out_size(W, cs) * cs->cout;
     const void *d = as_input(key.prec, dout, dout_n, SCRATCH_DOUT16);
     const float *dw = NULL, *db = NULL;
@@ -509,7 +518,7 @@ static void shuffle_phases(float *dst, const float *src, int N, int H, int W, in
 void upconv2x_forward(float *out, const float *inp, const float *weight, const float *bias, int N,
                       int H, int W, int cin, int cout) {
     size_t plane = (size_t)N * H * W * cout;
-    int prec = (int)e2g_get_precision();
+    int prec = forward_prec(cin);
     const void *src = as_input(prec, inp, (size_t)N * H * W * cin, SCRATCH_SRC16);
     float *k = phase_weights(weight, cin, cout);
     float *phases = scratch(SCRATCH_PHASES, 4 * plane * sizeof(float));
@@ -526,7 +535,7 @@ void conv2d_forward_band(float *out, const float *band, const float *weight, con
                          int rows, int W, const e2g_conv_shape *cs) {
     int Wo = conv2d_out_size(W, cs);
     plan_key key = {1, rows, W, cs->cin, cs->cout, cs->k, cs->stride, 0, cs->pad, 0, 0, bias != NULL,
-                    (int)e2g_get_precision()};
+                    forward_prec(cs->cin)};
     key.pad_r = (Wo - 1) * cs->stride + cs->k - W - cs->pad;
     const void *src;
     if (cs->pad_mode == E2G_PAD_REFLECT && cs->pad > 0) {
@@ -556,7 +565,7 @@ void upconv2x_forward_band(float *out, const float *band, const float *weight, c
                            int rows, int W, int cin, int cout) {
     int n = rows - 2; /* input rows i0−1 .. i1 give output rows 2·i0 .. 2·i1−1 */
     size_t plane = (size_t)n * W * cout;
-    int prec = (int)e2g_get_precision();
+    int prec = forward_prec(cin);
     const char *src = as_input(prec, band, (size_t)rows * W * cin, SCRATCH_SRC16);
     size_t row_bytes = (size_t)W * cin * (prec == E2G_PRECISION_BF16 ? sizeof(uint16_t) : sizeof(float));
     float *k = phase_weights(weight, cin, cout);
