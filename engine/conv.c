@@ -106,8 +106,8 @@ typedef struct {
     int N, H, W, cin, cout, k, stride, pad_t, pad_l, pad_b, pad_r, has_bias, prec;
 } plan_key;
 
-/* src_md and ddst_md are bf16 in a bf16 plan; dst_md (also the diff_src's
- * f32 NHWC, with its own sizes in dsrc_md), bias_md and user_w_md are f32. */
+/* src_md and ddst_md (source, diff_dst) are bf16 in a bf16 plan; dst_md,
+ * dsrc_md (diff_src), bias_md and user_w_md are f32 in every plan. */
 typedef struct {
     plan_key key;
     int Ho, Wo;
