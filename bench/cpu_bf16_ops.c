@@ -316,7 +316,7 @@ int main(int argc, char **argv) {
     if (!only) {
         bench_conversion(256, 256, 32, reps);
         bench_conversion(64, 64, 128, reps);
-        bench_generator(reps < 5 ? reps : 5);
+        bench_generator(reps < 10 ? reps : 10);
     }
     conv2d_cache_clear();
     gemm_cache_clear();
