@@ -149,16 +149,20 @@ static void conv_reorder(void) {
     dnnl_stream_wait(g_stream);
 }
 
-static double best_conv_ms(void (*fn)(void), int reps) {
-    fn();
-    double best = 1e30;
-    for (int r = 0; r < reps * 4; r++) {
-        double t0 = now();
-        fn();
-        double t = now() - t0;
-        if (t < best) best = t;
-    }
-    return best * 1e3;
+/* Best ms of each method over 4·reps rounds that interleave the methods,
+ * 1 ms apart, so that a descheduled thread on a shared machine spoils
+ * single runs rather than a whole method. */
+static void best_conv_ms(void (*const fn[3])(void), double best[3], int reps) {
+    for (int m = 0; m < 3; m++) fn[m](), best[m] = 1e30;
+    for (int r = 0; r < reps * 4; r++)
+        for (int m = 0; m < 3; m++) {
+            double t0 = now();
+            fn[m]();
+            double t = now() - t0;
+            if (t < best[m]) best[m] = t;
+            nanosleep(&(struct timespec){0, 1000000}, NULL);
+        }
+    for (int m = 0; m < 3; m++) best[m] *= 1e3;
 }
 
 /* f32 → bf16 of an NHWC activation (H, W, C) three ways. */
@@ -184,8 +188,10 @@ static void bench_conversion(int H, int W, int C, int reps) {
     dnnl_memory_create(&g_from, &f_md, eng, g_f);
     dnnl_memory_create(&g_to, &h_md, eng, g_h);
     double bytes = g_n * 6.0;
-    double t_fast = best_conv_ms(conv_fast, reps), t_gen = best_conv_ms(conv_generic, reps),
-           t_re = best_conv_ms(conv_reorder, reps);
+    void (*const fns[3])(void) = {conv_fast, conv_generic, conv_reorder};
+    double t[3];
+    best_conv_ms(fns, t, reps);
+    double t_fast = t[0], t_gen = t[1], t_re = t[2];
     printf("\n### f32 → bf16 conversion, %d×%d×%d NHWC (%.1f MB in, %.1f MB out)\n\n", H, W, C,
            g_n * 4 / 1e6, g_n * 2 / 1e6);
     printf("| method | ms | GB/s (read + write) |\n|---|---:|---:|\n");
