@@ -7,7 +7,15 @@
  * (hundreds of µs) happens once per shape, and threads never share one.
  * Weights are reordered on every call: it costs well under 1% of the
  * convolution and keeps training (weights change every step) correct without
- * any invalidation protocol. */
+ * any invalidation protocol.
+ *
+ * Precision (precision.h): in bf16 the primitives take bf16 source, weights
+ * and diff_dst and produce f32 destination, diff_src, diff_weights and
+ * bias gradients (fp32 accumulation inside oneDNN).  The source and diff_dst
+ * are converted here (e2g_bf16_from_f32, fused with the reflect padding when
+ * there is one), the weights by the same oneDNN reorder that blocks them.
+ * The precision is part of the plan key; fp32 plans are exactly those of a
+ * build without bf16. */
 #include "conv.h"
 
 #include <oneapi/dnnl/dnnl.h>
@@ -17,6 +25,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "precision.h"
 
 #define DNNL_CHECK(call)                                                               \
     do {                                                                               \
@@ -64,7 +73,7 @@ static void thread_hold(void) {
 
 enum {
     SCRATCH_PAD, SCRATCH_W, SCRATCH_DSRC, SCRATCH_DW, SCRATCH_DW_USER, SCRATCH_DB,
-    SCRATCH_PHASE_W, SCRATCH_PHASES, SCRATCH_N
+    SCRATCH_PHASE_W, SCRATCH_PHASES, SCRATCH_SRC16, SCRATCH_DOUT16, SCRATCH_N
 };
 static _Thread_local struct {
     void *ptr;
@@ -90,16 +99,19 @@ int reflect_index(int i, int n) {
 
 /* ---- plans ----------------------------------------------------------------- */
 
-/* One oneDNN convolution: sizes of its (already reflect-padded) input and
- * its zero padding on each side, top, left, bottom, right. */
+/* One oneDNN convolution: sizes of its (already reflect-padded) input, its
+ * zero padding on each side, top, left, bottom, right, and the precision
+ * (e2g_precision) of its source, weights and diff_dst. */
 typedef struct {
-    int N, H, W, cin, cout, k, stride, pad_t, pad_l, pad_b, pad_r, has_bias;
+    int N, H, W, cin, cout, k, stride, pad_t, pad_l, pad_b, pad_r, has_bias, prec;
 } plan_key;
 
+/* src_md and ddst_md (source, diff_dst) are bf16 in a bf16 plan; dst_md,
+ * dsrc_md (diff_src), bias_md and user_w_md are f32 in every plan. */
 typedef struct {
     plan_key key;
     int Ho, Wo;
-    dnnl_memory_desc_t src_md, dst_md, bias_md, user_w_md;
+    dnnl_memory_desc_t src_md, dsrc_md, dst_md, ddst_md, bias_md, user_w_md;
     dnnl_primitive_desc_t fwd_pd;
     dnnl_primitive_t fwd, w_to_fwd; /* w_to_fwd NULL when OIHW is already right */
     dnnl_primitive_t bwd_data, w_to_bwd;
@@ -164,6 +176,11 @@ static dnnl_primitive_t make_reorder(const dnnl_memory_desc_t *from, const dnnl_
     return prim;
 }
 
+/* The oneDNN type of a plan's source, weights and diff_dst. */
+static dnnl_data_type_t key_type(const plan_key *k) {
+    return k->prec == E2G_PRECISION_BF16 ? dnnl_bf16 : dnnl_f32;
+}
+
 static void conv_dims(const plan_key *k, dnnl_dims_t strides, dnnl_dims_t pad_l, dnnl_dims_t pad_r) {
     strides[0] = strides[1] = k->stride;
     pad_l[0] = k->pad_t, pad_l[1] = k->pad_l;
@@ -179,11 +196,14 @@ static conv_plan *plan_create(const plan_key *key) {
     dnnl_dims_t dst_dims = {key->N, key->cout, p->Ho, p->Wo};
     dnnl_dims_t w_dims = {key->cout, key->cin, key->k, key->k};
     dnnl_dims_t b_dims = {key->cout};
+    dnnl_data_type_t in_t = key_type(key);
     dnnl_memory_desc_t w_any;
-    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&p->src_md, 4, src_dims, dnnl_f32, dnnl_nhwc));
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&p->src_md, 4, src_dims, in_t, dnnl_nhwc));
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&p->dsrc_md, 4, src_dims, dnnl_f32, dnnl_nhwc));
     DNNL_CHECK(dnnl_memory_desc_init_by_tag(&p->dst_md, 4, dst_dims, dnnl_f32, dnnl_nhwc));
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&p->ddst_md, 4, dst_dims, in_t, dnnl_nhwc));
     DNNL_CHECK(dnnl_memory_desc_init_by_tag(&p->user_w_md, 4, w_dims, dnnl_f32, dnnl_oihw));
-    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&w_any, 4, w_dims, dnnl_f32, dnnl_format_tag_any));
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&w_any, 4, w_dims, in_t, dnnl_format_tag_any));
     DNNL_CHECK(dnnl_memory_desc_init_by_tag(&p->bias_md, 1, b_dims, dnnl_f32, dnnl_x));
 
     dnnl_dims_t strides, pad_l, pad_r;
@@ -204,23 +224,27 @@ static void plan_add_backward(conv_plan *p) {
     const plan_key *key = &p->key;
     dnnl_dims_t w_dims = {key->cout, key->cin, key->k, key->k};
     dnnl_memory_desc_t w_any;
-    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&w_any, 4, w_dims, dnnl_f32, dnnl_format_tag_any));
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&w_any, 4, w_dims, key_type(key), dnnl_format_tag_any));
     dnnl_dims_t strides, pad_l, pad_r;
     conv_dims(key, strides, pad_l, pad_r);
 
+    /* diff_src f32 from bf16 diff_dst and weights; diff_weights and
+     * diff_bias f32 from bf16 src and diff_dst (fp32: all f32). */
     dnnl_convolution_desc_t desc;
     dnnl_primitive_desc_t pd;
-    DNNL_CHECK(dnnl_convolution_backward_data_desc_init(&desc, dnnl_convolution_direct, &p->src_md,
-                                                        &w_any, &p->dst_md, strides, pad_l, pad_r));
+    DNNL_CHECK(dnnl_convolution_backward_data_desc_init(&desc, dnnl_convolution_direct, &p->dsrc_md,
+                                                        &w_any, &p->ddst_md, strides, pad_l, pad_r));
     DNNL_CHECK(dnnl_primitive_desc_create(&pd, &desc, NULL, cpu_engine(), p->fwd_pd));
     DNNL_CHECK(dnnl_primitive_create(&p->bwd_data, pd));
     p->w_to_bwd = make_reorder(&p->user_w_md, dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0),
                                &p->bwd_w_bytes);
     dnnl_primitive_desc_destroy(pd);
 
+    dnnl_memory_desc_t dw_any;
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&dw_any, 4, w_dims, dnnl_f32, dnnl_format_tag_any));
     DNNL_CHECK(dnnl_convolution_backward_weights_desc_init(
-        &desc, dnnl_convolution_direct, &p->src_md, &w_any, key->has_bias ? &p->bias_md : NULL,
-        &p->dst_md, strides, pad_l, pad_r));
+        &desc, dnnl_convolution_direct, &p->src_md, &dw_any, key->has_bias ? &p->bias_md : NULL,
+        &p->ddst_md, strides, pad_l, pad_r));
     DNNL_CHECK(dnnl_primitive_desc_create(&pd, &desc, NULL, cpu_engine(), p->fwd_pd));
     DNNL_CHECK(dnnl_primitive_create(&p->bwd_weights, pd));
     const dnnl_memory_desc_t *dw_md = dnnl_primitive_desc_query_md(pd, dnnl_query_diff_weights_md, 0);
@@ -279,9 +303,9 @@ static const dnnl_memory_desc_t *prim_md(dnnl_primitive_t prim, dnnl_query_t wha
 
 /* Runs `reorder` from src into a scratch slot and returns the result, or
  * returns src unchanged when no reorder is needed. */
-static const float *reordered(dnnl_primitive_t reorder, const float *src, int slot, size_t bytes) {
+static const void *reordered(dnnl_primitive_t reorder, const void *src, int slot, size_t bytes) {
     if (!reorder) return src;
-    float *dst = scratch(slot, bytes);
+    void *dst = scratch(slot, bytes);
     exec_args a = {0};
     arg_add(&a, DNNL_ARG_FROM, prim_md(reorder, dnnl_query_src_md), src);
     arg_add(&a, DNNL_ARG_TO, prim_md(reorder, dnnl_query_dst_md), dst);
@@ -296,11 +320,43 @@ static void add_into(float *dst, const float *src, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] += src[i];
 }
 
-/* out = conv(src) for one plan key. */
-static void run_forward(const plan_key *key, float *out, const float *src, const float *weight,
+/* Bytes per value of a plan's source and diff_dst. */
+static size_t key_esize(const plan_key *k) {
+    return k->prec == E2G_PRECISION_BF16 ? sizeof(uint16_t) : sizeof(float);
+}
+
+/* The n values of x as a plan of precision prec reads them: x itself in
+ * fp32, its bf16 copy in scratch slot `slot` in bf16. */
+static const void *as_input(int prec, const float *x, size_t n, int slot) {
+    if (prec != E2G_PRECISION_BF16) return x;
+    uint16_t *h = scratch(slot, n * sizeof(uint16_t));
+    e2g_bf16_from_f32(h, x, n);
+    return h;
+}
+
+/* Reflect padding (by py rows, px columns) and the conversion to bf16 in
+ * one pass: inp (N, H, W, C) f32 → out (N, H + 2py, W + 2px, C) bf16. */
+static void pad_reflect_bf16(uint16_t *out, const float *inp, int N, int H, int W, int C, int py,
+                             int px) {
+    int Hp = H + 2 * py, Wp = W + 2 * px;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int n = 0; n < N; n++)
+        for (int y = 0; y < Hp; y++) {
+            const float *row = inp + ((size_t)n * H + reflect_index(y - py, H)) * W * C;
+            uint16_t *o = out + ((size_t)n * Hp + y) * Wp * C;
+            for (int x = 0; x < px; x++) {
+                e2g_bf16_from_f32(o + (size_t)x * C, row + (size_t)reflect_index(x - px, W) * C, C);
+                e2g_bf16_from_f32(o + (size_t)(W + px + x) * C, row + (size_t)reflect_index(W + x, W) * C, C);
+            }
+            e2g_bf16_from_f32(o + (size_t)px * C, row, (size_t)W * C);
+        }
+}
+
+/* out = conv(src) for one plan key; src is in the key's precision. */
+static void run_forward(const plan_key *key, float *out, const void *src, const float *weight,
                         const float *bias) {
     conv_plan *p = plan_get(key);
-    const float *w = reordered(p->w_to_fwd, weight, SCRATCH_W, p->fwd_w_bytes);
+    const void *w = reordered(p->w_to_fwd, weight, SCRATCH_W, p->fwd_w_bytes);
     exec_args a = {0};
     arg_add(&a, DNNL_ARG_SRC, &p->src_md, src);
     arg_add(&a, DNNL_ARG_WEIGHTS, dnnl_primitive_desc_query_md(p->fwd_pd, dnnl_query_weights_md, 0), w);
@@ -309,22 +365,24 @@ static void run_forward(const plan_key *key, float *out, const float *src, const
     exec_and_release(p->fwd, &a);
 }
 
-/* Gradients of one plan key's conv.  Returns the input gradient in a
- * scratch buffer (or NULL when want_dsrc is 0); the weight gradient, in
- * OIHW, and the bias gradient are also left in scratch (*dw, *db; NULL when
- * not wanted).  Callers fold these into their own accumulators. */
+/* Gradients of one plan key's conv; dout and src are in the key's
+ * precision (src is read only for the weight gradient and may be NULL
+ * without it).  Returns the f32 input gradient in a scratch buffer (or NULL
+ * when want_dsrc is 0); the f32 weight gradient, in OIHW, and the bias
+ * gradient are also left in scratch (*dw, *db; NULL when not wanted).
+ * Callers fold these into their own accumulators. */
 static float *run_backward(const plan_key *key, int want_dsrc, const float **dw, const float **db,
-                           const float *dout, const float *src, const float *weight) {
+                           const void *dout, const void *src, const float *weight) {
     conv_plan *p = plan_get(key);
     if (!p->bwd_data) plan_add_backward(p);
     float *dsrc = NULL;
     if (want_dsrc) {
         dsrc = scratch(SCRATCH_DSRC, (size_t)key->N * key->H * key->W * key->cin * sizeof(float));
-        const float *w = reordered(p->w_to_bwd, weight, SCRATCH_W, p->bwd_w_bytes);
+        const void *w = reordered(p->w_to_bwd, weight, SCRATCH_W, p->bwd_w_bytes);
         exec_args a = {0};
-        arg_add(&a, DNNL_ARG_DIFF_DST, &p->dst_md, dout);
+        arg_add(&a, DNNL_ARG_DIFF_DST, &p->ddst_md, dout);
         arg_add(&a, DNNL_ARG_WEIGHTS, prim_md(p->bwd_data, dnnl_query_weights_md), w);
-        arg_add(&a, DNNL_ARG_DIFF_SRC, &p->src_md, dsrc);
+        arg_add(&a, DNNL_ARG_DIFF_SRC, &p->dsrc_md, dsrc);
         exec_and_release(p->bwd_data, &a);
     }
     if (dw) {
@@ -333,7 +391,7 @@ static float *run_backward(const plan_key *key, int want_dsrc, const float **dw,
         float *dbias = key->has_bias ? scratch(SCRATCH_DB, (size_t)key->cout * sizeof(float)) : NULL;
         exec_args a = {0};
         arg_add(&a, DNNL_ARG_SRC, &p->src_md, src);
-        arg_add(&a, DNNL_ARG_DIFF_DST, &p->dst_md, dout);
+        arg_add(&a, DNNL_ARG_DIFF_DST, &p->ddst_md, dout);
         arg_add(&a, DNNL_ARG_DIFF_WEIGHTS, prim_md(p->bwd_weights, dnnl_query_diff_weights_md), dw_blocked);
         if (dbias) arg_add(&a, DNNL_ARG_DIFF_BIAS, &p->bias_md, dbias);
         exec_and_release(p->bwd_weights, &a);
@@ -343,21 +401,38 @@ static float *run_backward(const plan_key *key, int want_dsrc, const float **dw,
     return dsrc;
 }
 
-/* The plan key of a layer, and the input oneDNN sees: the reflect-padded
- * copy in scratch, or inp itself. */
-static const float *conv_source(const float *inp, int N, int H, int W, const e2g_conv_shape *cs,
-                                int has_bias, plan_key *key) {
+/* The precision of a forward convolution with cin input channels: the
+ * setting, except that layers with fewer than 4 input channels (the
+ * generator's RGB input layer) stay fp32: oneDNN 2.6's bf16 kernels pad the
+ * channels to pairs there and ran 2× slower than fp32 (AVX512-BF16,
+ * bench/cpu_bf16_ops.sh).  Backward passes follow the setting alone. */
+static int forward_prec(int cin) {
+    return cin < 4 ? E2G_PRECISION_FP32 : (int)e2g_get_precision();
+}
+
+/* The plan key of a layer (in precision prec) and, when need_src is set,
+ * the input oneDNN sees: the reflect-padded copy in scratch, or inp itself,
+ * converted to bf16 in bf16 (NULL when need_src is 0). */
+static const void *conv_source(const float *inp, int N, int H, int W, const e2g_conv_shape *cs,
+                               int has_bias, int need_src, int prec, plan_key *key) {
     int reflect = cs->pad_mode == E2G_PAD_REFLECT && cs->pad > 0;
     int p = reflect ? cs->pad : 0, zp = reflect ? 0 : cs->pad;
     int Ho = conv2d_out_size(H, cs), Wo = conv2d_out_size(W, cs);
     *key = (plan_key){N, H + 2 * p, W + 2 * p, cs->cin, cs->cout, cs->k, cs->stride, zp, zp, 0, 0,
-                      has_bias};
+                      has_bias, prec};
     /* PyTorch pads symmetrically and floors; oneDNN wants the bottom/right
      * pad that makes the output size exact. */
     key->pad_b = (Ho - 1) * cs->stride + cs->k - key->H - zp;
     key->pad_r = (Wo - 1) * cs->stride + cs->k - key->W - zp;
-    if (!reflect) return inp;
-    float *padded = scratch(SCRATCH_PAD, (size_t)N * key->H * key->W * cs->cin * sizeof(float));
+    if (!need_src) return NULL;
+    size_t padded_n = (size_t)N * key->H * key->W * cs->cin;
+    if (!reflect) return as_input(key->prec, inp, padded_n, SCRATCH_SRC16);
+    if (key->prec == E2G_PRECISION_BF16) {
+        uint16_t *padded = scratch(SCRATCH_SRC16, padded_n * sizeof(uint16_t));
+        pad_reflect_bf16(padded, inp, N, H, W, cs->cin, p, p);
+        return padded;
+    }
+    float *padded = scratch(SCRATCH_PAD, padded_n * sizeof(float));
     pad_reflect_forward(padded, inp, N, H, W, cs->cin, p);
     return padded;
 }
@@ -365,7 +440,7 @@ static const float *conv_source(const float *inp, int N, int H, int W, const e2g
 void conv2d_forward(float *out, const float *inp, const float *weight, const float *bias, int N,
                     int H, int W, const e2g_conv_shape *cs) {
     plan_key key;
-    const float *src = conv_source(inp, N, H, W, cs, bias != NULL, &key);
+    const void *src = conv_source(inp, N, H, W, cs, bias != NULL, 1, forward_prec(cs->cin), &key);
     run_forward(&key, out, src, weight, bias);
 }
 
@@ -374,9 +449,12 @@ void conv2d_backward(float *dinp, float *dweight, float *dbias, const float *dou
     plan_key key;
     /* The bias gradient is a by-product of the weights primitive; a plan
      * with a bias is only needed when that gradient is wanted. */
-    const float *src = conv_source(inp, N, H, W, cs, dbias != NULL, &key);
+    int want_dw = dweight || dbias;
+    const void *src = conv_source(inp, N, H, W, cs, dbias != NULL, want_dw, (int)e2g_get_precision(), &key);
+    size_t dout_n = (size_t)N * conv2d_out_size(H, cs) * conv2d_out_size(W, cs) * cs->cout;
+    const void *d = as_input(key.prec, dout, dout_n, SCRATCH_DOUT16);
     const float *dw = NULL, *db = NULL;
-    float *dsrc = run_backward(&key, dinp != NULL, (dweight || dbias) ? &dw : NULL, &db, dout, src, weight);
+    float *dsrc = run_backward(&key, dinp != NULL, want_dw ? &dw : NULL, &db, d, src, weight);
     if (dinp && key.H != H)
         pad_reflect_backward(dinp, dsrc, N, H, W, cs->cin, (key.H - H) / 2);
     else if (dinp)
@@ -392,11 +470,13 @@ void conv2d_backward(float *dinp, float *dweight, float *dbias, const float *dou
  * (a = 1): each output phase (a, b) is a 2×2 conv of the input whose taps
  * sum the 3×3 taps that land on the same input pixel.  TAP_GROUP[a][ky] is
  * the 2×2 tap that 3×3 tap ky joins in phase a.  4·4 instead of 4·9 MACs
- * per input pixel, and no upsampled copy in memory. */
+ * per input pixel, and no upsampled copy in memory.  In bf16 the taps are
+ * summed in f32 and the sums rounded once, by the weight reorder. */
 static const int TAP_GROUP[2][3] = {{0, 1, 1}, {0, 0, 1}};
 
-static plan_key phase_key(int N, int H, int W, int cin, int cout, int has_bias, int a, int b) {
-    return (plan_key){N, H, W, cin, cout, 2, 1, a == 0, b == 0, a == 1, b == 1, has_bias};
+static plan_key phase_key(int N, int H, int W, int cin, int cout, int has_bias, int a, int b,
+                          int prec) {
+    return (plan_key){N, H, W, cin, cout, 2, 1, a == 0, b == 0, a == 1, b == 1, has_bias, prec};
 }
 
 /* The 2×2 kernels of the four phases, (4, cout, cin, 2, 2), from (cout, cin, 3, 3). */
@@ -436,11 +516,13 @@ static void shuffle_phases(float *dst, const float *src, int N, int H, int W, in
 void upconv2x_forward(float *out, const float *inp, const float *weight, const float *bias, int N,
                       int H, int W, int cin, int cout) {
     size_t plane = (size_t)N * H * W * cout;
+    int prec = forward_prec(cin);
+    const void *src = as_input(prec, inp, (size_t)N * H * W * cin, SCRATCH_SRC16);
     float *k = phase_weights(weight, cin, cout);
     float *phases = scratch(SCRATCH_PHASES, 4 * plane * sizeof(float));
     for (int ph = 0; ph < 4; ph++) {
-        plan_key key = phase_key(N, H, W, cin, cout, bias != NULL, ph / 2, ph % 2);
-        run_forward(&key, phases + ph * plane, inp, k + (size_t)ph * cout * cin * 4, bias);
+        plan_key key = phase_key(N, H, W, cin, cout, bias != NULL, ph / 2, ph % 2, prec);
+        run_forward(&key, phases + ph * plane, src, k + (size_t)ph * cout * cin * 4, bias);
     }
     shuffle_phases(out, phases, N, H, W, cout, 1);
 }
@@ -450,19 +532,29 @@ void upconv2x_forward(float *out, const float *inp, const float *weight, const f
 void conv2d_forward_band(float *out, const float *band, const float *weight, const float *bias,
                          int rows, int W, const e2g_conv_shape *cs) {
     int Wo = conv2d_out_size(W, cs);
-    plan_key key = {1, rows, W, cs->cin, cs->cout, cs->k, cs->stride, 0, cs->pad, 0, 0, bias != NULL};
+    plan_key key = {1, rows, W, cs->cin, cs->cout, cs->k, cs->stride, 0, cs->pad, 0, 0, bias != NULL,
+                    forward_prec(cs->cin)};
     key.pad_r = (Wo - 1) * cs->stride + cs->k - W - cs->pad;
-    const float *src = band;
+    const void *src;
     if (cs->pad_mode == E2G_PAD_REFLECT && cs->pad > 0) {
         int p = cs->pad;
-        float *padded = scratch(SCRATCH_PAD, (size_t)rows * (W + 2 * p) * cs->cin * sizeof(float));
+        size_t padded_n = (size_t)rows * (W + 2 * p) * cs->cin;
+        if (key.prec == E2G_PRECISION_BF16) {
+            uint16_t *padded = scratch(SCRATCH_SRC16, padded_n * sizeof(uint16_t));
+            pad_reflect_bf16(padded, band, 1, rows, W, cs->cin, 0, p);
+            src = padded;
+        } else {
+            float *padded = scratch(SCRATCH_PAD, padded_n * sizeof(float));
 #pragma omp parallel for schedule(static)
-        for (int y = 0; y < rows; y++)
-            for (int x = 0; x < W + 2 * p; x++)
-                memcpy(padded + ((size_t)y * (W + 2 * p) + x) * cs->cin,
-                       band + ((size_t)y * W + reflect_index(x - p, W)) * cs->cin, cs->cin * sizeof(float));
+            for (int y = 0; y < rows; y++)
+                for (int x = 0; x < W + 2 * p; x++)
+                    memcpy(padded + ((size_t)y * (W + 2 * p) + x) * cs->cin,
+                           band + ((size_t)y * W + reflect_index(x - p, W)) * cs->cin, cs->cin * sizeof(float));
+            src = padded;
+        }
         key.W = W + 2 * p, key.pad_l = key.pad_r = 0;
-        src = padded;
+    } else {
+        src = as_input(key.prec, band, (size_t)rows * W * cs->cin, SCRATCH_SRC16);
     }
     run_forward(&key, out, src, weight, bias);
 }
@@ -471,14 +563,16 @@ void upconv2x_forward_band(float *out, const float *band, const float *weight, c
                            int rows, int W, int cin, int cout) {
     int n = rows - 2; /* input rows i0−1 .. i1 give output rows 2·i0 .. 2·i1−1 */
     size_t plane = (size_t)n * W * cout;
+    int prec = forward_prec(cin);
+    const char *src = as_input(prec, band, (size_t)rows * W * cin, SCRATCH_SRC16);
+    size_t row_bytes = (size_t)W * cin * (prec == E2G_PRECISION_BF16 ? sizeof(uint16_t) : sizeof(float));
     float *k = phase_weights(weight, cin, cout);
     float *phases = scratch(SCRATCH_PHASES, 4 * plane * sizeof(float));
     for (int ph = 0; ph < 4; ph++) {
         int a = ph / 2, b = ph % 2;
         /* phase a reads rows (i−1, i) or (i, i+1): the band from row a */
-        plan_key key = {1, n + 1, W, cin, cout, 2, 1, 0, b == 0, 0, b == 1, bias != NULL};
-        run_forward(&key, phases + ph * plane, band + (size_t)a * W * cin,
-                    k + (size_t)ph * cout * cin * 4, bias);
+        plan_key key = {1, n + 1, W, cin, cout, 2, 1, 0, b == 0, 0, b == 1, bias != NULL, prec};
+        run_forward(&key, phases + ph * plane, src + a * row_bytes, k + (size_t)ph * cout * cin * 4, bias);
     }
     shuffle_phases(out, phases, 1, n, W, cout, 1);
 }
@@ -487,15 +581,18 @@ void upconv2x_backward(float *dinp, float *dweight, float *dbias, const float *d
                        const float *inp, const float *weight, int N, int H, int W, int cin,
                        int cout) {
     size_t plane = (size_t)N * H * W * cout, per = (size_t)cout * cin;
+    int prec = (int)e2g_get_precision(), want_dk = dweight || dbias;
     float *dphases = scratch(SCRATCH_PHASES, 4 * plane * sizeof(float));
     shuffle_phases(dphases, dout, N, H, W, cout, 0);
+    const char *d = as_input(prec, dphases, 4 * plane, SCRATCH_DOUT16);
+    const void *src = want_dk ? as_input(prec, inp, (size_t)N * H * W * cin, SCRATCH_SRC16) : NULL;
     const float *k = phase_weights(weight, cin, cout);
     for (int ph = 0; ph < 4; ph++) {
         int a = ph / 2, b = ph % 2;
-        plan_key key = phase_key(N, H, W, cin, cout, dbias != NULL, a, b);
+        plan_key key = phase_key(N, H, W, cin, cout, dbias != NULL, a, b, prec);
         const float *dk = NULL, *db = NULL;
-        float *dsrc = run_backward(&key, dinp != NULL, (dweight || dbias) ? &dk : NULL, &db,
-                                   dphases + ph * plane, inp, k + (size_t)ph * per * 4);
+        float *dsrc = run_backward(&key, dinp != NULL, want_dk ? &dk : NULL, &db,
+                                   d + ph * plane * key_esize(&key), src, k + (size_t)ph * per * 4);
         if (dinp) add_into(dinp, dsrc, (size_t)N * H * W * cin);
         if (dbias) add_into(dbias, db, cout);
         if (!dweight) continue;

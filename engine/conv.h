@@ -47,6 +47,13 @@ void conv2d_forward_band(float *out, const float *band, const float *weight, con
 void upconv2x_forward_band(float *out, const float *band, const float *weight, const float *bias,
                            int rows, int W, int cin, int cout);
 
+/* Precision: with e2g_get_precision() bf16 (precision.h) every function
+ * here takes bf16-rounded inputs, weights and output gradients and
+ * accumulates in f32; callers' tensors stay f32 and the contracts above
+ * hold.  Forward passes of layers with cin < 4 (the RGB input layer) stay
+ * fp32, being slower in bf16.  fp32 results are those of a build without
+ * bf16, bit for bit. */
+
 /* PyTorch 'reflect' index: mirrors i into [0, n) without repeating the edge. */
 int reflect_index(int i, int n);
 

@@ -1,16 +1,22 @@
 /* ops.c — CPU forward/backward of the norms, linear layers, activations,
  * upsampling, the generator's output and the losses.  Heavy products go to
- * oneDNN's sgemm; the rest are OpenMP loops.  Statistics are accumulated in
- * double so results match PyTorch to fp32 rounding at any image size. */
+ * oneDNN's sgemm, or in bf16 precision (precision.h) the big linear layers
+ * to oneDNN's bf16 matmul with f32 accumulation; the rest are OpenMP loops.
+ * Statistics are accumulated in double so results match PyTorch to fp32
+ * rounding at any image size. */
 #include "ops.h"
 
 #include <math.h>
 #include <oneapi/dnnl/dnnl.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common.h"
 #include "fastmath.h"
+#include "precision.h"
 
 #define NORM_EPS 1e-5
 
@@ -194,9 +200,205 @@ void gemm(char trans_a, char trans_b, int M, int N, int K, float alpha, const fl
     E2G_ASSERT(s == dnnl_success);
 }
 
+/* ---- bf16 matmul ------------------------------------------------------------ */
+
+#define MM_CHECK(call)                                                                  \
+    do {                                                                                \
+        dnnl_status_t status_ = (call);                                                 \
+        if (status_ != dnnl_success) {                                                  \
+            fprintf(stderr, "e2gan: oneDNN %s failed with status %d (%s:%d)\n", #call, \
+                    (int)status_, __FILE__, __LINE__);                                  \
+            abort();                                                                    \
+        }                                                                               \
+    } while (0)
+
+/* One matmul primitive: the sizes, the operands' stored orientation, C's
+ * row stride, whether alpha (a runtime output scale) and beta (a sum
+ * post-op, fixed at creation) take part. */
+typedef struct {
+    int M, N, K, trans_a, trans_b, ldc, has_alpha;
+    float beta;
+} mm_key;
+
+typedef struct {
+    mm_key key;
+    dnnl_memory_desc_t a_md, b_md, c_md, scale_md;
+    dnnl_primitive_t prim;
+    unsigned long last_used;
+} mm_plan;
+
+#define MM_CACHE_SIZE 64
+static _Thread_local mm_plan *t_mm[MM_CACHE_SIZE];
+static _Thread_local unsigned long t_mm_clock;
+static _Thread_local dnnl_stream_t t_mm_stream;
+static _Thread_local struct {
+    uint16_t *ptr;
+    size_t n;
+} t_mm_buf[2]; /* the bf16 copies of A and B */
+
+static dnnl_engine_t g_mm_engine;
+static pthread_once_t g_mm_once = PTHREAD_ONCE_INIT;
+static pthread_key_t g_mm_key; /* its destructor frees a thread's plans at exit */
+
+static void mm_thread_exit(void *unused) {
+    (void)unused;
+    gemm_cache_clear();
+}
+
+static void mm_init(void) {
+    MM_CHECK(dnnl_engine_create(&g_mm_engine, dnnl_cpu, 0));
+    if (pthread_key_create(&g_mm_key, mm_thread_exit) != 0) abort();
+}
+
+static void mm_thread_hold(void) {
+    pthread_once(&g_mm_once, mm_init);
+    if (!pthread_getspecific(g_mm_key)) pthread_setspecific(g_mm_key, &g_mm_key);
+}
+
+void gemm_cache_clear(void) {
+    for (int i = 0; i < MM_CACHE_SIZE; i++) {
+        if (t_mm[i]) dnnl_primitive_destroy(t_mm[i]->prim);
+        free(t_mm[i]);
+        t_mm[i] = NULL;
+    }
+    for (int i = 0; i < 2; i++) {
+        free(t_mm_buf[i].ptr);
+        t_mm_buf[i].ptr = NULL;
+        t_mm_buf[i].n = 0;
+    }
+    if (t_mm_stream) dnnl_stream_destroy(t_mm_stream);
+    t_mm_stream = NULL;
+}
+
+/* The md of a rows × cols operand stored densely, as is (row stride cols)
+ * or transposed (cols × rows, row stride rows). */
+static void mm_operand_md(dnnl_memory_desc_t *md, int rows, int cols, int transposed,
+                          dnnl_data_type_t t) {
+    dnnl_dims_t dims = {rows, cols};
+    dnnl_dims_t strides = {transposed ? 1 : cols, transposed ? rows : 1};
+    MM_CHECK(dnnl_memory_desc_init_by_strides(md, 2, dims, t, strides));
+}
+
+static mm_plan *mm_plan_create(const mm_key *k) {
+    mm_plan *p = e2g_xcalloc(1, sizeof *p);
+    p->key = *k;
+    mm_operand_md(&p->a_md, k->M, k->K, k->trans_a, dnnl_bf16);
+    mm_operand_md(&p->b_md, k->K, k->N, k->trans_b, dnnl_bf16);
+    dnnl_dims_t c_dims = {k->M, k->N}, c_strides = {k->ldc, 1}, one = {1};
+    MM_CHECK(dnnl_memory_desc_init_by_strides(&p->c_md, 2, c_dims, dnnl_f32, c_strides));
+    MM_CHECK(dnnl_memory_desc_init_by_tag(&p->scale_md, 1, one, dnnl_f32, dnnl_x));
+    dnnl_primitive_attr_t attr;
+    MM_CHECK(dnnl_primitive_attr_create(&attr));
+    if (k->has_alpha) {
+        const float runtime = DNNL_RUNTIME_F32_VAL;
+        MM_CHECK(dnnl_primitive_attr_set_output_scales(attr, 1, 0, &runtime));
+    }
+    if (k->beta != 0.0f) {
+        dnnl_post_ops_t po;
+        MM_CHECK(dnnl_post_ops_create(&po));
+        MM_CHECK(dnnl_post_ops_append_sum(po, k->beta));
+        MM_CHECK(dnnl_primitive_attr_set_post_ops(attr, po));
+        dnnl_post_ops_destroy(po);
+    }
+    dnnl_matmul_desc_t desc;
+    dnnl_primitive_desc_t pd;
+    MM_CHECK(dnnl_matmul_desc_init(&desc, &p->a_md, &p->b_md, NULL, &p->c_md));
+    MM_CHECK(dnnl_primitive_desc_create(&pd, &desc, attr, g_mm_engine, NULL));
+    MM_CHECK(dnnl_primitive_create(&p->prim, pd));
+    dnnl_primitive_desc_destroy(pd);
+    dnnl_primitive_attr_destroy(attr);
+    return p;
+}
+
+static mm_plan *mm_plan_get(const mm_key *key) {
+    int victim = 0;
+    for (int i = 0; i < MM_CACHE_SIZE; i++) {
+        mm_plan *p = t_mm[i];
+        if (p && memcmp(&p->key, key, sizeof *key) == 0) {
+            p->last_used = ++t_mm_clock;
+            return p;
+        }
+        if (!p || (t_mm[victim] && p->last_used < t_mm[victim]->last_used)) victim = i;
+    }
+    mm_thread_hold();
+    if (t_mm[victim]) dnnl_primitive_destroy(t_mm[victim]->prim);
+    free(t_mm[victim]);
+    t_mm[victim] = mm_plan_create(key);
+    t_mm[victim]->last_used = ++t_mm_clock;
+    return t_mm[victim];
+}
+
+/* The bf16 copy of a stored (rows × cols, row stride ld) f32 operand, dense
+ * (row stride cols), in thread-local buffer `slot`. */
+static const uint16_t *mm_to_bf16(int slot, const float *x, int rows, int cols, int ld) {
+    size_t n = (size_t)rows * cols;
+    if (t_mm_buf[slot].n < n) {
+        mm_thread_hold();
+        free(t_mm_buf[slot].ptr);
+        t_mm_buf[slot].ptr = e2g_xmalloc(n * sizeof(uint16_t));
+        t_mm_buf[slot].n = n;
+    }
+    uint16_t *h = t_mm_buf[slot].ptr;
+    if (ld == cols) {
+        e2g_bf16_from_f32(h, x, n);
+    } else {
+#pragma omp parallel for schedule(static) if (n > 65536)
+        for (int r = 0; r < rows; r++) e2g_bf16_from_f32(h + (size_t)r * cols, x + (size_t)r * ld, cols);
+    }
+    return h;
+}
+
+static void mm_arg(dnnl_exec_arg_t *args, dnnl_memory_t *mems, int *n, int kind,
+                   const dnnl_memory_desc_t *md, const void *ptr) {
+    MM_CHECK(dnnl_memory_create(&mems[*n], md, g_mm_engine, (void *)ptr));
+    args[*n].arg = kind;
+    args[*n].memory = mems[*n];
+    (*n)++;
+}
+
+void gemm_bf16(char trans_a, char trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+               const float *B, int ldb, float beta, float *C, int ldc) {
+    if (M == 0 || N == 0) return;
+    if (K == 0) { /* nothing to multiply: C = beta·C, as sgemm leaves it */
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(size_t)i * ldc + j];
+        return;
+    }
+    int ta = trans_a == 'T' || trans_a == 't', tb = trans_b == 'T' || trans_b == 't';
+    mm_key key = {M, N, K, ta, tb, ldc, alpha != 1.0f, beta};
+    mm_plan *p = mm_plan_get(&key);
+    const uint16_t *a = ta ? mm_to_bf16(0, A, K, M, lda) : mm_to_bf16(0, A, M, K, lda);
+    const uint16_t *b = tb ? mm_to_bf16(1, B, N, K, ldb) : mm_to_bf16(1, B, K, N, ldb);
+    if (!t_mm_stream) MM_CHECK(dnnl_stream_create(&t_mm_stream, g_mm_engine, dnnl_stream_default_flags));
+    dnnl_exec_arg_t args[4];
+    dnnl_memory_t mems[4];
+    int n = 0;
+    mm_arg(args, mems, &n, DNNL_ARG_SRC, &p->a_md, a);
+    mm_arg(args, mems, &n, DNNL_ARG_WEIGHTS, &p->b_md, b);
+    mm_arg(args, mems, &n, DNNL_ARG_DST, &p->c_md, C);
+    if (key.has_alpha) mm_arg(args, mems, &n, DNNL_ARG_ATTR_OUTPUT_SCALES, &p->scale_md, &alpha);
+    MM_CHECK(dnnl_primitive_execute(p->prim, t_mm_stream, n, args));
+    MM_CHECK(dnnl_stream_wait(t_mm_stream));
+    for (int i = 0; i < n; i++) dnnl_memory_destroy(mems[i]);
+}
+
+/* The linear layers' products: bf16 in bf16 precision when every dimension
+ * is at least LINEAR_BF16_MIN (the transformer's projections and MLP; LoRA's
+ * rank-r factors stay fp32), sgemm otherwise. */
+#define LINEAR_BF16_MIN 64
+
+static void linear_gemm(char trans_a, char trans_b, int M, int N, int K, const float *A, int lda,
+                        const float *B, int ldb, float beta, float *C, int ldc) {
+    if (e2g_get_precision() == E2G_PRECISION_BF16 && M >= LINEAR_BF16_MIN && N >= LINEAR_BF16_MIN &&
+        K >= LINEAR_BF16_MIN)
+        gemm_bf16(trans_a, trans_b, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
+    else
+        gemm(trans_a, trans_b, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
+}
+
 void linear_forward(float *out, const float *inp, const float *weight, const float *bias, int M,
                     int in, int outf, int accumulate) {
-    gemm('N', 'T', M, outf, in, 1.0f, inp, in, weight, in, accumulate ? 1.0f : 0.0f, out, outf);
+    linear_gemm('N', 'T', M, outf, in, inp, in, weight, in, accumulate ? 1.0f : 0.0f, out, outf);
     if (!bias) return;
 #pragma omp parallel for schedule(static) if ((size_t)M * outf > 32768)
     for (int i = 0; i < M; i++)
@@ -205,8 +407,8 @@ void linear_forward(float *out, const float *inp, const float *weight, const flo
 
 void linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                      const float *inp, const float *weight, int M, int in, int outf) {
-    if (dinp) gemm('N', 'N', M, in, outf, 1.0f, dout, outf, weight, in, 1.0f, dinp, in);
-    if (dweight) gemm('T', 'N', outf, in, M, 1.0f, dout, outf, inp, in, 1.0f, dweight, in);
+    if (dinp) linear_gemm('N', 'N', M, in, outf, dout, outf, weight, in, 1.0f, dinp, in);
+    if (dweight) linear_gemm('T', 'N', outf, in, M, dout, outf, inp, in, 1.0f, dweight, in);
     if (dbias) {
         for (int o = 0; o < outf; o++) {
             double s = 0;

@@ -26,16 +26,32 @@ void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *
                         const float *weight, int M, int C);
 
 /* y = x·Wᵀ + b; x: (M, in), W: (out, in), b: (out) or NULL, y: (M, out).
- * With accumulate set, y += x·Wᵀ (+ b) instead of overwriting. */
+ * With accumulate set, y += x·Wᵀ (+ b) instead of overwriting.  In bf16
+ * precision (precision.h) the products whose sizes are all ≥ 64 run through
+ * gemm_bf16 (forward and both gradients); smaller ones, LoRA's rank-r
+ * factors among them, and the bias stay fp32. */
 void linear_forward(float *out, const float *inp, const float *weight, const float *bias, int M,
                     int in, int outf, int accumulate);
 void linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                      const float *inp, const float *weight, int M, int in, int outf);
 
 /* C (M×N) = alpha·op(A)·op(B) + beta·C, row-major, through oneDNN's sgemm;
- * trans_a/trans_b are 'N' or 'T'. */
+ * trans_a/trans_b are 'N' or 'T'.  Always fp32, whatever the precision
+ * setting (LoRA's weight merges rely on it). */
 void gemm(char trans_a, char trans_b, int M, int N, int K, float alpha, const float *A, int lda,
           const float *B, int ldb, float beta, float *C, int ldc);
+
+/* gemm's contract with A and B rounded to bf16 (round-to-nearest-even) and
+ * the products accumulated in f32 by oneDNN's bf16 matmul; C stays f32.
+ * Primitives are cached per shape (and beta) in the calling thread; alpha is
+ * a runtime scale.  The rounding costs ~2^-8 relative per product: use it
+ * for big products only.  Needs a CPU with AVX-512 (see e2g_set_precision). */
+void gemm_bf16(char trans_a, char trans_b, int M, int N, int K, float alpha, const float *A,
+               int lda, const float *B, int ldb, float beta, float *C, int ldc);
+
+/* Releases the calling thread's cached bf16 matmul primitives, buffers and
+ * stream; runs by itself when a thread that used them exits. */
+void gemm_cache_clear(void);
 
 /* Pointwise activations; the backward of ReLU reads the forward's output,
  * LeakyReLU and GELU read its input.  In-place forward (out == inp) is fine. */
