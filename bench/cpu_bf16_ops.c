@@ -220,7 +220,10 @@ static void bench_generator(int reps) {
     float *dy = rnd(n, 6);
     for (size_t i = 0; i < n; i++) x[i] *= 0.9f, dy[i] *= 1e-3f;
     e2g_edit edit = {e2g_model_context(m, 0), 0, {{0}}};
-    e2g_infer *inf = e2g_infer_new(m, 1, S, S);
+    e2g_runtime *rt;
+    char msg[E2G_ERR_LEN];
+    E2G_ASSERT(e2g_runtime_new(&rt, m, "cpu", msg) == 0);
+    e2g_infer *inf = e2g_infer_new(rt, 1, S, S);
     e2g_gen_acts *acts = e2g_gen_acts_new(&cfg, 1, S, S, 1);
     e2g_gen_params grads;
     float *gmem = e2g_xcalloc(e2g_gen_param_count(&cfg), sizeof(float));
@@ -255,6 +258,7 @@ static void bench_generator(int reps) {
     free(gmem), free(x), free(dy), free(y[0]), free(y[1]);
     e2g_gen_acts_free(acts);
     e2g_infer_free(inf);
+    e2g_runtime_free(rt);
     e2g_model_free(m);
 }
 

@@ -90,13 +90,6 @@ static void *scratch(int slot, size_t bytes) {
     return t_scratch[slot].ptr;
 }
 
-/* PyTorch 'reflect': mirror about the edge without repeating it. */
-int reflect_index(int i, int n) {
-    if (n == 1) return 0;
-    while (i < 0 || i >= n) i = i < 0 ? -i : 2 * (n - 1) - i;
-    return i;
-}
-
 /* ---- plans ----------------------------------------------------------------- */
 
 /* One oneDNN convolution: sizes of its (already reflect-padded) input, its
@@ -342,11 +335,11 @@ static void pad_reflect_bf16(uint16_t *out, const float *inp, int N, int H, int 
 #pragma omp parallel for collapse(2) schedule(static)
     for (int n = 0; n < N; n++)
         for (int y = 0; y < Hp; y++) {
-            const float *row = inp + ((size_t)n * H + reflect_index(y - py, H)) * W * C;
+            const float *row = inp + ((size_t)n * H + e2g_reflect_index(y - py, H)) * W * C;
             uint16_t *o = out + ((size_t)n * Hp + y) * Wp * C;
             for (int x = 0; x < px; x++) {
-                e2g_bf16_from_f32(o + (size_t)x * C, row + (size_t)reflect_index(x - px, W) * C, C);
-                e2g_bf16_from_f32(o + (size_t)(W + px + x) * C, row + (size_t)reflect_index(W + x, W) * C, C);
+                e2g_bf16_from_f32(o + (size_t)x * C, row + (size_t)e2g_reflect_index(x - px, W) * C, C);
+                e2g_bf16_from_f32(o + (size_t)(W + px + x) * C, row + (size_t)e2g_reflect_index(W + x, W) * C, C);
             }
             e2g_bf16_from_f32(o + (size_t)px * C, row, (size_t)W * C);
         }
@@ -549,7 +542,7 @@ void conv2d_forward_band(float *out, const float *band, const float *weight, con
             for (int y = 0; y < rows; y++)
                 for (int x = 0; x < W + 2 * p; x++)
                     memcpy(padded + ((size_t)y * (W + 2 * p) + x) * cs->cin,
-                           band + ((size_t)y * W + reflect_index(x - p, W)) * cs->cin, cs->cin * sizeof(float));
+                           band + ((size_t)y * W + e2g_reflect_index(x - p, W)) * cs->cin, cs->cin * sizeof(float));
             src = padded;
         }
         key.W = W + 2 * p, key.pad_l = key.pad_r = 0;
@@ -610,10 +603,10 @@ void pad_reflect_forward(float *out, const float *inp, int N, int H, int W, int 
 #pragma omp parallel for collapse(2) schedule(static)
     for (int n = 0; n < N; n++)
         for (int y = 0; y < Hp; y++) {
-            const float *row = inp + ((size_t)n * H + reflect_index(y - p, H)) * W * C;
+            const float *row = inp + ((size_t)n * H + e2g_reflect_index(y - p, H)) * W * C;
             float *o = out + ((size_t)n * Hp + y) * Wp * C;
             for (int x = 0; x < Wp; x++)
-                memcpy(o + (size_t)x * C, row + (size_t)reflect_index(x - p, W) * C, C * sizeof(float));
+                memcpy(o + (size_t)x * C, row + (size_t)e2g_reflect_index(x - p, W) * C, C * sizeof(float));
         }
 }
 
@@ -624,10 +617,10 @@ void pad_reflect_backward(float *dinp, const float *dout, int N, int H, int W, i
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++)
         for (int y = 0; y < Hp; y++) {
-            float *row = dinp + ((size_t)n * H + reflect_index(y - p, H)) * W * C;
+            float *row = dinp + ((size_t)n * H + e2g_reflect_index(y - p, H)) * W * C;
             const float *d = dout + ((size_t)n * Hp + y) * Wp * C;
             for (int x = 0; x < Wp; x++) {
-                float *dst = row + (size_t)reflect_index(x - p, W) * C;
+                float *dst = row + (size_t)e2g_reflect_index(x - p, W) * C;
                 const float *g = d + (size_t)x * C;
                 for (int c = 0; c < C; c++) dst[c] += g[c];
             }

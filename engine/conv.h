@@ -54,8 +54,6 @@ void upconv2x_forward_band(float *out, const float *band, const float *weight, c
  * fp32, being slower in bf16.  fp32 results are those of a build without
  * bf16, bit for bit. */
 
-/* PyTorch 'reflect' index: mirrors i into [0, n) without repeating the edge. */
-int reflect_index(int i, int n);
 
 /* Reflect padding by p on every side (PyTorch 'reflect'), NHWC.  The
  * backward folds the padded gradient back and accumulates into dinp. */
