@@ -290,7 +290,7 @@ static conv_ref naive_conv(const float *x, const float *w, const float *b, const
                         for (int kx = 0; kx < k; kx++) {
                             int iy = oy * cs->stride + ky - cs->pad, ix = ox * cs->stride + kx - cs->pad;
                             if (cs->pad_mode == E2G_PAD_REFLECT) {
-                                iy = reflect_index(iy, H), ix = reflect_index(ix, W);
+                                iy = e2g_reflect_index(iy, H), ix = e2g_reflect_index(ix, W);
                             } else if (iy < 0 || iy >= H || ix < 0 || ix >= W) {
                                 continue;
                             }
@@ -436,7 +436,7 @@ START_TEST(test_band_bf16) {
         float *b = random_tensor(cs->cout, 60 + s, 0.5f);
         float *band = test_alloc((size_t)rows * W * cs->cin * sizeof(float)); /* halo rows: reflected or zero */
         for (int y = 0; y < rows; y++) {
-            int sy = cs->pad_mode == E2G_PAD_REFLECT ? reflect_index(y - p, H) : y - p;
+            int sy = cs->pad_mode == E2G_PAD_REFLECT ? e2g_reflect_index(y - p, H) : y - p;
             if (sy >= 0 && sy < H) memcpy(band + (size_t)y * W * cs->cin, x + (size_t)sy * W * cs->cin, (size_t)W * cs->cin * sizeof(float));
         }
         float *whole = test_alloc(ny * sizeof(float)), *bb = test_alloc(ny * sizeof(float)), *bf = test_alloc(ny * sizeof(float));
