@@ -33,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common.h"
 #include "conv.h"
 #include "ops.h"
 #include "precision.h"
