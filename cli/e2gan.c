@@ -22,6 +22,7 @@
 #include "infer.h"
 #include "model.h"
 #include "model_io.h"
+#include "precision.h"
 #include "safetensors.h"
 
 #define MAX_ADAPTERS 64
@@ -113,13 +114,16 @@ static int cmd_info(int argc, char **argv) {
 static const char edit_usage[] =
     "usage: e2gan edit --model BASE [--adapter A.safetensors]... --concept NAME\n"
     "                  [--strength X] [--merged] [--threads T] [--quality Q]\n"
-    "                  [--max-pixels P] [--device auto|cpu|cuda] IN OUT\n"
+    "                  [--max-pixels P] [--device auto|cpu|cuda]\n"
+    "                  [--precision auto|fp32|bf16] IN OUT\n"
     "  NAME is a base concept, an adapter's concept, or a blend \"a:0.7,b:0.3\".\n"
     "  IN and OUT are JPEG, PNG or WebP (by extension for OUT); any size works\n"
     "  (padded to a multiple of 8 by reflection and cropped back).  --merged\n"
     "  folds the LoRA deltas into a private copy of the weights instead of\n"
     "  running the low-rank path.  --device (default $E2GAN_DEVICE, else auto)\n"
-    "  picks the engine: auto uses the GPU when one is present.\n";
+    "  picks the engine: auto uses the GPU when one is present.  --precision\n"
+    "  (default $E2GAN_PRECISION, else auto) is the CPU's: auto runs bf16 where\n"
+    "  the CPU multiplies bf16 natively (AVX512_BF16, AMX), else fp32.\n";
 
 typedef struct {
     e2g_model *model;
@@ -148,8 +152,9 @@ static int cmd_edit(int argc, char **argv) {
     static const struct option opts[] = {
         {"model", 1, 0, 'm'},   {"adapter", 1, 0, 'a'}, {"concept", 1, 0, 'c'},
         {"strength", 1, 0, 's'}, {"merged", 0, 0, 'g'},  {"threads", 1, 0, 't'},
-        {"quality", 1, 0, 'q'},  {"max-pixels", 1, 0, 'p'}, {"device", 1, 0, 'd'}, {0, 0, 0, 0}};
-    const char *model = NULL, *concept = NULL, *device = NULL;
+        {"quality", 1, 0, 'q'},  {"max-pixels", 1, 0, 'p'}, {"device", 1, 0, 'd'},
+        {"precision", 1, 0, 'r'}, {0, 0, 0, 0}};
+    const char *model = NULL, *concept = NULL, *device = NULL, *precision = NULL;
     char *adapters[MAX_ADAPTERS];
     int n_adapters = 0, merged = 0, c;
     long threads = 0, quality = 90, max_pixels = DEFAULT_MAX_PIXELS;
@@ -168,6 +173,7 @@ static int cmd_edit(int argc, char **argv) {
         case 'q': if (cli_parse_long(optarg, 1, 100, &quality)) return cli_usage(edit_usage); break;
         case 'p': if (cli_parse_long(optarg, 64, 1L << 40, &max_pixels)) return cli_usage(edit_usage); break;
         case 'd': device = optarg; break;
+        case 'r': precision = optarg; break;
         default: return cli_usage(edit_usage);
         }
     }
@@ -179,7 +185,8 @@ static int cmd_edit(int argc, char **argv) {
     e2g_image im = {0};
     e2g_request req = {0};
     int rc = 1;
-    if (load_models(&lm, model, adapters, n_adapters, err) || e2g_runtime_new(&lm.runtime, lm.model, device, err) < 0 ||
+    if (e2g_precision_setup(precision, err) || load_models(&lm, model, adapters, n_adapters, err) ||
+        e2g_runtime_new(&lm.runtime, lm.model, device, err) < 0 ||
         e2g_request_resolve(&req, lm.model, lm.adapters, lm.n_adapters, concept, (float)strength, err) ||
         e2g_image_read_file(&im, in_path, max_pixels, err))
         goto out;
@@ -203,9 +210,10 @@ out:
 static const char bench_usage[] =
     "usage: e2gan bench --model BASE --size S --batch B [--iters N] [--threads T]\n"
     "                   [--adapter A.safetensors] [--concept NAME] [--merged]\n"
-    "                   [--device auto|cpu|cuda]\n"
+    "                   [--device auto|cpu|cuda] [--precision auto|fp32|bf16]\n"
     "  Times the generator on random images of S×S (S a multiple of 8); the last\n"
-    "  line is JSON {\"ms_per_batch\": …, \"images_per_s\": …} (median of N).\n";
+    "  line is JSON {\"ms_per_batch\": …, \"images_per_s\": …, \"precision\": …}\n"
+    "  (median of N).\n";
 
 static int compare_doubles(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -217,8 +225,9 @@ static int cmd_bench(int argc, char **argv) {
                                          {"batch", 1, 0, 'b'},  {"iters", 1, 0, 'i'},
                                          {"threads", 1, 0, 't'}, {"adapter", 1, 0, 'a'},
                                          {"concept", 1, 0, 'c'}, {"merged", 0, 0, 'g'},
-                                         {"device", 1, 0, 'd'}, {0, 0, 0, 0}};
-    const char *model = NULL, *concept = NULL, *device = NULL;
+                                         {"device", 1, 0, 'd'}, {"precision", 1, 0, 'r'},
+                                         {0, 0, 0, 0}};
+    const char *model = NULL, *concept = NULL, *device = NULL, *precision = NULL;
     char *adapter = NULL;
     long size = 0, batch = 1, iters = 10, threads = 0;
     int merged = 0, c;
@@ -233,6 +242,7 @@ static int cmd_bench(int argc, char **argv) {
         case 'c': concept = optarg; break;
         case 'g': merged = 1; break;
         case 'd': device = optarg; break;
+        case 'r': precision = optarg; break;
         default: return cli_usage(bench_usage);
         }
     }
@@ -242,7 +252,8 @@ static int cmd_bench(int argc, char **argv) {
     loaded_models lm;
     e2g_request req = {0};
     int rc = 1;
-    if (load_models(&lm, model, &adapter, adapter ? 1 : 0, err) || e2g_runtime_new(&lm.runtime, lm.model, device, err) < 0)
+    if (e2g_precision_setup(precision, err) || load_models(&lm, model, &adapter, adapter ? 1 : 0, err) ||
+        e2g_runtime_new(&lm.runtime, lm.model, device, err) < 0)
         goto out;
     if (!concept) concept = adapter ? lm.adapters[0]->concept : lm.model->concept_names[0];
     if (e2g_request_resolve(&req, lm.model, lm.adapters, lm.n_adapters, concept, 1.0f, err)) goto out;
@@ -269,7 +280,8 @@ static int cmd_bench(int argc, char **argv) {
            "min %.2f ms, median %.2f ms, max %.2f ms\n",
            model, lm.model->cfg.ngf, size, size, batch, e2g_runtime_name(lm.runtime), e2g_get_threads(), concept,
            merged ? " (merged)" : "", iters, ms[0], median, ms[iters - 1]);
-    printf("{\"ms_per_batch\": %.3f, \"images_per_s\": %.3f}\n", median, batch * 1e3 / median);
+    printf("{\"ms_per_batch\": %.3f, \"images_per_s\": %.3f, \"precision\": \"%s\"}\n", median,
+           batch * 1e3 / median, e2g_precision_name(e2g_get_precision()));
     free(ms), free(edits), free(x), free(y);
     e2g_infer_free(inf);
     rc = 0;
@@ -307,6 +319,13 @@ static int cmd_devices(void) {
     else
         printf("device (E2GAN_DEVICE=%s): %s (%s)\n", e2g_device_mode_name(mode),
                mode == E2G_DEVICE_CUDA ? "none" : "cpu", why);
+    /* and the CPU's compute precision they pick without --precision */
+    const char *env = getenv("E2GAN_PRECISION");
+    if (e2g_precision_setup(NULL, why)) {
+        printf("precision: %s\n", why);
+        return 1;
+    }
+    printf("precision (E2GAN_PRECISION=%s): %s\n", env && *env ? env : "auto", e2g_precision_describe());
     return rc;
 }
 

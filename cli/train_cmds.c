@@ -13,6 +13,7 @@
 #include "common.h"
 #include "dataset.h"
 #include "model_io.h"
+#include "precision.h"
 #include "ranksearch.h"
 #include "reduce.h"
 #include "train.h"
@@ -21,7 +22,7 @@
 enum {
     OPT_STEPS = 1000, OPT_BATCH, OPT_LR, OPT_L1, OPT_GAN, OPT_DECAY, OPT_SEED, OPT_EVAL_EVERY,
     OPT_EVAL_PAIRS, OPT_CHECKPOINT, OPT_CHECKPOINT_EVERY, OPT_REPORT, OPT_THREADS, OPT_QUIET,
-    OPT_DATA, OPT_OUT, OPT_PAIRS, OPT_CROP, OPT_TRAIN_CROPS, OPT_EVENTS, OPT_DEVICE
+    OPT_DATA, OPT_OUT, OPT_PAIRS, OPT_CROP, OPT_TRAIN_CROPS, OPT_EVENTS, OPT_DEVICE, OPT_PRECISION
 };
 
 #define TRAIN_OPTIONS                                                                             \
@@ -32,7 +33,8 @@ enum {
         {"checkpoint-every", 1, 0, OPT_CHECKPOINT_EVERY}, {"report", 1, 0, OPT_REPORT},           \
         {"threads", 1, 0, OPT_THREADS}, {"quiet", 0, 0, OPT_QUIET}, {"data", 1, 0, OPT_DATA},     \
         {"out", 1, 0, OPT_OUT}, {"pairs", 1, 0, OPT_PAIRS}, {"crop", 1, 0, OPT_CROP},              \
-        {"train-crops", 1, 0, OPT_TRAIN_CROPS}, {"events", 0, 0, OPT_EVENTS}, {"device", 1, 0, OPT_DEVICE}
+        {"train-crops", 1, 0, OPT_TRAIN_CROPS}, {"events", 0, 0, OPT_EVENTS}, {"device", 1, 0, OPT_DEVICE}, \
+        {"precision", 1, 0, OPT_PRECISION}
 
 #define TRAIN_OPTIONS_HELP                                                                        \
     "training options (defaults in brackets):\n"                                                  \
@@ -54,12 +56,16 @@ enum {
     "                        the GPU when present and the run is supported there (LoRA\n"     \
     "                        or full G, L1 only: --gan-weight 0), else on the CPU as\n"       \
     "                        before; cuda refuses to fall back (docs/cuda.md)\n"                \
+    "  --precision P [auto]  auto|fp32|bf16 on the CPU (default $E2GAN_PRECISION, else auto):\n" \
+    "                        bf16 convolutions and linear layers with fp32 accumulation,\n" \
+    "                        fp32 master weights and Adam; auto = bf16 where the CPU has\n" \
+    "                        native bf16 (AVX512_BF16, AMX), else fp32\n"                    \
     "  --events              progress as JSON lines on stdout (for a supervising process)\n"
 
 typedef struct {
     e2g_train_opts opts;
     e2g_pairs_opts pairs_opts;
-    const char *data, *pairs, *out;
+    const char *data, *pairs, *out, *precision;
     long threads;
 } train_args;
 
@@ -100,6 +106,10 @@ static int parse_train_option(int c, const char *arg, train_args *a) {
         if (!*arg || e2g_device_mode_parse(arg, &mode, NULL)) return -1;
         return o->device = arg, 1;
     }
+    case OPT_PRECISION: {
+        e2g_precision p;
+        return e2g_precision_parse(arg, &p) ? -1 : (a->precision = arg, 1);
+    }
     default: return 0;
     }
 }
@@ -138,6 +148,7 @@ static char *finish_report(json_t *report, const train_args *a, const char *what
     char machine[256];
     cli_machine(machine, sizeof machine);
     json_object_set_new(budget, "machine", json_string(machine));
+    json_object_set_new(budget, "precision", json_string(e2g_precision_describe()));
     json_object_set_new(report, "data", json_string(a->pairs ? a->pairs : a->data));
     json_object_set_new(report, "what", json_string(what));
     if (a->opts.report_dir) {
@@ -158,6 +169,11 @@ static char *finish_report(json_t *report, const train_args *a, const char *what
 static int prepare(train_args *a, const char *usage_text) {
     if (!a->data == !a->pairs || !a->out) return cli_usage(usage_text);
     e2g_set_threads((int)a->threads);
+    char err[E2G_ERR_LEN];
+    if (e2g_precision_setup(a->precision, err)) {
+        fprintf(stderr, "e2gan: %s\n", err);
+        return 2;
+    }
     if (a->opts.report_dir) mkdir(a->opts.report_dir, 0755);
     return 0;
 }
@@ -376,7 +392,7 @@ out:
 static const char evaluate_usage[] =
     "usage: e2gan evaluate --model BASE --data DIR [--concepts a,b,...]\n"
     "                      [--adapter A.safetensors --concept NAME] [--pairs N]\n"
-    "                      [--report DIR] [--threads T]\n"
+    "                      [--report DIR] [--threads T] [--precision auto|fp32|bf16]\n"
     "  PSNR and SSIM against the teacher on the dataset's validation pairs, per\n"
     "  concept, beside the identity edit's PSNR (JSON on stdout; with --report,\n"
     "  also evaluation.json and contact.png there).  With --adapter, the adapter\n"
@@ -387,8 +403,9 @@ int cmd_evaluate(int argc, char **argv) {
                                          {"concepts", 1, 0, 'c'}, {"adapter", 1, 0, 'a'},
                                          {"concept", 1, 0, 'n'},  {"pairs", 1, 0, 'p'},
                                          {"report", 1, 0, 'r'},   {"threads", 1, 0, 't'},
-                                         {0, 0, 0, 0}};
-    const char *model = NULL, *data = NULL, *concepts = NULL, *adapter = NULL, *report = NULL;
+                                         {"precision", 1, 0, 'P'}, {0, 0, 0, 0}};
+    const char *model = NULL, *data = NULL, *concepts = NULL, *adapter = NULL, *report = NULL,
+               *precision = NULL;
     long pairs = 0, threads = 0;
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -398,6 +415,7 @@ int cmd_evaluate(int argc, char **argv) {
         if (c == 'c' || c == 'n') concepts = optarg;
         if (c == 'a') adapter = optarg;
         if (c == 'r') report = optarg;
+        if (c == 'P') precision = optarg;
         if (c == 'p') bad |= cli_parse_long(optarg, 0, 1000000, &pairs);
         if (c == 't') bad |= cli_parse_long(optarg, 1, 1024, &threads);
         if (bad) return cli_usage(evaluate_usage);
@@ -409,8 +427,8 @@ int cmd_evaluate(int argc, char **argv) {
     e2g_adapter *a = NULL;
     e2g_dataset *val = NULL;
     int rc = 1;
-    if (e2g_model_load(&m, model, err) || (adapter && e2g_adapter_load(&a, m, adapter, err)) ||
-        e2g_dataset_load(&val, data, "val", concepts, err))
+    if (e2g_precision_setup(precision, err) || e2g_model_load(&m, model, err) ||
+        (adapter && e2g_adapter_load(&a, m, adapter, err)) || e2g_dataset_load(&val, data, "val", concepts, err))
         goto out;
     if (report) {
         mkdir(report, 0755);

@@ -8,11 +8,14 @@
  * answers are computed once and cached. */
 #include "precision.h"
 
+#include "common.h"
+
 #include <cpuid.h>
 #include <immintrin.h>
 #include <oneapi/dnnl/dnnl.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <strings.h>
 
 static atomic_int g_precision = E2G_PRECISION_FP32;
@@ -135,6 +138,16 @@ int e2g_precision_parse(const char *s, e2g_precision *out) {
         *out = e2g_precision_native();
     else
         return -1;
+    return 0;
+}
+
+int e2g_precision_setup(const char *s, char *err) {
+    if (!s || !*s) s = getenv("E2GAN_PRECISION");
+    if (!s || !*s) s = "auto";
+    e2g_precision p;
+    if (e2g_precision_parse(s, &p)) return e2g_fail(err, "unknown precision '%s' (fp32, bf16 or auto)", s);
+    if (e2g_set_precision(p))
+        return e2g_fail(err, "bf16 was asked for, but oneDNN has no optimised bf16 convolution on this CPU");
     return 0;
 }
 

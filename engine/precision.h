@@ -35,6 +35,11 @@ e2g_precision e2g_get_precision(void);
  * "fp16", …), leaving *out untouched. */
 int e2g_precision_parse(const char *s, e2g_precision *out);
 
+/* What the CLI and the server call at start: parses s as above, NULL or ""
+ * reading $E2GAN_PRECISION (unset or "": auto), and sets it.  Returns 0,
+ * or -1 with the reason in err (E2G_ERR_LEN bytes). */
+int e2g_precision_setup(const char *s, char *err);
+
 /* bf16 where the CPU has native bf16 multiplies (cpuid AVX512_BF16, or
  * AMX-BF16 with the OS enabling tile state) and oneDNN dispatches a bf16
  * ISA for them; fp32 elsewhere. */

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "precision.h"
 
 typedef enum { OPT_STRING, OPT_INT, OPT_SIZE, OPT_ENUM } opt_type;
 
@@ -36,6 +37,7 @@ static const char *const off_on[] = {"off", "on", NULL};
 static int check_listen(const char *value, char *err, size_t len);
 static int check_token(const char *value, char *err, size_t len);
 static int check_origins(const char *value, char *err, size_t len);
+static int check_precision(const char *value, char *err, size_t len);
 
 #define STR(field) OPT_STRING, offsetof(e2g_server_config, field)
 #define NUM(kind, field) kind, offsetof(e2g_server_config, field)
@@ -94,6 +96,9 @@ static const option options[] = {
      0, "memory for loaded adapters (LRU)"},
     {"threads", NUM(OPT_INT, threads), "N", "0", 0, 1024, NULL, NULL, 0,
      "engine threads; 0 uses every core"},
+    {"precision", STR(precision), "auto|fp32|bf16", "auto", 4, 4, NULL, check_precision, 0,
+     "the CPU engine's compute precision: bf16 convolutions with fp32 accumulation; auto picks "
+     "bf16 where the CPU multiplies it natively (AVX512_BF16, AMX), else fp32"},
     {"max_connections", NUM(OPT_INT, max_connections), "N", "256", 1, 10000, NULL, NULL, 0,
      "open connections (one thread each)"},
     {"connection_timeout_s", NUM(OPT_INT, connection_timeout_s), "S", "30", 1, 3600, NULL,
@@ -159,6 +164,12 @@ static int check_token(const char *value, char *err, size_t len) {
     if (i == 0) return failf(err, len, "a token must start with a letter, digit or -._~+/");
     while (i < n && value[i] == '=') i++;
     if (i != n) return failf(err, len, "a token may only hold A-Z a-z 0-9 -._~+/ and '=' padding");
+    return 0;
+}
+
+static int check_precision(const char *value, char *err, size_t len) {
+    e2g_precision p;
+    if (e2g_precision_parse(value, &p)) return failf(err, len, "'%s' is not auto, fp32 or bf16", value);
     return 0;
 }
 

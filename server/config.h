@@ -21,6 +21,7 @@ typedef struct {
     char *cors_origins; /* comma-separated origins, or "*"; "" = no CORS */
     char *jobs_dir;     /* fine-tuning jobs' folders */
     char *trainer;      /* the e2gan CLI that runs jobs; "" = beside the server */
+    char *precision;    /* the CPU's compute precision: auto, fp32 or bf16 */
     long long max_body;           /* bytes */
     long long max_upload;         /* bytes of a fine-tuning upload */
     long long finetune_threads;   /* threads of a job */

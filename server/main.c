@@ -20,6 +20,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "model_io.h"
+#include "precision.h"
 #include "registry.h"
 #include "routes.h"
 
@@ -51,8 +52,10 @@ static int load_service(e2g_service *svc, const e2g_server_config *cfg, char *er
     double t0 = e2g_now();
     if (e2g_model_load(&svc->model, cfg->model, err) != 0) return -1;
     char device[E2G_ERR_LEN];
+    if (e2g_precision_setup(cfg->precision, err)) return -1;
     if (e2g_runtime_new(&svc->runtime, svc->model, NULL, device) < 0) return e2g_fail(err, "GPU: %s", device);
-    E2G_LOG(E2G_LOG_INFO, "inference on the %s: %s", e2g_runtime_name(svc->runtime), device);
+    E2G_LOG(E2G_LOG_INFO, "inference on the %s: %s; CPU precision %s", e2g_runtime_name(svc->runtime), device,
+            e2g_precision_describe());
     if (e2g_registry_open(&svc->registry, svc->model, cfg->adapters, (size_t)cfg->adapter_cache, err) != 0)
         return -1;
     if (e2g_registry_watch(svc->registry, (int)cfg->adapter_rescan_s, err) != 0)

@@ -147,6 +147,10 @@ char *e2g_metrics_render(e2g_metrics *m, const e2g_metrics_gauges *g, size_t *le
 
     metric(&sb, "e2gan_ready", "gauge", "1 once the model is loaded and the server takes edits.", (long long)(g->ready));
     metric(&sb, "e2gan_requests_in_flight", "gauge", "Requests being received or answered.", (long long)(g->in_flight));
+    if (g->backend) {
+        meta(&sb, "e2gan_engine_info", "gauge", "Where edits run: the backend and the CPU's compute precision.");
+        sb_printf(&sb, "e2gan_engine_info{backend=\"%s\",precision=\"%s\"} 1\n", g->backend, g->precision);
+    }
 
     if (g->batcher) {
         const e2g_batcher_stats *b = g->batcher;

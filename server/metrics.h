@@ -44,6 +44,8 @@ typedef struct {
     const e2g_batcher_stats *batcher;
     const e2g_registry_stats *registry;
     const int *jobs; /* fine-tuning jobs per e2g_job_state, or NULL */
+    const char *backend;   /* where edits run ("cpu", "cuda"), or NULL while loading */
+    const char *precision; /* the CPU's compute precision ("fp32", "bf16") */
 } e2g_metrics_gauges;
 
 /* The exposition text, malloc'd (caller frees); *len gets its length. */

@@ -16,6 +16,7 @@
 #include "image.h"
 #include "log.h"
 #include "multipart.h"
+#include "precision.h"
 #include "routes.h"
 
 enum {
@@ -855,7 +856,8 @@ static void get_metrics(e2g_service *svc, e2g_http_request *rq, const char *para
     e2g_batcher_stats bs;
     e2g_registry_stats rs;
     int jobs[E2G_JOB_STATES];
-    e2g_metrics_gauges g = {state == E2G_STATE_READY, atomic_load(&svc->in_flight), NULL, NULL, NULL};
+    e2g_metrics_gauges g = {state == E2G_STATE_READY, atomic_load(&svc->in_flight), NULL, NULL, NULL, NULL,
+                            e2g_precision_name(e2g_get_precision())};
     if (svc->jobs) {
         e2g_jobs_counts(svc->jobs, jobs);
         g.jobs = jobs;
@@ -865,6 +867,7 @@ static void get_metrics(e2g_service *svc, e2g_http_request *rq, const char *para
         e2g_registry_stats_get(svc->registry, &rs);
         g.batcher = &bs;
         g.registry = &rs;
+        g.backend = e2g_runtime_name(svc->runtime);
     }
     size_t len;
     char *text = e2g_metrics_render(svc->metrics, &g, &len);

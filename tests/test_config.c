@@ -164,6 +164,8 @@ START_TEST(test_errors) {
         {{"--model", "m", "--cors-origins", "https://a.example/path"}, {NULL}, NULL, "not an origin", NULL},
         {{"--model", "m", "--cors-origins", "*,https://a.example"}, {NULL}, NULL, "not an origin", NULL},
         {{"--model", ""}, {NULL}, NULL, "must not be empty", NULL},
+        {{"--model", "m", "--precision", "fp16"}, {NULL}, NULL, "not auto, fp32 or bf16", NULL},
+        {{NULL}, {"E2GAN_MODEL=m", "E2GAN_PRECISION=half"}, NULL, "E2GAN_PRECISION", "not auto, fp32 or bf16"},
         {{NULL}, {"E2GAN_MODEL=m", "E2GAN_QUEUE_CAPACITY=-1"}, NULL, "E2GAN_QUEUE_CAPACITY", "outside 1..4096"},
         {{NULL}, {"E2GAN_MODEL=m"}, "max_batch = 1\nmax_batch = 2\n", ":2:", "set twice"},
         {{NULL}, {"E2GAN_MODEL=m"}, "# c\nnonsense = 1\n", ":2: unknown key 'nonsense'", NULL},

@@ -8,6 +8,7 @@
  * is refused. */
 #include <check.h>
 #include <jansson.h>
+#include <math.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -73,18 +74,20 @@ static int same_weights(const char *a, const char *b) {
 }
 
 /* A run killed with SIGKILL after its first checkpoint, then restarted,
- * ends with the weights of a run that was never interrupted. */
+ * ends with the weights of a run that was never interrupted: in fp32 and
+ * in bf16 (loop index 0, 1). */
 START_TEST(test_kill_and_resume) {
-    ck_assert_int_eq(sh("%s train " TRAIN_ARGS " --steps 120 --checkpoint-every 5 --checkpoint %s/a.ckpt "
-                        "--out %s/a.safetensors 2>%s/a.log",
-                        test_bin(), dir, dir, dir, dir),
+    const char *prec = _i ? "bf16" : "fp32";
+    ck_assert_int_eq(sh("%s train " TRAIN_ARGS " --precision %s --steps 120 --checkpoint-every 5 "
+                        "--checkpoint %s/a%s.ckpt --out %s/a%s.safetensors 2>%s/a.log",
+                        test_bin(), dir, prec, dir, prec, dir, prec, dir),
                      0);
     char ckpt[300], cmd[2048];
-    snprintf(ckpt, sizeof ckpt, "%s/b.ckpt", dir);
+    snprintf(ckpt, sizeof ckpt, "%s/b%s.ckpt", dir, prec);
     snprintf(cmd, sizeof cmd,
-             "exec %s train " TRAIN_ARGS " --steps 120 --checkpoint-every 5 --checkpoint %s "
-             "--out %s/b.safetensors 2>%s/b1.log",
-             test_bin(), dir, ckpt, dir, dir);
+             "exec %s train " TRAIN_ARGS " --precision %s --steps 120 --checkpoint-every 5 --checkpoint %s "
+             "--out %s/b%s.safetensors 2>%s/b1.log",
+             test_bin(), dir, prec, ckpt, dir, prec, dir);
     pid_t pid = fork();
     if (pid == 0) {
         execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
@@ -102,16 +105,17 @@ START_TEST(test_kill_and_resume) {
     long step = atol(e2g_st_meta(f, "step"));
     e2g_st_close(f);
     ck_assert_msg(step > 0 && step < 120, "checkpoint at step %ld", step);
-    ck_assert_int_eq(sh("%s train " TRAIN_ARGS " --steps 120 --checkpoint-every 5 --checkpoint %s "
-                        "--out %s/b.safetensors 2>%s/b2.log",
-                        test_bin(), dir, ckpt, dir, dir),
+    ck_assert_int_eq(sh("%s train " TRAIN_ARGS " --precision %s --steps 120 --checkpoint-every 5 --checkpoint %s "
+                        "--out %s/b%s.safetensors 2>%s/b2.log",
+                        test_bin(), dir, prec, ckpt, dir, prec, dir),
                      0);
     ck_assert_int_eq(sh("grep -q 'resuming at step' %s/b2.log", dir), 0);
     ck_assert_msg(same_weights(ckpt, ckpt), "a file must equal itself");
     char a[300], b[300];
-    snprintf(a, sizeof a, "%s/a.safetensors", dir);
-    snprintf(b, sizeof b, "%s/b.safetensors", dir);
-    ck_assert_msg(same_weights(a, b), "resumed run (killed at step %ld) differs from the unbroken one", step);
+    snprintf(a, sizeof a, "%s/a%s.safetensors", dir, prec);
+    snprintf(b, sizeof b, "%s/b%s.safetensors", dir, prec);
+    ck_assert_msg(same_weights(a, b), "%s: resumed run (killed at step %ld) differs from the unbroken one", prec,
+                  step);
 }
 END_TEST
 
@@ -172,6 +176,49 @@ START_TEST(test_training_improves) {
     ck_assert_double_eq_tol(json_number_value(json_object_get(ev, "mean_psnr")), last, 1e-6);
     json_decref(ev);
     ck_assert_int_eq(sh("test -s %s/ev/contact.png", dir), 0);
+}
+END_TEST
+
+/* Mixed precision: the same run in bf16 and in fp32 (L1 alone, 150 steps)
+ * follows the same loss curve (each logged L1 within 10%) and ends within
+ * 0.2 dB of validation PSNR; bf16 changes the weights (its path ran). */
+START_TEST(test_bf16_training_matches_fp32) {
+    const char *prec[2] = {"fp32", "bf16"};
+    json_t *r[2];
+    for (int i = 0; i < 2; i++) {
+        ck_assert_int_eq(sh("%s train " TRAIN_ARGS " --precision %s --steps 150 --eval-every 50 --gan-weight 0 "
+                            "--lr 1e-3 --report %s/mp_%s --out %s/mp_%s.safetensors 2>/dev/null",
+                            test_bin(), dir, prec[i], dir, prec[i], dir, prec[i]),
+                         0);
+        char name[32];
+        snprintf(name, sizeof name, "mp_%s", prec[i]);
+        r[i] = load_report(name);
+    }
+    json_t *log[2] = {json_object_get(json_object_get(r[0], "history"), "log"),
+                      json_object_get(json_object_get(r[1], "history"), "log")};
+    ck_assert_int_ge(json_array_size(log[0]), 3);
+    ck_assert_int_eq(json_array_size(log[0]), json_array_size(log[1]));
+    double worst = 0;
+    for (size_t k = 0; k < json_array_size(log[0]); k++) {
+        double a = json_number_value(json_array_get(json_array_get(log[0], k), 1));
+        double b = json_number_value(json_array_get(json_array_get(log[1], k), 1));
+        double rel = fabs(b - a) / a;
+        worst = rel > worst ? rel : worst;
+    }
+    double psnr[2], wall[2];
+    for (int i = 0; i < 2; i++) {
+        psnr[i] = json_number_value(json_object_get(json_object_get(r[i], "final"), "mean_psnr"));
+        wall[i] = json_number_value(json_object_get(json_object_get(r[i], "budget"), "wall_s"));
+    }
+    fprintf(stderr, "bf16 vs fp32: final PSNR %.3f vs %.3f dB, worst L1 difference %.2f%%, wall %.1f vs %.1f s\n",
+            psnr[1], psnr[0], 100 * worst, wall[1], wall[0]);
+    ck_assert_msg(worst <= 0.10, "the bf16 loss curve left the fp32 one by %.1f%%", 100 * worst);
+    ck_assert_msg(fabs(psnr[1] - psnr[0]) <= 0.2, "final PSNR bf16 %.3f vs fp32 %.3f dB", psnr[1], psnr[0]);
+    char a[300], b[300];
+    snprintf(a, sizeof a, "%s/mp_fp32.safetensors", dir);
+    snprintf(b, sizeof b, "%s/mp_bf16.safetensors", dir);
+    ck_assert_msg(!same_weights(a, b), "bf16 training gave the fp32 weights: its path did not run");
+    json_decref(r[0]), json_decref(r[1]);
 }
 END_TEST
 
@@ -314,9 +361,10 @@ int main(void) {
     TCase *tc = tcase_create("train");
     tcase_set_timeout(tc, 600);
     tcase_add_unchecked_fixture(tc, make_dataset, remove_dataset);
-    tcase_add_test(tc, test_kill_and_resume);
+    tcase_add_loop_test(tc, test_kill_and_resume, 0, 2);
     tcase_add_test(tc, test_deterministic);
     tcase_add_test(tc, test_training_improves);
+    tcase_add_test(tc, test_bf16_training_matches_fp32);
     tcase_add_test(tc, test_finetune);
     tcase_add_test(tc, test_rank_search_and_reduction);
     tcase_add_test(tc, test_bad_options);
