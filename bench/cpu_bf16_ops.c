@@ -83,7 +83,7 @@ static bufs make(const op *o) {
         B.nw = (size_t)cs->cout * cs->cin * 9;
         B.macs = (double)B.ny * cs->cin * 9; /* as upsample + 3×3 conv */
     } else {
-        int Ho = conv2d_out_size(o->H, cs), Wo = conv2d_out_size(o->W, cs);
+        int Ho = e2g_conv2d_out_size(o->H, cs), Wo = e2g_conv2d_out_size(o->W, cs);
         B.nx = (size_t)o->H * o->W * cs->cin, B.ny = (size_t)Ho * Wo * cs->cout;
         B.nw = (size_t)cs->cout * cs->cin * cs->k * cs->k;
         B.macs = (double)B.ny * cs->cin * cs->k * cs->k;
@@ -98,22 +98,22 @@ static void forward(const op *o, bufs *B) {
     const e2g_conv_shape *cs = &o->cs;
     const float *bias = o->bias ? B->b : NULL;
     if (o->k == LINEAR)
-        linear_forward(B->y, B->x, B->w, bias, o->H, cs->cin, cs->cout, 0);
+        e2g_linear_forward(B->y, B->x, B->w, bias, o->H, cs->cin, cs->cout, 0);
     else if (o->k == UPCONV)
-        upconv2x_forward(B->y, B->x, B->w, bias, 1, o->H, o->W, cs->cin, cs->cout);
+        e2g_upconv2x_forward(B->y, B->x, B->w, bias, 1, o->H, o->W, cs->cin, cs->cout);
     else
-        conv2d_forward(B->y, B->x, B->w, bias, 1, o->H, o->W, cs);
+        e2g_conv2d_forward(B->y, B->x, B->w, bias, 1, o->H, o->W, cs);
 }
 
 static void backward(const op *o, bufs *B) {
     const e2g_conv_shape *cs = &o->cs;
     float *db = o->bias ? B->db : NULL;
     if (o->k == LINEAR)
-        linear_backward(B->dx, B->dw, db, B->dy, B->x, B->w, o->H, cs->cin, cs->cout);
+        e2g_linear_backward(B->dx, B->dw, db, B->dy, B->x, B->w, o->H, cs->cin, cs->cout);
     else if (o->k == UPCONV)
-        upconv2x_backward(B->dx, B->dw, db, B->dy, B->x, B->w, 1, o->H, o->W, cs->cin, cs->cout);
+        e2g_upconv2x_backward(B->dx, B->dw, db, B->dy, B->x, B->w, 1, o->H, o->W, cs->cin, cs->cout);
     else
-        conv2d_backward(B->dx, B->dw, db, B->dy, B->x, B->w, 1, o->H, o->W, cs);
+        e2g_conv2d_backward(B->dx, B->dw, db, B->dy, B->x, B->w, 1, o->H, o->W, cs);
 }
 
 /* One timed run, ms. */
@@ -328,7 +328,7 @@ int main(int argc, char **argv) {
         bench_conversion(64, 64, 128, reps);
         bench_generator(reps < 10 ? reps : 10);
     }
-    conv2d_cache_clear();
-    gemm_cache_clear();
+    e2g_conv2d_cache_clear();
+    e2g_gemm_cache_clear();
     return 0;
 }

@@ -125,14 +125,14 @@ static int cmd_probe(void) {
 
 static int check_conv_case(const char *name, int N, int H, int W, e2g_conv_shape cs, int upsample, unsigned *seed) {
     char err[E2G_ERR_LEN];
-    int Ho = upsample ? 2 * H : conv2d_out_size(H, &cs), Wo = upsample ? 2 * W : conv2d_out_size(W, &cs);
+    int Ho = upsample ? 2 * H : e2g_conv2d_out_size(H, &cs), Wo = upsample ? 2 * W : e2g_conv2d_out_size(W, &cs);
     size_t nx = (size_t)N * H * W * cs.cin, nw = (size_t)cs.cout * cs.cin * cs.k * cs.k, ny = (size_t)N * Ho * Wo * cs.cout;
     float *x = random_floats(nx, -1, 1, seed), *w = random_floats(nw, -0.2f, 0.2f, seed);
     float *b = random_floats(cs.cout, -0.5f, 0.5f, seed), *ref = e2g_xmalloc(ny * 4), *gpu = e2g_xmalloc(ny * 4);
     if (upsample)
-        upconv2x_forward(ref, x, w, b, N, H, W, cs.cin, cs.cout);
+        e2g_upconv2x_forward(ref, x, w, b, N, H, W, cs.cin, cs.cout);
     else
-        conv2d_forward(ref, x, w, b, N, H, W, &cs);
+        e2g_conv2d_forward(ref, x, w, b, N, H, W, &cs);
     int rc = e2g_cuda_check_conv(gpu, x, w, b, N, H, W, &cs, upsample, err);
     if (rc) printf("%s: %s\n", name, err), failures++;
     else judge(name, rel_err(gpu, ref, ny), 2e-2);
@@ -156,8 +156,8 @@ static int cmd_ops(void) {
         float *x = random_floats(n, -2, 3, &seed), *g = random_floats(C, 0.5f, 1.5f, &seed), *b = random_floats(C, -0.5f, 0.5f, &seed);
         float *r = with_res ? random_floats(n, -1, 1, &seed) : NULL, *ref = e2g_xmalloc(n * 4), *gpu = e2g_xmalloc(n * 4);
         float *mean = e2g_xmalloc(N * C * 4), *rstd = e2g_xmalloc(N * C * 4);
-        instancenorm_forward(ref, mean, rstd, x, g, b, 1, N, HW, C);
-        if (r) add_forward(ref, ref, r, n);
+        e2g_instancenorm_forward(ref, mean, rstd, x, g, b, 1, N, HW, C);
+        if (r) e2g_add_forward(ref, ref, r, n);
         if (e2g_cuda_check_instancenorm(gpu, x, g, b, 1, r, N, HW, C, err)) printf("%s\n", err), failures++;
         else judge(with_res ? "instance norm + relu + residual" : "instance norm + relu", rel_err(gpu, ref, n), 2e-2);
         free(x), free(g), free(b), free(r), free(ref), free(gpu), free(mean), free(rstd);
@@ -167,7 +167,7 @@ static int cmd_ops(void) {
         size_t n = (size_t)M * C;
         float *x = random_floats(n, -2, 3, &seed), *g = random_floats(C, 0.5f, 1.5f, &seed), *b = random_floats(C, -0.5f, 0.5f, &seed);
         float *ref = e2g_xmalloc(n * 4), *gpu = e2g_xmalloc(n * 4), *mean = e2g_xmalloc(M * 4), *rstd = e2g_xmalloc(M * 4);
-        layernorm_forward(ref, mean, rstd, x, g, b, M, C);
+        e2g_layernorm_forward(ref, mean, rstd, x, g, b, M, C);
         if (e2g_cuda_check_layernorm(gpu, x, g, b, M, C, err)) printf("%s\n", err), failures++;
         else judge("layer norm", rel_err(gpu, ref, n), 2e-2);
         free(x), free(g), free(b), free(ref), free(gpu), free(mean), free(rstd);
@@ -178,7 +178,7 @@ static int cmd_ops(void) {
         float *x = random_floats(n, -4, 4, &seed), *b = random_floats(C, -0.5f, 0.5f, &seed);
         float *ref = e2g_xmalloc(n * 4), *gpu = e2g_xmalloc(n * 4);
         for (size_t i = 0; i < n; i++) ref[i] = x[i] + b[i % C];
-        gelu_forward(ref, ref, n);
+        e2g_gelu_forward(ref, ref, n);
         if (e2g_cuda_check_gelu(gpu, x, b, M, C, err)) printf("%s\n", err), failures++;
         else judge("bias + gelu", rel_err(gpu, ref, n), 2e-2);
         free(x), free(b), free(ref), free(gpu);
@@ -193,7 +193,7 @@ static int cmd_ops(void) {
         size_t nq = (size_t)att[i].N * att[i].Lq * att[i].C, nk = (size_t)att[i].N * att[i].Lk * att[i].C;
         float *q = random_floats(nq, -2, 2, &seed), *k = random_floats(nk, -2, 2, &seed), *v = random_floats(nk, -1, 1, &seed);
         float *ref = e2g_xmalloc(nq * 4), *gpu = e2g_xmalloc(nq * 4), *lse = e2g_xmalloc(nq * 4);
-        attention_forward(ref, lse, q, k, v, att[i].N, att[i].Lq, att[i].Lk, att[i].C, att[i].heads);
+        e2g_attention_forward(ref, lse, q, k, v, att[i].N, att[i].Lq, att[i].Lk, att[i].C, att[i].heads);
         if (e2g_cuda_check_attention(gpu, q, k, v, att[i].N, att[i].Lq, att[i].Lk, att[i].C, att[i].heads, err))
             printf("%s\n", err), failures++;
         else judge(att[i].name, rel_err(gpu, ref, nq), 2e-2);
@@ -203,7 +203,7 @@ static int cmd_ops(void) {
         size_t n = 3 * 4096;
         float *o = random_floats(n, -3, 3, &seed), *x = random_floats(n, -1, 1, &seed);
         float *ref = e2g_xmalloc(n * 4), *gpu = e2g_xmalloc(n * 4);
-        output_forward(ref, o, x, 1, n);
+        e2g_output_forward(ref, o, x, 1, n);
         if (e2g_cuda_check_output(gpu, o, x, 1, n, err)) printf("%s\n", err), failures++;
         else judge("output tanh(o + atanh(x))", rel_err(gpu, ref, n), 1e-2);
         free(o), free(x), free(ref), free(gpu);

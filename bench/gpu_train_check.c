@@ -93,10 +93,10 @@ static void cpu_grads(const e2g_gen_config *cfg, e2g_gen_params *p, e2g_lora *lo
     float *y = e2g_xmalloc(img * sizeof(float)), *dy = e2g_xcalloc(img, sizeof(float));
     float *dctx = e2g_xcalloc(N * ctx1, sizeof(float));
     e2g_gen_forward(acts, y, p, x, edits);
-    l1_loss(dy, y, t, img, 100.0f);
+    e2g_l1_loss(dy, y, t, img, 100.0f);
     e2g_gen_backward(acts, grads, dlora, lora, dctx, NULL, dy, p, x, edits);
     for (int j = 0; j < N; j++)
-        accumulate(lora ? dlora->concept : grads->concepts + rows[j] * ctx1, dctx + j * ctx1, ctx1);
+        e2g_accumulate(lora ? dlora->concept : grads->concepts + rows[j] * ctx1, dctx + j * ctx1, ctx1);
     e2g_gen_acts_free(acts);
     free(edits), free(y), free(dy), free(dctx);
 }

@@ -10,12 +10,12 @@
 
 #include "common.h"
 
-int cli_usage(const char *text) {
+int e2g_cli_usage(const char *text) {
     fputs(text, stderr);
     return 2;
 }
 
-int cli_parse_long(const char *s, long lo, long hi, long *out) {
+int e2g_cli_parse_long(const char *s, long lo, long hi, long *out) {
     char *end;
     errno = 0;
     long v = strtol(s, &end, 10);
@@ -24,7 +24,7 @@ int cli_parse_long(const char *s, long lo, long hi, long *out) {
     return 0;
 }
 
-int cli_parse_double(const char *s, double lo, double hi, double *out) {
+int e2g_cli_parse_double(const char *s, double lo, double hi, double *out) {
     char *end;
     errno = 0;
     double v = strtod(s, &end);
@@ -33,13 +33,13 @@ int cli_parse_double(const char *s, double lo, double hi, double *out) {
     return 0;
 }
 
-double cli_seconds(void) {
+double e2g_cli_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-void cli_machine(char *buf, size_t n) {
+void e2g_cli_machine(char *buf, size_t n) {
     char line[512], model[256] = "unknown CPU";
     FILE *f = fopen("/proc/cpuinfo", "r");
     while (f && fgets(line, sizeof line, f)) {

@@ -53,20 +53,20 @@ static int cmd_init(int argc, char **argv) {
     int paper = 0, c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         long *target = c == 'n' ? &ngf : c == 's' ? &seed : c == 't' ? &tokens : c == 'd' ? &ndf : NULL;
-        if (target && cli_parse_long(optarg, 0, 1L << 30, target)) return cli_usage(init_usage);
+        if (target && e2g_cli_parse_long(optarg, 0, 1L << 30, target)) return e2g_cli_usage(init_usage);
         if (c == 'c') concepts = optarg;
         if (c == 'o') out = optarg;
         if (c == 'p') paper = 1;
-        if (c == '?') return cli_usage(init_usage);
+        if (c == '?') return e2g_cli_usage(init_usage);
     }
     if (ngf < 1 || ngf > 512 || tokens < 1 || tokens > 256 || ndf > 1024 || !concepts || !out ||
         optind != argc)
-        return cli_usage(init_usage);
+        return e2g_cli_usage(init_usage);
     char *list = strdup(concepts), *names[256];
     int n = 0;
     for (char *save = NULL, *tok = strtok_r(list, ",", &save); tok && n < 256; tok = strtok_r(NULL, ",", &save))
         names[n++] = tok;
-    if (n == 0) return cli_usage(init_usage);
+    if (n == 0) return e2g_cli_usage(init_usage);
     e2g_gen_config cfg = {(int)ngf, (int)tokens, n, !paper, !paper, paper};
     e2g_model *m = e2g_model_new(&cfg, (const char *const *)names, (int)ndf, (unsigned long long)seed);
     char err[E2G_ERR_LEN], seed_str[32];
@@ -84,7 +84,7 @@ static int cmd_init(int argc, char **argv) {
 /* ---- info ------------------------------------------------------------------- */
 
 static int cmd_info(int argc, char **argv) {
-    if (argc != 2) return cli_usage("usage: e2gan info FILE\n");
+    if (argc != 2) return e2g_cli_usage("usage: e2gan info FILE\n");
     char err[E2G_ERR_LEN], hex[65];
     e2g_st_file *f = NULL;
     if (e2g_st_open(&f, argv[1], err)) return fail("info", err);
@@ -163,21 +163,21 @@ static int cmd_edit(int argc, char **argv) {
         switch (c) {
         case 'm': model = optarg; break;
         case 'a':
-            if (n_adapters == MAX_ADAPTERS) return cli_usage(edit_usage);
+            if (n_adapters == MAX_ADAPTERS) return e2g_cli_usage(edit_usage);
             adapters[n_adapters++] = optarg;
             break;
         case 'c': concept = optarg; break;
-        case 's': if (cli_parse_double(optarg, -1e9, 1e9, &strength)) return cli_usage(edit_usage); break;
+        case 's': if (e2g_cli_parse_double(optarg, -1e9, 1e9, &strength)) return e2g_cli_usage(edit_usage); break;
         case 'g': merged = 1; break;
-        case 't': if (cli_parse_long(optarg, 1, 1024, &threads)) return cli_usage(edit_usage); break;
-        case 'q': if (cli_parse_long(optarg, 1, 100, &quality)) return cli_usage(edit_usage); break;
-        case 'p': if (cli_parse_long(optarg, 64, 1L << 40, &max_pixels)) return cli_usage(edit_usage); break;
+        case 't': if (e2g_cli_parse_long(optarg, 1, 1024, &threads)) return e2g_cli_usage(edit_usage); break;
+        case 'q': if (e2g_cli_parse_long(optarg, 1, 100, &quality)) return e2g_cli_usage(edit_usage); break;
+        case 'p': if (e2g_cli_parse_long(optarg, 64, 1L << 40, &max_pixels)) return e2g_cli_usage(edit_usage); break;
         case 'd': device = optarg; break;
         case 'r': precision = optarg; break;
-        default: return cli_usage(edit_usage);
+        default: return e2g_cli_usage(edit_usage);
         }
     }
-    if (!model || !concept || argc - optind != 2) return cli_usage(edit_usage);
+    if (!model || !concept || argc - optind != 2) return e2g_cli_usage(edit_usage);
     const char *in_path = argv[optind], *out_path = argv[optind + 1];
     e2g_set_threads((int)threads);
     char err[E2G_ERR_LEN];
@@ -190,9 +190,9 @@ static int cmd_edit(int argc, char **argv) {
         e2g_request_resolve(&req, lm.model, lm.adapters, lm.n_adapters, concept, (float)strength, err) ||
         e2g_image_read_file(&im, in_path, max_pixels, err))
         goto out;
-    double t0 = cli_seconds();
+    double t0 = e2g_cli_seconds();
     if (e2g_infer_image(&im, lm.runtime, &req.edit, merged, err)) goto out;
-    double t1 = cli_seconds();
+    double t1 = e2g_cli_seconds();
     if (e2g_image_write_file(out_path, &im, (int)quality, err)) goto out;
     printf("%s: %dx%d, concept %s, strength %.2f, %.1f ms\n", out_path, im.width, im.height, concept,
            strength, (t1 - t0) * 1e3);
@@ -234,19 +234,19 @@ static int cmd_bench(int argc, char **argv) {
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
         case 'm': model = optarg; break;
-        case 's': if (cli_parse_long(optarg, 8, 16384, &size) || size % 8) return cli_usage(bench_usage); break;
-        case 'b': if (cli_parse_long(optarg, 1, 1024, &batch)) return cli_usage(bench_usage); break;
-        case 'i': if (cli_parse_long(optarg, 1, 100000, &iters)) return cli_usage(bench_usage); break;
-        case 't': if (cli_parse_long(optarg, 1, 1024, &threads)) return cli_usage(bench_usage); break;
+        case 's': if (e2g_cli_parse_long(optarg, 8, 16384, &size) || size % 8) return e2g_cli_usage(bench_usage); break;
+        case 'b': if (e2g_cli_parse_long(optarg, 1, 1024, &batch)) return e2g_cli_usage(bench_usage); break;
+        case 'i': if (e2g_cli_parse_long(optarg, 1, 100000, &iters)) return e2g_cli_usage(bench_usage); break;
+        case 't': if (e2g_cli_parse_long(optarg, 1, 1024, &threads)) return e2g_cli_usage(bench_usage); break;
         case 'a': adapter = optarg; break;
         case 'c': concept = optarg; break;
         case 'g': merged = 1; break;
         case 'd': device = optarg; break;
         case 'r': precision = optarg; break;
-        default: return cli_usage(bench_usage);
+        default: return e2g_cli_usage(bench_usage);
         }
     }
-    if (!model || !size || optind != argc) return cli_usage(bench_usage);
+    if (!model || !size || optind != argc) return e2g_cli_usage(bench_usage);
     e2g_set_threads((int)threads);
     char err[E2G_ERR_LEN];
     loaded_models lm;
@@ -270,9 +270,9 @@ static int cmd_bench(int argc, char **argv) {
     double *ms = e2g_xmalloc(iters * sizeof(double));
     e2g_infer_run(inf, y, x, edits, merged); /* warm-up: primitives, pages */
     for (long i = 0; i < iters; i++) {
-        double t0 = cli_seconds();
+        double t0 = e2g_cli_seconds();
         e2g_infer_run(inf, y, x, edits, merged);
-        ms[i] = (cli_seconds() - t0) * 1e3;
+        ms[i] = (e2g_cli_seconds() - t0) * 1e3;
     }
     qsort(ms, iters, sizeof *ms, compare_doubles);
     double median = ms[iters / 2];
@@ -356,7 +356,7 @@ static void prefer_passive_wait(char **argv) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2) return cli_usage(main_usage);
+    if (argc < 2) return e2g_cli_usage(main_usage);
     const char *cmd = argv[1];
     if (strcmp(cmd, "train") == 0 || strcmp(cmd, "finetune") == 0) prefer_passive_wait(argv);
     argc--, argv++;
@@ -364,14 +364,14 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "info") == 0) return cmd_info(argc, argv);
     if (strcmp(cmd, "edit") == 0) return cmd_edit(argc, argv);
     if (strcmp(cmd, "bench") == 0) return cmd_bench(argc, argv);
-    if (strcmp(cmd, "train") == 0) return cmd_train(argc, argv);
-    if (strcmp(cmd, "finetune") == 0) return cmd_finetune(argc, argv);
-    if (strcmp(cmd, "evaluate") == 0) return cmd_evaluate(argc, argv);
+    if (strcmp(cmd, "train") == 0) return e2g_cmd_train(argc, argv);
+    if (strcmp(cmd, "finetune") == 0) return e2g_cmd_finetune(argc, argv);
+    if (strcmp(cmd, "evaluate") == 0) return e2g_cmd_evaluate(argc, argv);
     if (strcmp(cmd, "devices") == 0) return cmd_devices();
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "help") == 0) {
         fputs(main_usage, stdout);
         return 0;
     }
     fprintf(stderr, "e2gan: unknown command '%s'\n", cmd);
-    return cli_usage(main_usage);
+    return e2g_cli_usage(main_usage);
 }

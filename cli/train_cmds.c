@@ -81,25 +81,25 @@ static int parse_train_option(int c, const char *arg, train_args *a) {
     long v;
     double d;
     switch (c) {
-    case OPT_STEPS: return cli_parse_long(arg, 1, 100000000, &o->steps) ? -1 : 1;
-    case OPT_BATCH: return cli_parse_long(arg, 1, 4096, &v) ? -1 : (o->batch = (int)v, 1);
-    case OPT_LR: return cli_parse_double(arg, 0, 1, &d) ? -1 : (o->lr = (float)d, 1);
-    case OPT_L1: return cli_parse_double(arg, 0, 1e6, &d) ? -1 : (o->lambda_l1 = (float)d, 1);
-    case OPT_GAN: return cli_parse_double(arg, 0, 1e6, &d) ? -1 : (o->gan_weight = (float)d, 1);
-    case OPT_DECAY: return cli_parse_double(arg, 0, 1, &d) ? -1 : (o->decay_from = (float)d, 1);
-    case OPT_SEED: return cli_parse_long(arg, 0, 1L << 62, &v) ? -1 : (o->seed = (unsigned long long)v, 1);
-    case OPT_EVAL_EVERY: return cli_parse_long(arg, 0, 100000000, &o->eval_every) ? -1 : 1;
-    case OPT_EVAL_PAIRS: return cli_parse_long(arg, 0, 1000000, &v) ? -1 : (o->eval_pairs = (int)v, 1);
+    case OPT_STEPS: return e2g_cli_parse_long(arg, 1, 100000000, &o->steps) ? -1 : 1;
+    case OPT_BATCH: return e2g_cli_parse_long(arg, 1, 4096, &v) ? -1 : (o->batch = (int)v, 1);
+    case OPT_LR: return e2g_cli_parse_double(arg, 0, 1, &d) ? -1 : (o->lr = (float)d, 1);
+    case OPT_L1: return e2g_cli_parse_double(arg, 0, 1e6, &d) ? -1 : (o->lambda_l1 = (float)d, 1);
+    case OPT_GAN: return e2g_cli_parse_double(arg, 0, 1e6, &d) ? -1 : (o->gan_weight = (float)d, 1);
+    case OPT_DECAY: return e2g_cli_parse_double(arg, 0, 1, &d) ? -1 : (o->decay_from = (float)d, 1);
+    case OPT_SEED: return e2g_cli_parse_long(arg, 0, 1L << 62, &v) ? -1 : (o->seed = (unsigned long long)v, 1);
+    case OPT_EVAL_EVERY: return e2g_cli_parse_long(arg, 0, 100000000, &o->eval_every) ? -1 : 1;
+    case OPT_EVAL_PAIRS: return e2g_cli_parse_long(arg, 0, 1000000, &v) ? -1 : (o->eval_pairs = (int)v, 1);
     case OPT_CHECKPOINT: return o->checkpoint = arg, 1;
-    case OPT_CHECKPOINT_EVERY: return cli_parse_long(arg, 1, 100000000, &o->checkpoint_every) ? -1 : 1;
+    case OPT_CHECKPOINT_EVERY: return e2g_cli_parse_long(arg, 1, 100000000, &o->checkpoint_every) ? -1 : 1;
     case OPT_REPORT: return o->report_dir = arg, 1;
-    case OPT_THREADS: return cli_parse_long(arg, 1, 1024, &a->threads) ? -1 : 1;
+    case OPT_THREADS: return e2g_cli_parse_long(arg, 1, 1024, &a->threads) ? -1 : 1;
     case OPT_QUIET: return o->quiet = 1, 1;
     case OPT_DATA: return a->data = arg, 1;
     case OPT_OUT: return a->out = arg, 1;
     case OPT_PAIRS: return a->pairs = arg, 1;
-    case OPT_CROP: return cli_parse_long(arg, 8, 4096, &v) || v % 8 ? -1 : (a->pairs_opts.crop = (int)v, 1);
-    case OPT_TRAIN_CROPS: return cli_parse_long(arg, 1, 1000000, &v) ? -1 : (a->pairs_opts.train_crops = (int)v, 1);
+    case OPT_CROP: return e2g_cli_parse_long(arg, 8, 4096, &v) || v % 8 ? -1 : (a->pairs_opts.crop = (int)v, 1);
+    case OPT_TRAIN_CROPS: return e2g_cli_parse_long(arg, 1, 1000000, &v) ? -1 : (a->pairs_opts.train_crops = (int)v, 1);
     case OPT_EVENTS: return o->events = stdout, 1;
     case OPT_DEVICE: {
         e2g_device_mode mode;
@@ -146,7 +146,7 @@ static void phase_event(const train_args *a, const char *phase, long steps) {
 static char *finish_report(json_t *report, const train_args *a, const char *what) {
     json_t *budget = json_object_get(report, "budget");
     char machine[256];
-    cli_machine(machine, sizeof machine);
+    e2g_cli_machine(machine, sizeof machine);
     json_object_set_new(budget, "machine", json_string(machine));
     json_object_set_new(budget, "precision", json_string(e2g_precision_describe()));
     json_object_set_new(report, "data", json_string(a->pairs ? a->pairs : a->data));
@@ -167,7 +167,7 @@ static char *finish_report(json_t *report, const train_args *a, const char *what
 }
 
 static int prepare(train_args *a, const char *usage_text) {
-    if (!a->data == !a->pairs || !a->out) return cli_usage(usage_text);
+    if (!a->data == !a->pairs || !a->out) return e2g_cli_usage(usage_text);
     e2g_set_threads((int)a->threads);
     char err[E2G_ERR_LEN];
     if (e2g_precision_setup(a->precision, err)) {
@@ -190,7 +190,7 @@ static const char train_usage[] =
     "  PyTorch-default initialisation (full fine-tuning): a dataset concept the\n"
     "  base lacks gets a new embedding, started at the mean of the base's.\n" TRAIN_OPTIONS_HELP;
 
-int cmd_train(int argc, char **argv) {
+int e2g_cmd_train(int argc, char **argv) {
     static const struct option opts[] = {TRAIN_OPTIONS,         {"concepts", 1, 0, 'c'},
                                          {"ngf", 1, 0, 'n'},   {"ndf", 1, 0, 'd'},
                                          {"paper-like", 0, 0, 'p'}, {"init", 1, 0, 'i'},
@@ -202,10 +202,10 @@ int cmd_train(int argc, char **argv) {
     int paper = 0, c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         int r = parse_train_option(c, optarg, &a);
-        if (r < 0 || (r == 0 && c == '?')) return cli_usage(train_usage);
+        if (r < 0 || (r == 0 && c == '?')) return e2g_cli_usage(train_usage);
         if (c == 'c') concepts = optarg;
-        if (c == 'n' && cli_parse_long(optarg, 1, 512, &ngf)) return cli_usage(train_usage);
-        if (c == 'd' && cli_parse_long(optarg, 1, 1024, &ndf)) return cli_usage(train_usage);
+        if (c == 'n' && e2g_cli_parse_long(optarg, 1, 512, &ngf)) return e2g_cli_usage(train_usage);
+        if (c == 'd' && e2g_cli_parse_long(optarg, 1, 1024, &ndf)) return e2g_cli_usage(train_usage);
         if (c == 'p') paper = 1;
         if (c == 'i') init = optarg;
     }
@@ -298,7 +298,7 @@ static e2g_lora *train_probe(e2g_model *m, const e2g_dataset *train, const e2g_d
     return probe;
 }
 
-int cmd_finetune(int argc, char **argv) {
+int e2g_cmd_finetune(int argc, char **argv) {
     static const struct option opts[] = {TRAIN_OPTIONS,          {"model", 1, 0, 'm'},
                                          {"concept", 1, 0, 'c'},   {"rank", 1, 0, 'r'},
                                          {"alpha", 1, 0, 'a'},    {"rank-search", 0, 0, 's'},
@@ -316,13 +316,13 @@ int cmd_finetune(int argc, char **argv) {
         if (c == 'm') model = optarg;
         if (c == 'c') concept = optarg;
         if (c == 's') search = 1;
-        if (c == 'r') bad |= cli_parse_long(optarg, 1, 1024, &rank);
-        if (c == 'R') bad |= cli_parse_long(optarg, 1, 1024, &max_rank);
-        if (c == 'a') bad |= cli_parse_double(optarg, 1e-6, 1e6, &alpha);
-        if (c == 'P') bad |= cli_parse_double(optarg, 0.01, 0.99, &probe_fraction);
-        if (c == 'T') bad |= cli_parse_double(optarg, 0, 100, &tolerance);
-        if (c == 'k') bad |= cli_parse_double(optarg, 1e-6, 1, &keep);
-        if (bad) return cli_usage(finetune_usage);
+        if (c == 'r') bad |= e2g_cli_parse_long(optarg, 1, 1024, &rank);
+        if (c == 'R') bad |= e2g_cli_parse_long(optarg, 1, 1024, &max_rank);
+        if (c == 'a') bad |= e2g_cli_parse_double(optarg, 1e-6, 1e6, &alpha);
+        if (c == 'P') bad |= e2g_cli_parse_double(optarg, 0.01, 0.99, &probe_fraction);
+        if (c == 'T') bad |= e2g_cli_parse_double(optarg, 0, 100, &tolerance);
+        if (c == 'k') bad |= e2g_cli_parse_double(optarg, 1e-6, 1, &keep);
+        if (bad) return e2g_cli_usage(finetune_usage);
     }
     if (optind != argc || !model || !concept || prepare(&a, finetune_usage)) return 2;
     if (alpha < 0) alpha = (double)rank;
@@ -333,7 +333,7 @@ int cmd_finetune(int argc, char **argv) {
     json_t *report = NULL, *probe_report = NULL, *search_evidence = NULL, *reduction = NULL;
     char *report_text = NULL;
     int rc = 1;
-    double t0 = cli_seconds();
+    double t0 = e2g_cli_seconds();
     if (e2g_model_load(&m, model, err) || load_data(&a, concept, &train, &val, err)) goto out;
     if (keep < 1) {
         phase_event(&a, "reduce", 0);
@@ -371,7 +371,7 @@ int cmd_finetune(int argc, char **argv) {
     json_object_set_new(report, "trainable_params", json_integer((json_int_t)lora->numel));
     if (search_evidence) json_object_set(report, "rank_search", search_evidence);
     if (reduction) json_object_set(report, "data_reduction", reduction);
-    json_object_set_new(json_object_get(report, "budget"), "total_wall_s", json_real(cli_seconds() - t0));
+    json_object_set_new(json_object_get(report, "budget"), "total_wall_s", json_real(e2g_cli_seconds() - t0));
     report_text = finish_report(report, &a, "LoRA adapter (fine-tuning on a frozen base)");
     const char *meta[] = {"training_report", report_text, NULL};
     if (e2g_adapter_save(a.out, m, lora, concept, meta, err)) goto out;
@@ -398,7 +398,7 @@ static const char evaluate_usage[] =
     "  also evaluation.json and contact.png there).  With --adapter, the adapter\n"
     "  edits the validation pairs of dataset concept NAME.\n";
 
-int cmd_evaluate(int argc, char **argv) {
+int e2g_cmd_evaluate(int argc, char **argv) {
     static const struct option opts[] = {{"model", 1, 0, 'm'},   {"data", 1, 0, 'd'},
                                          {"concepts", 1, 0, 'c'}, {"adapter", 1, 0, 'a'},
                                          {"concept", 1, 0, 'n'},  {"pairs", 1, 0, 'p'},
@@ -416,11 +416,11 @@ int cmd_evaluate(int argc, char **argv) {
         if (c == 'a') adapter = optarg;
         if (c == 'r') report = optarg;
         if (c == 'P') precision = optarg;
-        if (c == 'p') bad |= cli_parse_long(optarg, 0, 1000000, &pairs);
-        if (c == 't') bad |= cli_parse_long(optarg, 1, 1024, &threads);
-        if (bad) return cli_usage(evaluate_usage);
+        if (c == 'p') bad |= e2g_cli_parse_long(optarg, 0, 1000000, &pairs);
+        if (c == 't') bad |= e2g_cli_parse_long(optarg, 1, 1024, &threads);
+        if (bad) return e2g_cli_usage(evaluate_usage);
     }
-    if (optind != argc || !model || !data || (adapter && !concepts)) return cli_usage(evaluate_usage);
+    if (optind != argc || !model || !data || (adapter && !concepts)) return e2g_cli_usage(evaluate_usage);
     e2g_set_threads((int)threads);
     char err[E2G_ERR_LEN], sheet[4096];
     e2g_model *m = NULL;

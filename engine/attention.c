@@ -60,7 +60,7 @@ static float exp_shifted(float *x, int n, float shift) {
     return sum;
 }
 
-void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+void e2g_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                        int N, int Lq, int Lk, int C, int heads) {
     E2G_ASSERT(N > 0 && Lq > 0 && Lk > 0 && heads > 0 && C > 0 && C % heads == 0);
     const int d = C / heads, nqb = ceil_div(Lq, BQ);
@@ -127,7 +127,7 @@ static void backward_tile(float *p, float *ds, const float *qt, const float *dot
     }
 }
 
-void attention_backward(float *dq, float *dk, float *dv, const float *dout,
+void e2g_attention_backward(float *dq, float *dk, float *dv, const float *dout,
                         const float *q, const float *k, const float *v, const float *out,
                         const float *lse, int N, int Lq, int Lk, int C, int heads) {
     E2G_ASSERT(N > 0 && Lq > 0 && Lk > 0 && heads > 0 && C > 0 && C % heads == 0);

@@ -12,13 +12,13 @@
  * out = softmax(q·kᵀ/√d)·v per head; lse = the natural log of each row's
  * softmax denominator, log Σ_j exp(q_i·k_j/√d), which the backward needs.
  * Requires N, Lq, Lk ≥ 1 and C a positive multiple of heads. */
-void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+void e2g_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                        int N, int Lq, int Lk, int C, int heads);
 
 /* Gradients of attention_forward, ACCUMULATED (+=) into dq (N, Lq, C),
  * dk and dv (N, Lk, C), given dout (N, Lq, C) and the forward's inputs,
  * out and lse. */
-void attention_backward(float *dq, float *dk, float *dv, const float *dout,
+void e2g_attention_backward(float *dq, float *dk, float *dv, const float *dout,
                         const float *q, const float *k, const float *v, const float *out,
                         const float *lse, int N, int Lq, int Lk, int C, int heads);
 

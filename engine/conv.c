@@ -49,7 +49,7 @@ static pthread_key_t g_thread_key;
 
 static void thread_exit(void *unused) {
     (void)unused;
-    conv2d_cache_clear();
+    e2g_conv2d_cache_clear();
 }
 
 static void engine_init(void) {
@@ -142,7 +142,7 @@ static void plan_free(conv_plan *p) {
     free(p);
 }
 
-void conv2d_cache_clear(void) {
+void e2g_conv2d_cache_clear(void) {
     for (int i = 0; i < PLAN_CACHE_SIZE; i++) {
         plan_free(t_plans[i]);
         t_plans[i] = NULL;
@@ -394,13 +394,19 @@ static float *run_backward(const plan_key *key, int want_dsrc, const float **dw,
     return dsrc;
 }
 
-/* The precision of a forward convolution with cin input channels: the
- * setting, except that layers with fewer than 4 input channels (the
- * generator's RGB input layer) stay fp32: oneDNN 2.6's bf16 kernels pad the
- * channels to pairs there and ran 2× slower than fp32 (AVX512-BF16,
- * bench/cpu_bf16_ops.sh).  Backward passes follow the setting alone. */
+/* The precision of a convolution: the setting, except where oneDNN 2.6's
+ * bf16 kernels lose to fp32 (AVX512-BF16, bench/cpu_bf16_ops.sh):
+ *  - forward with fewer than 4 input channels (the generator's RGB input
+ *    layer): the kernels pad the channels to pairs, 2× slower than fp32;
+ *  - backward with fewer than 32 output channels: the weight-gradient
+ *    kernel runs 50–80 ms for a LoRA A convolution of rank 4 (oc 4) where
+ *    fp32 takes well under 1 ms, and the `out` layer (oc 3) gained nothing. */
 static int forward_prec(int cin) {
     return cin < 4 ? E2G_PRECISION_FP32 : (int)e2g_get_precision();
+}
+
+static int backward_prec(int cout) {
+    return cout < 32 ? E2G_PRECISION_FP32 : (int)e2g_get_precision();
 }
 
 /* The plan key of a layer (in precision prec) and, when need_src is set,
@@ -410,7 +416,7 @@ static const void *conv_source(const float *inp, int N, int H, int W, const e2g_
                                int has_bias, int need_src, int prec, plan_key *key) {
     int reflect = cs->pad_mode == E2G_PAD_REFLECT && cs->pad > 0;
     int p = reflect ? cs->pad : 0, zp = reflect ? 0 : cs->pad;
-    int Ho = conv2d_out_size(H, cs), Wo = conv2d_out_size(W, cs);
+    int Ho = e2g_conv2d_out_size(H, cs), Wo = e2g_conv2d_out_size(W, cs);
     *key = (plan_key){N, H + 2 * p, W + 2 * p, cs->cin, cs->cout, cs->k, cs->stride, zp, zp, 0, 0,
                       has_bias, prec};
     /* PyTorch pads symmetrically and floors; oneDNN wants the bottom/right
@@ -426,30 +432,30 @@ static const void *conv_source(const float *inp, int N, int H, int W, const e2g_
         return padded;
     }
     float *padded = scratch(SCRATCH_PAD, padded_n * sizeof(float));
-    pad_reflect_forward(padded, inp, N, H, W, cs->cin, p);
+    e2g_pad_reflect_forward(padded, inp, N, H, W, cs->cin, p);
     return padded;
 }
 
-void conv2d_forward(float *out, const float *inp, const float *weight, const float *bias, int N,
+void e2g_conv2d_forward(float *out, const float *inp, const float *weight, const float *bias, int N,
                     int H, int W, const e2g_conv_shape *cs) {
     plan_key key;
     const void *src = conv_source(inp, N, H, W, cs, bias != NULL, 1, forward_prec(cs->cin), &key);
     run_forward(&key, out, src, weight, bias);
 }
 
-void conv2d_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+void e2g_conv2d_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
                      const float *weight, int N, int H, int W, const e2g_conv_shape *cs) {
     plan_key key;
     /* The bias gradient is a by-product of the weights primitive; a plan
      * with a bias is only needed when that gradient is wanted. */
     int want_dw = dweight || dbias;
-    const void *src = conv_source(inp, N, H, W, cs, dbias != NULL, want_dw, (int)e2g_get_precision(), &key);
-    size_t dout_n = (size_t)N * conv2d_out_size(H, cs) * conv2d_out_size(W, cs) * cs->cout;
+    const void *src = conv_source(inp, N, H, W, cs, dbias != NULL, want_dw, backward_prec(cs->cout), &key);
+    size_t dout_n = (size_t)N * e2g_conv2d_out_size(H, cs) * e2g_conv2d_out_size(W, cs) * cs->cout;
     const void *d = as_input(key.prec, dout, dout_n, SCRATCH_DOUT16);
     const float *dw = NULL, *db = NULL;
     float *dsrc = run_backward(&key, dinp != NULL, want_dw ? &dw : NULL, &db, d, src, weight);
     if (dinp && key.H != H)
-        pad_reflect_backward(dinp, dsrc, N, H, W, cs->cin, (key.H - H) / 2);
+        e2g_pad_reflect_backward(dinp, dsrc, N, H, W, cs->cin, (key.H - H) / 2);
     else if (dinp)
         add_into(dinp, dsrc, (size_t)N * H * W * cs->cin);
     if (dweight) add_into(dweight, dw, (size_t)cs->cout * cs->cin * cs->k * cs->k);
@@ -506,7 +512,7 @@ static void shuffle_phases(float *dst, const float *src, int N, int H, int W, in
             }
 }
 
-void upconv2x_forward(float *out, const float *inp, const float *weight, const float *bias, int N,
+void e2g_upconv2x_forward(float *out, const float *inp, const float *weight, const float *bias, int N,
                       int H, int W, int cin, int cout) {
     size_t plane = (size_t)N * H * W * cout;
     int prec = forward_prec(cin);
@@ -522,9 +528,9 @@ void upconv2x_forward(float *out, const float *inp, const float *weight, const f
 
 /* ---- bands of rows (memory-lean inference) --------------------------------------- */
 
-void conv2d_forward_band(float *out, const float *band, const float *weight, const float *bias,
+void e2g_conv2d_forward_band(float *out, const float *band, const float *weight, const float *bias,
                          int rows, int W, const e2g_conv_shape *cs) {
-    int Wo = conv2d_out_size(W, cs);
+    int Wo = e2g_conv2d_out_size(W, cs);
     plan_key key = {1, rows, W, cs->cin, cs->cout, cs->k, cs->stride, 0, cs->pad, 0, 0, bias != NULL,
                     forward_prec(cs->cin)};
     key.pad_r = (Wo - 1) * cs->stride + cs->k - W - cs->pad;
@@ -552,7 +558,7 @@ void conv2d_forward_band(float *out, const float *band, const float *weight, con
     run_forward(&key, out, src, weight, bias);
 }
 
-void upconv2x_forward_band(float *out, const float *band, const float *weight, const float *bias,
+void e2g_upconv2x_forward_band(float *out, const float *band, const float *weight, const float *bias,
                            int rows, int W, int cin, int cout) {
     int n = rows - 2; /* input rows i0−1 .. i1 give output rows 2·i0 .. 2·i1−1 */
     size_t plane = (size_t)n * W * cout;
@@ -570,11 +576,11 @@ void upconv2x_forward_band(float *out, const float *band, const float *weight, c
     shuffle_phases(out, phases, 1, n, W, cout, 1);
 }
 
-void upconv2x_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+void e2g_upconv2x_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                        const float *inp, const float *weight, int N, int H, int W, int cin,
                        int cout) {
     size_t plane = (size_t)N * H * W * cout, per = (size_t)cout * cin;
-    int prec = (int)e2g_get_precision(), want_dk = dweight || dbias;
+    int prec = backward_prec(cout), want_dk = dweight || dbias;
     float *dphases = scratch(SCRATCH_PHASES, 4 * plane * sizeof(float));
     shuffle_phases(dphases, dout, N, H, W, cout, 0);
     const char *d = as_input(prec, dphases, 4 * plane, SCRATCH_DOUT16);
@@ -598,7 +604,7 @@ void upconv2x_backward(float *dinp, float *dweight, float *dbias, const float *d
 
 /* ---- reflect padding ------------------------------------------------------- */
 
-void pad_reflect_forward(float *out, const float *inp, int N, int H, int W, int C, int p) {
+void e2g_pad_reflect_forward(float *out, const float *inp, int N, int H, int W, int C, int p) {
     int Hp = H + 2 * p, Wp = W + 2 * p;
 #pragma omp parallel for collapse(2) schedule(static)
     for (int n = 0; n < N; n++)
@@ -610,7 +616,7 @@ void pad_reflect_forward(float *out, const float *inp, int N, int H, int W, int 
         }
 }
 
-void pad_reflect_backward(float *dinp, const float *dout, int N, int H, int W, int C, int p) {
+void e2g_pad_reflect_backward(float *dinp, const float *dout, int N, int H, int W, int C, int p) {
     int Hp = H + 2 * p, Wp = W + 2 * p;
     /* Parallel over samples and channels' owners: each padded row folds into
      * one source row, so distinct samples never collide. */

@@ -13,16 +13,16 @@ typedef struct {
 } e2g_conv_shape;
 
 /* Output size along one axis for an input of size n. */
-int conv2d_out_size(int n, const e2g_conv_shape *cs);
+int e2g_conv2d_out_size(int n, const e2g_conv_shape *cs);
 
 /* out: (N, Ho, Wo, cout) is overwritten; inp: (N, H, W, cin);
  * weight: (cout, cin, k, k); bias: (cout) or NULL. */
-void conv2d_forward(float *out, const float *inp, const float *weight, const float *bias,
+void e2g_conv2d_forward(float *out, const float *inp, const float *weight, const float *bias,
                     int N, int H, int W, const e2g_conv_shape *cs);
 
-/* Gradients accumulate (+=); any of dinp, dweight, dbias may be NULL when
+/* Gradients e2g_accumulate (+=); any of dinp, dweight, dbias may be NULL when
  * not wanted.  dout: (N, Ho, Wo, cout); inp: the forward's input. */
-void conv2d_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+void e2g_conv2d_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                      const float *inp, const float *weight, int N, int H, int W,
                      const e2g_conv_shape *cs);
 
@@ -30,9 +30,9 @@ void conv2d_backward(float *dinp, float *dweight, float *dbias, const float *dou
  * the upsampled copy: inp (N, H, W, cin) → out (N, 2H, 2W, cout); weight
  * (cout, cin, 3, 3), bias (cout) or NULL.  The backward accumulates like
  * conv2d_backward's. */
-void upconv2x_forward(float *out, const float *inp, const float *weight, const float *bias, int N,
+void e2g_upconv2x_forward(float *out, const float *inp, const float *weight, const float *bias, int N,
                       int H, int W, int cin, int cout);
-void upconv2x_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+void e2g_upconv2x_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                        const float *inp, const float *weight, int N, int H, int W, int cin,
                        int cout);
 
@@ -42,9 +42,9 @@ void upconv2x_backward(float *dinp, float *dweight, float *dbias, const float *d
  * conv2d_forward_band: band (rows, W, cin) → ((rows − k)/stride + 1, Wo, cout).
  * upconv2x_forward_band: band rows i0−1 .. i1 (rows = i1 − i0 + 2) → the
  * 2·(i1 − i0) upsampled-and-convolved output rows 2·i0 .. 2·i1 − 1. */
-void conv2d_forward_band(float *out, const float *band, const float *weight, const float *bias,
+void e2g_conv2d_forward_band(float *out, const float *band, const float *weight, const float *bias,
                          int rows, int W, const e2g_conv_shape *cs);
-void upconv2x_forward_band(float *out, const float *band, const float *weight, const float *bias,
+void e2g_upconv2x_forward_band(float *out, const float *band, const float *weight, const float *bias,
                            int rows, int W, int cin, int cout);
 
 /* Precision: with e2g_get_precision() bf16 (precision.h) every function
@@ -57,11 +57,11 @@ void upconv2x_forward_band(float *out, const float *band, const float *weight, c
 
 /* Reflect padding by p on every side (PyTorch 'reflect'), NHWC.  The
  * backward folds the padded gradient back and accumulates into dinp. */
-void pad_reflect_forward(float *out, const float *inp, int N, int H, int W, int C, int p);
-void pad_reflect_backward(float *dinp, const float *dout, int N, int H, int W, int C, int p);
+void e2g_pad_reflect_forward(float *out, const float *inp, int N, int H, int W, int C, int p);
+void e2g_pad_reflect_backward(float *dinp, const float *dout, int N, int H, int W, int C, int p);
 
 /* Releases the calling thread's cached oneDNN primitives, scratch buffers
  * and stream; runs by itself when a thread that used them exits. */
-void conv2d_cache_clear(void);
+void e2g_conv2d_cache_clear(void);
 
 #endif

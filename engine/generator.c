@@ -114,7 +114,7 @@ float *e2g_gen_merge(const e2g_gen_config *cfg, e2g_gen_params *dst, const e2g_g
             const e2g_lora *l = terms[t].lora;
             if (!l->rank[layer]) continue;
             /* W (cout × fan) += coef·scale · B (cout × r) · A (r × fan) */
-            gemm('N', 'N', s.cout, fan, l->rank[layer], terms[t].coef * l->scale[layer], l->B[layer],
+            e2g_gemm('N', 'N', s.cout, fan, l->rank[layer], terms[t].coef * l->scale[layer], l->B[layer],
                  l->rank[layer], l->A[layer], fan, 1.0f, m, fan);
         }
         *e2g_node_weight_slot(&net.node[e2g_net_crucial_node(&net, layer)], dst) = m;

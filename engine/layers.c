@@ -7,24 +7,24 @@
 #include "common.h"
 #include "ops.h"
 
-float *arena_take(arena *a, size_t n) {
+float *e2g_arena_take(arena *a, size_t n) {
     float *p = a->base ? a->base + a->used : NULL;
     a->used += (n + 15) & ~(size_t)15; /* 64-byte aligned slices */
     return p;
 }
 
-void block_plan(block_acts *b, arena *ar, const e2g_node *s, int N, int H, int W) {
+void e2g_block_plan(block_acts *b, arena *ar, const e2g_node *s, int N, int H, int W) {
     b->H = H, b->W = W;
-    b->Ho = s->upsample ? 2 * H : conv2d_out_size(H, &s->conv);
-    b->Wo = s->upsample ? 2 * W : conv2d_out_size(W, &s->conv);
-    size_t out_n = block_out_size(b, s, N);
-    b->pre = arena_take(ar, out_n);
-    b->mean = s->norm ? arena_take(ar, (size_t)N * s->conv.cout) : NULL;
-    b->rstd = s->norm ? arena_take(ar, (size_t)N * s->conv.cout) : NULL;
-    b->out = (s->norm || s->act != E2G_ACT_NONE) ? arena_take(ar, out_n) : b->pre;
+    b->Ho = s->upsample ? 2 * H : e2g_conv2d_out_size(H, &s->conv);
+    b->Wo = s->upsample ? 2 * W : e2g_conv2d_out_size(W, &s->conv);
+    size_t out_n = e2g_block_out_size(b, s, N);
+    b->pre = e2g_arena_take(ar, out_n);
+    b->mean = s->norm ? e2g_arena_take(ar, (size_t)N * s->conv.cout) : NULL;
+    b->rstd = s->norm ? e2g_arena_take(ar, (size_t)N * s->conv.cout) : NULL;
+    b->out = (s->norm || s->act != E2G_ACT_NONE) ? e2g_arena_take(ar, out_n) : b->pre;
 }
 
-size_t block_out_size(const block_acts *b, const e2g_node *s, int N) {
+size_t e2g_block_out_size(const block_acts *b, const e2g_node *s, int N) {
     return (size_t)N * b->Ho * b->Wo * s->conv.cout;
 }
 
@@ -44,33 +44,33 @@ static int run_length(const e2g_edit *edits, int n0, int N) {
 
 /* ---- the conv of a block: plain, or fused with a ×2 upsample ---------------- */
 
-void layer_conv_forward(float *out, const float *in, const float *w, const float *bias, int N,
+void e2g_layer_conv_forward(float *out, const float *in, const float *w, const float *bias, int N,
                         int H, int W, const e2g_conv_shape *cs, int upsample) {
     if (upsample)
-        upconv2x_forward(out, in, w, bias, N, H, W, cs->cin, cs->cout);
+        e2g_upconv2x_forward(out, in, w, bias, N, H, W, cs->cin, cs->cout);
     else
-        conv2d_forward(out, in, w, bias, N, H, W, cs);
+        e2g_conv2d_forward(out, in, w, bias, N, H, W, cs);
 }
 
-void layer_conv_forward_band(float *out, const float *band, const float *w, const float *bias,
+void e2g_layer_conv_forward_band(float *out, const float *band, const float *w, const float *bias,
                              int rows, int W, const e2g_conv_shape *cs, int upsample) {
     if (upsample)
-        upconv2x_forward_band(out, band, w, bias, rows, W, cs->cin, cs->cout);
+        e2g_upconv2x_forward_band(out, band, w, bias, rows, W, cs->cin, cs->cout);
     else
-        conv2d_forward_band(out, band, w, bias, rows, W, cs);
+        e2g_conv2d_forward_band(out, band, w, bias, rows, W, cs);
 }
 
-int layer_band_out_rows(int rows, const e2g_conv_shape *cs, int upsample) {
+int e2g_layer_band_out_rows(int rows, const e2g_conv_shape *cs, int upsample) {
     return upsample ? 2 * (rows - 2) : (rows - cs->k) / cs->stride + 1;
 }
 
-void layer_conv_backward(float *din, float *dw, float *db, const float *dout, const float *in,
+void e2g_layer_conv_backward(float *din, float *dw, float *db, const float *dout, const float *in,
                          const float *w, int N, int H, int W, const e2g_conv_shape *cs,
                          int upsample) {
     if (upsample)
-        upconv2x_backward(din, dw, db, dout, in, w, N, H, W, cs->cin, cs->cout);
+        e2g_upconv2x_backward(din, dw, db, dout, in, w, N, H, W, cs->cin, cs->cout);
     else
-        conv2d_backward(din, dw, db, dout, in, w, N, H, W, cs);
+        e2g_conv2d_backward(din, dw, db, dout, in, w, N, H, W, cs);
 }
 
 /* ---- unmerged LoRA ------------------------------------------------------------ */
@@ -90,11 +90,11 @@ static void site_a_forward(const lora_site *st, float *h, const float *x, const 
         e2g_conv_shape a_shape = st->conv;
         a_shape.cout = r;
         if (st->band)
-            layer_conv_forward_band(h, x, A, NULL, st->H, st->W, &a_shape, st->upsample);
+            e2g_layer_conv_forward_band(h, x, A, NULL, st->H, st->W, &a_shape, st->upsample);
         else
-            layer_conv_forward(h, x, A, NULL, cnt, st->H, st->W, &a_shape, st->upsample);
+            e2g_layer_conv_forward(h, x, A, NULL, cnt, st->H, st->W, &a_shape, st->upsample);
     } else {
-        linear_forward(h, x, A, NULL, cnt * st->rows, st->cin, r, 0);
+        e2g_linear_forward(h, x, A, NULL, cnt * st->rows, st->cin, r, 0);
     }
 }
 
@@ -103,9 +103,9 @@ static void site_a_backward(const lora_site *st, float *dx, float *dA, const flo
     if (st->is_conv) {
         e2g_conv_shape a_shape = st->conv;
         a_shape.cout = r;
-        layer_conv_backward(dx, dA, NULL, dh, x, A, cnt, st->H, st->W, &a_shape, st->upsample);
+        e2g_layer_conv_backward(dx, dA, NULL, dh, x, A, cnt, st->H, st->W, &a_shape, st->upsample);
     } else {
-        linear_backward(dx, dA, NULL, dh, x, A, cnt * st->rows, st->cin, r);
+        e2g_linear_backward(dx, dA, NULL, dh, x, A, cnt * st->rows, st->cin, r);
     }
 }
 
@@ -120,7 +120,7 @@ static void lora_forward(float *out, const float *in, const e2g_edit *edits, int
             if (!r) continue;
             float *h = e2g_xmalloc((size_t)M * r * sizeof(float));
             site_a_forward(st, h, in + (size_t)n0 * st->rows * st->cin, l->A[layer], cnt, r);
-            gemm('N', 'T', M, st->cout, r, edits[n0].terms[t].coef * l->scale[layer], h, r,
+            e2g_gemm('N', 'T', M, st->cout, r, edits[n0].terms[t].coef * l->scale[layer], h, r,
                  l->B[layer], r, 1.0f, out + (size_t)n0 * st->out_rows * st->cout, st->cout);
             free(h);
         }
@@ -144,11 +144,11 @@ static void lora_backward(float *din, e2g_lora *dlora, const e2g_lora *train, co
             const float *g = dout + (size_t)n0 * st->out_rows * st->cout;
             const float *x = in + (size_t)n0 * st->rows * st->cin;
             float *dh = e2g_xmalloc((size_t)M * r * sizeof(float));
-            gemm('N', 'N', M, r, st->cout, s, g, st->cout, l->B[layer], r, 0.0f, dh, r);
+            e2g_gemm('N', 'N', M, r, st->cout, s, g, st->cout, l->B[layer], r, 0.0f, dh, r);
             if (trained) { /* dB needs A(x) again: recomputing beats keeping it */
                 float *h = e2g_xmalloc((size_t)M * r * sizeof(float));
                 site_a_forward(st, h, x, l->A[layer], cnt, r);
-                gemm('T', 'N', st->cout, r, M, s, g, st->cout, h, r, 1.0f, dlora->B[layer], r);
+                e2g_gemm('T', 'N', st->cout, r, M, s, g, st->cout, h, r, 1.0f, dlora->B[layer], r);
                 free(h);
             }
             site_a_backward(st, din ? din + (size_t)n0 * st->rows * st->cin : NULL,
@@ -160,7 +160,7 @@ static void lora_backward(float *din, e2g_lora *dlora, const e2g_lora *train, co
 }
 
 static lora_site conv_site(const e2g_conv_shape *cs, int H, int W, int upsample) {
-    int Ho = upsample ? 2 * H : conv2d_out_size(H, cs), Wo = upsample ? 2 * W : conv2d_out_size(W, cs);
+    int Ho = upsample ? 2 * H : e2g_conv2d_out_size(H, cs), Wo = upsample ? 2 * W : e2g_conv2d_out_size(W, cs);
     return (lora_site){1, upsample, 0, H, W, *cs, H * W, cs->cin, cs->cout, Ho * Wo};
 }
 
@@ -168,34 +168,34 @@ static lora_site linear_site(int rows, int cin, int cout) {
     return (lora_site){0, 0, 0, 0, 0, {0}, rows, cin, cout, rows};
 }
 
-void lora_conv_forward_band(float *out, const float *band, const e2g_edit *edit, int layer,
+void e2g_lora_conv_forward_band(float *out, const float *band, const e2g_edit *edit, int layer,
                             const e2g_conv_shape *cs, int rows, int W, int upsample) {
-    int Wo = upsample ? 2 * W : conv2d_out_size(W, cs);
+    int Wo = upsample ? 2 * W : e2g_conv2d_out_size(W, cs);
     lora_site st = {1, upsample, 1, rows, W, *cs, rows * W, cs->cin, cs->cout,
-                    layer_band_out_rows(rows, cs, upsample) * Wo};
+                    e2g_layer_band_out_rows(rows, cs, upsample) * Wo};
     lora_forward(out, band, edit, layer, &st, 1);
 }
 
-void lora_conv_forward(float *out, const float *in, const e2g_edit *edits, int layer,
+void e2g_lora_conv_forward(float *out, const float *in, const e2g_edit *edits, int layer,
                        const e2g_conv_shape *cs, int N, int H, int W, int upsample) {
     lora_site st = conv_site(cs, H, W, upsample);
     lora_forward(out, in, edits, layer, &st, N);
 }
 
-void lora_conv_backward(float *din, e2g_lora *dlora, const e2g_lora *train, const float *dout,
+void e2g_lora_conv_backward(float *din, e2g_lora *dlora, const e2g_lora *train, const float *dout,
                         const float *in, const e2g_edit *edits, int layer,
                         const e2g_conv_shape *cs, int N, int H, int W, int upsample) {
     lora_site st = conv_site(cs, H, W, upsample);
     lora_backward(din, dlora, train, dout, in, edits, layer, &st, N);
 }
 
-void lora_linear_forward(float *out, const float *in, const e2g_edit *edits, int layer,
+void e2g_lora_linear_forward(float *out, const float *in, const e2g_edit *edits, int layer,
                          int rows_per_sample, int cin, int cout, int N) {
     lora_site st = linear_site(rows_per_sample, cin, cout);
     lora_forward(out, in, edits, layer, &st, N);
 }
 
-void lora_linear_backward(float *din, e2g_lora *dlora, const e2g_lora *train, const float *dout,
+void e2g_lora_linear_backward(float *din, e2g_lora *dlora, const e2g_lora *train, const float *dout,
                           const float *in, const e2g_edit *edits, int layer, int rows_per_sample,
                           int cin, int cout, int N) {
     lora_site st = linear_site(rows_per_sample, cin, cout);
@@ -204,29 +204,29 @@ void lora_linear_backward(float *din, e2g_lora *dlora, const e2g_lora *train, co
 
 /* ---- conv blocks ----------------------------------------------------------------- */
 
-void block_forward(block_acts *b, const e2g_node *s, const e2g_conv_params *cp, const float *in,
+void e2g_block_forward(block_acts *b, const e2g_node *s, const e2g_conv_params *cp, const float *in,
                    int N, const e2g_edit *edits) {
-    layer_conv_forward(b->pre, in, cp->w, s->bias ? cp->b : NULL, N, b->H, b->W, &s->conv,
+    e2g_layer_conv_forward(b->pre, in, cp->w, s->bias ? cp->b : NULL, N, b->H, b->W, &s->conv,
                        s->upsample);
     if (s->crucial >= 0)
-        lora_conv_forward(b->pre, in, edits, s->crucial, &s->conv, N, b->H, b->W, s->upsample);
-    block_finish(b, s, cp, N);
+        e2g_lora_conv_forward(b->pre, in, edits, s->crucial, &s->conv, N, b->H, b->W, s->upsample);
+    e2g_block_finish(b, s, cp, N);
 }
 
-void block_finish(block_acts *b, const e2g_node *s, const e2g_conv_params *cp, int N) {
-    size_t n = block_out_size(b, s, N);
+void e2g_block_finish(block_acts *b, const e2g_node *s, const e2g_conv_params *cp, int N) {
+    size_t n = e2g_block_out_size(b, s, N);
     if (s->norm)
-        instancenorm_forward(b->out, b->mean, b->rstd, b->pre, cp->norm_w, cp->norm_b,
+        e2g_instancenorm_forward(b->out, b->mean, b->rstd, b->pre, cp->norm_w, cp->norm_b,
                              s->act == E2G_ACT_RELU, N, b->Ho * b->Wo, s->conv.cout);
     const float *act_in = s->norm ? b->out : b->pre;
-    if (s->act == E2G_ACT_RELU && !s->norm) relu_forward(b->out, act_in, n);
-    if (s->act == E2G_ACT_LRELU) leakyrelu_forward(b->out, act_in, E2G_LRELU_SLOPE, n);
+    if (s->act == E2G_ACT_RELU && !s->norm) e2g_relu_forward(b->out, act_in, n);
+    if (s->act == E2G_ACT_LRELU) e2g_leakyrelu_forward(b->out, act_in, E2G_LRELU_SLOPE, n);
 }
 
-void block_backward(block_acts *b, block_acts *db, float *tmp, float *din, const e2g_node *s,
+void e2g_block_backward(block_acts *b, block_acts *db, float *tmp, float *din, const e2g_node *s,
                     const e2g_conv_params *cp, e2g_conv_params *gp, e2g_lora *dlora,
                     const e2g_lora *train, const float *in, int N, const e2g_edit *edits) {
-    size_t n = block_out_size(b, s, N);
+    size_t n = e2g_block_out_size(b, s, N);
     /* The activation's gradient lands in tmp before a norm, else in d(pre).
      * Both activations keep the sign, so their backward can read `out`. */
     const float *dnorm_out = db->out;
@@ -234,17 +234,17 @@ void block_backward(block_acts *b, block_acts *db, float *tmp, float *din, const
         float *dact_in = s->norm ? tmp : db->pre;
         if (s->norm) memset(tmp, 0, n * sizeof(float));
         if (s->act == E2G_ACT_RELU)
-            relu_backward(dact_in, db->out, b->out, n);
+            e2g_relu_backward(dact_in, db->out, b->out, n);
         else
-            leakyrelu_backward(dact_in, db->out, b->out, E2G_LRELU_SLOPE, n);
+            e2g_leakyrelu_backward(dact_in, db->out, b->out, E2G_LRELU_SLOPE, n);
         dnorm_out = dact_in;
     }
     if (s->norm)
-        instancenorm_backward(db->pre, gp ? gp->norm_w : NULL, gp ? gp->norm_b : NULL, dnorm_out,
+        e2g_instancenorm_backward(db->pre, gp ? gp->norm_w : NULL, gp ? gp->norm_b : NULL, dnorm_out,
                               b->pre, b->mean, b->rstd, cp->norm_w, N, b->Ho * b->Wo, s->conv.cout);
-    layer_conv_backward(din, gp ? gp->w : NULL, gp && s->bias ? gp->b : NULL, db->pre, in, cp->w,
+    e2g_layer_conv_backward(din, gp ? gp->w : NULL, gp && s->bias ? gp->b : NULL, db->pre, in, cp->w,
                         N, b->H, b->W, &s->conv, s->upsample);
     if (s->crucial >= 0)
-        lora_conv_backward(din, dlora, train, db->pre, in, edits, s->crucial, &s->conv, N, b->H,
+        e2g_lora_conv_backward(din, dlora, train, db->pre, in, edits, s->crucial, &s->conv, N, b->H,
                            b->W, s->upsample);
 }

@@ -16,7 +16,7 @@ typedef struct {
     float *base;
     size_t used;
 } arena;
-float *arena_take(arena *a, size_t n);
+float *e2g_arena_take(arena *a, size_t n);
 
 typedef struct {
     int H, W, Ho, Wo; /* input and output sizes */
@@ -26,48 +26,48 @@ typedef struct {
 } block_acts;
 
 /* Plans one block's activations for an input of H×W. */
-void block_plan(block_acts *b, arena *ar, const e2g_node *s, int N, int H, int W);
+void e2g_block_plan(block_acts *b, arena *ar, const e2g_node *s, int N, int H, int W);
 /* Output element count of a planned block. */
-size_t block_out_size(const block_acts *b, const e2g_node *s, int N);
+size_t e2g_block_out_size(const block_acts *b, const e2g_node *s, int N);
 
-void block_forward(block_acts *b, const e2g_node *s, const e2g_conv_params *cp, const float *in,
+void e2g_block_forward(block_acts *b, const e2g_node *s, const e2g_conv_params *cp, const float *in,
                    int N, const e2g_edit *edits);
 /* The norm and activation of a block whose b->pre holds conv (+ LoRA). */
-void block_finish(block_acts *b, const e2g_node *s, const e2g_conv_params *cp, int N);
+void e2g_block_finish(block_acts *b, const e2g_node *s, const e2g_conv_params *cp, int N);
 /* Backward of one block given d(out) in db->out; accumulates into din
  * (may be NULL), the parameter grads gp (may be NULL) and the trained
  * adapter's grads.  tmp holds block_out_size floats. */
-void block_backward(block_acts *b, block_acts *db, float *tmp, float *din, const e2g_node *s,
+void e2g_block_backward(block_acts *b, block_acts *db, float *tmp, float *din, const e2g_node *s,
                     const e2g_conv_params *cp, e2g_conv_params *gp, e2g_lora *dlora,
                     const e2g_lora *train, const float *in, int N, const e2g_edit *edits);
 
 /* A block's conv: conv2d, or upconv2x (×2 upsample fused) when upsample. */
-void layer_conv_forward(float *out, const float *in, const float *w, const float *bias, int N,
+void e2g_layer_conv_forward(float *out, const float *in, const float *w, const float *bias, int N,
                         int H, int W, const e2g_conv_shape *cs, int upsample);
-void layer_conv_backward(float *din, float *dw, float *db, const float *dout, const float *in,
+void e2g_layer_conv_backward(float *din, float *dw, float *db, const float *dout, const float *in,
                          const float *w, int N, int H, int W, const e2g_conv_shape *cs,
                          int upsample);
 
 /* Band counterparts for one image (see conv.h): rows of gathered input
  * in, layer_band_out_rows rows out; LoRA as lora_conv_forward's. */
-void layer_conv_forward_band(float *out, const float *band, const float *w, const float *bias,
+void e2g_layer_conv_forward_band(float *out, const float *band, const float *w, const float *bias,
                              int rows, int W, const e2g_conv_shape *cs, int upsample);
-int layer_band_out_rows(int rows, const e2g_conv_shape *cs, int upsample);
-void lora_conv_forward_band(float *out, const float *band, const e2g_edit *edit, int layer,
+int e2g_layer_band_out_rows(int rows, const e2g_conv_shape *cs, int upsample);
+void e2g_lora_conv_forward_band(float *out, const float *band, const e2g_edit *edit, int layer,
                             const e2g_conv_shape *cs, int rows, int W, int upsample);
 
 /* Unmerged LoRA: out += Σ coef·scale·B(A(in)) over each sample's terms,
  * batched over runs of samples that share their terms; A has the layer's
  * conv shape (and upsample) or is linear.  The backward accumulates into
  * din (may be NULL) and, for the adapter `train`, into dlora. */
-void lora_conv_forward(float *out, const float *in, const e2g_edit *edits, int layer,
+void e2g_lora_conv_forward(float *out, const float *in, const e2g_edit *edits, int layer,
                        const e2g_conv_shape *cs, int N, int H, int W, int upsample);
-void lora_conv_backward(float *din, e2g_lora *dlora, const e2g_lora *train, const float *dout,
+void e2g_lora_conv_backward(float *din, e2g_lora *dlora, const e2g_lora *train, const float *dout,
                         const float *in, const e2g_edit *edits, int layer,
                         const e2g_conv_shape *cs, int N, int H, int W, int upsample);
-void lora_linear_forward(float *out, const float *in, const e2g_edit *edits, int layer,
+void e2g_lora_linear_forward(float *out, const float *in, const e2g_edit *edits, int layer,
                          int rows_per_sample, int cin, int cout, int N);
-void lora_linear_backward(float *din, e2g_lora *dlora, const e2g_lora *train, const float *dout,
+void e2g_lora_linear_backward(float *din, e2g_lora *dlora, const e2g_lora *train, const float *dout,
                           const float *in, const e2g_edit *edits, int layer, int rows_per_sample,
                           int cin, int cout, int N);
 

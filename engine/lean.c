@@ -105,8 +105,8 @@ static void conv_band(lean *ln, const e2g_node *nd, int n, int r0, int r1, float
     int rows, Win = ln->shape[nd->in[0]].w;
     const e2g_conv_params *cp = e2g_node_conv(nd, ln->p);
     float *band = conv_input_band(ln, nd, n, r0, r1, &rows);
-    layer_conv_forward_band(out, band, cp->w, nd->bias ? cp->b : NULL, rows, Win, &nd->conv, nd->upsample);
-    if (nd->crucial >= 0) lora_conv_forward_band(out, band, &ln->edits[n], nd->crucial, &nd->conv, rows, Win, nd->upsample);
+    e2g_layer_conv_forward_band(out, band, cp->w, nd->bias ? cp->b : NULL, rows, Win, &nd->conv, nd->upsample);
+    if (nd->crucial >= 0) e2g_lora_conv_forward_band(out, band, &ln->edits[n], nd->crucial, &nd->conv, rows, Win, nd->upsample);
     free(band);
 }
 
@@ -119,11 +119,11 @@ static rows_view node_rows(lean *ln, int i, int n, int r0, int r1) {
     size_t row = row_numel(ln, i), count = (size_t)(r1 - r0) * row;
     rows_view v = {e2g_xmalloc(count * sizeof(float)), r0, r1 - r0, 1};
     conv_band(ln, nd, n, r0, r1, v.p);
-    if (nd->act == E2G_ACT_RELU) relu_forward(v.p, v.p, count);
-    if (nd->act == E2G_ACT_LRELU) leakyrelu_forward(v.p, v.p, E2G_LRELU_SLOPE, count);
+    if (nd->act == E2G_ACT_RELU) e2g_relu_forward(v.p, v.p, count);
+    if (nd->act == E2G_ACT_LRELU) e2g_leakyrelu_forward(v.p, v.p, E2G_LRELU_SLOPE, count);
     if (nd->add >= 0) {
         rows_view a = input_rows(ln, nd->add, n, r0, r1);
-        add_forward(v.p, v.p, a.p + (size_t)(r0 - a.lo) * row, count);
+        e2g_add_forward(v.p, v.p, a.p + (size_t)(r0 - a.lo) * row, count);
         release(&a);
     }
     return v;
@@ -150,9 +150,9 @@ static void conv_whole(lean *ln, int i, float *out) {
                 int r1 = r0 + step < o->h ? r0 + step : o->h;
                 conv_band(ln, nd, n, r0, r1, out + n * image_numel(ln, i) + (size_t)r0 * row_numel(ln, i));
             }
-        block_finish(&b, nd, cp, N);
+        e2g_block_finish(&b, nd, cp, N);
     } else {
-        block_forward(&b, nd, cp, ln->whole[nd->in[0]], N, ln->edits);
+        e2g_block_forward(&b, nd, cp, ln->whole[nd->in[0]], N, ln->edits);
     }
     free(b.mean), free(b.rstd);
 }
@@ -171,12 +171,12 @@ static void run_whole(lean *ln, int i) {
         break;
     case E2G_OP_CONV:
         conv_whole(ln, i, out);
-        if (add) add_forward(out, out, add, n);
+        if (add) e2g_add_forward(out, out, add, n);
         break;
     case E2G_OP_LAYERNORM: {
         const e2g_linear_params *lp = e2g_node_linear(nd, ln->p);
         float *stats = e2g_xmalloc(2 * (size_t)N * L * sizeof(float));
-        layernorm_forward(out, stats, stats + (size_t)N * L, in, lp->w, lp->b, N * L, nd->cout);
+        e2g_layernorm_forward(out, stats, stats + (size_t)N * L, in, lp->w, lp->b, N * L, nd->cout);
         free(stats);
         break;
     }
@@ -184,16 +184,16 @@ static void run_whole(lean *ln, int i) {
         const e2g_linear_params *lp = e2g_node_linear(nd, ln->p);
         int accumulate = add && nd->act == E2G_ACT_NONE;
         if (accumulate) memcpy(out, add, n * sizeof(float));
-        linear_forward(out, in, lp->w, lp->b, N * L, nd->cin, nd->cout, accumulate);
-        if (nd->crucial >= 0) lora_linear_forward(out, in, ln->edits, nd->crucial, L, nd->cin, nd->cout, N);
-        if (nd->act == E2G_ACT_GELU) gelu_forward(out, out, n);
-        if (add && !accumulate) add_forward(out, out, add, n);
+        e2g_linear_forward(out, in, lp->w, lp->b, N * L, nd->cin, nd->cout, accumulate);
+        if (nd->crucial >= 0) e2g_lora_linear_forward(out, in, ln->edits, nd->crucial, L, nd->cin, nd->cout, N);
+        if (nd->act == E2G_ACT_GELU) e2g_gelu_forward(out, out, n);
+        if (add && !accumulate) e2g_add_forward(out, out, add, n);
         break;
     }
     case E2G_OP_ATTENTION: {
         int k = nd->in[1];
         float *lse = e2g_xmalloc((size_t)N * L * nd->heads * sizeof(float));
-        attention_forward(out, lse, in, ln->whole[k], ln->whole[nd->in[2]], N, L,
+        e2g_attention_forward(out, lse, in, ln->whole[k], ln->whole[nd->in[2]], N, L,
                           ln->shape[k].h * ln->shape[k].w, nd->cout, nd->heads);
         free(lse);
         break;
@@ -251,7 +251,7 @@ void e2g_gen_infer(const e2g_gen_config *cfg, float *y, const e2g_gen_params *p,
                     int r1 = r0 + BAND_ROWS < H ? r0 + BAND_ROWS : H;
                     rows_view v = input_rows(&ln, o, n, r0, r1);
                     size_t at = n * img + (size_t)r0 * row;
-                    output_forward(y + at, v.p + (size_t)(r0 - v.lo) * row, x + at, nd->residual,
+                    e2g_output_forward(y + at, v.p + (size_t)(r0 - v.lo) * row, x + at, nd->residual,
                                    (size_t)(r1 - r0) * row);
                     release(&v);
                 }

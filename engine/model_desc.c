@@ -12,7 +12,7 @@
 #include "model.h"
 #include "net.h"
 
-int conv2d_out_size(int n, const e2g_conv_shape *cs) { return (n + 2 * cs->pad - cs->k) / cs->stride + 1; }
+int e2g_conv2d_out_size(int n, const e2g_conv_shape *cs) { return (n + 2 * cs->pad - cs->k) / cs->stride + 1; }
 
 /* ---- configuration and the crucial layers -------------------------------------- */
 

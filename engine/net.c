@@ -196,8 +196,8 @@ void e2g_net_shapes(const e2g_net *net, int H, int W, int ctx_tokens, e2g_node_s
         case E2G_OP_CONTEXT: s.h = ctx_tokens, s.w = 1; break;
         case E2G_OP_CONV: {
             e2g_node_shape in = out[nd->in[0]];
-            s.h = nd->upsample ? 2 * in.h : conv2d_out_size(in.h, &nd->conv);
-            s.w = nd->upsample ? 2 * in.w : conv2d_out_size(in.w, &nd->conv);
+            s.h = nd->upsample ? 2 * in.h : e2g_conv2d_out_size(in.h, &nd->conv);
+            s.w = nd->upsample ? 2 * in.w : e2g_conv2d_out_size(in.w, &nd->conv);
             break;
         }
         default: /* per-token ops keep their (first) input's positions */

@@ -86,7 +86,7 @@ static void channel_affine(float *out, const float *inp, const float *scale, con
         }
 }
 
-void instancenorm_forward(float *out, float *mean, float *rstd, const float *inp,
+void e2g_instancenorm_forward(float *out, float *mean, float *rstd, const float *inp,
                           const float *weight, const float *bias, int relu, int N, int HW, int C) {
     double *s1 = e2g_xmalloc((size_t)N * C * sizeof(double)), *s2 = e2g_xmalloc((size_t)N * C * sizeof(double));
     float *scale = e2g_xmalloc((size_t)N * C * sizeof(float)), *shift = e2g_xmalloc((size_t)N * C * sizeof(float));
@@ -102,7 +102,7 @@ void instancenorm_forward(float *out, float *mean, float *rstd, const float *inp
     free(s1), free(s2), free(scale), free(shift);
 }
 
-void instancenorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+void e2g_instancenorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                            const float *inp, const float *mean, const float *rstd,
                            const float *weight, int N, int HW, int C) {
     /* Σ dy and Σ dy·x̂ per (n, c) give every gradient; Σ dy·x̂ = r(Σ dy·x − m Σ dy). */
@@ -138,7 +138,7 @@ void instancenorm_backward(float *dinp, float *dweight, float *dbias, const floa
 
 /* ---- layer norm -------------------------------------------------------------- */
 
-void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *weight,
+void e2g_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *weight,
                        const float *bias, int M, int C) {
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < M; i++) {
@@ -157,7 +157,7 @@ void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, c
     }
 }
 
-void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+void e2g_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                         const float *inp, const float *mean, const float *rstd,
                         const float *weight, int M, int C) {
     if (dinp) {
@@ -193,7 +193,7 @@ void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *
 
 /* ---- linear ------------------------------------------------------------------ */
 
-void gemm(char trans_a, char trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+void e2g_gemm(char trans_a, char trans_b, int M, int N, int K, float alpha, const float *A, int lda,
           const float *B, int ldb, float beta, float *C, int ldc) {
     if (M == 0 || N == 0) return;
     dnnl_status_t s = dnnl_sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
@@ -242,7 +242,7 @@ static pthread_key_t g_mm_key; /* its destructor frees a thread's plans at exit 
 
 static void mm_thread_exit(void *unused) {
     (void)unused;
-    gemm_cache_clear();
+    e2g_gemm_cache_clear();
 }
 
 static void mm_init(void) {
@@ -255,7 +255,7 @@ static void mm_thread_hold(void) {
     if (!pthread_getspecific(g_mm_key)) pthread_setspecific(g_mm_key, &g_mm_key);
 }
 
-void gemm_cache_clear(void) {
+void e2g_gemm_cache_clear(void) {
     for (int i = 0; i < MM_CACHE_SIZE; i++) {
         if (t_mm[i]) dnnl_primitive_destroy(t_mm[i]->prim);
         free(t_mm[i]);
@@ -356,7 +356,7 @@ static void mm_arg(dnnl_exec_arg_t *args, dnnl_memory_t *mems, int *n, int kind,
     (*n)++;
 }
 
-void gemm_bf16(char trans_a, char trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+void e2g_gemm_bf16(char trans_a, char trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                const float *B, int ldb, float beta, float *C, int ldc) {
     if (M == 0 || N == 0) return;
     if (K == 0) { /* nothing to multiply: C = beta·C, as sgemm leaves it */
@@ -391,12 +391,12 @@ static void linear_gemm(char trans_a, char trans_b, int M, int N, int K, const f
                         const float *B, int ldb, float beta, float *C, int ldc) {
     if (e2g_get_precision() == E2G_PRECISION_BF16 && M >= LINEAR_BF16_MIN && N >= LINEAR_BF16_MIN &&
         K >= LINEAR_BF16_MIN)
-        gemm_bf16(trans_a, trans_b, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
+        e2g_gemm_bf16(trans_a, trans_b, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
     else
-        gemm(trans_a, trans_b, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
+        e2g_gemm(trans_a, trans_b, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
 }
 
-void linear_forward(float *out, const float *inp, const float *weight, const float *bias, int M,
+void e2g_linear_forward(float *out, const float *inp, const float *weight, const float *bias, int M,
                     int in, int outf, int accumulate) {
     linear_gemm('N', 'T', M, outf, in, inp, in, weight, in, accumulate ? 1.0f : 0.0f, out, outf);
     if (!bias) return;
@@ -405,7 +405,7 @@ void linear_forward(float *out, const float *inp, const float *weight, const flo
         for (int o = 0; o < outf; o++) out[(size_t)i * outf + o] += bias[o];
 }
 
-void linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+void e2g_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                      const float *inp, const float *weight, int M, int in, int outf) {
     if (dinp) linear_gemm('N', 'N', M, in, outf, dout, outf, weight, in, 1.0f, dinp, in);
     if (dweight) linear_gemm('T', 'N', outf, in, M, dout, outf, inp, in, 1.0f, dweight, in);
@@ -420,23 +420,23 @@ void linear_backward(float *dinp, float *dweight, float *dbias, const float *dou
 
 /* ---- activations ------------------------------------------------------------- */
 
-void relu_forward(float *out, const float *inp, size_t n) {
+void e2g_relu_forward(float *out, const float *inp, size_t n) {
 #pragma omp parallel for schedule(static) if (n > 32768)
     for (size_t i = 0; i < n; i++) out[i] = inp[i] > 0 ? inp[i] : 0;
 }
 
-void relu_backward(float *dinp, const float *dout, const float *out, size_t n) {
+void e2g_relu_backward(float *dinp, const float *dout, const float *out, size_t n) {
 #pragma omp parallel for schedule(static) if (n > 32768)
     for (size_t i = 0; i < n; i++)
         if (out[i] > 0) dinp[i] += dout[i];
 }
 
-void leakyrelu_forward(float *out, const float *inp, float slope, size_t n) {
+void e2g_leakyrelu_forward(float *out, const float *inp, float slope, size_t n) {
 #pragma omp parallel for schedule(static) if (n > 32768)
     for (size_t i = 0; i < n; i++) out[i] = inp[i] > 0 ? inp[i] : slope * inp[i];
 }
 
-void leakyrelu_backward(float *dinp, const float *dout, const float *inp, float slope, size_t n) {
+void e2g_leakyrelu_backward(float *dinp, const float *dout, const float *inp, float slope, size_t n) {
 #pragma omp parallel for schedule(static) if (n > 32768)
     for (size_t i = 0; i < n; i++) dinp[i] += inp[i] > 0 ? dout[i] : slope * dout[i];
 }
@@ -444,7 +444,7 @@ void leakyrelu_backward(float *dinp, const float *dout, const float *inp, float 
 #define GELU_K 0.7978845608028654f /* sqrt(2/pi) */
 #define GELU_C 0.044715f
 
-void gelu_forward(float *out, const float *inp, size_t n) {
+void e2g_gelu_forward(float *out, const float *inp, size_t n) {
 #pragma omp parallel for simd schedule(static) if (n > 32768)
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
@@ -452,7 +452,7 @@ void gelu_forward(float *out, const float *inp, size_t n) {
     }
 }
 
-void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n) {
+void e2g_gelu_backward(float *dinp, const float *dout, const float *inp, size_t n) {
 #pragma omp parallel for simd schedule(static) if (n > 32768)
     for (size_t i = 0; i < n; i++) {
         float x = inp[i], t = fast_tanh(GELU_K * (x + GELU_C * x * x * x));
@@ -465,7 +465,7 @@ void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n) {
 
 #define OUT_CLAMP 0.999f
 
-void output_forward(float *y, const float *o, const float *x, int residual, size_t n) {
+void e2g_output_forward(float *y, const float *o, const float *x, int residual, size_t n) {
 #pragma omp parallel for schedule(static) if (n > 32768)
     for (size_t i = 0; i < n; i++) {
         float logit = o[i];
@@ -474,7 +474,7 @@ void output_forward(float *y, const float *o, const float *x, int residual, size
     }
 }
 
-void output_backward(float *d_o, float *dx, const float *dy, const float *y, const float *x,
+void e2g_output_backward(float *d_o, float *dx, const float *dy, const float *y, const float *x,
                      int residual, size_t n) {
 #pragma omp parallel for schedule(static) if (n > 32768)
     for (size_t i = 0; i < n; i++) {
@@ -485,19 +485,19 @@ void output_backward(float *d_o, float *dx, const float *dy, const float *y, con
     }
 }
 
-void add_forward(float *out, const float *a, const float *b, size_t n) {
+void e2g_add_forward(float *out, const float *a, const float *b, size_t n) {
 #pragma omp parallel for schedule(static) if (n > 32768)
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
-void accumulate(float *dst, const float *src, size_t n) {
+void e2g_accumulate(float *dst, const float *src, size_t n) {
 #pragma omp parallel for schedule(static) if (n > 32768)
     for (size_t i = 0; i < n; i++) dst[i] += src[i];
 }
 
 /* ---- losses ------------------------------------------------------------------ */
 
-float mse_const_loss(float *grad, const float *pred, float target, size_t n, float scale) {
+float e2g_mse_const_loss(float *grad, const float *pred, float target, size_t n, float scale) {
     double s = 0;
     for (size_t i = 0; i < n; i++) {
         double d = pred[i] - target;
@@ -507,7 +507,7 @@ float mse_const_loss(float *grad, const float *pred, float target, size_t n, flo
     return (float)(s / n);
 }
 
-float l1_loss(float *grad, const float *a, const float *b, size_t n, float scale) {
+float e2g_l1_loss(float *grad, const float *a, const float *b, size_t n, float scale) {
     double s = 0;
     float g = scale / (float)n;
     for (size_t i = 0; i < n; i++) {

@@ -12,33 +12,33 @@
  * variance, followed by a ReLU when relu is set (fused: one pass).
  * x: (N, HW, C); mean, rstd: (N, C) saved for the backward, which is the
  * norm's alone (the caller handles the ReLU's).  out may alias inp. */
-void instancenorm_forward(float *out, float *mean, float *rstd, const float *inp,
+void e2g_instancenorm_forward(float *out, float *mean, float *rstd, const float *inp,
                           const float *weight, const float *bias, int relu, int N, int HW, int C);
-void instancenorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+void e2g_instancenorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                            const float *inp, const float *mean, const float *rstd,
                            const float *weight, int N, int HW, int C);
 
 /* Layer norm over the last dimension C of M rows, eps 1e-5. */
-void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *weight,
+void e2g_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *weight,
                        const float *bias, int M, int C);
-void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+void e2g_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                         const float *inp, const float *mean, const float *rstd,
                         const float *weight, int M, int C);
 
 /* y = x·Wᵀ + b; x: (M, in), W: (out, in), b: (out) or NULL, y: (M, out).
  * With accumulate set, y += x·Wᵀ (+ b) instead of overwriting.  In bf16
  * precision (precision.h) the products whose sizes are all ≥ 64 run through
- * gemm_bf16 (forward and both gradients); smaller ones, LoRA's rank-r
+ * e2g_gemm_bf16 (forward and both gradients); smaller ones, LoRA's rank-r
  * factors among them, and the bias stay fp32. */
-void linear_forward(float *out, const float *inp, const float *weight, const float *bias, int M,
+void e2g_linear_forward(float *out, const float *inp, const float *weight, const float *bias, int M,
                     int in, int outf, int accumulate);
-void linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+void e2g_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                      const float *inp, const float *weight, int M, int in, int outf);
 
 /* C (M×N) = alpha·op(A)·op(B) + beta·C, row-major, through oneDNN's sgemm;
  * trans_a/trans_b are 'N' or 'T'.  Always fp32, whatever the precision
  * setting (LoRA's weight merges rely on it). */
-void gemm(char trans_a, char trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+void e2g_gemm(char trans_a, char trans_b, int M, int N, int K, float alpha, const float *A, int lda,
           const float *B, int ldb, float beta, float *C, int ldc);
 
 /* gemm's contract with A and B rounded to bf16 (round-to-nearest-even) and
@@ -46,39 +46,39 @@ void gemm(char trans_a, char trans_b, int M, int N, int K, float alpha, const fl
  * Primitives are cached per shape (and beta) in the calling thread; alpha is
  * a runtime scale.  The rounding costs ~2^-8 relative per product: use it
  * for big products only.  Needs a CPU with AVX-512 (see e2g_set_precision). */
-void gemm_bf16(char trans_a, char trans_b, int M, int N, int K, float alpha, const float *A,
+void e2g_gemm_bf16(char trans_a, char trans_b, int M, int N, int K, float alpha, const float *A,
                int lda, const float *B, int ldb, float beta, float *C, int ldc);
 
 /* Releases the calling thread's cached bf16 matmul primitives, buffers and
  * stream; runs by itself when a thread that used them exits. */
-void gemm_cache_clear(void);
+void e2g_gemm_cache_clear(void);
 
 /* Pointwise activations; the backward of ReLU reads the forward's output,
  * LeakyReLU and GELU read its input.  In-place forward (out == inp) is fine. */
-void relu_forward(float *out, const float *inp, size_t n);
-void relu_backward(float *dinp, const float *dout, const float *out, size_t n);
-void leakyrelu_forward(float *out, const float *inp, float slope, size_t n);
-void leakyrelu_backward(float *dinp, const float *dout, const float *inp, float slope, size_t n);
-void gelu_forward(float *out, const float *inp, size_t n);
-void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n);
+void e2g_relu_forward(float *out, const float *inp, size_t n);
+void e2g_relu_backward(float *dinp, const float *dout, const float *out, size_t n);
+void e2g_leakyrelu_forward(float *out, const float *inp, float slope, size_t n);
+void e2g_leakyrelu_backward(float *dinp, const float *dout, const float *inp, float slope, size_t n);
+void e2g_gelu_forward(float *out, const float *inp, size_t n);
+void e2g_gelu_backward(float *dinp, const float *dout, const float *inp, size_t n);
 
 /* The generator's output (docs/architecture.md §1): residual in logit space,
  * y = tanh(o + atanh(clamp(x, −0.999, 0.999))), or y = tanh(o) when
  * residual is 0.  x is the network input, same layout as o. */
-void output_forward(float *y, const float *o, const float *x, int residual, size_t n);
-void output_backward(float *d_o, float *dx, const float *dy, const float *y, const float *x,
+void e2g_output_forward(float *y, const float *o, const float *x, int residual, size_t n);
+void e2g_output_backward(float *d_o, float *dx, const float *dy, const float *y, const float *x,
                      int residual, size_t n);
 
 /* out = a + b, elementwise (out may alias a or b). */
-void add_forward(float *out, const float *a, const float *b, size_t n);
+void e2g_add_forward(float *out, const float *a, const float *b, size_t n);
 /* dst += src */
-void accumulate(float *dst, const float *src, size_t n);
+void e2g_accumulate(float *dst, const float *src, size_t n);
 
 /* Losses return their value and, when grad is non-NULL, accumulate
  * scale·∂loss/∂pred into grad. */
 /* mean((pred − target)²): the least-squares GAN terms, target 0 or 1. */
-float mse_const_loss(float *grad, const float *pred, float target, size_t n, float scale);
+float e2g_mse_const_loss(float *grad, const float *pred, float target, size_t n, float scale);
 /* mean(|a − b|), gradient w.r.t. a (sign, 0 at a == b as PyTorch). */
-float l1_loss(float *grad, const float *a, const float *b, size_t n, float scale);
+float e2g_l1_loss(float *grad, const float *a, const float *b, size_t n, float scale);
 
 #endif

@@ -55,31 +55,31 @@ static void plan(e2g_planned *pl, arena *ar, int grads) {
         case E2G_OP_CONV: {
             const e2g_node_shape *in = &pl->shape[nd->in[0]];
             if (!grads) {
-                block_plan(&a->blk, ar, nd, pl->N, in->h, in->w);
-                a->out = nd->add >= 0 ? arena_take(ar, n) : a->blk.out;
+                e2g_block_plan(&a->blk, ar, nd, pl->N, in->h, in->w);
+                a->out = nd->add >= 0 ? e2g_arena_take(ar, n) : a->blk.out;
             } else { /* d(out) is also d(block output); d(pre) apart when an op lies between */
-                a->out = arena_take(ar, n);
+                a->out = e2g_arena_take(ar, n);
                 a->blk = pl->act[i].blk;
                 a->blk.out = a->out;
-                a->blk.pre = (nd->norm || nd->act != E2G_ACT_NONE) ? arena_take(ar, n) : a->out;
+                a->blk.pre = (nd->norm || nd->act != E2G_ACT_NONE) ? e2g_arena_take(ar, n) : a->out;
                 a->blk.mean = a->blk.rstd = NULL;
             }
             break;
         }
         case E2G_OP_LAYERNORM:
-            a->out = arena_take(ar, n);
-            if (!grads) a->mean = arena_take(ar, M), a->rstd = arena_take(ar, M);
+            a->out = e2g_arena_take(ar, n);
+            if (!grads) a->mean = e2g_arena_take(ar, M), a->rstd = e2g_arena_take(ar, M);
             break;
         case E2G_OP_LINEAR:
-            a->out = arena_take(ar, n);
-            if (nd->act != E2G_ACT_NONE) a->pre = arena_take(ar, n);
+            a->out = e2g_arena_take(ar, n);
+            if (nd->act != E2G_ACT_NONE) a->pre = e2g_arena_take(ar, n);
             break;
         case E2G_OP_ATTENTION:
-            a->out = arena_take(ar, n);
-            if (!grads) a->mean = arena_take(ar, M * nd->heads);
+            a->out = e2g_arena_take(ar, n);
+            if (!grads) a->mean = e2g_arena_take(ar, M * nd->heads);
             break;
         default: /* CONTEXT, OUTPUT */
-            a->out = arena_take(ar, n);
+            a->out = e2g_arena_take(ar, n);
             break;
         }
     }
@@ -108,7 +108,7 @@ e2g_planned *e2g_planned_new(const e2g_net *net, int N, int H, int W, int ctx_to
         pl->grad_memory = pl->memory + ar.used;
         pl->grad_floats = grads;
         plan(pl, &ar, 1);
-        pl->tmp = arena_take(&ar, tmp);
+        pl->tmp = e2g_arena_take(&ar, tmp);
     }
     return pl;
 }
@@ -145,12 +145,12 @@ void e2g_planned_forward(e2g_planned *pl, const void *params, const float *x, co
             break;
         }
         case E2G_OP_CONV:
-            block_forward(&a->blk, nd, e2g_node_conv(nd, params), in, N, edits);
-            if (add) add_forward(a->out, a->blk.out, add, n);
+            e2g_block_forward(&a->blk, nd, e2g_node_conv(nd, params), in, N, edits);
+            if (add) e2g_add_forward(a->out, a->blk.out, add, n);
             break;
         case E2G_OP_LAYERNORM: {
             const e2g_linear_params *lp = e2g_node_linear(nd, params);
-            layernorm_forward(a->out, a->mean, a->rstd, in, lp->w, lp->b, N * L, nd->cout);
+            e2g_layernorm_forward(a->out, a->mean, a->rstd, in, lp->w, lp->b, N * L, nd->cout);
             break;
         }
         case E2G_OP_LINEAR: {
@@ -158,18 +158,18 @@ void e2g_planned_forward(e2g_planned *pl, const void *params, const float *x, co
             float *dst = nd->act != E2G_ACT_NONE ? a->pre : a->out;
             int accumulate = add && nd->act == E2G_ACT_NONE;
             if (accumulate) memcpy(dst, add, n * sizeof(float));
-            linear_forward(dst, in, lp->w, lp->b, N * L, nd->cin, nd->cout, accumulate);
-            if (nd->crucial >= 0) lora_linear_forward(dst, in, edits, nd->crucial, L, nd->cin, nd->cout, N);
-            if (nd->act == E2G_ACT_GELU) gelu_forward(a->out, a->pre, n);
-            if (add && !accumulate) add_forward(a->out, a->out, add, n);
+            e2g_linear_forward(dst, in, lp->w, lp->b, N * L, nd->cin, nd->cout, accumulate);
+            if (nd->crucial >= 0) e2g_lora_linear_forward(dst, in, edits, nd->crucial, L, nd->cin, nd->cout, N);
+            if (nd->act == E2G_ACT_GELU) e2g_gelu_forward(a->out, a->pre, n);
+            if (add && !accumulate) e2g_add_forward(a->out, a->out, add, n);
             break;
         }
         case E2G_OP_ATTENTION:
-            attention_forward(a->out, a->mean, in, pl->act[nd->in[1]].out, pl->act[nd->in[2]].out, N, L,
+            e2g_attention_forward(a->out, a->mean, in, pl->act[nd->in[1]].out, pl->act[nd->in[2]].out, N, L,
                               rows(pl, nd->in[1]), nd->cout, nd->heads);
             break;
         case E2G_OP_OUTPUT:
-            output_forward(a->out, in, pl->act[nd->in[1]].out, nd->residual, n);
+            e2g_output_forward(a->out, in, pl->act[nd->in[1]].out, nd->residual, n);
             break;
         }
     }
@@ -194,19 +194,19 @@ void e2g_planned_backward(e2g_planned *pl, void *grads, e2g_lora *dlora, const e
         float *din = i0 >= 0 ? pl->grad[i0].out : NULL;
         size_t n = numel(pl, i);
         int L = rows(pl, i);
-        if (nd->add >= 0 && pl->grad[nd->add].out) accumulate(pl->grad[nd->add].out, d->out, n);
+        if (nd->add >= 0 && pl->grad[nd->add].out) e2g_accumulate(pl->grad[nd->add].out, d->out, n);
         switch (nd->op) {
         case E2G_OP_INPUT: break;
         case E2G_OP_CONTEXT:
-            if (dctx) accumulate(dctx, d->out, n);
+            if (dctx) e2g_accumulate(dctx, d->out, n);
             break;
         case E2G_OP_CONV:
-            block_backward(&a->blk, &d->blk, pl->tmp, din, nd, e2g_node_conv(nd, params),
+            e2g_block_backward(&a->blk, &d->blk, pl->tmp, din, nd, e2g_node_conv(nd, params),
                            grads ? e2g_node_conv(nd, grads) : NULL, dlora, train, in, N, edits);
             break;
         case E2G_OP_LAYERNORM: {
             e2g_linear_params *gp = grads ? e2g_node_linear(nd, grads) : NULL;
-            layernorm_backward(din, gp ? gp->w : NULL, gp ? gp->b : NULL, d->out, in, a->mean, a->rstd,
+            e2g_layernorm_backward(din, gp ? gp->w : NULL, gp ? gp->b : NULL, d->out, in, a->mean, a->rstd,
                                e2g_node_linear(nd, params)->w, N * L, nd->cout);
             break;
         }
@@ -214,23 +214,23 @@ void e2g_planned_backward(e2g_planned *pl, void *grads, e2g_lora *dlora, const e
             e2g_linear_params *gp = grads ? e2g_node_linear(nd, grads) : NULL;
             const float *dpre = d->out;
             if (nd->act == E2G_ACT_GELU) {
-                gelu_backward(d->pre, d->out, a->pre, n);
+                e2g_gelu_backward(d->pre, d->out, a->pre, n);
                 dpre = d->pre;
             }
-            linear_backward(din, gp ? gp->w : NULL, gp ? gp->b : NULL, dpre, in, e2g_node_linear(nd, params)->w,
+            e2g_linear_backward(din, gp ? gp->w : NULL, gp ? gp->b : NULL, dpre, in, e2g_node_linear(nd, params)->w,
                             N * L, nd->cin, nd->cout);
             if (nd->crucial >= 0)
-                lora_linear_backward(din, dlora, train, dpre, in, edits, nd->crucial, L, nd->cin, nd->cout, N);
+                e2g_lora_linear_backward(din, dlora, train, dpre, in, edits, nd->crucial, L, nd->cin, nd->cout, N);
             break;
         }
         case E2G_OP_ATTENTION: {
             int k = nd->in[1], v = nd->in[2];
-            attention_backward(din, pl->grad[k].out, pl->grad[v].out, d->out, in, pl->act[k].out,
+            e2g_attention_backward(din, pl->grad[k].out, pl->grad[v].out, d->out, in, pl->act[k].out,
                                pl->act[v].out, a->out, a->mean, N, L, rows(pl, k), nd->cout, nd->heads);
             break;
         }
         case E2G_OP_OUTPUT:
-            output_backward(din, pl->grad[nd->in[1]].out, d->out, a->out, pl->act[nd->in[1]].out,
+            e2g_output_backward(din, pl->grad[nd->in[1]].out, d->out, a->out, pl->act[nd->in[1]].out,
                             nd->residual, n);
             break;
         }

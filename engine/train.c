@@ -273,7 +273,7 @@ static double disc_term(trainer *tr, const float *tgt, float target, float weigh
     const e2g_disc_params *D = &tr->t->model->disc;
     e2g_disc_forward(tr->dacts, tr->logits, D, tr->x, tgt);
     memset(tr->dlogits, 0, tr->n_logits * sizeof(float));
-    double loss = mse_const_loss(tr->dlogits, tr->logits, target, tr->n_logits, weight);
+    double loss = e2g_mse_const_loss(tr->dlogits, tr->logits, target, tr->n_logits, weight);
     e2g_disc_backward(tr->dacts, dgrads, NULL, dtgt, tr->dlogits, D, tr->x, tgt);
     return loss;
 }
@@ -298,7 +298,7 @@ static step_losses train_step(trainer *tr, long step) {
         e2g_adam_step(&tr->adam_d, m->disc_memory, tr->d_grad, lr, o->beta1, o->beta2, 1e-8f);
         L.gan = disc_term(tr, tr->y, 1.0f, o->gan_weight, NULL, tr->dy);
     }
-    L.l1 = l1_loss(tr->dy, tr->y, tr->tgt, img, o->lambda_l1);
+    L.l1 = e2g_l1_loss(tr->dy, tr->y, tr->tgt, img, o->lambda_l1);
     memset(tr->g_grad, 0, tr->g_n * sizeof(float));
     memset(tr->dctx, 0, (size_t)N * ctx1 * sizeof(float));
     e2g_lora *lora = tr->t->lora;
@@ -307,7 +307,7 @@ static step_losses train_step(trainer *tr, long step) {
     for (int j = 0; j < N; j++) { /* each sample's context gradient to its embedding */
         float *dst = lora ? tr->dlora->concept
                           : tr->grads.concepts + (size_t)tr->map[tr->data->pairs[tr->idx[j]].concept] * ctx1;
-        accumulate(dst, tr->dctx + j * ctx1, ctx1);
+        e2g_accumulate(dst, tr->dctx + j * ctx1, ctx1);
     }
     e2g_adam_step(&tr->adam_g, tr->g_params, tr->g_grad, lr, o->beta1, o->beta2, 1e-8f);
     return L;

@@ -686,7 +686,7 @@ static int conv_node(e2g_cuda_engine *E, bucket *B, const run_plan *rp, int i, c
 /* Slot s's GEMM over the rows of its input (a 1×1 convolution) into out
  * (row stride: the slot's cout), plus the unmerged LoRA of its crucial
  * row blocks. */
-static int gemm(e2g_cuda_engine *E, bucket *B, const run_plan *rp, int s, bf16 *out, const bf16 *in,
+static int e2g_gemm(e2g_cuda_engine *E, bucket *B, const run_plan *rp, int s, bf16 *out, const bf16 *in,
                 int rows_per_sample, char *err) {
     const gen_plan &P = E->plan;
     const wslot &sl = P.slot[s];
@@ -719,10 +719,10 @@ static int linear_slot(e2g_cuda_engine *E, bucket *B, const run_plan *rp, int s,
     int L = A.sh[i0].h * A.sh[i0].w;
     cudaStream_t st = E->dc.stream;
     if (nd0.add < 0) {
-        TRY(gemm(E, B, rp, s, b0.rows, in.rows, L, err));
+        TRY(e2g_gemm(E, B, rp, s, b0.rows, in.rows, L, err));
         return bias_act(b0.rows, E->slots[s].bias, sl.gelu, b0.M, sl.cout, st, err);
     }
-    TRY(gemm(E, B, rp, s, A.proj, in.rows, L, err));
+    TRY(e2g_gemm(E, B, rp, s, A.proj, in.rows, L, err));
     const node_buf &r = A.b[nd0.add];
     int ln = np0.fused_ln;
     return residual_layernorm(b0.f32, np0.has_bf16 ? b0.rows : NULL, ln >= 0 ? A.b[ln].rows : NULL,
@@ -954,7 +954,7 @@ static int check_conv_on(e2g_cuda_engine *E, std::vector<void *> &bufs, float *o
         return p;
     };
     int cin = cs->cin, cout = cs->cout, k = cs->k, reflect = cs->pad_mode == E2G_PAD_REFLECT && !upsample;
-    int p = reflect ? cs->pad : 0, Ho = upsample ? 2 * H : conv2d_out_size(H, cs), Wo = upsample ? 2 * W : conv2d_out_size(W, cs);
+    int p = reflect ? cs->pad : 0, Ho = upsample ? 2 * H : e2g_conv2d_out_size(H, cs), Wo = upsample ? 2 * W : e2g_conv2d_out_size(W, cs);
     size_t nx = (size_t)N * H * W * cin, nw = (size_t)cout * cin * k * k;
     size_t npad = (size_t)N * (H + 2 * p) * (W + 2 * p) * cin, npk = upsample ? (size_t)16 * cout * cin : nw;
     size_t nraw = upsample ? (size_t)N * (H + 1) * (W + 1) * 4 * cout : (size_t)N * Ho * Wo * cout, ny = (size_t)N * Ho * Wo * cout;

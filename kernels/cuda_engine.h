@@ -69,7 +69,7 @@ void e2g_cuda_engine_cache_stats(const e2g_cuda_engine *e, size_t *bytes, int *e
  * downloads fp32 output; shapes and layouts as the CPU op of the same name
  * (engine/ops.h, conv.h, attention.h). */
 
-/* conv block epilogue: instancenorm_forward (+ ReLU) then + residual
+/* conv block epilogue: e2g_instancenorm_forward (+ ReLU) then + residual
  * (may be NULL); x (N, HW, C) is the conv output. */
 int e2g_cuda_check_instancenorm(float *out, const float *x, const float *gamma, const float *beta,
                                 int relu, const float *residual, int N, int HW, int C, char *err);
@@ -79,7 +79,7 @@ int e2g_cuda_check_layernorm(float *out, const float *x, const float *gamma, con
 int e2g_cuda_check_gelu(float *out, const float *x, const float *bias, int M, int C, char *err);
 int e2g_cuda_check_attention(float *out, const float *q, const float *k, const float *v, int N,
                              int Lq, int Lk, int C, int heads, char *err);
-/* conv2d_forward / upconv2x_forward (upsample set) through cuDNN, reflect
+/* conv2d_forward / e2g_upconv2x_forward (upsample set) through cuDNN, reflect
  * padding done as the engine does it. */
 int e2g_cuda_check_conv(float *out, const float *x, const float *w, const float *bias, int N,
                         int H, int W, const e2g_conv_shape *cs, int upsample, char *err);

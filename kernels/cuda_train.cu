@@ -298,7 +298,7 @@ static int conv_forward(e2g_cuda_trainer *T, int i, int slot, char *err) {
 
 /* Slot s's LINEAR nodes (see the engine's linear_slot); with GELU the
  * input of the activation is kept. */
-static int linear_forward(e2g_cuda_trainer *T, int s, char *err) {
+static int e2g_linear_forward(e2g_cuda_trainer *T, int s, char *err) {
     const gen_plan &P = T->plan;
     const act_layout &L = T->acts;
     const wslot &sl = P.slot[s];
@@ -321,11 +321,11 @@ static int linear_forward(e2g_cuda_trainer *T, int s, char *err) {
     bf16 *out = sl.gelu ? b0.pre : b0.rows;
     TRY(conv_fwd(&T->dc, out, in.rows, T->slots[s].w, 1, M, 1, sl.cin, sl.cout, 1, 1, 0, 0, err));
     TRY(bias_act(out, bias, 0, b0.M, sl.cout, st, err));
-    if (sl.gelu) TRY(gelu_forward(b0.rows, b0.pre, b0.M * sl.cout, st, err));
+    if (sl.gelu) TRY(e2g_gelu_forward(b0.rows, b0.pre, b0.M * sl.cout, st, err));
     return 0;
 }
 
-static int layernorm_forward(e2g_cuda_trainer *T, int i, char *err) {
+static int e2g_layernorm_forward(e2g_cuda_trainer *T, int i, char *err) {
     const e2g_node &nd = T->plan.net.node[i];
     const node_buf &b = T->acts.b[i], &r = T->acts.b[nd.in[0]];
     const e2g_linear_params *lp = e2g_node_linear(&nd, &T->P);
@@ -349,10 +349,10 @@ static int forward(e2g_cuda_trainer *T, int slot, char *err) {
             break;
         case E2G_OP_CONV: TRY(conv_forward(T, i, slot, err)); break;
         case E2G_OP_LAYERNORM:
-            if (np.fused_into < 0) TRY(layernorm_forward(T, i, err));
+            if (np.fused_into < 0) TRY(e2g_layernorm_forward(T, i, err));
             break;
         case E2G_OP_LINEAR:
-            if (np.part == 0) TRY(linear_forward(T, np.slot, err));
+            if (np.part == 0) TRY(e2g_linear_forward(T, np.slot, err));
             break;
         case E2G_OP_ATTENTION: TRY(plan_attention(P, L, i, s, err)); break;
         case E2G_OP_OUTPUT: break; /* its conv wrote y */
@@ -454,7 +454,7 @@ static int conv_backward(e2g_cuda_trainer *T, int i, int slot, float lambda, cha
 
 /* Slot s's LINEAR nodes: bias and weight gradients (when trained) and the
  * input's gradient, written (bf16) or accumulated (fp32). */
-static int linear_backward(e2g_cuda_trainer *T, int s, char *err) {
+static int e2g_linear_backward(e2g_cuda_trainer *T, int s, char *err) {
     const gen_plan &P = T->plan;
     const wslot &sl = P.slot[s];
     int i0 = sl.part_node[0], src = P.net.node[i0].in[0], M = (int)T->acts.b[i0].M;
@@ -465,7 +465,7 @@ static int linear_backward(e2g_cuda_trainer *T, int s, char *err) {
         dy = T->gb[i0]; /* the parts' gradients side by side */
     else
         TRY(grad16(T, i0, &dy, err));
-    if (sl.gelu) TRY(gelu_backward(dy, T->acts.b[i0].pre, (size_t)M * sl.cout, st, err));
+    if (sl.gelu) TRY(e2g_gelu_backward(dy, T->acts.b[i0].pre, (size_t)M * sl.cout, st, err));
     if (!T->lora)
         for (int part = 0; part < sl.parts; part++)
             TRY(col_sum(e2g_node_linear(&P.net.node[sl.part_node[part]], &T->G)->b, dy, sl.cout, part * sl.rows, M,
@@ -492,7 +492,7 @@ static int layernorm_bwd(e2g_cuda_trainer *T, int i, char *err) {
     bf16 *dy;
     TRY(grad16(T, i, &dy, err));
     /* d(input) += LN'ᵀ·dy, in place (its other consumers' shares are there) */
-    return layernorm_backward(T->g[src], T->g[src], r.f32, r.f32 ? NULL : r.rows, dy, lp->w, gp ? gp->w : NULL,
+    return e2g_layernorm_backward(T->g[src], T->g[src], r.f32, r.f32 ? NULL : r.rows, dy, lp->w, gp ? gp->w : NULL,
                               gp ? gp->b : NULL, T->acts.b[i].M, nd.cout, T->dc.stream, err);
 }
 
@@ -504,7 +504,7 @@ static int attention_bwd(e2g_cuda_trainer *T, int i, char *err) {
     int ldq = P.np[q].ld, ldkv = P.np[k].ld;
     bf16 *dout;
     TRY(grad16(T, i, &dout, err));
-    return attention_backward(T->gb[q], ldq, T->gb[k], T->gb[v], ldkv, L.b[q].rows, ldq, L.b[k].rows, L.b[v].rows,
+    return e2g_attention_backward(T->gb[q], ldq, T->gb[k], T->gb[v], ldkv, L.b[q].rows, ldq, L.b[k].rows, L.b[v].rows,
                               ldkv, L.b[i].rows, dout, T->att_stats, T->N, L.sh[i].h * L.sh[i].w,
                               L.sh[k].h * L.sh[k].w, nd.cout, nd.heads, T->dc.stream, err);
 }
@@ -534,7 +534,7 @@ static int backward(e2g_cuda_trainer *T, int slot, float lambda, char *err) {
         case E2G_OP_CONV: TRY(conv_backward(T, i, slot, lambda, err)); break;
         case E2G_OP_LAYERNORM: TRY(layernorm_bwd(T, i, err)); break;
         case E2G_OP_LINEAR: /* the whole slot at its last node, when all its parts' gradients are in */
-            if (np.part == P.slot[np.slot].parts - 1) TRY(linear_backward(T, np.slot, err));
+            if (np.part == P.slot[np.slot].parts - 1) TRY(e2g_linear_backward(T, np.slot, err));
             break;
         case E2G_OP_ATTENTION: TRY(attention_bwd(T, i, err)); break;
         }

@@ -3,7 +3,7 @@
  * a fused Adam.  Layouts as in cuda_kernels.cuh; activation gradients are
  * fp32 (N, H, W, C) without padding, what cuDNN reads is bf16.  Every
  * launcher enqueues on `stream`, checks the launch and returns 0 or -1
- * with err filled; gradients of parameters accumulate (+=). */
+ * with err filled; gradients of parameters e2g_accumulate (+=). */
 #ifndef E2G_CUDA_TRAIN_CUH
 #define E2G_CUDA_TRAIN_CUH
 
@@ -42,13 +42,13 @@ int output_l1_backward(bf16 *dout, float *dbias, float *loss_sum, const float *y
 int col_sum(float *db, const bf16 *x, int ld, int col0, size_t M, int C, cudaStream_t stream,
             char *err);
 /* out = gelu(in), n values (n % 8 == 0). */
-int gelu_forward(bf16 *out, const bf16 *in, size_t n, cudaStream_t stream, char *err);
+int e2g_gelu_forward(bf16 *out, const bf16 *in, size_t n, cudaStream_t stream, char *err);
 /* dh (in place) *= gelu'(pre). */
-int gelu_backward(bf16 *dh, const bf16 *pre, size_t n, cudaStream_t stream, char *err);
+int e2g_gelu_backward(bf16 *dh, const bf16 *pre, size_t n, cudaStream_t stream, char *err);
 
 /* Layer norm over C of x (fp32 x32 or bf16 x16): dx_out = dres + LN'ᵀ·dy
  * (dx_out may alias dres), dgamma/dbeta += (NULL: frozen). */
-int layernorm_backward(float *dx_out, const float *dres, const float *x32, const bf16 *x16,
+int e2g_layernorm_backward(float *dx_out, const float *dres, const float *x32, const bf16 *x16,
                        const bf16 *dy, const float *gamma, float *dgamma, float *dbeta, size_t M,
                        int C, cudaStream_t stream, char *err);
 
@@ -56,7 +56,7 @@ int layernorm_backward(float *dx_out, const float *dres, const float *x32, const
  * Lq×Lk matrix), softmax statistics first.  o is the forward output,
  * dout its gradient (both (N, Lq, C) dense).  Overwrites dq (ld lddq),
  * dk and dv (ld lddkv).  stats: N·heads·Lq·2 floats of scratch. */
-int attention_backward(bf16 *dq, int lddq, bf16 *dk, bf16 *dv, int lddkv, const bf16 *q, int ldq,
+int e2g_attention_backward(bf16 *dq, int lddq, bf16 *dk, bf16 *dv, int lddkv, const bf16 *q, int ldq,
                        const bf16 *k, const bf16 *v, int ldkv, const bf16 *o, const bf16 *dout,
                        float *stats, int N, int Lq, int Lk, int C, int heads, cudaStream_t stream,
                        char *err);

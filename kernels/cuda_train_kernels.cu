@@ -253,14 +253,14 @@ __global__ void gelu_backward_kernel(bf16 *dh, const bf16 *pre, size_t n) {
     }
 }
 
-int gelu_forward(bf16 *out, const bf16 *in, size_t n, cudaStream_t stream, char *err) {
+int e2g_gelu_forward(bf16 *out, const bf16 *in, size_t n, cudaStream_t stream, char *err) {
     if (n % 8) return e2g_fail(err, "CUDA: GELU over %zu values", n);
     gelu_forward_kernel<<<blocks_for(n / 8, THREADS), THREADS, 0, stream>>>(out, in, n);
     LAUNCH_TRY();
     return 0;
 }
 
-int gelu_backward(bf16 *dh, const bf16 *pre, size_t n, cudaStream_t stream, char *err) {
+int e2g_gelu_backward(bf16 *dh, const bf16 *pre, size_t n, cudaStream_t stream, char *err) {
     if (n % 8) return e2g_fail(err, "CUDA: GELU over %zu values", n);
     gelu_backward_kernel<<<blocks_for(n / 8, THREADS), THREADS, 0, stream>>>(dh, pre, n);
     LAUNCH_TRY();
@@ -327,7 +327,7 @@ __global__ void layernorm_bwd_kernel(float *dx_out, const float *dres, const flo
         }
 }
 
-int layernorm_backward(float *dx_out, const float *dres, const float *x32, const bf16 *x16, const bf16 *dy,
+int e2g_layernorm_backward(float *dx_out, const float *dres, const float *x32, const bf16 *x16, const bf16 *dy,
                        const float *gamma, float *dgamma, float *dbeta, size_t M, int C, cudaStream_t stream,
                        char *err) {
     if (C > 32 * LN_PER_LANE) return e2g_fail(err, "CUDA: layer norm over %d > 1024 channels", C);
@@ -440,7 +440,7 @@ __global__ void attention_dkv_kernel(bf16 *dk, bf16 *dv, int lddkv, const bf16 *
         }
 }
 
-int attention_backward(bf16 *dq, int lddq, bf16 *dk, bf16 *dv, int lddkv, const bf16 *q, int ldq, const bf16 *k,
+int e2g_attention_backward(bf16 *dq, int lddq, bf16 *dk, bf16 *dv, int lddkv, const bf16 *q, int ldq, const bf16 *k,
                        const bf16 *v, int ldkv, const bf16 *o, const bf16 *dout, float *stats, int N, int Lq, int Lk,
                        int C, int heads, cudaStream_t stream, char *err) {
     if (C % heads || C / heads > 32 * ATT_PER_LANE)

@@ -59,7 +59,7 @@ START_TEST(test_reference) {
     ck_assert_uint_eq(nlse, (size_t)N * heads * Lq);
 
     float *out = malloc(nq * sizeof(float)), *lse = malloc(nlse * sizeof(float));
-    attention_forward(out, lse, q, k, v, N, Lq, Lk, C, heads);
+    e2g_attention_forward(out, lse, q, k, v, N, Lq, Lk, C, heads);
     char what[128];
     snprintf(what, sizeof what, "%s out (%d threads)", cname, threads);
     const double err_out = rel_error(what, out, want_out, nq, 1e-5);
@@ -68,7 +68,7 @@ START_TEST(test_reference) {
     ck_assert(err_out <= 1e-5 && err_lse <= 1e-5);
 
     float *dq = prefilled(nq, 1), *dk = prefilled(nk, 2), *dv = prefilled(nk, 3);
-    attention_backward(dq, dk, dv, dout, q, k, v, out, lse, N, Lq, Lk, C, heads);
+    e2g_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, N, Lq, Lk, C, heads);
     subtract_prefill(dq, nq, 1);
     subtract_prefill(dk, nk, 2);
     subtract_prefill(dv, nk, 3);
@@ -121,17 +121,17 @@ START_TEST(test_long_sequence_linear_memory) {
     fill_random(dout, n, 14);
     for (size_t i = 0; i < n; i++) q[i] *= 3.0f, k[i] *= 3.0f; /* logits std ≈ 3: peaked rows */
 
-    attention_forward(out, lse, q, k, v, 1, 300, 300, C, heads);
-    attention_backward(dq, dk, dv, dout, q, k, v, out, lse, 1, 300, 300, C, heads);
+    e2g_attention_forward(out, lse, q, k, v, 1, 300, 300, C, heads);
+    e2g_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, 1, 300, 300, C, heads);
     memset(dq, 0, n * sizeof(float));
     memset(dk, 0, n * sizeof(float));
     memset(dv, 0, n * sizeof(float));
 
     const long before = max_rss_kib();
     const double t0 = seconds();
-    attention_forward(out, lse, q, k, v, 1, L, L, C, heads);
+    e2g_attention_forward(out, lse, q, k, v, 1, L, L, C, heads);
     const double t1 = seconds();
-    attention_backward(dq, dk, dv, dout, q, k, v, out, lse, 1, L, L, C, heads);
+    e2g_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, 1, L, L, C, heads);
     const double t2 = seconds();
     const long growth = max_rss_kib() - before;
     fprintf(stderr, "attention L=%d C=%d: forward %.3f s, backward %.3f s, peak RSS growth %ld KiB\n", L,

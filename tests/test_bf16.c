@@ -275,7 +275,7 @@ typedef struct {
 
 static conv_ref naive_conv(const float *x, const float *w, const float *b, const float *dout, int N,
                            int H, int W, const e2g_conv_shape *cs) {
-    int Ho = conv2d_out_size(H, cs), Wo = conv2d_out_size(W, cs), k = cs->k;
+    int Ho = e2g_conv2d_out_size(H, cs), Wo = e2g_conv2d_out_size(W, cs), k = cs->k;
     conv_ref r = {ref_new((size_t)N * Ho * Wo * cs->cout, (double)cs->cin * k * k + 1),
                   ref_new((size_t)N * H * W * cs->cin, (double)cs->cout * k * k * 4),
                   ref_new((size_t)cs->cout * cs->cin * k * k, (double)N * Ho * Wo),
@@ -317,13 +317,13 @@ static conv_result run_conv(e2g_precision prec, const conv_case *c, const float 
                             const float *b, const float *dout) {
     set_prec(prec);
     const e2g_conv_shape *cs = &c->cs;
-    size_t ny = (size_t)c->N * conv2d_out_size(c->H, cs) * conv2d_out_size(c->W, cs) * cs->cout;
+    size_t ny = (size_t)c->N * e2g_conv2d_out_size(c->H, cs) * e2g_conv2d_out_size(c->W, cs) * cs->cout;
     conv_result r = {test_alloc(ny * sizeof(float)),
                      test_alloc((size_t)c->N * c->H * c->W * cs->cin * sizeof(float)),
                      test_alloc((size_t)cs->cout * cs->cin * cs->k * cs->k * sizeof(float)),
                      test_alloc(cs->cout * sizeof(float))};
-    conv2d_forward(r.out, x, w, b, c->N, c->H, c->W, cs);
-    conv2d_backward(r.dx, r.dw, c->bias ? r.db : NULL, dout, x, w, c->N, c->H, c->W, cs);
+    e2g_conv2d_forward(r.out, x, w, b, c->N, c->H, c->W, cs);
+    e2g_conv2d_backward(r.dx, r.dw, c->bias ? r.db : NULL, dout, x, w, c->N, c->H, c->W, cs);
     set_prec(E2G_PRECISION_FP32);
     return r;
 }
@@ -334,7 +334,7 @@ START_TEST(test_conv_bf16) {
     const e2g_conv_shape *cs = &c->cs;
     fprintf(stderr, "-- %s\n", c->name);
     size_t nx = (size_t)c->N * c->H * c->W * cs->cin, nw = (size_t)cs->cout * cs->cin * cs->k * cs->k;
-    size_t ny = (size_t)c->N * conv2d_out_size(c->H, cs) * conv2d_out_size(c->W, cs) * cs->cout;
+    size_t ny = (size_t)c->N * e2g_conv2d_out_size(c->H, cs) * e2g_conv2d_out_size(c->W, cs) * cs->cout;
     float *x = random_tensor(nx, 1 + _i, 1.0f), *w = random_tensor(nw, 100 + _i, 0.2f);
     float *b = c->bias ? random_tensor(cs->cout, 200 + _i, 0.5f) : NULL;
     float *dout = random_tensor(ny, 300 + _i, 1.0f);
@@ -364,7 +364,7 @@ START_TEST(test_conv_bf16) {
     /* input gradient alone (frozen weights, LoRA) equals the full backward's */
     float *dx_only = test_alloc(nx * sizeof(float));
     set_prec(E2G_PRECISION_BF16);
-    conv2d_backward(dx_only, NULL, NULL, dout, x, w, c->N, c->H, c->W, cs);
+    e2g_conv2d_backward(dx_only, NULL, NULL, dout, x, w, c->N, c->H, c->W, cs);
     set_prec(E2G_PRECISION_FP32);
     ck_assert(rel_error("dx alone bf16", dx_only, bf.dx, nx, TOL_SAME_BF16) <= TOL_SAME_BF16);
 }
@@ -384,8 +384,8 @@ START_TEST(test_upconv_bf16) {
         set_prec(order[r]);
         out[r] = test_alloc(ny * sizeof(float)), dx[r] = test_alloc(nx * sizeof(float));
         dw[r] = test_alloc(nw * sizeof(float)), db[r] = test_alloc(cout * sizeof(float));
-        upconv2x_forward(out[r], x, w, b, N, H, W, cin, cout);
-        upconv2x_backward(dx[r], dw[r], bias ? db[r] : NULL, dout, x, w, N, H, W, cin, cout);
+        e2g_upconv2x_forward(out[r], x, w, b, N, H, W, cin, cout);
+        e2g_upconv2x_backward(dx[r], dw[r], bias ? db[r] : NULL, dout, x, w, N, H, W, cin, cout);
     }
     set_prec(E2G_PRECISION_FP32);
     ck_assert(!memcmp(out[0], out[2], ny * sizeof(float)) && !memcmp(dx[0], dx[2], nx * sizeof(float)) &&
@@ -429,7 +429,7 @@ START_TEST(test_band_bf16) {
                                             {32, 32, 3, 1, 1, E2G_PAD_REFLECT}};
     for (int s = 0; s < 3; s++) {
         const e2g_conv_shape *cs = &shapes[s];
-        int p = cs->pad, rows = H + 2 * p, Ho = conv2d_out_size(H, cs), Wo = conv2d_out_size(W, cs);
+        int p = cs->pad, rows = H + 2 * p, Ho = e2g_conv2d_out_size(H, cs), Wo = e2g_conv2d_out_size(W, cs);
         fprintf(stderr, "-- band %dx%d s%d %s %d->%d\n", cs->k, cs->k, cs->stride,
                 cs->pad_mode == E2G_PAD_REFLECT ? "reflect" : "zero", cs->cin, cs->cout);
         size_t nx = (size_t)H * W * cs->cin, ny = (size_t)Ho * Wo * cs->cout;
@@ -442,10 +442,10 @@ START_TEST(test_band_bf16) {
         }
         float *whole = test_alloc(ny * sizeof(float)), *bb = test_alloc(ny * sizeof(float)), *bf = test_alloc(ny * sizeof(float));
         set_prec(E2G_PRECISION_FP32);
-        conv2d_forward_band(bf, band, w, b, rows, W, cs);
+        e2g_conv2d_forward_band(bf, band, w, b, rows, W, cs);
         set_prec(E2G_PRECISION_BF16);
-        conv2d_forward(whole, x, w, b, 1, H, W, cs);
-        conv2d_forward_band(bb, band, w, b, rows, W, cs);
+        e2g_conv2d_forward(whole, x, w, b, 1, H, W, cs);
+        e2g_conv2d_forward_band(bb, band, w, b, rows, W, cs);
         set_prec(E2G_PRECISION_FP32);
         ck_assert(rel_error("band vs whole bf16", bb, whole, ny, TOL_SAME_BF16) <= TOL_SAME_BF16);
         check_bf16_vs_fp32("band", bb, bf, NULL, ny);
@@ -457,10 +457,10 @@ START_TEST(test_band_bf16) {
     float *band = test_alloc((size_t)(H + 2) * W * cin * sizeof(float));
     memcpy(band + (size_t)W * cin, x, nx * sizeof(float));
     float *whole = test_alloc(ny * sizeof(float)), *bb = test_alloc(ny * sizeof(float)), *bf = test_alloc(ny * sizeof(float));
-    upconv2x_forward_band(bf, band, w, b, H + 2, W, cin, cout);
+    e2g_upconv2x_forward_band(bf, band, w, b, H + 2, W, cin, cout);
     set_prec(E2G_PRECISION_BF16);
-    upconv2x_forward(whole, x, w, b, 1, H, W, cin, cout);
-    upconv2x_forward_band(bb, band, w, b, H + 2, W, cin, cout);
+    e2g_upconv2x_forward(whole, x, w, b, 1, H, W, cin, cout);
+    e2g_upconv2x_forward_band(bb, band, w, b, H + 2, W, cin, cout);
     set_prec(E2G_PRECISION_FP32);
     fprintf(stderr, "-- upconv band %d->%d\n", cin, cout);
     ck_assert(rel_error("upconv band vs whole bf16", bb, whole, ny, TOL_SAME_BF16) <= TOL_SAME_BF16);
@@ -484,8 +484,8 @@ START_TEST(test_gemm_bf16) {
     float *C0 = random_tensor(nc, 100 + _i, 1.0f), *C = test_alloc(nc * sizeof(float)), *C32 = test_alloc(nc * sizeof(float));
     memcpy(C, C0, nc * sizeof(float));
     memcpy(C32, C0, nc * sizeof(float));
-    gemm_bf16(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    gemm(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, alpha, A, lda, B, ldb, beta, C32, ldc);
+    e2g_gemm_bf16(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    e2g_gemm(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, alpha, A, lda, B, ldb, beta, C32, ldc);
     fprintf(stderr, "-- gemm_bf16 %c%c alpha %g beta %g\n", ta ? 'T' : 'N', tb ? 'T' : 'N', alpha, beta);
     ref_t r = ref_new((size_t)M * N, K + 2), r32 = ref_new((size_t)M * N, K + 2);
     float *got = test_alloc((size_t)M * N * sizeof(float)), *got32 = test_alloc((size_t)M * N * sizeof(float));
@@ -527,8 +527,8 @@ START_TEST(test_linear_bf16) {
         set_prec(order[r]);
         y[r] = test_alloc((size_t)M * outf * sizeof(float)), dx[r] = test_alloc((size_t)M * in * sizeof(float));
         dw[r] = test_alloc((size_t)outf * in * sizeof(float)), db[r] = test_alloc(outf * sizeof(float));
-        linear_forward(y[r], x, w, b, M, in, outf, 0);
-        linear_backward(dx[r], dw[r], db[r], dy, x, w, M, in, outf);
+        e2g_linear_forward(y[r], x, w, b, M, in, outf, 0);
+        e2g_linear_backward(dx[r], dw[r], db[r], dy, x, w, M, in, outf);
     }
     set_prec(E2G_PRECISION_FP32);
     ck_assert(!memcmp(y[0], y[2], (size_t)M * outf * sizeof(float)) && !memcmp(dx[0], dx[2], (size_t)M * in * sizeof(float)) &&
@@ -542,9 +542,9 @@ START_TEST(test_linear_bf16) {
     /* a rank-8 LoRA factor (out 8 < 64): fp32 whatever the setting */
     int r8 = 8;
     float *h32 = test_alloc((size_t)M * r8 * sizeof(float)), *h16 = test_alloc((size_t)M * r8 * sizeof(float));
-    linear_forward(h32, x, w, NULL, M, in, r8, 0);
+    e2g_linear_forward(h32, x, w, NULL, M, in, r8, 0);
     set_prec(E2G_PRECISION_BF16);
-    linear_forward(h16, x, w, NULL, M, in, r8, 0);
+    e2g_linear_forward(h16, x, w, NULL, M, in, r8, 0);
     set_prec(E2G_PRECISION_FP32);
     ck_assert(!memcmp(h32, h16, (size_t)M * r8 * sizeof(float)));
 }
@@ -569,7 +569,7 @@ START_TEST(test_broken_bf16_is_caught) {
     const conv_case *c = &conv_cases[2];
     const e2g_conv_shape *cs = &c->cs;
     size_t nx = (size_t)c->N * c->H * c->W * cs->cin, nw = (size_t)cs->cout * cs->cin * 9;
-    size_t ny = (size_t)c->N * conv2d_out_size(c->H, cs) * conv2d_out_size(c->W, cs) * cs->cout;
+    size_t ny = (size_t)c->N * e2g_conv2d_out_size(c->H, cs) * e2g_conv2d_out_size(c->W, cs) * cs->cout;
     float *x = random_tensor(nx, 5, 1.0f), *w = random_tensor(nw, 6, 0.2f), *dout = random_tensor(ny, 7, 1.0f);
     conv_result bf = run_conv(E2G_PRECISION_BF16, c, x, w, NULL, dout);
     conv_ref trunc = naive_conv(truncated(x, nx), truncated(w, nw), NULL, dout, c->N, c->H, c->W, cs);

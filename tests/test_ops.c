@@ -48,7 +48,7 @@ START_TEST(test_conv) {
                          ref_meta_int(f, "stride"), ref_meta_int(f, "pad"),
                          ref_meta_int(f, "reflect") ? E2G_PAD_REFLECT : E2G_PAD_ZERO};
     int has_bias = ref_meta_int(f, "bias");
-    int Ho = conv2d_out_size(H, &cs), Wo = conv2d_out_size(W, &cs);
+    int Ho = e2g_conv2d_out_size(H, &cs), Wo = e2g_conv2d_out_size(W, &cs);
     size_t nx = (size_t)N * cs.cin * H * W, ny = (size_t)N * cs.cout * Ho * Wo;
     size_t nw = (size_t)cs.cout * cs.cin * cs.k * cs.k;
 
@@ -60,11 +60,11 @@ START_TEST(test_conv) {
     float *dout = nchw_to_nhwc(dout_ref, N, cs.cout, Ho, Wo);
 
     float *out = test_alloc(ny * sizeof(float));
-    conv2d_forward(out, x, w, b, N, H, W, &cs);
+    e2g_conv2d_forward(out, x, w, b, N, H, W, &cs);
     check_out(name, out, want_out, ny);
 
     float *dx = grad_buffer(nx), *dw = grad_buffer(nw), *db = grad_buffer(cs.cout);
-    conv2d_backward(dx, dw, has_bias ? db : NULL, dout, x, w, N, H, W, &cs);
+    e2g_conv2d_backward(dx, dw, has_bias ? db : NULL, dout, x, w, N, H, W, &cs);
     float *dx_ref = ref_tensor(f, "dx", NULL);
     float *want_dx = nchw_to_nhwc(dx_ref, N, cs.cin, H, W);
     float *want_dw = ref_tensor(f, "dweight", NULL);
@@ -76,7 +76,7 @@ START_TEST(test_conv) {
     }
     /* Input gradient alone (frozen weights, as LoRA fine-tuning runs it). */
     float *dx_only = grad_buffer(nx);
-    conv2d_backward(dx_only, NULL, NULL, dout, x, w, N, H, W, &cs);
+    e2g_conv2d_backward(dx_only, NULL, NULL, dout, x, w, N, H, W, &cs);
     check_grad("dx (weights frozen)", dx_only, want_dx, nx);
 
     e2g_st_close(f);
@@ -92,17 +92,17 @@ START_TEST(test_instancenorm) {
     float *w = ref_tensor(f, "weight", NULL), *b = ref_tensor(f, "bias", NULL);
     float *out = test_alloc(n * sizeof(float)), *mean = test_alloc(N * C * sizeof(float)),
           *rstd = test_alloc(N * C * sizeof(float));
-    instancenorm_forward(out, mean, rstd, x, w, b, 0, N, H * W, C);
+    e2g_instancenorm_forward(out, mean, rstd, x, w, b, 0, N, H * W, C);
     float *want = nchw_to_nhwc(ref_tensor(f, "out", NULL), N, C, H, W);
     check_out("instancenorm out", out, want, n);
     /* the fused ReLU variant gives relu(norm) */
     float *fused = test_alloc(n * sizeof(float));
-    instancenorm_forward(fused, mean, rstd, x, w, b, 1, N, H * W, C);
+    e2g_instancenorm_forward(fused, mean, rstd, x, w, b, 1, N, H * W, C);
     for (size_t i = 0; i < n; i++) want[i] = want[i] > 0 ? want[i] : 0;
     check_out("instancenorm+relu out", fused, want, n);
     float *dout = nchw_to_nhwc(ref_tensor(f, "dout", NULL), N, C, H, W);
     float *dx = grad_buffer(n), *dw = grad_buffer(C), *db = grad_buffer(C);
-    instancenorm_backward(dx, dw, db, dout, x, mean, rstd, w, N, H * W, C);
+    e2g_instancenorm_backward(dx, dw, db, dout, x, mean, rstd, w, N, H * W, C);
     check_grad("instancenorm dx", dx, nchw_to_nhwc(ref_tensor(f, "dx", NULL), N, C, H, W), n);
     check_grad("instancenorm dweight", dw, ref_tensor(f, "dweight", NULL), C);
     check_grad("instancenorm dbias", db, ref_tensor(f, "dbias", NULL), C);
@@ -118,10 +118,10 @@ START_TEST(test_layernorm) {
           *b = ref_tensor(f, "bias", NULL);
     float *out = test_alloc(n * sizeof(float)), *mean = test_alloc(M * sizeof(float)),
           *rstd = test_alloc(M * sizeof(float));
-    layernorm_forward(out, mean, rstd, x, w, b, M, C);
+    e2g_layernorm_forward(out, mean, rstd, x, w, b, M, C);
     check_out("layernorm out", out, ref_tensor(f, "out", NULL), n);
     float *dx = grad_buffer(n), *dw = grad_buffer(C), *db = grad_buffer(C);
-    layernorm_backward(dx, dw, db, ref_tensor(f, "dout", NULL), x, mean, rstd, w, M, C);
+    e2g_layernorm_backward(dx, dw, db, ref_tensor(f, "dout", NULL), x, mean, rstd, w, M, C);
     check_grad("layernorm dx", dx, ref_tensor(f, "dx", NULL), n);
     check_grad("layernorm dweight", dw, ref_tensor(f, "dweight", NULL), C);
     check_grad("layernorm dbias", db, ref_tensor(f, "dbias", NULL), C);
@@ -135,15 +135,15 @@ START_TEST(test_linear) {
     float *x = ref_tensor(f, "x", NULL), *w = ref_tensor(f, "weight", NULL),
           *b = ref_tensor(f, "bias", NULL);
     float *out = test_alloc((size_t)M * O * sizeof(float));
-    linear_forward(out, x, w, b, M, I, O, 0);
+    e2g_linear_forward(out, x, w, b, M, I, O, 0);
     float *want = ref_tensor(f, "out", NULL);
     check_out("linear out", out, want, (size_t)M * O);
     /* accumulate mode adds onto what is there */
-    linear_forward(out, x, w, b, M, I, O, 1);
+    e2g_linear_forward(out, x, w, b, M, I, O, 1);
     for (size_t i = 0; i < (size_t)M * O; i++) out[i] *= 0.5f;
     check_out("linear out (accumulate)", out, want, (size_t)M * O);
     float *dx = grad_buffer((size_t)M * I), *dw = grad_buffer((size_t)O * I), *db = grad_buffer(O);
-    linear_backward(dx, dw, db, ref_tensor(f, "dout", NULL), x, w, M, I, O);
+    e2g_linear_backward(dx, dw, db, ref_tensor(f, "dout", NULL), x, w, M, I, O);
     check_grad("linear dx", dx, ref_tensor(f, "dx", NULL), (size_t)M * I);
     check_grad("linear dweight", dw, ref_tensor(f, "dweight", NULL), (size_t)O * I);
     check_grad("linear dbias", db, ref_tensor(f, "dbias", NULL), O);
@@ -161,14 +161,14 @@ START_TEST(test_activations) {
         float *x = ref_tensor(f, "x", NULL), *dout = ref_tensor(f, "dout", NULL);
         float *out = test_alloc(n * sizeof(float)), *dx = grad_buffer(n);
         if (k == 0) {
-            relu_forward(out, x, n);
-            relu_backward(dx, dout, out, n);
+            e2g_relu_forward(out, x, n);
+            e2g_relu_backward(dx, dout, out, n);
         } else if (k == 1) {
-            leakyrelu_forward(out, x, 0.2f, n);
-            leakyrelu_backward(dx, dout, x, 0.2f, n);
+            e2g_leakyrelu_forward(out, x, 0.2f, n);
+            e2g_leakyrelu_backward(dx, dout, x, 0.2f, n);
         } else {
-            gelu_forward(out, x, n);
-            gelu_backward(dx, dout, x, n);
+            e2g_gelu_forward(out, x, n);
+            e2g_gelu_backward(dx, dout, x, n);
         }
         check_out(name, out, ref_tensor(f, "out", NULL), n);
         check_grad(name, dx, ref_tensor(f, "dx", NULL), n);
@@ -185,9 +185,9 @@ START_TEST(test_output) {
         size_t n = ref_meta_int(f, "n");
         float *o = ref_tensor(f, "o", NULL), *x = ref_tensor(f, "x", NULL);
         float *y = test_alloc(n * sizeof(float)), *d_o = grad_buffer(n), *dx = grad_buffer(n);
-        output_forward(y, o, x, residual, n);
+        e2g_output_forward(y, o, x, residual, n);
         check_out(name, y, ref_tensor(f, "out", NULL), n);
-        output_backward(d_o, dx, ref_tensor(f, "dout", NULL), y, x, residual, n);
+        e2g_output_backward(d_o, dx, ref_tensor(f, "dout", NULL), y, x, residual, n);
         check_grad("output do", d_o, ref_tensor(f, "do", NULL), n);
         if (residual) check_grad("output dx", dx, ref_tensor(f, "dx", NULL), n);
         e2g_st_close(f);
@@ -207,11 +207,11 @@ START_TEST(test_upconv) {
     float *x = nchw_to_nhwc(ref_tensor(f, "x", NULL), N, cin, H, W), *w = ref_tensor(f, "weight", NULL);
     float *b = has_bias ? ref_tensor(f, "bias", NULL) : NULL;
     float *out = test_alloc(ny * sizeof(float));
-    upconv2x_forward(out, x, w, b, N, H, W, cin, cout);
+    e2g_upconv2x_forward(out, x, w, b, N, H, W, cin, cout);
     check_out(upconv_cases[_i], out, nchw_to_nhwc(ref_tensor(f, "out", NULL), N, cout, 2 * H, 2 * W), ny);
     float *dx = grad_buffer(nx), *dw = grad_buffer(nw), *db = grad_buffer(cout);
     float *dout = nchw_to_nhwc(ref_tensor(f, "dout", NULL), N, cout, 2 * H, 2 * W);
-    upconv2x_backward(dx, dw, has_bias ? db : NULL, dout, x, w, N, H, W, cin, cout);
+    e2g_upconv2x_backward(dx, dw, has_bias ? db : NULL, dout, x, w, N, H, W, cin, cout);
     check_grad("upconv dx", dx, nchw_to_nhwc(ref_tensor(f, "dx", NULL), N, cin, H, W), nx);
     check_grad("upconv dweight", dw, ref_tensor(f, "dweight", NULL), nw);
     if (has_bias) check_grad("upconv dbias", db, ref_tensor(f, "dbias", NULL), cout);
@@ -225,18 +225,18 @@ START_TEST(test_losses) {
     float *d_real = ref_tensor(f, "d_real", &nr), *d_fake = ref_tensor(f, "d_fake", &nf);
     float *fake = ref_tensor(f, "fake", &nx), *target = ref_tensor(f, "target", NULL);
     float *g_real = grad_buffer(nr), *g_fake = grad_buffer(nf), *g_img = grad_buffer(nx);
-    float loss_d = 0.5f * (mse_const_loss(g_real, d_real, 1.0f, nr, 0.5f) +
-                           mse_const_loss(g_fake, d_fake, 0.0f, nf, 0.5f));
+    float loss_d = 0.5f * (e2g_mse_const_loss(g_real, d_real, 1.0f, nr, 0.5f) +
+                           e2g_mse_const_loss(g_fake, d_fake, 0.0f, nf, 0.5f));
     float want = ref_tensor(f, "loss_d", NULL)[0];
     check_out("loss_d", &loss_d, &want, 1);
     check_grad("loss_d d_real", g_real, ref_tensor(f, "grad.loss_d.d_real", NULL), nr);
     check_grad("loss_d d_fake", g_fake, ref_tensor(f, "grad.loss_d.d_fake", NULL), nf);
     float *g_fake2 = grad_buffer(nf);
-    float loss_g = mse_const_loss(g_fake2, d_fake, 1.0f, nf, 1.0f);
+    float loss_g = e2g_mse_const_loss(g_fake2, d_fake, 1.0f, nf, 1.0f);
     want = ref_tensor(f, "loss_g_gan", NULL)[0];
     check_out("loss_g_gan", &loss_g, &want, 1);
     check_grad("loss_g_gan d_fake", g_fake2, ref_tensor(f, "grad.loss_g_gan.d_fake", NULL), nf);
-    float loss_l1 = l1_loss(g_img, fake, target, nx, 1.0f);
+    float loss_l1 = e2g_l1_loss(g_img, fake, target, nx, 1.0f);
     want = ref_tensor(f, "loss_l1", NULL)[0];
     check_out("loss_l1", &loss_l1, &want, 1);
     check_grad("loss_l1 fake", g_img, ref_tensor(f, "grad.loss_l1.fake", NULL), nx);
@@ -281,7 +281,7 @@ START_TEST(test_lowrank) {
         int k = ks[i];
         char name[16];
         e2g_lowrank_truncate(B, A, cout, r, fan, k, Bk, Ak);
-        gemm('N', 'N', cout, fan, k, 1.0f, Bk, k, Ak, fan, 0.0f, approx, fan);
+        e2g_gemm('N', 'N', cout, fan, k, 1.0f, Bk, k, Ak, fan, 0.0f, approx, fan);
         snprintf(name, sizeof name, "approx%d", k);
         ck_assert(rel_error(name, approx, ref_tensor(f, name, NULL), (size_t)cout * fan, 1e-4) <= 1e-4);
     }
@@ -299,7 +299,7 @@ START_TEST(test_broken_op_is_caught) {
     e2g_st_file *f = ref_open("op_relu");
     size_t n = ref_meta_int(f, "n");
     float *x = ref_tensor(f, "x", NULL), *out = test_alloc(n * sizeof(float));
-    leakyrelu_forward(out, x, 0.01f, n);
+    e2g_leakyrelu_forward(out, x, 0.01f, n);
     ck_assert(rel_error("broken relu (expected to fail)", out, ref_tensor(f, "out", NULL), n,
                         TOL_OUT) > TOL_OUT);
     e2g_st_close(f);

@@ -179,16 +179,21 @@ START_TEST(test_training_improves) {
 }
 END_TEST
 
-/* Mixed precision: the same run in bf16 and in fp32 (L1 alone, 150 steps)
- * follows the same loss curve (each logged L1 within 10%) and ends within
- * 0.2 dB of validation PSNR; bf16 changes the weights (its path ran). */
+/* Mixed precision: fine-tuning the shipped base to a new concept in bf16
+ * and in fp32 (same seed, L1, 100 steps) follows the same loss curve (each
+ * logged L1 within 5%) and ends within 0.2 dB of validation PSNR; the bf16
+ * adapter differs from the fp32 one (its path ran).  A fine-tuning run, not
+ * training from scratch: from a random init, two fp32 runs of different
+ * seeds already end up to 2 dB apart at this size, so bf16's rounding
+ * (like any perturbation) moves such a run by as much (docs/engine.md). */
 START_TEST(test_bf16_training_matches_fp32) {
     const char *prec[2] = {"fp32", "bf16"};
     json_t *r[2];
     for (int i = 0; i < 2; i++) {
-        ck_assert_int_eq(sh("%s train " TRAIN_ARGS " --precision %s --steps 150 --eval-every 50 --gan-weight 0 "
-                            "--lr 1e-3 --report %s/mp_%s --out %s/mp_%s.safetensors 2>/dev/null",
-                            test_bin(), dir, prec[i], dir, prec[i], dir, prec[i]),
+        ck_assert_int_eq(sh("%s finetune --model %s/models/e2gan-s.safetensors --data %s/ds --concept negate "
+                            "--batch 4 --threads 2 --quiet --eval-pairs 0 --precision %s --steps 100 "
+                            "--eval-every 50 --gan-weight 0 --report %s/mp_%s --out %s/mp_%s.safetensors 2>/dev/null",
+                            test_bin(), test_source(), dir, prec[i], dir, prec[i], dir, prec[i]),
                          0);
         char name[32];
         snprintf(name, sizeof name, "mp_%s", prec[i]);
@@ -210,14 +215,14 @@ START_TEST(test_bf16_training_matches_fp32) {
         psnr[i] = json_number_value(json_object_get(json_object_get(r[i], "final"), "mean_psnr"));
         wall[i] = json_number_value(json_object_get(json_object_get(r[i], "budget"), "wall_s"));
     }
-    fprintf(stderr, "bf16 vs fp32: final PSNR %.3f vs %.3f dB, worst L1 difference %.2f%%, wall %.1f vs %.1f s\n",
+    fprintf(stderr, "bf16 vs fp32 fine-tuning: final PSNR %.3f vs %.3f dB, worst L1 difference %.2f%%, wall %.1f vs %.1f s\n",
             psnr[1], psnr[0], 100 * worst, wall[1], wall[0]);
-    ck_assert_msg(worst <= 0.10, "the bf16 loss curve left the fp32 one by %.1f%%", 100 * worst);
+    ck_assert_msg(worst <= 0.05, "the bf16 loss curve left the fp32 one by %.1f%%", 100 * worst);
     ck_assert_msg(fabs(psnr[1] - psnr[0]) <= 0.2, "final PSNR bf16 %.3f vs fp32 %.3f dB", psnr[1], psnr[0]);
     char a[300], b[300];
     snprintf(a, sizeof a, "%s/mp_fp32.safetensors", dir);
     snprintf(b, sizeof b, "%s/mp_bf16.safetensors", dir);
-    ck_assert_msg(!same_weights(a, b), "bf16 training gave the fp32 weights: its path did not run");
+    ck_assert_msg(!same_weights(a, b), "bf16 fine-tuning gave the fp32 adapter: its path did not run");
     json_decref(r[0]), json_decref(r[1]);
 }
 END_TEST
