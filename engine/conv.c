@@ -19,55 +19,13 @@
 #include "conv.h"
 
 #include <oneapi/dnnl/dnnl.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common.h"
+#include "dnnl.h"
 #include "precision.h"
-
-#define DNNL_CHECK(call)                                                               \
-    do {                                                                               \
-        dnnl_status_t status_ = (call);                                                \
-        if (status_ != dnnl_success) dnnl_failed(#call, status_, __FILE__, __LINE__); \
-    } while (0)
-
-/* oneDNN failing on shapes the engine validated is a bug or an exhausted
- * machine, not bad input: report where and stop. */
-static void dnnl_failed(const char *call, dnnl_status_t status, const char *file, int line) {
-    fprintf(stderr, "e2gan: oneDNN %s failed with status %d (%s:%d)\n", call, (int)status, file,
-            line);
-    abort();
-}
-
-static dnnl_engine_t g_engine;
-static pthread_once_t g_engine_once = PTHREAD_ONCE_INIT;
-/* Its destructor releases a thread's plans, scratch and stream when the
- * thread exits (connection and worker threads come and go in the server). */
-static pthread_key_t g_thread_key;
-
-static void thread_exit(void *unused) {
-    (void)unused;
-    e2g_conv2d_cache_clear();
-}
-
-static void engine_init(void) {
-    DNNL_CHECK(dnnl_engine_create(&g_engine, dnnl_cpu, 0));
-    if (pthread_key_create(&g_thread_key, thread_exit) != 0) abort();
-}
-
-static dnnl_engine_t cpu_engine(void) {
-    pthread_once(&g_engine_once, engine_init);
-    return g_engine;
-}
-
-/* Marks the calling thread as holding per-thread state, so thread_exit runs
- * when it ends (a key's destructor runs only for a non-NULL value). */
-static void thread_hold(void) {
-    cpu_engine();
-    if (!pthread_getspecific(g_thread_key)) pthread_setspecific(g_thread_key, &g_thread_key);
-}
 
 /* ---- per-thread scratch buffers ------------------------------------------ */
 
@@ -82,7 +40,7 @@ static _Thread_local struct {
 
 static void *scratch(int slot, size_t bytes) {
     if (t_scratch[slot].bytes < bytes) {
-        thread_hold();
+        e2g_dnnl_thread_hold();
         free(t_scratch[slot].ptr);
         t_scratch[slot].ptr = e2g_xmalloc(bytes);
         t_scratch[slot].bytes = bytes;
@@ -116,15 +74,6 @@ typedef struct {
 #define PLAN_CACHE_SIZE 1024
 static _Thread_local conv_plan *t_plans[PLAN_CACHE_SIZE];
 static _Thread_local unsigned long t_clock;
-static _Thread_local dnnl_stream_t t_stream;
-
-static dnnl_stream_t thread_stream(void) {
-    if (!t_stream) {
-        thread_hold();
-        DNNL_CHECK(dnnl_stream_create(&t_stream, cpu_engine(), dnnl_stream_default_flags));
-    }
-    return t_stream;
-}
 
 static void destroy_prim(dnnl_primitive_t p) {
     if (p) dnnl_primitive_destroy(p);
@@ -152,8 +101,7 @@ void e2g_conv2d_cache_clear(void) {
         t_scratch[i].ptr = NULL;
         t_scratch[i].bytes = 0;
     }
-    if (t_stream) dnnl_stream_destroy(t_stream);
-    t_stream = NULL;
+    e2g_dnnl_stream_release();
 }
 
 /* A reorder from one layout to another, or NULL when they are the same. */
@@ -163,8 +111,8 @@ static dnnl_primitive_t make_reorder(const dnnl_memory_desc_t *from, const dnnl_
     if (dnnl_memory_desc_equal(from, to)) return NULL;
     dnnl_primitive_desc_t pd;
     dnnl_primitive_t prim;
-    DNNL_CHECK(dnnl_reorder_primitive_desc_create(&pd, from, cpu_engine(), to, cpu_engine(), NULL));
-    DNNL_CHECK(dnnl_primitive_create(&prim, pd));
+    E2G_DNNL_CHECK(dnnl_reorder_primitive_desc_create(&pd, from, e2g_dnnl_engine(), to, e2g_dnnl_engine(), NULL));
+    E2G_DNNL_CHECK(dnnl_primitive_create(&prim, pd));
     dnnl_primitive_desc_destroy(pd);
     return prim;
 }
@@ -191,22 +139,22 @@ static conv_plan *plan_create(const plan_key *key) {
     dnnl_dims_t b_dims = {key->cout};
     dnnl_data_type_t in_t = key_type(key);
     dnnl_memory_desc_t w_any;
-    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&p->src_md, 4, src_dims, in_t, dnnl_nhwc));
-    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&p->dsrc_md, 4, src_dims, dnnl_f32, dnnl_nhwc));
-    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&p->dst_md, 4, dst_dims, dnnl_f32, dnnl_nhwc));
-    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&p->ddst_md, 4, dst_dims, in_t, dnnl_nhwc));
-    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&p->user_w_md, 4, w_dims, dnnl_f32, dnnl_oihw));
-    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&w_any, 4, w_dims, in_t, dnnl_format_tag_any));
-    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&p->bias_md, 1, b_dims, dnnl_f32, dnnl_x));
+    E2G_DNNL_CHECK(dnnl_memory_desc_init_by_tag(&p->src_md, 4, src_dims, in_t, dnnl_nhwc));
+    E2G_DNNL_CHECK(dnnl_memory_desc_init_by_tag(&p->dsrc_md, 4, src_dims, dnnl_f32, dnnl_nhwc));
+    E2G_DNNL_CHECK(dnnl_memory_desc_init_by_tag(&p->dst_md, 4, dst_dims, dnnl_f32, dnnl_nhwc));
+    E2G_DNNL_CHECK(dnnl_memory_desc_init_by_tag(&p->ddst_md, 4, dst_dims, in_t, dnnl_nhwc));
+    E2G_DNNL_CHECK(dnnl_memory_desc_init_by_tag(&p->user_w_md, 4, w_dims, dnnl_f32, dnnl_oihw));
+    E2G_DNNL_CHECK(dnnl_memory_desc_init_by_tag(&w_any, 4, w_dims, in_t, dnnl_format_tag_any));
+    E2G_DNNL_CHECK(dnnl_memory_desc_init_by_tag(&p->bias_md, 1, b_dims, dnnl_f32, dnnl_x));
 
     dnnl_dims_t strides, pad_l, pad_r;
     conv_dims(key, strides, pad_l, pad_r);
     dnnl_convolution_desc_t desc;
-    DNNL_CHECK(dnnl_convolution_forward_desc_init(
+    E2G_DNNL_CHECK(dnnl_convolution_forward_desc_init(
         &desc, dnnl_forward_training, dnnl_convolution_direct, &p->src_md, &w_any,
         key->has_bias ? &p->bias_md : NULL, &p->dst_md, strides, pad_l, pad_r));
-    DNNL_CHECK(dnnl_primitive_desc_create(&p->fwd_pd, &desc, NULL, cpu_engine(), NULL));
-    DNNL_CHECK(dnnl_primitive_create(&p->fwd, p->fwd_pd));
+    E2G_DNNL_CHECK(dnnl_primitive_desc_create(&p->fwd_pd, &desc, NULL, e2g_dnnl_engine(), NULL));
+    E2G_DNNL_CHECK(dnnl_primitive_create(&p->fwd, p->fwd_pd));
     const dnnl_memory_desc_t *w_md = dnnl_primitive_desc_query_md(p->fwd_pd, dnnl_query_weights_md, 0);
     p->w_to_fwd = make_reorder(&p->user_w_md, w_md, &p->fwd_w_bytes);
     return p;
@@ -217,7 +165,7 @@ static void plan_add_backward(conv_plan *p) {
     const plan_key *key = &p->key;
     dnnl_dims_t w_dims = {key->cout, key->cin, key->k, key->k};
     dnnl_memory_desc_t w_any;
-    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&w_any, 4, w_dims, key_type(key), dnnl_format_tag_any));
+    E2G_DNNL_CHECK(dnnl_memory_desc_init_by_tag(&w_any, 4, w_dims, key_type(key), dnnl_format_tag_any));
     dnnl_dims_t strides, pad_l, pad_r;
     conv_dims(key, strides, pad_l, pad_r);
 
@@ -225,21 +173,21 @@ static void plan_add_backward(conv_plan *p) {
      * diff_bias f32 from bf16 src and diff_dst (fp32: all f32). */
     dnnl_convolution_desc_t desc;
     dnnl_primitive_desc_t pd;
-    DNNL_CHECK(dnnl_convolution_backward_data_desc_init(&desc, dnnl_convolution_direct, &p->dsrc_md,
+    E2G_DNNL_CHECK(dnnl_convolution_backward_data_desc_init(&desc, dnnl_convolution_direct, &p->dsrc_md,
                                                         &w_any, &p->ddst_md, strides, pad_l, pad_r));
-    DNNL_CHECK(dnnl_primitive_desc_create(&pd, &desc, NULL, cpu_engine(), p->fwd_pd));
-    DNNL_CHECK(dnnl_primitive_create(&p->bwd_data, pd));
+    E2G_DNNL_CHECK(dnnl_primitive_desc_create(&pd, &desc, NULL, e2g_dnnl_engine(), p->fwd_pd));
+    E2G_DNNL_CHECK(dnnl_primitive_create(&p->bwd_data, pd));
     p->w_to_bwd = make_reorder(&p->user_w_md, dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0),
                                &p->bwd_w_bytes);
     dnnl_primitive_desc_destroy(pd);
 
     dnnl_memory_desc_t dw_any;
-    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&dw_any, 4, w_dims, dnnl_f32, dnnl_format_tag_any));
-    DNNL_CHECK(dnnl_convolution_backward_weights_desc_init(
+    E2G_DNNL_CHECK(dnnl_memory_desc_init_by_tag(&dw_any, 4, w_dims, dnnl_f32, dnnl_format_tag_any));
+    E2G_DNNL_CHECK(dnnl_convolution_backward_weights_desc_init(
         &desc, dnnl_convolution_direct, &p->src_md, &dw_any, key->has_bias ? &p->bias_md : NULL,
         &p->ddst_md, strides, pad_l, pad_r));
-    DNNL_CHECK(dnnl_primitive_desc_create(&pd, &desc, NULL, cpu_engine(), p->fwd_pd));
-    DNNL_CHECK(dnnl_primitive_create(&p->bwd_weights, pd));
+    E2G_DNNL_CHECK(dnnl_primitive_desc_create(&pd, &desc, NULL, e2g_dnnl_engine(), p->fwd_pd));
+    E2G_DNNL_CHECK(dnnl_primitive_create(&p->bwd_weights, pd));
     const dnnl_memory_desc_t *dw_md = dnnl_primitive_desc_query_md(pd, dnnl_query_diff_weights_md, 0);
     size_t user_bytes;
     p->dw_to_user = make_reorder(dw_md, &p->user_w_md, &user_bytes);
@@ -257,7 +205,7 @@ static conv_plan *plan_get(const plan_key *key) {
         }
         if (!p || (t_plans[victim] && p->last_used < t_plans[victim]->last_used)) victim = i;
     }
-    thread_hold();
+    e2g_dnnl_thread_hold();
     plan_free(t_plans[victim]);
     t_plans[victim] = plan_create(key);
     t_plans[victim]->last_used = ++t_clock;
@@ -274,7 +222,7 @@ typedef struct {
 
 static void arg_add(exec_args *a, int kind, const dnnl_memory_desc_t *md, const void *ptr) {
     dnnl_memory_t m;
-    DNNL_CHECK(dnnl_memory_create(&m, md, cpu_engine(), (void *)ptr));
+    E2G_DNNL_CHECK(dnnl_memory_create(&m, md, e2g_dnnl_engine(), (void *)ptr));
     a->mems[a->n] = m;
     a->args[a->n].arg = kind;
     a->args[a->n].memory = m;
@@ -282,15 +230,15 @@ static void arg_add(exec_args *a, int kind, const dnnl_memory_desc_t *md, const 
 }
 
 static void exec_and_release(dnnl_primitive_t prim, exec_args *a) {
-    DNNL_CHECK(dnnl_primitive_execute(prim, thread_stream(), a->n, a->args));
-    DNNL_CHECK(dnnl_stream_wait(thread_stream()));
+    E2G_DNNL_CHECK(dnnl_primitive_execute(prim, e2g_dnnl_stream(), a->n, a->args));
+    E2G_DNNL_CHECK(dnnl_stream_wait(e2g_dnnl_stream()));
     for (int i = 0; i < a->n; i++) dnnl_memory_destroy(a->mems[i]);
     a->n = 0;
 }
 
 static const dnnl_memory_desc_t *prim_md(dnnl_primitive_t prim, dnnl_query_t what) {
     const_dnnl_primitive_desc_t pd;
-    DNNL_CHECK(dnnl_primitive_get_primitive_desc(prim, &pd));
+    E2G_DNNL_CHECK(dnnl_primitive_get_primitive_desc(prim, &pd));
     return dnnl_primitive_desc_query_md(pd, what, 0);
 }
 
@@ -401,12 +349,9 @@ static float *run_backward(const plan_key *key, int want_dsrc, const float **dw,
  *  - backward with fewer than 32 output channels: the weight-gradient
  *    kernel runs 50–80 ms for a LoRA A convolution of rank 4 (oc 4) where
  *    fp32 takes well under 1 ms, and the `out` layer (oc 3) gained nothing. */
-static int forward_prec(int cin) {
-    return cin < 4 ? E2G_PRECISION_FP32 : (int)e2g_get_precision();
-}
-
-static int backward_prec(int cout) {
-    return cout < 32 ? E2G_PRECISION_FP32 : (int)e2g_get_precision();
+int e2g_conv_precision(int cin, int cout, int backward) {
+    if (backward ? cout < 32 : cin < 4) return E2G_PRECISION_FP32;
+    return (int)e2g_get_precision();
 }
 
 /* The plan key of a layer (in precision prec) and, when need_src is set,
@@ -439,7 +384,7 @@ static const void *conv_source(const float *inp, int N, int H, int W, const e2g_
 void e2g_conv2d_forward(float *out, const float *inp, const float *weight, const float *bias, int N,
                     int H, int W, const e2g_conv_shape *cs) {
     plan_key key;
-    const void *src = conv_source(inp, N, H, W, cs, bias != NULL, 1, forward_prec(cs->cin), &key);
+    const void *src = conv_source(inp, N, H, W, cs, bias != NULL, 1, e2g_conv_precision(cs->cin, cs->cout, 0), &key);
     run_forward(&key, out, src, weight, bias);
 }
 
@@ -449,7 +394,7 @@ void e2g_conv2d_backward(float *dinp, float *dweight, float *dbias, const float 
     /* The bias gradient is a by-product of the weights primitive; a plan
      * with a bias is only needed when that gradient is wanted. */
     int want_dw = dweight || dbias;
-    const void *src = conv_source(inp, N, H, W, cs, dbias != NULL, want_dw, backward_prec(cs->cout), &key);
+    const void *src = conv_source(inp, N, H, W, cs, dbias != NULL, want_dw, e2g_conv_precision(cs->cin, cs->cout, 1), &key);
     size_t dout_n = (size_t)N * e2g_conv2d_out_size(H, cs) * e2g_conv2d_out_size(W, cs) * cs->cout;
     const void *d = as_input(key.prec, dout, dout_n, SCRATCH_DOUT16);
     const float *dw = NULL, *db = NULL;
@@ -515,7 +460,7 @@ static void shuffle_phases(float *dst, const float *src, int N, int H, int W, in
 void e2g_upconv2x_forward(float *out, const float *inp, const float *weight, const float *bias, int N,
                       int H, int W, int cin, int cout) {
     size_t plane = (size_t)N * H * W * cout;
-    int prec = forward_prec(cin);
+    int prec = e2g_conv_precision(cin, cout, 0);
     const void *src = as_input(prec, inp, (size_t)N * H * W * cin, SCRATCH_SRC16);
     float *k = phase_weights(weight, cin, cout);
     float *phases = scratch(SCRATCH_PHASES, 4 * plane * sizeof(float));
@@ -532,7 +477,7 @@ void e2g_conv2d_forward_band(float *out, const float *band, const float *weight,
                          int rows, int W, const e2g_conv_shape *cs) {
     int Wo = e2g_conv2d_out_size(W, cs);
     plan_key key = {1, rows, W, cs->cin, cs->cout, cs->k, cs->stride, 0, cs->pad, 0, 0, bias != NULL,
-                    forward_prec(cs->cin)};
+                    e2g_conv_precision(cs->cin, cs->cout, 0)};
     key.pad_r = (Wo - 1) * cs->stride + cs->k - W - cs->pad;
     const void *src;
     if (cs->pad_mode == E2G_PAD_REFLECT && cs->pad > 0) {
@@ -562,7 +507,7 @@ void e2g_upconv2x_forward_band(float *out, const float *band, const float *weigh
                            int rows, int W, int cin, int cout) {
     int n = rows - 2; /* input rows i0−1 .. i1 give output rows 2·i0 .. 2·i1−1 */
     size_t plane = (size_t)n * W * cout;
-    int prec = forward_prec(cin);
+    int prec = e2g_conv_precision(cin, cout, 0);
     const char *src = as_input(prec, band, (size_t)rows * W * cin, SCRATCH_SRC16);
     size_t row_bytes = (size_t)W * cin * (prec == E2G_PRECISION_BF16 ? sizeof(uint16_t) : sizeof(float));
     float *k = phase_weights(weight, cin, cout);
@@ -580,7 +525,7 @@ void e2g_upconv2x_backward(float *dinp, float *dweight, float *dbias, const floa
                        const float *inp, const float *weight, int N, int H, int W, int cin,
                        int cout) {
     size_t plane = (size_t)N * H * W * cout, per = (size_t)cout * cin;
-    int prec = backward_prec(cout), want_dk = dweight || dbias;
+    int prec = e2g_conv_precision(cin, cout, 1), want_dk = dweight || dbias;
     float *dphases = scratch(SCRATCH_PHASES, 4 * plane * sizeof(float));
     shuffle_phases(dphases, dout, N, H, W, cout, 0);
     const char *d = as_input(prec, dphases, 4 * plane, SCRATCH_DOUT16);

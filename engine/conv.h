@@ -50,10 +50,14 @@ void e2g_upconv2x_forward_band(float *out, const float *band, const float *weigh
 /* Precision: with e2g_get_precision() bf16 (precision.h) every function
  * here takes bf16-rounded inputs, weights and output gradients and
  * accumulates in f32; callers' tensors stay f32 and the contracts above
- * hold.  Forward passes of layers with cin < 4 (the RGB input layer) stay
- * fp32, being slower in bf16.  fp32 results are those of a build without
- * bf16, bit for bit. */
+ * hold.  Where oneDNN's bf16 kernels lose to fp32 a layer stays fp32:
+ * forward passes with cin < 4 (the RGB input layer), backward passes with
+ * cout < 32 (LoRA's rank-r convolutions, the RGB output layer).  fp32
+ * results are those of a build without bf16, bit for bit. */
 
+/* The precision a layer of cin → cout channels runs in, forward or
+ * backward, under the current setting. */
+int e2g_conv_precision(int cin, int cout, int backward);
 
 /* Reflect padding by p on every side (PyTorch 'reflect'), NHWC.  The
  * backward folds the padded gradient back and accumulates into dinp. */

@@ -8,13 +8,13 @@
 
 #include <math.h>
 #include <oneapi/dnnl/dnnl.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common.h"
+#include "dnnl.h"
 #include "fastmath.h"
 #include "precision.h"
 
@@ -202,16 +202,6 @@ void e2g_gemm(char trans_a, char trans_b, int M, int N, int K, float alpha, cons
 
 /* ---- bf16 matmul ------------------------------------------------------------ */
 
-#define MM_CHECK(call)                                                                  \
-    do {                                                                                \
-        dnnl_status_t status_ = (call);                                                 \
-        if (status_ != dnnl_success) {                                                  \
-            fprintf(stderr, "e2gan: oneDNN %s failed with status %d (%s:%d)\n", #call, \
-                    (int)status_, __FILE__, __LINE__);                                  \
-            abort();                                                                    \
-        }                                                                               \
-    } while (0)
-
 /* One matmul primitive: the sizes, the operands' stored orientation, C's
  * row stride, whether alpha (a runtime output scale) and beta (a sum
  * post-op, fixed at creation) take part. */
@@ -230,30 +220,10 @@ typedef struct {
 #define MM_CACHE_SIZE 64
 static _Thread_local mm_plan *t_mm[MM_CACHE_SIZE];
 static _Thread_local unsigned long t_mm_clock;
-static _Thread_local dnnl_stream_t t_mm_stream;
 static _Thread_local struct {
     uint16_t *ptr;
     size_t n;
 } t_mm_buf[2]; /* the bf16 copies of A and B */
-
-static dnnl_engine_t g_mm_engine;
-static pthread_once_t g_mm_once = PTHREAD_ONCE_INIT;
-static pthread_key_t g_mm_key; /* its destructor frees a thread's plans at exit */
-
-static void mm_thread_exit(void *unused) {
-    (void)unused;
-    e2g_gemm_cache_clear();
-}
-
-static void mm_init(void) {
-    MM_CHECK(dnnl_engine_create(&g_mm_engine, dnnl_cpu, 0));
-    if (pthread_key_create(&g_mm_key, mm_thread_exit) != 0) abort();
-}
-
-static void mm_thread_hold(void) {
-    pthread_once(&g_mm_once, mm_init);
-    if (!pthread_getspecific(g_mm_key)) pthread_setspecific(g_mm_key, &g_mm_key);
-}
 
 void e2g_gemm_cache_clear(void) {
     for (int i = 0; i < MM_CACHE_SIZE; i++) {
@@ -266,8 +236,7 @@ void e2g_gemm_cache_clear(void) {
         t_mm_buf[i].ptr = NULL;
         t_mm_buf[i].n = 0;
     }
-    if (t_mm_stream) dnnl_stream_destroy(t_mm_stream);
-    t_mm_stream = NULL;
+    e2g_dnnl_stream_release();
 }
 
 /* The md of a rows × cols operand stored densely, as is (row stride cols)
@@ -276,7 +245,7 @@ static void mm_operand_md(dnnl_memory_desc_t *md, int rows, int cols, int transp
                           dnnl_data_type_t t) {
     dnnl_dims_t dims = {rows, cols};
     dnnl_dims_t strides = {transposed ? 1 : cols, transposed ? rows : 1};
-    MM_CHECK(dnnl_memory_desc_init_by_strides(md, 2, dims, t, strides));
+    E2G_DNNL_CHECK(dnnl_memory_desc_init_by_strides(md, 2, dims, t, strides));
 }
 
 static mm_plan *mm_plan_create(const mm_key *k) {
@@ -285,26 +254,26 @@ static mm_plan *mm_plan_create(const mm_key *k) {
     mm_operand_md(&p->a_md, k->M, k->K, k->trans_a, dnnl_bf16);
     mm_operand_md(&p->b_md, k->K, k->N, k->trans_b, dnnl_bf16);
     dnnl_dims_t c_dims = {k->M, k->N}, c_strides = {k->ldc, 1}, one = {1};
-    MM_CHECK(dnnl_memory_desc_init_by_strides(&p->c_md, 2, c_dims, dnnl_f32, c_strides));
-    MM_CHECK(dnnl_memory_desc_init_by_tag(&p->scale_md, 1, one, dnnl_f32, dnnl_x));
+    E2G_DNNL_CHECK(dnnl_memory_desc_init_by_strides(&p->c_md, 2, c_dims, dnnl_f32, c_strides));
+    E2G_DNNL_CHECK(dnnl_memory_desc_init_by_tag(&p->scale_md, 1, one, dnnl_f32, dnnl_x));
     dnnl_primitive_attr_t attr;
-    MM_CHECK(dnnl_primitive_attr_create(&attr));
+    E2G_DNNL_CHECK(dnnl_primitive_attr_create(&attr));
     if (k->has_alpha) {
         const float runtime = DNNL_RUNTIME_F32_VAL;
-        MM_CHECK(dnnl_primitive_attr_set_output_scales(attr, 1, 0, &runtime));
+        E2G_DNNL_CHECK(dnnl_primitive_attr_set_output_scales(attr, 1, 0, &runtime));
     }
     if (k->beta != 0.0f) {
         dnnl_post_ops_t po;
-        MM_CHECK(dnnl_post_ops_create(&po));
-        MM_CHECK(dnnl_post_ops_append_sum(po, k->beta));
-        MM_CHECK(dnnl_primitive_attr_set_post_ops(attr, po));
+        E2G_DNNL_CHECK(dnnl_post_ops_create(&po));
+        E2G_DNNL_CHECK(dnnl_post_ops_append_sum(po, k->beta));
+        E2G_DNNL_CHECK(dnnl_primitive_attr_set_post_ops(attr, po));
         dnnl_post_ops_destroy(po);
     }
     dnnl_matmul_desc_t desc;
     dnnl_primitive_desc_t pd;
-    MM_CHECK(dnnl_matmul_desc_init(&desc, &p->a_md, &p->b_md, NULL, &p->c_md));
-    MM_CHECK(dnnl_primitive_desc_create(&pd, &desc, attr, g_mm_engine, NULL));
-    MM_CHECK(dnnl_primitive_create(&p->prim, pd));
+    E2G_DNNL_CHECK(dnnl_matmul_desc_init(&desc, &p->a_md, &p->b_md, NULL, &p->c_md));
+    E2G_DNNL_CHECK(dnnl_primitive_desc_create(&pd, &desc, attr, e2g_dnnl_engine(), NULL));
+    E2G_DNNL_CHECK(dnnl_primitive_create(&p->prim, pd));
     dnnl_primitive_desc_destroy(pd);
     dnnl_primitive_attr_destroy(attr);
     return p;
@@ -320,7 +289,7 @@ static mm_plan *mm_plan_get(const mm_key *key) {
         }
         if (!p || (t_mm[victim] && p->last_used < t_mm[victim]->last_used)) victim = i;
     }
-    mm_thread_hold();
+    e2g_dnnl_thread_hold();
     if (t_mm[victim]) dnnl_primitive_destroy(t_mm[victim]->prim);
     free(t_mm[victim]);
     t_mm[victim] = mm_plan_create(key);
@@ -333,7 +302,7 @@ static mm_plan *mm_plan_get(const mm_key *key) {
 static const uint16_t *mm_to_bf16(int slot, const float *x, int rows, int cols, int ld) {
     size_t n = (size_t)rows * cols;
     if (t_mm_buf[slot].n < n) {
-        mm_thread_hold();
+        e2g_dnnl_thread_hold();
         free(t_mm_buf[slot].ptr);
         t_mm_buf[slot].ptr = e2g_xmalloc(n * sizeof(uint16_t));
         t_mm_buf[slot].n = n;
@@ -350,7 +319,7 @@ static const uint16_t *mm_to_bf16(int slot, const float *x, int rows, int cols, 
 
 static void mm_arg(dnnl_exec_arg_t *args, dnnl_memory_t *mems, int *n, int kind,
                    const dnnl_memory_desc_t *md, const void *ptr) {
-    MM_CHECK(dnnl_memory_create(&mems[*n], md, g_mm_engine, (void *)ptr));
+    E2G_DNNL_CHECK(dnnl_memory_create(&mems[*n], md, e2g_dnnl_engine(), (void *)ptr));
     args[*n].arg = kind;
     args[*n].memory = mems[*n];
     (*n)++;
@@ -369,7 +338,6 @@ void e2g_gemm_bf16(char trans_a, char trans_b, int M, int N, int K, float alpha,
     mm_plan *p = mm_plan_get(&key);
     const uint16_t *a = ta ? mm_to_bf16(0, A, K, M, lda) : mm_to_bf16(0, A, M, K, lda);
     const uint16_t *b = tb ? mm_to_bf16(1, B, N, K, ldb) : mm_to_bf16(1, B, K, N, ldb);
-    if (!t_mm_stream) MM_CHECK(dnnl_stream_create(&t_mm_stream, g_mm_engine, dnnl_stream_default_flags));
     dnnl_exec_arg_t args[4];
     dnnl_memory_t mems[4];
     int n = 0;
@@ -377,8 +345,8 @@ void e2g_gemm_bf16(char trans_a, char trans_b, int M, int N, int K, float alpha,
     mm_arg(args, mems, &n, DNNL_ARG_WEIGHTS, &p->b_md, b);
     mm_arg(args, mems, &n, DNNL_ARG_DST, &p->c_md, C);
     if (key.has_alpha) mm_arg(args, mems, &n, DNNL_ARG_ATTR_OUTPUT_SCALES, &p->scale_md, &alpha);
-    MM_CHECK(dnnl_primitive_execute(p->prim, t_mm_stream, n, args));
-    MM_CHECK(dnnl_stream_wait(t_mm_stream));
+    E2G_DNNL_CHECK(dnnl_primitive_execute(p->prim, e2g_dnnl_stream(), n, args));
+    E2G_DNNL_CHECK(dnnl_stream_wait(e2g_dnnl_stream()));
     for (int i = 0; i < n; i++) dnnl_memory_destroy(mems[i]);
 }
 
