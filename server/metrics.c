@@ -147,6 +147,9 @@ char *e2g_metrics_render(e2g_metrics *m, const e2g_metrics_gauges *g, size_t *le
 
     metric(&sb, "e2gan_ready", "gauge", "1 once the model is loaded and the server takes edits.", (long long)(g->ready));
     metric(&sb, "e2gan_requests_in_flight", "gauge", "Requests being received or answered.", (long long)(g->in_flight));
+    metric(&sb, "e2gan_device_dead", "gauge",
+           "1 once the GPU failed for good (a sticky CUDA error) and every edit runs on the CPU.",
+           (long long)(g->device_dead));
 
     if (g->batcher) {
         const e2g_batcher_stats *b = g->batcher;

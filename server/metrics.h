@@ -44,6 +44,7 @@ typedef struct {
     const e2g_batcher_stats *batcher;
     const e2g_registry_stats *registry;
     const int *jobs; /* fine-tuning jobs per e2g_job_state, or NULL */
+    int device_dead; /* 1 once the GPU failed for good and edits run on the CPU */
 } e2g_metrics_gauges;
 
 /* The exposition text, malloc'd (caller frees); *len gets its length. */
