@@ -1,6 +1,6 @@
 /* gpu_train_check.c — e2gan-gpu-train-check: proves the GPU trainer's
  * gradients against the CPU engine's and times its step.  Links the engine
- * only, so it runs on the GPU machine; bench/gpu-train-check.sh drives it.
+ * only, so it runs on the GPU machine; bench/gpu-run.sh drives it.
  *
  *   e2gan-gpu-train-check grads [NGF S N]
  *        one step's gradient on random weights and inputs, full G and LoRA
