@@ -203,7 +203,8 @@ CHECK=$DIST/e2gan-gpu-check
 TCHECK=$DIST/e2gan-gpu-train-check
 E2GAN=$DIST/e2gan
 WORK=$(mktemp -d /tmp/e2g-gpu-run-XXXXXX) # models made on the way, not results
-trap 'rm -rf "$WORK"' EXIT
+# the unpacked libraries go again at the end: the carried folder stays as prepared
+trap 'if [ -f "$WORK/unpacked" ]; then xargs -r rm -f <"$WORK/unpacked"; fi; rm -rf "$WORK"' EXIT
 export OMP_WAIT_POLICY=passive
 # Where the libraries are unpacked: next to the carried ones, or — on a
 # read-only carry — a folder of our own that LD_LIBRARY_PATH names.
@@ -340,8 +341,10 @@ unpack_libs() {
     for f in "$LIBDIR"/*.xz; do
         [ -e "$f" ] || continue
         if command -v xz >/dev/null; then
+            echo "${f%.xz}" >>"$WORK/unpacked"
             xz -dc "$f" >"${f%.xz}" || return 1
         else
+            echo "${f%.xz}" >>"$WORK/unpacked"
             $PY -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
                 "$f" "${f%.xz}" || return 1
         fi

@@ -29,6 +29,7 @@ usage: python3 bench/gpu_calibrate.py --check BUILD/e2gan-gpu-check | --ops-list
        [--model BASE --image-npy X.npy [--adapter A ...]] [--grads] [--device cuda]
 """
 import argparse
+import copy
 import math
 import os
 import subprocess
@@ -154,8 +155,7 @@ def model_psnrs(args, dev):
     with torch.no_grad():
         for name, net, ctx in cases:
             ref = net(x, ctx)
-            low = net.to(torch.bfloat16)(x.bfloat16(), ctx.bfloat16())
-            net.float()
+            low = copy.deepcopy(net).to(torch.bfloat16)(x.bfloat16(), ctx.bfloat16())
             out[name] = psnr(low, ref)
     return out
 
