@@ -3,7 +3,7 @@ file with tools/e2gan_torch.py and times the generator on random input (base
 concept 0 as context) under inference_mode.  Its last stdout line is JSON
 {"ms_per_batch": …, "images_per_s": …}, as e2gan bench prints.  On the CPU
 (default) it is the peer of bench/cpu_bench.sh; with --device cuda --bf16 it
-is bench/gpu-check.sh's eager peer (bf16 weights and activations,
+is bench/gpu-run.sh's eager peer (bf16 weights and activations,
 channels_last, timed with CUDA events).
 
 usage: python3 bench/torch_bench.py --model BASE --size S

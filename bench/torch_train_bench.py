@@ -1,5 +1,5 @@
 """torch_train_bench.py — the PyTorch peer of e2gan-gpu-train-check's step
-timing (bench/gpu-train-check.sh): one training step of E²GAN-G from
+timing (bench/gpu-run.sh): one training step of E²GAN-G from
 tools/e2gan_torch.py — forward, λ·L1 (+ the LSGAN term through the PatchGAN
 D with --gan), backward, Adam — under bf16 autocast, channels_last, timed
 with CUDA events; LoRA r on the crucial layers through peft (--lora R) or

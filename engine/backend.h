@@ -104,6 +104,12 @@ typedef struct {
     void (*drop_adapters)(void *state);
     /* Bytes and count of cached adapters and merged sets. */
     void (*cache_stats)(const void *state, size_t *bytes, int *entries);
+    /* 1 while the device can still run batches; 0 once a failure left it
+     * unusable for the rest of the process (CUDA's sticky errors: an
+     * illegal address, a launch failure, ... make every later call fail
+     * too), with the reason in why (E2G_ERR_LEN).  The runtime asks after a
+     * failed run and then serves on the CPU for good.  NULL: never dead. */
+    int (*healthy)(void *state, char *why);
 
     /* Its trainer; NULL when it has none (the CPU trains in train.c). */
     const e2g_train_backend *train;

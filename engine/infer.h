@@ -25,9 +25,19 @@ typedef struct e2g_runtime e2g_runtime;
  * E2G_ERR_LEN bytes, says why or which), -1 when the mode is unknown or
  * "cuda" cannot be had (msg says why, *out is NULL). */
 int e2g_runtime_new(e2g_runtime **out, const e2g_model *m, const char *mode, char *msg);
+/* Binds m to device backend b itself (tests, tools): 1 on b, -1 when b is
+ * unavailable, does not support the model or fails to start (msg says
+ * why, *out is NULL). */
+int e2g_runtime_new_on(e2g_runtime **out, const e2g_model *m, const e2g_backend *b, char *msg);
 void e2g_runtime_free(e2g_runtime *rt);
-/* The backend's name, "cuda" or "cpu": where e2g_infer_run runs. */
+/* Where e2g_infer_run runs: the backend's name, "cuda" or "cpu" — "cpu"
+ * also once the device is dead (below). */
 const char *e2g_runtime_name(const e2g_runtime *rt);
+/* 1 once the runtime's device failed in a way that leaves it unusable (the
+ * backend's healthy hook said so after a failed batch): from then on every
+ * batch runs on the CPU, and why (len bytes, may be NULL) gets the reason;
+ * 0 while the device serves or when there is none. */
+int e2g_runtime_device_dead(const e2g_runtime *rt, char *why, size_t len);
 const e2g_model *e2g_runtime_model(const e2g_runtime *rt);
 /* Its backend and instance state, for a backend's optional hooks
  * (prepare, time, drop_adapters, cache_stats: benchmarks). */
@@ -46,7 +56,9 @@ void e2g_infer_free(e2g_infer *inf);
  * merged set, the LoRA terms of edits[0] — which every sample must share —
  * are folded into the weights for this call; otherwise each sample's terms
  * run as the low-rank path.  On a device a failing call (out of memory, a
- * driver error) is logged to stderr and the batch runs on the CPU instead. */
+ * driver error) is logged to stderr and the batch runs on the CPU instead;
+ * when the device is left unusable (a sticky CUDA error), one more line
+ * says so and every later batch runs on the CPU without trying it. */
 void e2g_infer_run(e2g_infer *inf, float *y, const float *x, const e2g_edit *edits, int merged);
 
 /* Edits im in place: any size, padded by reflection to a multiple of 8. */

@@ -49,6 +49,8 @@ static void cache_stats(const void *state, size_t *bytes, int *entries) {
     e2g_cuda_engine_cache_stats((const e2g_cuda_engine *)state, bytes, entries);
 }
 
+static int healthy(void *state, char *why) { return e2g_cuda_engine_healthy((e2g_cuda_engine *)state, why); }
+
 /* ---- training ------------------------------------------------------------------------------- */
 
 static int train_supports(const e2g_gen_config *cfg, int gan, char *err) {
@@ -119,6 +121,7 @@ static e2g_backend make_backend(void) {
     b.available = available, b.describe = describe, b.supports = supports;
     b.create = create, b.destroy = destroy, b.run = run;
     b.prepare = prepare, b.time = time_forward, b.drop_adapters = drop_adapters, b.cache_stats = cache_stats;
+    b.healthy = healthy;
     b.train = &trainer;
     return b;
 }

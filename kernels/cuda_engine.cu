@@ -128,7 +128,11 @@ struct e2g_cuda_engine {
     dev_merged *merges;
     size_t cache_budget, cache_bytes;
     unsigned long long tick, serial;
-    int graphs_off;
+    int graphs_off;                  /* E2GAN_CUDA_GRAPHS=0, or a capture failed */
+    char graphs_off_why[E2G_ERR_LEN];
+    long n_eager, n_captured, n_replayed;
+    int dead; /* a sticky CUDA error: the context is unusable for good */
+    char dead_why[E2G_ERR_LEN];
 };
 
 /* ---- device presence ------------------------------------------------------------------ */
@@ -288,6 +292,11 @@ extern "C" int e2g_cuda_engine_new(e2g_cuda_engine **out, const e2g_gen_config *
     if (!E) return e2g_fail(err, "out of host memory");
     E->cfg = *cfg, E->host = p, E->c4 = e2g_gen_c4(cfg), E->heads = e2g_gen_heads(cfg);
     E->T = cfg->ctx_tokens, E->cache_budget = adapter_cache_bytes;
+    const char *graphs = getenv("E2GAN_CUDA_GRAPHS");
+    if (graphs && strcmp(graphs, "0") == 0) {
+        E->graphs_off = 1;
+        snprintf(E->graphs_off_why, sizeof E->graphs_off_why, "E2GAN_CUDA_GRAPHS=0");
+    }
     int rc = -1;
     dev_arena count = {NULL, 0}, ar;
     if (core_init(E, err) || gen_plan_build(&E->plan, cfg, err)) goto out;
@@ -780,6 +789,7 @@ static int launch(e2g_cuda_engine *E, bucket *B, const run_plan *rp, char *err) 
             }
             B->graphs.push_back({rp->sig, NULL, E->tick});
         }
+        E->n_eager++;
         return forward(E, B, rp, err);
     }
     g->last_used = E->tick;
@@ -796,10 +806,15 @@ static int launch(e2g_cuda_engine *E, bucket *B, const run_plan *rp, char *err) 
             cudaGetLastError();
             g->exec = NULL;
             E->graphs_off = 1;
-            fprintf(stderr, "e2gan: CUDA graph capture failed (%s); running without graphs\n",
-                    rc ? err : cudaGetErrorString(end));
+            snprintf(E->graphs_off_why, sizeof E->graphs_off_why, "capture failed: %s",
+                     rc ? err : cudaGetErrorString(end));
+            fprintf(stderr, "e2gan: CUDA graph %s; running without graphs\n", E->graphs_off_why);
+            E->n_eager++;
             return forward(E, B, rp, err);
         }
+        E->n_captured++;
+    } else {
+        E->n_replayed++;
     }
     CUDA_TRY(cudaGraphLaunch(g->exec, E->dc.stream));
     return 0;
@@ -823,10 +838,46 @@ static int prepare_batch(e2g_cuda_engine *E, bucket **Bout, run_plan *rp, const 
     return 0;
 }
 
-/* After a failure: wait for what was queued and clear non-sticky errors. */
+/* The errors after which the CUDA context is unusable: every later call
+ * of this process returns them again (the "sticky" errors of the CUDA
+ * runtime's documentation). */
+static int sticky_error(cudaError_t e) {
+    switch (e) {
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchFailure:
+    case cudaErrorLaunchTimeout:
+    case cudaErrorHardwareStackError:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc:
+    case cudaErrorAssert:
+    case cudaErrorECCUncorrectable:
+    case cudaErrorNvlinkUncorrectable:
+    case cudaErrorContextIsDestroyed:
+    case cudaErrorTensorMemoryLeak:
+    case cudaErrorExternalDevice:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* After a failure: wait for what was queued and clear non-sticky errors;
+ * a sticky one marks the engine dead (e2g_cuda_engine_healthy). */
 static void recover(e2g_cuda_engine *E) {
-    cudaStreamSynchronize(E->dc.stream);
+    cudaError_t e = cudaStreamSynchronize(E->dc.stream);
     cudaGetLastError();
+    if (!sticky_error(e)) e = cudaDeviceSynchronize(); /* a sticky error answers every call */
+    if (sticky_error(e) && !E->dead) {
+        E->dead = 1;
+        snprintf(E->dead_why, sizeof E->dead_why, "%s: %s", cudaGetErrorName(e), cudaGetErrorString(e));
+    }
+}
+
+/* Refuses work once the engine is dead. */
+static int check_alive(const e2g_cuda_engine *E, char *err) {
+    return E->dead ? e2g_fail(err, "CUDA device unusable since an earlier failure (%s)", E->dead_why) : 0;
 }
 
 extern "C" int e2g_cuda_engine_run(e2g_cuda_engine *E, float *y, const float *x, const e2g_edit *edits, int N,
@@ -835,7 +886,8 @@ extern "C" int e2g_cuda_engine_run(e2g_cuda_engine *E, float *y, const float *x,
     run_plan rp;
     bucket *B = NULL;
     size_t img = (size_t)N * H * W * 3 * sizeof(float);
-    int rc = prepare_batch(E, &B, &rp, edits, N, H, W, merged, err);
+    int rc = check_alive(E, err);
+    if (!rc) rc = prepare_batch(E, &B, &rp, edits, N, H, W, merged, err);
     if (!rc) {
         memcpy(B->x_host, x, img);
         rc = cudaMemcpyAsync(B->x32, B->x_host, img, cudaMemcpyHostToDevice, E->dc.stream) != cudaSuccess
@@ -861,7 +913,8 @@ extern "C" int e2g_cuda_engine_time(e2g_cuda_engine *E, const e2g_edit *edits, i
     bucket *B = NULL;
     cudaEvent_t t0 = NULL, t1 = NULL;
     std::vector<double> times;
-    int rc = prepare_batch(E, &B, &rp, edits, N, H, W, merged, err);
+    int rc = check_alive(E, err);
+    if (!rc) rc = prepare_batch(E, &B, &rp, edits, N, H, W, merged, err);
     if (!rc) { /* a fixed pseudo-random image in [-1, 1] */
         size_t n = (size_t)N * H * W * 3;
         uint32_t s = 12345;
@@ -893,7 +946,8 @@ extern "C" int e2g_cuda_engine_time(e2g_cuda_engine *E, const e2g_edit *edits, i
 extern "C" int e2g_cuda_engine_prepare(e2g_cuda_engine *E, const e2g_edit *edits, int N, int merged, char *err) {
     pthread_mutex_lock(&E->mu);
     run_plan rp;
-    int rc = plan_run(E, &rp, edits, N, merged, err);
+    int rc = check_alive(E, err);
+    if (!rc) rc = plan_run(E, &rp, edits, N, merged, err);
     if (!rc && cudaStreamSynchronize(E->dc.stream) != cudaSuccess) rc = e2g_fail(err, "CUDA: adapter switch failed");
     if (rc) recover(E);
     evict(E);
@@ -916,6 +970,32 @@ extern "C" void e2g_cuda_engine_drop_adapters(e2g_cuda_engine *E) {
         merged_free(E, m);
     }
     E->cache_bytes = 0;
+    pthread_mutex_unlock(&E->mu);
+}
+
+extern "C" int e2g_cuda_engine_healthy(e2g_cuda_engine *E, char *why) {
+    pthread_mutex_lock(&E->mu);
+    int ok = !E->dead;
+    if (!ok && why) snprintf(why, E2G_ERR_LEN, "%s", E->dead_why);
+    pthread_mutex_unlock(&E->mu);
+    return ok;
+}
+
+extern "C" void e2g_cuda_engine_graph_stats(e2g_cuda_engine *E, e2g_cuda_graph_stats *out) {
+    pthread_mutex_lock(&E->mu);
+    out->enabled = !E->graphs_off;
+    snprintf(out->why_off, sizeof out->why_off, "%s", E->graphs_off ? E->graphs_off_why : "");
+    out->eager = E->n_eager, out->captured = E->n_captured, out->replayed = E->n_replayed;
+    pthread_mutex_unlock(&E->mu);
+}
+
+/* A write to an address no allocation covers: the illegal-address fault a
+ * buggy kernel would raise. */
+__global__ void fault_kernel(int *p) { *p = 1; }
+
+extern "C" void e2g_cuda_engine_inject_fault(e2g_cuda_engine *E) {
+    pthread_mutex_lock(&E->mu);
+    fault_kernel<<<1, 1, 0, E->dc.stream>>>((int *)(uintptr_t)0x10);
     pthread_mutex_unlock(&E->mu);
 }
 

@@ -64,6 +64,28 @@ void e2g_cuda_engine_drop_adapters(e2g_cuda_engine *e);
 /* Device bytes held by cached adapters and merged sets, and their count. */
 void e2g_cuda_engine_cache_stats(const e2g_cuda_engine *e, size_t *bytes, int *entries);
 
+/* 1 while the engine's device is usable; 0 once a sticky CUDA error
+ * (illegal address, launch failure, ...) left the context dead, with the
+ * error in why (E2G_ERR_LEN; may be NULL).  A dead engine refuses every
+ * call with that reason. */
+int e2g_cuda_engine_healthy(e2g_cuda_engine *e, char *why);
+
+/* CUDA graphs: a batch signature runs eagerly when first seen, is captured
+ * the second time and replayed from then on.  enabled is 0 when graphs are
+ * off (E2GAN_CUDA_GRAPHS=0 at creation, or a capture failed: why_off); the
+ * counts are forwards run eagerly, captured (and launched), replayed. */
+typedef struct {
+    int enabled;
+    char why_off[256];
+    long eager, captured, replayed;
+} e2g_cuda_graph_stats;
+void e2g_cuda_engine_graph_stats(e2g_cuda_engine *e, e2g_cuda_graph_stats *out);
+
+/* Test hook (bench/gpu_check.c sticky): enqueues a kernel writing to an
+ * invalid address, so the next call meets the sticky fault a buggy kernel
+ * would raise. */
+void e2g_cuda_engine_inject_fault(e2g_cuda_engine *e);
+
 /* ---- single fused ops on host arrays, for checks against the CPU engine ---- */
 /* Each uploads fp32 inputs as bf16, runs the op as the engine does and
  * downloads fp32 output; shapes and layouts as the CPU op of the same name

@@ -1,7 +1,7 @@
-/* cuda_info.cu — the first piece of the CUDA path: finding the GPUs and
- * proving a kernel runs on them.  The fused inference engine (cuda_engine.cu, docs/cuda.md)
- * builds on this file's error handling. */
+/* cuda_info.cu — finding the GPUs and proving a kernel runs on them (the
+ * backend's describe: card, driver, runtime and cuDNN versions). */
 #include <cuda_runtime.h>
+#include <cudnn.h>
 #include <stdio.h>
 
 #include "cuda_info.h"
@@ -49,8 +49,13 @@ extern "C" int e2g_cuda_describe(char *msg, size_t len) {
     }
     char probe[128] = "kernel probe ok";
     int rc = probe_kernel(probe, sizeof probe);
-    snprintf(msg, len, "%d CUDA device(s); device 0: %s, sm_%d%d, %.1f GiB, %d SMs; %s", count,
-             prop.name, prop.major, prop.minor, prop.totalGlobalMem / 1073741824.0,
-             prop.multiProcessorCount, probe);
+    int driver = 0;
+    cudaDriverGetVersion(&driver);
+    snprintf(msg, len,
+             "%d CUDA device(s); device 0: %s, sm_%d%d, %.1f GiB, %d SMs; driver CUDA %d.%d, runtime %d.%d; "
+             "cuDNN %zu (built with %d); %s",
+             count, prop.name, prop.major, prop.minor, prop.totalGlobalMem / 1073741824.0, prop.multiProcessorCount,
+             driver / 1000, driver % 1000 / 10, CUDART_VERSION / 1000, CUDART_VERSION % 1000 / 10, cudnnGetVersion(),
+             CUDNN_VERSION, probe);
     return rc ? -1 : count;
 }

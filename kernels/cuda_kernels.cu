@@ -4,10 +4,14 @@
  * gather and reflect padding of the next layer's input in one pass), the
  * input and output layers, bias + GELU, residual + layer norm, weight
  * packing with LoRA merging, and the unmerged LoRA paths.  bf16 in memory,
- * fp32 arithmetic. */
+ * fp32 arithmetic.  The per-element work of each grid-stride kernel is a
+ * body of cuda_bodies.cuh, which the CPU tests run too. */
 #include "cuda_kernels.cuh"
 
 #define THREADS 256
+
+#define GRID_LOOP(i, total) \
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (total); i += (size_t)gridDim.x * blockDim.x)
 
 /* ---- conv block: statistics and epilogue ------------------------------------ */
 
@@ -22,21 +26,9 @@ __global__ void block_stats_kernel(float *sums, conv_out s) {
     int n = blockIdx.y, HW = s.H * s.W;
     float acc[16] = {0};
     if (lane < lanes) {
-        bf16x8 k;
-        k.u = *(const uint4 *)(s.p + conv_out_index(s, n, 0, 0, g * 8));
         float K[8];
-        bf16x8_to_float(k, K);
-        for (int p = blockIdx.x * lanes + lane; p < HW; p += gridDim.x * lanes) {
-            bf16x8 v;
-            v.u = *(const uint4 *)(s.p + conv_out_index(s, n, p / s.W, p % s.W, g * 8));
-            float f[8];
-            bf16x8_to_float(v, f);
-#pragma unroll
-            for (int i = 0; i < 8; i++) {
-                float d = f[i] - K[i];
-                acc[i] += d, acc[8 + i] += d * d;
-            }
-        }
+        stats_shift(s, n, g, K);
+        for (int p = blockIdx.x * lanes + lane; p < HW; p += gridDim.x * lanes) stats_accumulate(s, n, g, p, K, acc);
     }
     reduce_channel_pairs(red, acc, sums, s.C, n, G, lanes, g, lane);
 }
@@ -44,13 +36,7 @@ __global__ void block_stats_kernel(float *sums, conv_out s) {
 /* The shifted sums of (n, c) → its mean and variance, in place. */
 __global__ void block_stats_final_kernel(float *sums, conv_out s) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= s.N * s.C) return;
-    int n = i / s.C, c = i % s.C;
-    float inv_hw = 1.0f / (s.H * s.W), K = __bfloat162float(s.p[conv_out_index(s, n, 0, 0, c)]);
-    float *at = sums + (size_t)n * 2 * s.C + c;
-    float m1 = at[0] * inv_hw;
-    at[0] = K + m1;
-    at[s.C] = fmaxf(at[s.C] * inv_hw - m1 * m1, 0.0f);
+    if (i < s.N * s.C) stats_final_body(sums, s, i);
 }
 
 int block_stats(float *sums, const conv_out &src, cudaStream_t stream, char *err) {
@@ -67,47 +53,12 @@ int block_stats(float *sums, const conv_out &src, cudaStream_t stream, char *err
 }
 
 __global__ void block_epilogue_kernel(epilogue_args a) {
-    const tview &d = a.dst;
-    int G = d.C / 8, Hp = d.H + 2 * d.pad, Wp = d.W + 2 * d.pad;
-    size_t total = (size_t)d.N * Hp * Wp * G;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
-         i += (size_t)gridDim.x * blockDim.x) {
-        int g = (int)(i % G);
-        size_t pix = i / G;
-        int px = (int)(pix % Wp), py = (int)(pix / Wp % Hp), n = (int)(pix / ((size_t)Wp * Hp));
-        int y = d.pad ? reflect_dev(py - d.pad, d.H) : py, x = d.pad ? reflect_dev(px - d.pad, d.W) : px;
-        int c0 = g * 8;
-        bf16x8 v;
-        v.u = *(const uint4 *)(a.src.p + conv_out_index(a.src, n, y, x, c0));
-        float f[8];
-        bf16x8_to_float(v, f);
-#pragma unroll
-        for (int j = 0; j < 8; j++) {
-            int c = c0 + j;
-            if (a.sums) { /* a bias before the norm cancels: skipped */
-                float mean = a.sums[(size_t)n * 2 * d.C + c], var = a.sums[(size_t)n * 2 * d.C + d.C + c];
-                f[j] = (f[j] - mean) * rsqrtf(var + 1e-5f) * a.gamma[c] + a.beta[c];
-            } else if (a.bias) {
-                f[j] += a.bias[c];
-            }
-            if (a.relu) f[j] = fmaxf(f[j], 0.0f);
-        }
-        if (a.add.p) {
-            bf16x8 r;
-            r.u = *(const uint4 *)(a.add.p + view_index(a.add, n, y, x) + c0);
-            float fr[8];
-            bf16x8_to_float(r, fr);
-#pragma unroll
-            for (int j = 0; j < 8; j++) f[j] += fr[j];
-        }
-        bf16x8 o = float_to_bf16x8(f);
-        *(uint4 *)(d.p + view_at(d, n, py, px) + c0) = o.u;
-    }
+    GRID_LOOP(i, epilogue_items(a.dst)) epilogue_body(a, i);
 }
 
 int block_epilogue(const epilogue_args &a, cudaStream_t stream, char *err) {
     if (a.dst.C % 8) return e2g_fail(err, "CUDA: %d channels unsupported", a.dst.C);
-    size_t total = (size_t)a.dst.N * (a.dst.H + 2 * a.dst.pad) * (a.dst.W + 2 * a.dst.pad) * (a.dst.C / 8);
+    size_t total = epilogue_items(a.dst);
     block_epilogue_kernel<<<blocks_for(total, THREADS), THREADS, 0, stream>>>(a);
     LAUNCH_TRY();
     return 0;
@@ -116,21 +67,12 @@ int block_epilogue(const epilogue_args &a, cudaStream_t stream, char *err) {
 /* ---- input and output layers --------------------------------------------------- */
 
 __global__ void prep_input_kernel(tview d, const float *x) {
-    int Hp = d.H + 2 * d.pad, Wp = d.W + 2 * d.pad;
-    size_t total = (size_t)d.N * Hp * Wp;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
-         i += (size_t)gridDim.x * blockDim.x) {
-        int px = (int)(i % Wp), py = (int)(i / Wp % Hp), n = (int)(i / ((size_t)Wp * Hp));
-        int y = reflect_dev(py - d.pad, d.H), xx = reflect_dev(px - d.pad, d.W);
-        const float *src = x + (((size_t)n * d.H + y) * d.W + xx) * 3;
-        float f[8] = {src[0], src[1], src[2], 0, 0, 0, 0, 0};
-        *(uint4 *)(d.p + view_at(d, n, py, px)) = float_to_bf16x8(f).u;
-    }
+    GRID_LOOP(i, prep_input_items(d)) prep_input_body(d, x, i);
 }
 
 int prep_input(const tview &dst, const float *x, cudaStream_t stream, char *err) {
     if (dst.C != 8) return e2g_fail(err, "CUDA: the input view has %d channels, not 8", dst.C);
-    size_t total = (size_t)dst.N * (dst.H + 2 * dst.pad) * (dst.W + 2 * dst.pad);
+    size_t total = prep_input_items(dst);
     prep_input_kernel<<<blocks_for(total, THREADS), THREADS, 0, stream>>>(dst, x);
     LAUNCH_TRY();
     return 0;
@@ -138,13 +80,7 @@ int prep_input(const tview &dst, const float *x, cudaStream_t stream, char *err)
 
 __global__ void output_kernel(float *y, const bf16 *o, int Cs, const float *bias, const float *x,
                               int residual, size_t pixels) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < pixels * 3;
-         i += (size_t)gridDim.x * blockDim.x) {
-        int c = (int)(i % 3);
-        float v = __bfloat162float(o[i / 3 * Cs + c]) + bias[c];
-        if (residual) v += atanhf(fminf(fmaxf(x[i], -0.999f), 0.999f));
-        y[i] = tanhf(v);
-    }
+    GRID_LOOP(i, pixels * 3) output_body(y, o, Cs, bias, x, residual, i);
 }
 
 int output_layer(float *y, const bf16 *o, int Cs, const float *bias, const float *x, int residual,
@@ -157,21 +93,7 @@ int output_layer(float *y, const bf16 *o, int Cs, const float *bias, const float
 /* ---- transformer block pieces --------------------------------------------------- */
 
 __global__ void bias_act_kernel(bf16 *x, const float *bias, int gelu, size_t M, int C) {
-    int G = C / 8;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < M * G;
-         i += (size_t)gridDim.x * blockDim.x) {
-        int c0 = (int)(i % G) * 8;
-        bf16x8 v;
-        v.u = *(uint4 *)(x + i * 8);
-        float f[8];
-        bf16x8_to_float(v, f);
-#pragma unroll
-        for (int j = 0; j < 8; j++) {
-            f[j] += bias[c0 + j];
-            if (gelu) f[j] = gelu_tanh(f[j]);
-        }
-        *(uint4 *)(x + i * 8) = float_to_bf16x8(f).u;
-    }
+    GRID_LOOP(i, M * (C / 8)) bias_act_body(x, bias, gelu, C, i);
 }
 
 int bias_act(bf16 *x, const float *bias, int gelu, size_t M, int C, cudaStream_t stream, char *err) {
@@ -234,13 +156,11 @@ int residual_layernorm(float *t_f32, bf16 *t_bf16, bf16 *ln, const bf16 *base_bf
 }
 
 __global__ void f32_to_bf16_kernel(bf16 *dst, const float *src, size_t n) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        dst[i] = __float2bfloat16(src[i]);
+    GRID_LOOP(i, n) dst[i] = __float2bfloat16(src[i]);
 }
 
 __global__ void bf16_to_f32_kernel(float *dst, const bf16 *src, size_t n) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        dst[i] = __bfloat162float(src[i]);
+    GRID_LOOP(i, n) dst[i] = __bfloat162float(src[i]);
 }
 
 int f32_to_bf16(bf16 *dst, const float *src, size_t n, cudaStream_t stream, char *err) {
@@ -257,47 +177,12 @@ int bf16_to_f32(float *dst, const bf16 *src, size_t n, cudaStream_t stream, char
 
 /* ---- weights ----------------------------------------------------------------------- */
 
-/* engine/conv.c's TAP_GROUP: the 2×2 tap that 3×3 tap ky joins in phase a. */
-__constant__ int TAP_GROUP_DEV[2][3] = {{0, 1, 1}, {0, 0, 1}};
-
-__device__ float merged_weight(const pack_args &a, int o, int ci, int ky, int kx) {
-    size_t tap = ((size_t)ci * a.k + ky) * a.k + kx;
-    float w = a.base ? a.base[(size_t)o * a.cin * a.k * a.k + tap] : 0.0f;
-    for (int t = 0; t < a.n_terms; t++) {
-        const merge_term &m = a.terms[t];
-        float d = 0;
-        for (int r = 0; r < m.r; r++) d += m.B[(size_t)o * m.r + r] * m.A[(size_t)r * a.cin * a.k * a.k + tap];
-        w += m.s * d;
-    }
-    return w;
-}
-
 __global__ void pack_weights_kernel(pack_args a) {
-    int kk = a.phase ? 2 : a.k, cin = a.phase ? a.cin : a.cin_pad;
-    size_t rows = a.phase ? 4 * (size_t)a.cout_pad : (size_t)a.cout_pad;
-    size_t total = rows * kk * kk * cin;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
-         i += (size_t)gridDim.x * blockDim.x) {
-        int ci = (int)(i % cin), tx = (int)(i / cin % kk), ty = (int)(i / cin / kk % kk);
-        int row = (int)(i / ((size_t)cin * kk * kk)), o = row % a.cout_pad;
-        float w = 0;
-        if (o < a.cout && ci < a.cin) {
-            if (!a.phase) {
-                w = merged_weight(a, o, ci, ty, tx);
-            } else {
-                int p = row / a.cout_pad, pa = p >> 1, pb = p & 1;
-                for (int ky = 0; ky < 3; ky++)
-                    for (int kx = 0; kx < 3; kx++)
-                        if (TAP_GROUP_DEV[pa][ky] == ty && TAP_GROUP_DEV[pb][kx] == tx)
-                            w += merged_weight(a, o, ci, ky, kx);
-            }
-        }
-        a.dst[i] = __float2bfloat16(w);
-    }
+    GRID_LOOP(i, pack_items(a)) pack_body(a, i);
 }
 
 int pack_weights(const pack_args &a, cudaStream_t stream, char *err) {
-    size_t total = (a.phase ? 4 * (size_t)a.cout_pad * 4 * a.cin : (size_t)a.cout_pad * a.k * a.k * a.cin_pad);
+    size_t total = pack_items(a);
     pack_weights_kernel<<<blocks_for(total, THREADS), THREADS, 0, stream>>>(a);
     LAUNCH_TRY();
     return 0;
@@ -307,20 +192,7 @@ int pack_weights(const pack_args &a, cudaStream_t stream, char *err) {
 
 __global__ void lora_conv_expand_kernel(bf16 *out, int Cs, int cout, int groups, const bf16 *h,
                                         const lora_entry *table, int N, size_t P) {
-    size_t per = P * groups * cout, total = (size_t)N * per;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
-         i += (size_t)gridDim.x * blockDim.x) {
-        int n = (int)(i / per);
-        const lora_entry &e = table[n];
-        if (!e.B) continue;
-        size_t j = i % per, p = j / ((size_t)groups * cout);
-        int g = (int)(j / cout % groups), c = (int)(j % cout);
-        const bf16 *hp = h + e.h_off + (p * groups + g) * e.R;
-        float acc = 0;
-        for (int r = 0; r < e.r; r++) acc += __bfloat162float(hp[r]) * e.B[(size_t)c * e.r + r];
-        bf16 *o = out + ((size_t)n * P + p) * Cs + g * cout + c;
-        *o = __float2bfloat16(__bfloat162float(*o) + e.s * acc);
-    }
+    GRID_LOOP(i, (size_t)N * P * groups * cout) lora_conv_expand_body(out, Cs, cout, groups, h, table, P, i);
 }
 
 int lora_conv_expand(bf16 *out, int Cs, int cout, int groups, const bf16 *h,

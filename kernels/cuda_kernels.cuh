@@ -7,49 +7,8 @@
 
 #include "cuda_util.cuh"
 
-/* An NHWC bf16 tensor stored with `pad` extra rows/columns on each side
- * (N, H + 2·pad, W + 2·pad, C); logical pixel (y, x) lies at (y + pad,
- * x + pad).  A padded tensor is written with reflected borders, so a
- * following reflect-padded convolution reads it with cuDNN's pad 0.
- * Sample n starts at n·ns elements; ns 0 means packed, (H + 2·pad)·(W +
- * 2·pad)·C (a larger ns keeps every sample's start aligned). */
-struct tview {
-    bf16 *p;
-    int N, H, W, C, pad;
-    size_t ns;
-};
-
-/* A convolution's raw output as a conv block's epilogue reads it: plain
- * (N, H, W, Cs) with the block's C ≤ Cs channels first, or — for a ×2
- * upsample folded into the conv — the phase grid (N, H/2 + 1, W/2 + 1,
- * Cs = 4·C) whose channels [p·C, (p+1)·C) hold output phase p = 2a + b:
- * output pixel (2i + a, 2j + b) is grid pixel (i + a, j + b). */
-struct conv_out {
-    const bf16 *p;
-    int N, H, W, C, Cs, phase; /* H, W: the block's output size */
-};
-
-/* Element (n, y, x, c) of a conv output, and pixel (n, y, x) of a view. */
-__device__ __forceinline__ size_t conv_out_index(const conv_out &s, int n, int y, int x, int c) {
-    if (!s.phase) return (((size_t)n * s.H + y) * s.W + x) * s.Cs + c;
-    int a = y & 1, b = x & 1, Hg = s.H / 2 + 1, Wg = s.W / 2 + 1;
-    return (((size_t)n * Hg + (y >> 1) + a) * Wg + (x >> 1) + b) * s.Cs + (2 * a + b) * s.C + c;
-}
-
-/* Elements from one sample of a view to the next. */
-__host__ __device__ __forceinline__ size_t view_stride(const tview &v) {
-    return v.ns ? v.ns : (size_t)(v.H + 2 * v.pad) * (v.W + 2 * v.pad) * v.C;
-}
-
-/* Pixel (y, x) of sample n, in stored coordinates (py, px) = (y + pad,
- * x + pad) for view_at. */
-__device__ __forceinline__ size_t view_at(const tview &v, int n, int py, int px) {
-    return (size_t)n * view_stride(v) + ((size_t)py * (v.W + 2 * v.pad) + px) * v.C;
-}
-
-__device__ __forceinline__ size_t view_index(const tview &v, int n, int y, int x) {
-    return view_at(v, n, y + v.pad, x + v.pad);
-}
+/* tview, conv_out and their index functions, epilogue_args, pack_args,
+ * lora_entry: cuda_bodies.cuh (through cuda_util.cuh). */
 
 /* The end of a per-(n, channel) reduction over pixels by a block of
  * `threads` threads laid out as lanes × C/8 channel groups (thread t: group
@@ -71,25 +30,6 @@ __device__ __forceinline__ void reduce_channel_pairs(float (*red)[16], float *ac
         }
     }
 }
-
-__device__ __forceinline__ float gelu_tanh(float v) {
-    return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
-}
-
-
-/* The conv block epilogue, one pass over the conv output:
- * v = conv (+ bias); instance norm (stats from block_stats); ReLU; + add.
- * bias, norm (sums) and add.p may each be NULL/absent; with a norm the
- * bias is skipped (the norm cancels it exactly; block_stats leaves it out). */
-struct epilogue_args {
-    conv_out src;
-    const float *bias;
-    const float *sums; /* (N, 2, C): mean and variance from block_stats, or NULL: no norm */
-    const float *gamma, *beta;
-    int relu;
-    tview add; /* add.p NULL: no addition */
-    tview dst; /* written interior and reflected border */
-};
 
 /* Per (sample, channel) mean and (biased) variance of a raw conv output
  * into sums (N, 2, C).  Shifted sums, numerically stable: Σ(v − K) and
@@ -120,37 +60,14 @@ int residual_layernorm(float *t_f32, bf16 *t_bf16, bf16 *ln, const bf16 *base_bf
 int f32_to_bf16(bf16 *dst, const float *src, size_t n, cudaStream_t stream, char *err);
 int bf16_to_f32(float *dst, const bf16 *src, size_t n, cudaStream_t stream, char *err);
 
-/* Weights for cuDNN (filter layout KRSC = (cout, k, k, cin)) from fp32
- * OIHW, optionally merged with up to 4 LoRA terms:
- * W = base + Σ s·B·A.  Plain: dst (cout_pad, k, k, cin_pad), zero beyond
- * cout/cin.  Phase (×2 upsample fold, k = 3): dst (4·cout_pad, 2, 2, cin)
- * whose phase p = 2a + b holds the 2×2 kernel of engine/conv.c's
- * TAP_GROUP. */
-struct merge_term {
-    const float *A, *B; /* (r, cin, k, k), (cout, r) fp32 on the device */
-    int r;
-    float s; /* coef · scale */
-};
-struct pack_args {
-    bf16 *dst;
-    const float *base;
-    int cout, cin, k, cout_pad, cin_pad, phase, n_terms;
-    merge_term terms[4];
-};
+/* Weights for cuDNN from fp32 OIHW merged with up to 4 LoRA terms
+ * (pack_args, merge_term: cuda_bodies.cuh). */
 int pack_weights(const pack_args &a, cudaStream_t stream, char *err);
 
-/* Unmerged LoRA, one term slot over the whole batch.  Each sample n has a
- * table entry (B NULL: no term for n).  Convolutions: out (rows P per
- * sample, Cs channels, groups·cout used) += s·h·Bᵀ with h the per-sample
- * A-conv output at h + h_off (P, groups·R).  Linear: rows per sample L,
- * h computed here from x (ld ldx) and A (r, cin) fp32, added into out at
- * column col0 (ld ldo). */
-struct lora_entry {
-    const float *A, *B;
-    float s;
-    int r, R;
-    size_t h_off;
-};
+/* Unmerged LoRA, one term slot over the whole batch (lora_entry:
+ * cuda_bodies.cuh).  Convolutions: out += s·h·Bᵀ per sample.  Linear: rows
+ * per sample L, h computed here from x (ld ldx) and A (r, cin) fp32, added
+ * into out at column col0 (ld ldo). */
 int lora_conv_expand(bf16 *out, int Cs, int cout, int groups, const bf16 *h,
                      const lora_entry *table, int N, size_t P, cudaStream_t stream, char *err);
 int lora_linear(bf16 *out, int ldo, int col0, const bf16 *x, int ldx, int cin, int cout,

@@ -9,20 +9,7 @@
 
 #include "cuda_kernels.cuh"
 
-/* Backward of block_epilogue (without its add, which the caller passes
- * through): from dout (N, H, W, C) and the forward's raw conv output,
- * statistics (sums NULL: no norm), gamma/beta, bias and ReLU, writes
- * draw in the raw layout of src (zero elsewhere: the caller clears it),
- * and accumulates dgamma, dbeta, dbias (each may be NULL).  dsums is
- * (N, 2, C) scratch. */
-struct epilogue_bwd_args {
-    conv_out src;
-    const float *sums, *gamma, *beta, *bias;
-    int relu;
-    const float *dout;
-    bf16 *draw;
-    float *dsums, *dgamma, *dbeta, *dbias;
-};
+/* Backward of block_epilogue (epilogue_bwd_args: cuda_bodies.cuh). */
 int block_epilogue_backward(const epilogue_bwd_args &a, cudaStream_t stream, char *err);
 
 /* g (N, H, W, C) += the gradient of the padded tensor dxp (N, H+2p, W+2p,

@@ -4,7 +4,8 @@
  * norm, flash-style attention backward, the weight-gradient adjoint of the
  * packing, LoRA factor gradients, context rows and fused Adam.  fp32
  * arithmetic; reductions in shared memory or warps, then one atomic per
- * block. */
+ * block.  The per-element work of each grid-stride kernel is a body of
+ * cuda_bodies.cuh, which the CPU tests run too. */
 #include "cuda_train.cuh"
 
 #define THREADS 256
@@ -13,21 +14,6 @@
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (total); i += (size_t)gridDim.x * blockDim.x)
 
 /* ---- conv block epilogue ------------------------------------------------------ */
-
-/* What the forward computed at one element: the normalised value xhat
- * (or the biased conv output without a norm) and v, the value ReLU saw. */
-__device__ __forceinline__ void epilogue_value(const epilogue_bwd_args &a, int n, int c, float raw,
-                                               float *xhat, float *v, float *rstd) {
-    if (a.sums) { /* mean and variance from block_stats; a bias before the norm cancels */
-        float mean = a.sums[(size_t)n * 2 * a.src.C + c], var = a.sums[(size_t)n * 2 * a.src.C + a.src.C + c];
-        *rstd = rsqrtf(var + 1e-5f);
-        *xhat = (raw - mean) * *rstd;
-        *v = *xhat * a.gamma[c] + a.beta[c];
-    } else {
-        *rstd = 1.0f;
-        *xhat = *v = raw + (a.bias ? a.bias[c] : 0.0f);
-    }
-}
 
 /* Pass 1, blocks (chunk, n) as block_stats: Σ dv and Σ dv·xhat per (n, c),
  * dv = dout masked by the ReLU. */
@@ -38,68 +24,19 @@ __global__ void epilogue_bwd_sums_kernel(epilogue_bwd_args a) {
     int n = blockIdx.y, HW = s.H * s.W;
     float acc[16] = {0};
     if (lane < lanes)
-        for (int p = blockIdx.x * lanes + lane; p < HW; p += gridDim.x * lanes) {
-            bf16x8 r;
-            r.u = *(const uint4 *)(s.p + conv_out_index(s, n, p / s.W, p % s.W, g * 8));
-            float f[8];
-            bf16x8_to_float(r, f);
-            const float *d = a.dout + ((size_t)n * HW + p) * s.C + g * 8;
-#pragma unroll
-            for (int i = 0; i < 8; i++) {
-                float xhat, v, rstd;
-                epilogue_value(a, n, g * 8 + i, f[i], &xhat, &v, &rstd);
-                float dv = a.relu && v <= 0.0f ? 0.0f : d[i];
-                acc[i] += dv, acc[8 + i] += dv * xhat;
-            }
-        }
+        for (int p = blockIdx.x * lanes + lane; p < HW; p += gridDim.x * lanes) epilogue_bwd_accumulate(a, n, g, p, acc);
     reduce_channel_pairs(red, acc, a.dsums, s.C, n, G, lanes, g, lane);
 }
 
 /* dgamma, dbeta (with a norm) or dbias (without) from the per-sample sums. */
 __global__ void epilogue_bwd_params_kernel(epilogue_bwd_args a, int N) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x, C = a.src.C;
-    if (c >= C) return;
-    float sdv = 0, sdx = 0;
-    for (int n = 0; n < N; n++) sdv += a.dsums[(size_t)n * 2 * C + c], sdx += a.dsums[(size_t)n * 2 * C + C + c];
-    if (a.sums) {
-        if (a.dgamma) a.dgamma[c] += sdx;
-        if (a.dbeta) a.dbeta[c] += sdv;
-    } else if (a.dbias) {
-        a.dbias[c] += sdv;
-    }
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c < a.src.C) epilogue_bwd_params_body(a, N, c);
 }
 
 /* Pass 2: the gradient of the raw conv output, in its own layout. */
 __global__ void epilogue_bwd_apply_kernel(epilogue_bwd_args a) {
-    const conv_out &s = a.src;
-    int G = s.C / 8, HW = s.H * s.W;
-    float inv_hw = 1.0f / HW;
-    GRID_LOOP(i, (size_t)s.N * HW * G) {
-        int g = (int)(i % G);
-        size_t pix = i / G;
-        int p = (int)(pix % HW), n = (int)(pix / HW), y = p / s.W, x = p % s.W;
-        size_t at = conv_out_index(s, n, y, x, g * 8);
-        bf16x8 r;
-        r.u = *(const uint4 *)(s.p + at);
-        float f[8], o[8];
-        bf16x8_to_float(r, f);
-        const float *d = a.dout + pix * s.C + g * 8;
-#pragma unroll
-        for (int j = 0; j < 8; j++) {
-            int c = g * 8 + j;
-            float xhat, v, rstd;
-            epilogue_value(a, n, c, f[j], &xhat, &v, &rstd);
-            float dv = a.relu && v <= 0.0f ? 0.0f : d[j];
-            if (a.sums) {
-                float sdv = a.dsums[(size_t)n * 2 * s.C + c] * inv_hw;
-                float sdx = a.dsums[(size_t)n * 2 * s.C + s.C + c] * inv_hw;
-                o[j] = a.gamma[c] * rstd * (dv - sdv - xhat * sdx);
-            } else {
-                o[j] = dv;
-            }
-        }
-        *(uint4 *)(a.draw + at) = float_to_bf16x8(o).u;
-    }
+    GRID_LOOP(i, epilogue_bwd_items(a.src)) epilogue_bwd_apply_body(a, i);
 }
 
 int block_epilogue_backward(const epilogue_bwd_args &a, cudaStream_t stream, char *err) {
@@ -115,7 +52,7 @@ int block_epilogue_backward(const epilogue_bwd_args &a, cudaStream_t stream, cha
         epilogue_bwd_params_kernel<<<(s.C + 127) / 128, 128, 0, stream>>>(a, s.N);
         LAUNCH_TRY();
     }
-    epilogue_bwd_apply_kernel<<<blocks_for((size_t)s.N * s.H * s.W * (s.C / 8), THREADS), THREADS, 0, stream>>>(a);
+    epilogue_bwd_apply_kernel<<<blocks_for(epilogue_bwd_items(s), THREADS), THREADS, 0, stream>>>(a);
     LAUNCH_TRY();
     return 0;
 }
@@ -123,23 +60,7 @@ int block_epilogue_backward(const epilogue_bwd_args &a, cudaStream_t stream, cha
 /* ---- padding and sums ------------------------------------------------------------- */
 
 __global__ void fold_grad_kernel(float *g, const bf16 *dxp, int N, int H, int W, int C, int pad) {
-    int Hp = H + 2 * pad, Wp = W + 2 * pad;
-    GRID_LOOP(i, (size_t)N * H * W * C) {
-        int c = (int)(i % C);
-        size_t pix = i / C;
-        int x = (int)(pix % W), y = (int)(pix / W % H), n = (int)(pix / ((size_t)W * H));
-        /* padded positions whose reflection is (y, x): itself and the mirrors */
-        int ys[3] = {y, -y, 2 * (H - 1) - y}, xs[3] = {x, -x, 2 * (W - 1) - x};
-        float acc = 0;
-        for (int a = 0; a < 3; a++) {
-            if (a && (ys[a] == y || ys[a] < -pad || ys[a] >= H + pad || (a == 2 && ys[a] == ys[1]))) continue;
-            for (int b = 0; b < 3; b++) {
-                if (b && (xs[b] == x || xs[b] < -pad || xs[b] >= W + pad || (b == 2 && xs[b] == xs[1]))) continue;
-                acc += __bfloat162float(dxp[(((size_t)n * Hp + ys[a] + pad) * Wp + xs[b] + pad) * C + c]);
-            }
-        }
-        g[i] += acc;
-    }
+    GRID_LOOP(i, (size_t)N * H * W * C) fold_grad_body(g, dxp, H, W, C, pad, i);
 }
 
 int fold_grad(float *g, const bf16 *dxp, int N, int H, int W, int C, int pad, cudaStream_t stream, char *err) {
@@ -164,16 +85,7 @@ __global__ void output_l1_kernel(bf16 *dout, float *dbias, float *loss_sum, cons
                                  float g, size_t pixels) {
     __shared__ float red[THREADS][4];
     float acc[4] = {0};
-    GRID_LOOP(p, pixels) {
-        float o[8] = {0};
-        for (int c = 0; c < 3; c++) {
-            float yv = y[p * 3 + c], d = yv - t[p * 3 + c];
-            float dy = d > 0 ? g : (d < 0 ? -g : 0.0f);
-            o[c] = dy * (1.0f - yv * yv);
-            acc[c] += o[c], acc[3] += fabsf(d);
-        }
-        *(uint4 *)(dout + p * 8) = float_to_bf16x8(o).u;
-    }
+    GRID_LOOP(p, pixels) output_l1_body(dout, y, t, g, p, acc);
     for (int i = 0; i < 4; i++) red[threadIdx.x][i] = acc[i];
     __syncthreads();
     for (int s = THREADS / 2; s; s >>= 1) {
@@ -223,34 +135,12 @@ int col_sum(float *db, const bf16 *x, int ld, int col0, size_t M, int C, cudaStr
 
 /* ---- GELU ------------------------------------------------------------------------------- */
 
-__device__ __forceinline__ float gelu_tanh_grad(float v) {
-    const float k = 0.7978845608028654f;
-    float u = k * (v + 0.044715f * v * v * v), th = tanhf(u);
-    return 0.5f * (1.0f + th) + 0.5f * v * (1.0f - th * th) * k * (1.0f + 3.0f * 0.044715f * v * v);
-}
-
 __global__ void gelu_forward_kernel(bf16 *out, const bf16 *in, size_t n) {
-    GRID_LOOP(i, n / 8) {
-        bf16x8 v;
-        v.u = *(const uint4 *)(in + i * 8);
-        float f[8];
-        bf16x8_to_float(v, f);
-#pragma unroll
-        for (int j = 0; j < 8; j++) f[j] = gelu_tanh(f[j]);
-        *(uint4 *)(out + i * 8) = float_to_bf16x8(f).u;
-    }
+    GRID_LOOP(i, n / 8) gelu_forward_body(out, in, i);
 }
 
 __global__ void gelu_backward_kernel(bf16 *dh, const bf16 *pre, size_t n) {
-    GRID_LOOP(i, n / 8) {
-        bf16x8 v, d;
-        v.u = *(const uint4 *)(pre + i * 8), d.u = *(const uint4 *)(dh + i * 8);
-        float f[8], g[8];
-        bf16x8_to_float(v, f), bf16x8_to_float(d, g);
-#pragma unroll
-        for (int j = 0; j < 8; j++) g[j] *= gelu_tanh_grad(f[j]);
-        *(uint4 *)(dh + i * 8) = float_to_bf16x8(g).u;
-    }
+    GRID_LOOP(i, n / 8) gelu_backward_body(dh, pre, i);
 }
 
 int e2g_gelu_forward(bf16 *out, const bf16 *in, size_t n, cudaStream_t stream, char *err) {
@@ -457,25 +347,9 @@ int e2g_attention_backward(bf16 *dq, int lddq, bf16 *dk, bf16 *dv, int lddkv, co
 
 /* ---- weights ------------------------------------------------------------------------------ */
 
-__constant__ int TAP_GROUP_BWD[2][3] = {{0, 1, 1}, {0, 0, 1}}; /* engine/conv.c's TAP_GROUP */
-
 __global__ void unpack_weight_grad_kernel(float *dst, const bf16 *src, int cout, int cin, int k, int cout_pad,
                                           int cin_pad, int phase) {
-    GRID_LOOP(i, (size_t)cout * cin * k * k) {
-        int kx = (int)(i % k), ky = (int)(i / k % k), ci = (int)(i / ((size_t)k * k) % cin);
-        int o = (int)(i / ((size_t)k * k * cin));
-        float g = 0;
-        if (!phase) {
-            g = __bfloat162float(src[(((size_t)o * k + ky) * k + kx) * cin_pad + ci]);
-        } else {
-            for (int a = 0; a < 2; a++)
-                for (int b = 0; b < 2; b++) {
-                    size_t row = (size_t)(2 * a + b) * cout_pad + o;
-                    g += __bfloat162float(src[((row * 2 + TAP_GROUP_BWD[a][ky]) * 2 + TAP_GROUP_BWD[b][kx]) * cin + ci]);
-                }
-        }
-        dst[i] = g;
-    }
+    GRID_LOOP(i, (size_t)cout * cin * k * k) unpack_weight_grad_body(dst, src, cin, k, cout_pad, cin_pad, phase, i);
 }
 
 int unpack_weight_grad(float *dst, const bf16 *src, int cout, int cin, int k, int cout_pad, int cin_pad, int phase,
@@ -489,20 +363,7 @@ int unpack_weight_grad(float *dst, const bf16 *src, int cout, int cin, int k, in
 
 __global__ void lora_grads_kernel(float *dA, float *dB, const float *dW, const float *A, const float *B, int r,
                                   int cout, int K, float s) {
-    size_t nA = (size_t)r * K;
-    GRID_LOOP(i, nA + (size_t)cout * r) {
-        float acc = 0;
-        if (i < nA) {
-            int q = (int)(i % K), rr = (int)(i / K);
-            for (int o = 0; o < cout; o++) acc += B[(size_t)o * r + rr] * dW[(size_t)o * K + q];
-            dA[i] += s * acc;
-        } else {
-            size_t j = i - nA;
-            int rr = (int)(j % r), o = (int)(j / r);
-            for (int q = 0; q < K; q++) acc += dW[(size_t)o * K + q] * A[(size_t)rr * K + q];
-            dB[j] += s * acc;
-        }
-    }
+    GRID_LOOP(i, (size_t)r * K + (size_t)cout * r) lora_grads_body(dA, dB, dW, A, B, r, cout, K, s, i);
 }
 
 int lora_grads(float *dA, float *dB, const float *dW, const float *A, const float *B, int r, int cout, int K,
@@ -516,17 +377,11 @@ int lora_grads(float *dA, float *dB, const float *dW, const float *A, const floa
 /* ---- context rows -------------------------------------------------------------------------- */
 
 __global__ void gather_rows_kernel(bf16 *dst, const float *src, const int *rows, int N, size_t E) {
-    GRID_LOOP(i, (size_t)N * E) {
-        int n = (int)(i / E);
-        dst[i] = __float2bfloat16(src[(size_t)(rows ? rows[n] : 0) * E + i % E]);
-    }
+    GRID_LOOP(i, (size_t)N * E) gather_rows_body(dst, src, rows, E, i);
 }
 
 __global__ void scatter_add_rows_kernel(float *dst, const bf16 *src, const int *rows, int N, size_t E) {
-    GRID_LOOP(i, (size_t)N * E) {
-        int n = (int)(i / E);
-        atomicAdd(&dst[(size_t)(rows ? rows[n] : 0) * E + i % E], __bfloat162float(src[i]));
-    }
+    GRID_LOOP(i, (size_t)N * E) scatter_add_rows_body(dst, src, rows, E, i);
 }
 
 int gather_rows(bf16 *dst, const float *src, const int *rows, int N, size_t E, cudaStream_t stream, char *err) {
@@ -545,12 +400,7 @@ int scatter_add_rows(float *dst, const bf16 *src, const int *rows, int N, size_t
 
 __global__ void adam_kernel(float *p, const float *g, float *m, float *v, size_t n, float step, float b1, float b2,
                             float inv_sqrt_bc2, float eps) {
-    GRID_LOOP(i, n) {
-        float gi = g[i];
-        float mi = b1 * m[i] + (1.0f - b1) * gi, vi = b2 * v[i] + (1.0f - b2) * gi * gi;
-        m[i] = mi, v[i] = vi;
-        p[i] -= step * mi / (sqrtf(vi) * inv_sqrt_bc2 + eps);
-    }
+    GRID_LOOP(i, n) adam_body(p, g, m, v, step, b1, b2, inv_sqrt_bc2, eps, i);
 }
 
 int adam_update(float *p, const float *g, float *m, float *v, size_t n, float step, float beta1, float beta2,

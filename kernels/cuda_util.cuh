@@ -4,7 +4,6 @@
 #ifndef E2G_CUDA_UTIL_CUH
 #define E2G_CUDA_UTIL_CUH
 
-#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <cudnn.h>
 #include <stdio.h>
@@ -16,7 +15,7 @@ extern "C" {
 #include "common.h"
 }
 
-typedef __nv_bfloat16 bf16;
+#include "cuda_bodies.cuh" /* bf16, bf16x8, reflect_dev, the kernels' bodies */
 
 /* Writes the failure into err and returns -1. */
 static inline int cuda_failed(char *err, const char *call, const char *why, const char *file,
@@ -51,36 +50,6 @@ static inline int cuda_failed(char *err, const char *call, const char *why, cons
 static inline unsigned blocks_for(size_t n, unsigned threads) {
     size_t b = (n + threads - 1) / threads;
     return (unsigned)(b > 1u << 30 ? 1u << 30 : b);
-}
-
-/* Eight bf16 values moved as one 16-byte word. */
-struct bf16x8 {
-    uint4 u;
-};
-
-__device__ __forceinline__ void bf16x8_to_float(const bf16x8 &v, float *f) {
-    const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&v.u);
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        float2 t = __bfloat1622float2(h[i]);
-        f[2 * i] = t.x, f[2 * i + 1] = t.y;
-    }
-}
-
-__device__ __forceinline__ bf16x8 float_to_bf16x8(const float *f) {
-    bf16x8 v;
-    __nv_bfloat162 *h = reinterpret_cast<__nv_bfloat162 *>(&v.u);
-#pragma unroll
-    for (int i = 0; i < 4; i++) h[i] = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
-    return v;
-}
-
-/* PyTorch 'reflect' for |i| < n (the pads here are at most 3 < n). */
-__device__ __forceinline__ int reflect_dev(int i, int n) {
-    if (n == 1) return 0;
-    if (i < 0) i = -i;
-    if (i >= n) i = 2 * (n - 1) - i;
-    return i;
 }
 
 static inline size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }

@@ -151,6 +151,9 @@ char *e2g_metrics_render(e2g_metrics *m, const e2g_metrics_gauges *g, size_t *le
         meta(&sb, "e2gan_engine_info", "gauge", "Where edits run: the backend and the CPU's compute precision.");
         sb_printf(&sb, "e2gan_engine_info{backend=\"%s\",precision=\"%s\"} 1\n", g->backend, g->precision);
     }
+    metric(&sb, "e2gan_device_dead", "gauge",
+           "1 once the GPU failed for good (a sticky CUDA error) and every edit runs on the CPU.",
+           (long long)(g->device_dead));
 
     if (g->batcher) {
         const e2g_batcher_stats *b = g->batcher;

@@ -46,6 +46,7 @@ typedef struct {
     const int *jobs; /* fine-tuning jobs per e2g_job_state, or NULL */
     const char *backend;   /* where edits run ("cpu", "cuda"), or NULL while loading */
     const char *precision; /* the CPU's compute precision ("fp32", "bf16") */
+    int device_dead; /* 1 once the GPU failed for good and edits run on the CPU */
 } e2g_metrics_gauges;
 
 /* The exposition text, malloc'd (caller frees); *len gets its length. */

@@ -842,8 +842,15 @@ static void get_healthz(e2g_service *svc, e2g_http_request *rq, const char *para
 static void get_readyz(e2g_service *svc, e2g_http_request *rq, const char *param) {
     (void)param;
     int state = atomic_load(&svc->state);
-    if (state == E2G_STATE_READY)
-        e2g_response_json(&rq->resp, 200, json_pack("{s:s}", "status", "ready"));
+    if (state == E2G_STATE_READY) {
+        /* where edits run, and whether the GPU died (edits then run on the CPU) */
+        char why[E2G_ERR_LEN] = "";
+        int dead = svc->runtime && e2g_runtime_device_dead(svc->runtime, why, sizeof why);
+        json_t *j = json_pack("{s:s, s:s, s:b}", "status", "ready", "backend",
+                              svc->runtime ? e2g_runtime_name(svc->runtime) : "cpu", "device_dead", dead);
+        if (dead) json_object_set_new(j, "device_error", json_string(why));
+        e2g_response_json(&rq->resp, 200, j);
+    }
     else if (state == E2G_STATE_LOADING)
         unavailable(svc, rq, "not-ready", "Not ready", "the model is still loading");
     else
@@ -857,12 +864,13 @@ static void get_metrics(e2g_service *svc, e2g_http_request *rq, const char *para
     e2g_registry_stats rs;
     int jobs[E2G_JOB_STATES];
     e2g_metrics_gauges g = {state == E2G_STATE_READY, atomic_load(&svc->in_flight), NULL, NULL, NULL, NULL,
-                            e2g_precision_name(e2g_get_precision())};
+                            e2g_precision_name(e2g_get_precision()), 0};
     if (svc->jobs) {
         e2g_jobs_counts(svc->jobs, jobs);
         g.jobs = jobs;
     }
     if (state != E2G_STATE_LOADING) {
+        g.device_dead = svc->runtime && e2g_runtime_device_dead(svc->runtime, NULL, 0);
         e2g_batcher_stats_get(svc->batcher, &bs);
         e2g_registry_stats_get(svc->registry, &rs);
         g.batcher = &bs;

@@ -4,12 +4,16 @@
  * auto land on the CPU with a reason, cuda is refused), and the CPU
  * backend giving exactly the engine's output — lean and planned forms,
  * unmerged and merged LoRA, shapes that change between calls, and calls
- * from several threads at once on one runtime. */
+ * from several threads at once on one runtime; and, with a fake device
+ * backend, what the runtime does when the device fails: a failed batch runs
+ * on the CPU, a device its backend declares dead (a sticky CUDA error) is
+ * never tried again, logged once, and reported. */
 #include <check.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "backend.h"
 #include "common.h"
@@ -236,6 +240,241 @@ START_TEST(test_concurrent_runs) {
 }
 END_TEST
 
+/* ---- a fake device: the runtime when the device fails --------------------------------- */
+
+typedef struct {
+    pthread_mutex_t mu;
+    int calls, fail, sticky, dead;
+} fake_device;
+
+static fake_device fake = {PTHREAD_MUTEX_INITIALIZER, 0, 0, 0, 0};
+
+static int fake_available(char *err) { (void)err; return 1; }
+static int fake_describe(char *msg, size_t len) { return snprintf(msg, len, "one fake device"), 1; }
+static int fake_supports(const e2g_gen_config *cfg, char *err) { (void)cfg, (void)err; return 1; }
+static int fake_create(void **state, const e2g_gen_config *cfg, const e2g_gen_params *p, size_t cache_bytes,
+                       char *err) {
+    (void)cfg, (void)p, (void)cache_bytes, (void)err;
+    *state = &fake;
+    return 0;
+}
+static void fake_destroy(void *state) { (void)state; }
+
+/* Fails as a CUDA engine does after an illegal address (every call once the
+ * fault is sticky), else writes 0.25 everywhere. */
+static int fake_run(void *state, float *y, const float *x, const e2g_edit *edits, int N, int H, int W, int merged,
+                    char *err) {
+    (void)x, (void)edits, (void)merged;
+    fake_device *f = state;
+    pthread_mutex_lock(&f->mu);
+    f->calls++;
+    int fail = f->fail || f->dead;
+    if (f->fail && f->sticky) f->dead = 1;
+    pthread_mutex_unlock(&f->mu);
+    if (fail) return e2g_fail(err, "CUDA: forward failed: an illegal memory access was encountered");
+    for (size_t i = 0; i < (size_t)N * H * W * 3; i++) y[i] = 0.25f;
+    return 0;
+}
+
+static int fake_healthy(void *state, char *why) {
+    fake_device *f = state;
+    pthread_mutex_lock(&f->mu);
+    int dead = f->dead;
+    pthread_mutex_unlock(&f->mu);
+    if (dead) snprintf(why, E2G_ERR_LEN, "cudaErrorIllegalAddress: an illegal memory access was encountered");
+    return !dead;
+}
+
+static const e2g_backend fake_backend = {
+    .name = "fake", .device = "fake device 0", .available = fake_available, .describe = fake_describe,
+    .supports = fake_supports, .create = fake_create, .destroy = fake_destroy, .run = fake_run,
+    .healthy = fake_healthy,
+};
+/* The same without the hook: its device never counts as dead. */
+static const e2g_backend fake_backend_nohook = {
+    .name = "fake", .device = "fake device 0", .available = fake_available, .describe = fake_describe,
+    .supports = fake_supports, .create = fake_create, .destroy = fake_destroy, .run = fake_run,
+};
+
+static int fake_calls(void) {
+    pthread_mutex_lock(&fake.mu);
+    int c = fake.calls;
+    pthread_mutex_unlock(&fake.mu);
+    return c;
+}
+
+/* One batch of 2 at 16×24 on rt; 1 when it equals the CPU engine's, 0 when
+ * it is the fake device's 0.25, -1 otherwise. */
+static int batch_source(const e2g_runtime *rt, const e2g_model *m) {
+    enum { N = 2, H = 16, W = 24 };
+    size_t n = (size_t)N * H * W * 3;
+    float *x = test_alloc(n * 4), *y = test_alloc(n * 4), *want = test_alloc(n * 4);
+    fill_random(x, n, 21);
+    e2g_edit edits[N] = {{.context = e2g_model_context(m, 0)}, {.context = e2g_model_context(m, 1)}};
+    e2g_infer *inf = e2g_infer_new(rt, N, H, W);
+    e2g_infer_run(inf, y, x, edits, 0);
+    e2g_infer_free(inf);
+    reference(m, want, x, edits, N, H, W, 0);
+    if (memcmp(y, want, n * 4) == 0) return 1;
+    for (size_t i = 0; i < n; i++)
+        if (y[i] != 0.25f) return -1;
+    return 0;
+}
+
+/* stderr into a file while a test runs; returns what was written. */
+typedef struct {
+    int saved;
+    char path[64];
+} captured;
+
+static void capture_start(captured *c) {
+    snprintf(c->path, sizeof c->path, "/tmp/e2g_test_stderr_XXXXXX");
+    int fd = mkstemp(c->path);
+    ck_assert_int_ge(fd, 0);
+    fflush(stderr);
+    c->saved = dup(2);
+    dup2(fd, 2);
+    close(fd);
+}
+
+static char *capture_end(captured *c) {
+    fflush(stderr);
+    dup2(c->saved, 2);
+    close(c->saved);
+    FILE *f = fopen(c->path, "r");
+    char *text = test_alloc(1 << 16);
+    size_t n = fread(text, 1, (1 << 16) - 1, f);
+    text[n] = 0;
+    fclose(f);
+    unlink(c->path);
+    return text;
+}
+
+static int count(const char *text, const char *what) {
+    int n = 0;
+    for (const char *p = text; (p = strstr(p, what)); p += strlen(what)) n++;
+    return n;
+}
+
+/* A failure that leaves the device usable: that batch on the CPU, the next
+ * on the device again. */
+START_TEST(test_device_failure_recovers) {
+    e2g_model *m = small_model(0);
+    char msg[E2G_ERR_LEN], why[E2G_ERR_LEN];
+    e2g_runtime *rt;
+    ck_assert_int_eq(e2g_runtime_new_on(&rt, m, &fake_backend, msg), 1);
+    ck_assert_str_eq(msg, "fake device 0");
+    ck_assert_str_eq(e2g_runtime_name(rt), "fake");
+    ck_assert_int_eq(batch_source(rt, m), 0);
+    fake.fail = 1;
+    captured c;
+    capture_start(&c);
+    ck_assert_int_eq(batch_source(rt, m), 1);
+    ck_assert_int_eq(batch_source(rt, m), 1);
+    char *log = capture_end(&c);
+    ck_assert_int_eq(fake_calls(), 3);
+    ck_assert_int_eq(count(log, "fake batch failed, running it on the CPU: CUDA: forward failed"), 2);
+    ck_assert_int_eq(count(log, "unusable"), 0);
+    ck_assert_int_eq(e2g_runtime_device_dead(rt, why, sizeof why), 0);
+    ck_assert_str_eq(why, "");
+    fake.fail = 0;
+    ck_assert_int_eq(batch_source(rt, m), 0);
+    ck_assert_int_eq(fake_calls(), 4);
+    ck_assert_str_eq(e2g_runtime_name(rt), "fake");
+    e2g_runtime_free(rt);
+    e2g_model_free(m);
+}
+END_TEST
+
+/* A sticky failure: that batch and every later one on the CPU, the device
+ * never called again, one log line, the reason reported. */
+START_TEST(test_device_dies) {
+    e2g_model *m = small_model(0);
+    char msg[E2G_ERR_LEN], why[E2G_ERR_LEN];
+    e2g_runtime *rt;
+    ck_assert_int_eq(e2g_runtime_new_on(&rt, m, &fake_backend, msg), 1);
+    ck_assert_int_eq(batch_source(rt, m), 0);
+    ck_assert_int_eq(e2g_runtime_device_dead(rt, why, sizeof why), 0);
+    fake.fail = fake.sticky = 1;
+    captured c;
+    capture_start(&c);
+    for (int i = 0; i < 3; i++) ck_assert_int_eq(batch_source(rt, m), 1);
+    char *log = capture_end(&c);
+    ck_assert_int_eq(fake_calls(), 2);
+    ck_assert_int_eq(count(log, "batch failed"), 1);
+    ck_assert_int_eq(count(log, "e2gan: fake device 0 is unusable (cudaErrorIllegalAddress: an illegal memory access "
+                                "was encountered): every batch runs on the CPU from now on"), 1);
+    ck_assert_int_eq(e2g_runtime_device_dead(rt, why, sizeof why), 1);
+    ck_assert_str_eq(why, "cudaErrorIllegalAddress: an illegal memory access was encountered");
+    ck_assert_int_eq(e2g_runtime_device_dead(rt, NULL, 0), 1);
+    ck_assert_str_eq(e2g_runtime_name(rt), "cpu");
+    ck_assert_ptr_eq(e2g_runtime_backend(rt), &fake_backend);
+    fake.fail = fake.sticky = 0; /* even if it came back: dead for the process */
+    ck_assert_int_eq(batch_source(rt, m), 1);
+    ck_assert_int_eq(fake_calls(), 2);
+    e2g_runtime_free(rt);
+    e2g_model_free(m);
+}
+END_TEST
+
+typedef struct {
+    const e2g_runtime *rt;
+    const e2g_model *m;
+    int bad;
+} dies_args;
+
+static void *dies_thread(void *arg) {
+    dies_args *a = arg;
+    for (int k = 0; k < 3; k++)
+        if (batch_source(a->rt, a->m) != 1) a->bad++;
+    return NULL;
+}
+
+/* Threads meeting the dead device at once: every batch right, one line. */
+START_TEST(test_device_dies_under_threads) {
+    e2g_model *m = small_model(0);
+    char msg[E2G_ERR_LEN];
+    e2g_runtime *rt;
+    ck_assert_int_eq(e2g_runtime_new_on(&rt, m, &fake_backend, msg), 1);
+    fake.fail = fake.sticky = 1;
+    enum { T = 4 };
+    pthread_t th[T];
+    dies_args args[T];
+    captured c;
+    capture_start(&c);
+    for (int i = 0; i < T; i++) {
+        args[i] = (dies_args){rt, m, 0};
+        ck_assert_int_eq(pthread_create(&th[i], NULL, dies_thread, &args[i]), 0);
+    }
+    for (int i = 0; i < T; i++) pthread_join(th[i], NULL);
+    char *log = capture_end(&c);
+    for (int i = 0; i < T; i++) ck_assert_int_eq(args[i].bad, 0);
+    ck_assert_int_eq(count(log, "is unusable"), 1);
+    ck_assert_int_le(fake_calls(), T);
+    ck_assert_int_eq(e2g_runtime_device_dead(rt, NULL, 0), 1);
+    e2g_runtime_free(rt);
+    e2g_model_free(m);
+}
+END_TEST
+
+/* A backend without the hook: its failures never kill the device. */
+START_TEST(test_device_without_health_hook) {
+    e2g_model *m = small_model(0);
+    char msg[E2G_ERR_LEN];
+    e2g_runtime *rt;
+    ck_assert_int_eq(e2g_runtime_new_on(&rt, m, &fake_backend_nohook, msg), 1);
+    fake.fail = fake.sticky = 1;
+    captured c;
+    capture_start(&c);
+    for (int i = 0; i < 3; i++) ck_assert_int_eq(batch_source(rt, m), 1);
+    capture_end(&c);
+    ck_assert_int_eq(fake_calls(), 3);
+    ck_assert_int_eq(e2g_runtime_device_dead(rt, NULL, 0), 0);
+    e2g_runtime_free(rt);
+    e2g_model_free(m);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("backend");
     TCase *tc = tcase_create("backend");
@@ -244,6 +483,10 @@ int main(void) {
     tcase_add_test(tc, test_runtime_choice);
     tcase_add_loop_test(tc, test_cpu_backend_is_the_engine, 0, 2);
     tcase_add_test(tc, test_concurrent_runs);
+    tcase_add_test(tc, test_device_failure_recovers);
+    tcase_add_test(tc, test_device_dies);
+    tcase_add_test(tc, test_device_dies_under_threads);
+    tcase_add_test(tc, test_device_without_health_hook);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }

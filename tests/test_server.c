@@ -189,6 +189,9 @@ START_TEST(test_health_ready_openapi) {
     ck_assert_int_eq(r.status, 200);
     j = json_body(&r);
     ck_assert_str_eq(json_string_value(json_object_get(j, "status")), "ready");
+    ck_assert_str_eq(json_string_value(json_object_get(j, "backend")), "cpu"); /* E2GAN_DEVICE=cpu */
+    ck_assert(json_is_false(json_object_get(j, "device_dead")));
+    ck_assert_ptr_null(json_object_get(j, "device_error"));
     json_decref(j);
     response_free(&r);
 
@@ -873,6 +876,7 @@ START_TEST(test_metrics_and_logs) {
         "e2gan_queue_depth 0",
         "e2gan_requests_in_flight 1",
         "e2gan_ready 1",
+        "e2gan_device_dead 0",
         "e2gan_adapter_cache_hits_total ",
         "e2gan_adapter_cache_misses_total ",
         "e2gan_adapter_cache_bytes ",
