@@ -9,6 +9,8 @@
 
 #include "cuda_kernels.cuh"
 
+namespace e2g {
+
 using namespace nvcuda;
 
 #define WARPS 4
@@ -171,3 +173,5 @@ int attention(bf16 *out, const bf16 *q, int ldq, const bf16 *k, const bf16 *v, i
     default: return e2g_fail(err, "CUDA: attention head size %d unsupported", heads ? C / heads : 0);
     }
 }
+
+}  // namespace e2g

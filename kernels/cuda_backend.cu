@@ -11,6 +11,8 @@ extern "C" {
 #include "cuda_info.h"
 #include "cuda_trainer.h"
 
+namespace e2g {
+
 /* ---- inference ------------------------------------------------------------------------------ */
 
 static int available(char *err) { return e2g_cuda_device_present(err); }
@@ -129,3 +131,5 @@ static e2g_backend make_backend(void) {
 static const e2g_backend backend = make_backend();
 
 extern "C" const e2g_backend *e2g_cuda_backend(void) { return &backend; }
+
+}  // namespace e2g

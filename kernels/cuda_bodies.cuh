@@ -23,6 +23,8 @@
 #include <string.h>
 #include <vector_types.h>
 
+namespace e2g {
+
 typedef __nv_bfloat16 bf16;
 
 #define E2G_HD __host__ __device__ __forceinline__
@@ -580,5 +582,7 @@ E2G_HD void adam_body(float *p, const float *g, float *m, float *v, float step, 
     m[i] = mi, v[i] = vi;
     p[i] -= step * mi / (sqrtf(vi) * inv_sqrt_bc2 + eps);
 }
+
+}  // namespace e2g
 
 #endif

@@ -8,6 +8,8 @@
 
 #include "cuda_conv.cuh"
 
+namespace e2g {
+
 struct conv_plan {
     int N, H, W, C, K, R, stride, pad, align;
     size_t xns;
@@ -179,3 +181,5 @@ void dnn_free(dnn_ctx *c) {
     if (c->stream) cudaStreamDestroy(c->stream);
     *c = dnn_ctx{};
 }
+
+}  // namespace e2g

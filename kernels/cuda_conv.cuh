@@ -9,6 +9,8 @@
 
 #include "cuda_util.cuh"
 
+namespace e2g {
+
 #define DNN_WS_BYTES ((size_t)256 << 20) /* algorithms needing more workspace are skipped */
 
 struct conv_plan;
@@ -40,5 +42,7 @@ int conv_bwd_data(dnn_ctx *c, bf16 *dx, const bf16 *dy, const bf16 *w, int N, in
 /* dw = Σ x ⊗ dy: overwrites dw (K, R, R, C) */
 int conv_bwd_filter(dnn_ctx *c, bf16 *dw, const bf16 *x, const bf16 *dy, int N, int H, int W, int C,
                     int K, int R, int stride, int pad, size_t xns, char *err);
+
+}  // namespace e2g
 
 #endif

@@ -35,6 +35,8 @@
 #include "cuda_kernels.cuh"
 #include "cuda_plan.cuh"
 
+namespace e2g {
+
 #define MAX_BUCKETS 4
 #define MAX_GRAPHS 8 /* per bucket */
 #define MAX_TERMS E2G_MAX_TERMS
@@ -112,6 +114,12 @@ struct run_plan {
     std::vector<unsigned long long> sig;
 };
 
+}  // namespace e2g
+
+/* The public opaque type (declared in the C header) lives outside the
+ * namespace; its members are the namespace's types. */
+using namespace e2g;
+
 struct e2g_cuda_engine {
     e2g_gen_config cfg;
     gen_plan plan; /* the node table and what the GPU makes of it */
@@ -134,6 +142,8 @@ struct e2g_cuda_engine {
     int dead; /* a sticky CUDA error: the context is unusable for good */
     char dead_why[E2G_ERR_LEN];
 };
+
+namespace e2g {
 
 /* ---- device presence ------------------------------------------------------------------ */
 
@@ -1087,3 +1097,5 @@ extern "C" int e2g_cuda_check_conv(float *out, const float *x, const float *w, c
     e2g_cuda_engine_free(E);
     return rc;
 }
+
+}  // namespace e2g

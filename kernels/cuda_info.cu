@@ -6,6 +6,8 @@
 
 #include "cuda_info.h"
 
+namespace e2g {
+
 __global__ void fill_index(int *out, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = i;
@@ -59,3 +61,5 @@ extern "C" int e2g_cuda_describe(char *msg, size_t len) {
              CUDNN_VERSION, probe);
     return rc ? -1 : count;
 }
+
+}  // namespace e2g

@@ -8,6 +8,8 @@
  * body of cuda_bodies.cuh, which the CPU tests run too. */
 #include "cuda_kernels.cuh"
 
+namespace e2g {
+
 #define THREADS 256
 
 #define GRID_LOOP(i, total) \
@@ -242,3 +244,5 @@ int lora_linear(bf16 *out, int ldo, int col0, const bf16 *x, int ldx, int cin, i
     LAUNCH_TRY();
     return 0;
 }
+
+}  // namespace e2g

@@ -7,6 +7,8 @@
 
 #include "cuda_util.cuh"
 
+namespace e2g {
+
 /* tview, conv_out and their index functions, epilogue_args, pack_args,
  * lora_entry: cuda_bodies.cuh (through cuda_util.cuh). */
 
@@ -79,5 +81,7 @@ int lora_linear(bf16 *out, int ldo, int col0, const bf16 *x, int ldx, int cin, i
 int attention(bf16 *out, const bf16 *q, int ldq, const bf16 *k, const bf16 *v, int ldkv, int N,
               int Lq, int Lk, int C, int heads, cudaStream_t stream, char *err);
 int attention_supported(int C, int heads);
+
+}  // namespace e2g
 
 #endif

@@ -7,6 +7,8 @@
 #include "cuda_engine.h"
 #include "cuda_kernels.cuh"
 
+namespace e2g {
+
 namespace {
 
 /* Device buffers of one check, freed together. */
@@ -120,3 +122,5 @@ extern "C" int e2g_cuda_check_output(float *y, const float *o, const float *x, i
     CUDA_TRY(cudaMemcpy(y, dy, n * sizeof(float), cudaMemcpyDeviceToHost));
     return 0;
 }
+
+}  // namespace e2g

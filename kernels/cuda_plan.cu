@@ -7,6 +7,8 @@
 
 #include "cuda_plan.cuh"
 
+namespace e2g {
+
 namespace {
 
 enum { R_IN0, R_IN1, R_IN2, R_ADD };
@@ -388,3 +390,5 @@ int plan_attention(const gen_plan &P, const act_layout &L, int i, cudaStream_t s
     return attention(L.b[i].rows, L.b[q].rows, P.np[q].ld, L.b[k].rows, L.b[v].rows, P.np[k].ld, L.N,
                      L.sh[i].h * L.sh[i].w, L.sh[k].h * L.sh[k].w, nd.cout, nd.heads, stream, err);
 }
+
+}  // namespace e2g

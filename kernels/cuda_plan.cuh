@@ -29,6 +29,8 @@ extern "C" {
 #include "net.h"
 }
 
+namespace e2g {
+
 #define PLAN_MAX E2G_NET_MAX_NODES
 #define PLAN_MAX_PARTS 4
 
@@ -140,5 +142,7 @@ void plan_layout(const gen_plan *p, int N, int H, int W, int keep, size_t sample
 
 /* An ATTENTION node, from the rows of its q, k, v nodes into its own. */
 int plan_attention(const gen_plan &P, const act_layout &L, int i, cudaStream_t stream, char *err);
+
+}  // namespace e2g
 
 #endif

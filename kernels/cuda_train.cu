@@ -31,11 +31,19 @@
 #include "cuda_train.cuh"
 #include "cuda_trainer.h"
 
+namespace e2g {
+
 /* A weight slot's device memory (geometry in the plan's wslot). */
 struct tslot {
     bf16 *w;           /* packed each step from the fp32 masters (+ the adapter) */
     const float *bias; /* forward bias (concatenated over the parts), NULL when absent */
 };
+
+}  // namespace e2g
+
+/* The public opaque type (declared in the C header) lives outside the
+ * namespace; its members are the namespace's types. */
+using namespace e2g;
 
 struct e2g_cuda_trainer {
     e2g_gen_config cfg;
@@ -73,6 +81,8 @@ struct e2g_cuda_trainer {
     bf16 *dy16, *dx16, *draw, *dxp, *dw16;
     float *dw32, *dsums, *att_stats;
 };
+
+namespace e2g {
 
 /* ---- layout ------------------------------------------------------------------------ */
 
@@ -627,3 +637,5 @@ extern "C" int e2g_cuda_trainer_time(e2g_cuda_trainer *T, int iters, double *ms,
     if (t1) cudaEventDestroy(t1);
     return rc;
 }
+
+}  // namespace e2g

@@ -9,6 +9,8 @@
 
 #include "cuda_kernels.cuh"
 
+namespace e2g {
+
 /* Backward of block_epilogue (epilogue_bwd_args: cuda_bodies.cuh). */
 int block_epilogue_backward(const epilogue_bwd_args &a, cudaStream_t stream, char *err);
 
@@ -70,5 +72,7 @@ int scatter_add_rows(float *dst, const bf16 *src, const int *rows, int N, size_t
  * inv_sqrt_bc2 = 1/√bc2 from the host. */
 int adam_update(float *p, const float *g, float *m, float *v, size_t n, float step, float beta1,
                 float beta2, float inv_sqrt_bc2, float eps, cudaStream_t stream, char *err);
+
+}  // namespace e2g
 
 #endif

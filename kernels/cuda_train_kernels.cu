@@ -8,6 +8,8 @@
  * cuda_bodies.cuh, which the CPU tests run too. */
 #include "cuda_train.cuh"
 
+namespace e2g {
+
 #define THREADS 256
 
 #define GRID_LOOP(i, total) \
@@ -410,3 +412,5 @@ int adam_update(float *p, const float *g, float *m, float *v, size_t n, float st
     LAUNCH_TRY();
     return 0;
 }
+
+}  // namespace e2g

@@ -17,6 +17,8 @@ extern "C" {
 
 #include "cuda_bodies.cuh" /* bf16, bf16x8, reflect_dev, the kernels' bodies */
 
+namespace e2g {
+
 /* Writes the failure into err and returns -1. */
 static inline int cuda_failed(char *err, const char *call, const char *why, const char *file,
                               int line) {
@@ -76,5 +78,7 @@ static inline int median_ms(std::vector<T> &times, T *ms, char *err) {
     *ms = times[times.size() / 2];
     return 0;
 }
+
+}  // namespace e2g
 
 #endif

@@ -30,6 +30,8 @@ extern "C" {
 
 #include "cuda_bodies.cuh"
 
+using namespace e2g;
+
 typedef std::vector<bf16> bvec;
 typedef std::vector<float> fvec;
 
