@@ -340,7 +340,8 @@ static const char main_usage[] =
     "  bench  time the generator\n"
     "  train  train a base model (or one concept from scratch) on a dataset\n"
     "  finetune  train a LoRA adapter for a new concept on a frozen base\n"
-    "  evaluate  PSNR/SSIM of a model (or adapter) on a dataset's validation pairs\n"
+    "  evaluate  quality of a model (or adapter) on a dataset's validation pairs:\n"
+    "            PSNR/SSIM/edge F1 beside identity and constant baselines, learned or not\n"
     "  devices  show the CPU threads and CUDA devices the build can use\n"
     "Run 'e2gan COMMAND' without arguments for its options.\n";
 

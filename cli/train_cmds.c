@@ -2,6 +2,7 @@
  * concept from scratch) and `e2gan finetune` (a LoRA adapter for a new
  * concept on a frozen base), over engine/train.c. */
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -140,6 +141,36 @@ static void phase_event(const train_args *a, const char *phase, long steps) {
     fflush(a->opts.events);
 }
 
+/* A number of an evaluation's JSON, NaN when absent or null. */
+static double num(const json_t *o, const char *key) {
+    const json_t *v = json_object_get(o, key);
+    return json_is_number(v) ? json_number_value(v) : NAN;
+}
+
+/* The quality table of an evaluation (e2g_evaluate) on f: per concept the
+ * model's PSNR beside the identity edit's and the constant image's, SSIM,
+ * edge F1 (the identity edit's in brackets), whether the teacher is a
+ * sketch, and the verdict. */
+static void print_quality(FILE *f, const json_t *ev) {
+    const json_t *per = json_object_get(ev, "concepts"), *c;
+    const char *name;
+    fprintf(f, "%-12s %7s %9s %9s %6s %15s %7s  %s\n", "concept", "PSNR", "identity", "constant", "SSIM",
+            "edge F1 (id.)", "sketch", "learned");
+    json_object_foreach((json_t *)per, name, c) {
+        int learned = json_is_true(json_object_get(c, "learned"));
+        fprintf(f, "%-12s %7.2f %9.2f %9.2f %6.3f %7.2f (%5.2f) %7s  %s%s%s\n", name, num(c, "psnr"),
+                num(c, "identity_psnr"), num(c, "constant_psnr"), num(c, "ssim"), num(c, "edge_f1"),
+                num(c, "identity_edge_f1"), json_is_true(json_object_get(c, "sketch")) ? "yes" : "no",
+                learned ? "yes" : "no", learned ? "" : ": ",
+                learned ? "" : json_string_value(json_object_get(c, "verdict")));
+    }
+    fprintf(f, "%-12s %7.2f %9.2f %9.2f %6.3f %7.2f (%5.2f) %7s  %d of %d concepts learned\n", "mean",
+            num(ev, "mean_psnr"), num(ev, "mean_identity_psnr"), num(ev, "mean_constant_psnr"),
+            num(ev, "mean_ssim"), num(ev, "mean_edge_f1"), num(ev, "mean_identity_edge_f1"), "",
+            (int)json_integer_value(json_object_get(ev, "learned")),
+            (int)json_integer_value(json_object_get(ev, "concepts_evaluated")));
+}
+
 /* Adds what a trained file records about its training to `report` and
  * writes report.json when a report folder is set; returns the report as a
  * string for the file's metadata (caller frees). */
@@ -158,11 +189,13 @@ static char *finish_report(json_t *report, const train_args *a, const char *what
             fprintf(stderr, "e2gan: could not write %s\n", path);
     }
     json_t *final = json_object_get(report, "final");
-    if (json_is_object(final))
-        fprintf(stderr, "validation: mean PSNR %.2f dB (identity %.2f dB), SSIM %.4f\n",
-                json_number_value(json_object_get(final, "mean_psnr")),
-                json_number_value(json_object_get(final, "mean_identity_psnr")),
-                json_number_value(json_object_get(final, "mean_ssim")));
+    if (json_is_object(final)) {
+        fprintf(stderr, "validation: mean PSNR %.2f dB (identity %.2f dB, constant %.2f dB), SSIM %.4f, "
+                        "edge F1 %.3f\n",
+                num(final, "mean_psnr"), num(final, "mean_identity_psnr"), num(final, "mean_constant_psnr"),
+                num(final, "mean_ssim"), num(final, "mean_edge_f1"));
+        print_quality(stderr, final);
+    }
     return json_dumps(report, JSON_COMPACT | JSON_SORT_KEYS);
 }
 
@@ -393,10 +426,12 @@ static const char evaluate_usage[] =
     "usage: e2gan evaluate --model BASE --data DIR [--concepts a,b,...]\n"
     "                      [--adapter A.safetensors --concept NAME] [--pairs N]\n"
     "                      [--report DIR] [--threads T] [--precision auto|fp32|bf16]\n"
-    "  PSNR and SSIM against the teacher on the dataset's validation pairs, per\n"
-    "  concept, beside the identity edit's PSNR (JSON on stdout; with --report,\n"
-    "  also evaluation.json and contact.png there).  With --adapter, the adapter\n"
-    "  edits the validation pairs of dataset concept NAME.\n";
+    "  PSNR, SSIM and edge F1 against the teacher on the dataset's validation\n"
+    "  pairs, per concept, beside the identity edit's and the best constant\n"
+    "  image's, and whether the concept is learned (docs/training.md#quality):\n"
+    "  JSON on stdout, a table on stderr; with --report, also evaluation.json and\n"
+    "  contact.png there.  With --adapter, the adapter edits the validation pairs\n"
+    "  of dataset concept NAME.\n";
 
 int e2g_cmd_evaluate(int argc, char **argv) {
     static const struct option opts[] = {{"model", 1, 0, 'm'},   {"data", 1, 0, 'd'},
@@ -443,6 +478,8 @@ int e2g_cmd_evaluate(int argc, char **argv) {
     }
     json_dumpf(result, stdout, JSON_INDENT(2) | JSON_SORT_KEYS);
     putchar('\n');
+    fflush(stdout);
+    print_quality(stderr, result);
     if (report) {
         char path[4096];
         snprintf(path, sizeof path, "%s/evaluation.json", report);

@@ -1,13 +1,16 @@
-/* metrics.c — PSNR and SSIM between 8-bit RGB images (metrics.h).  SSIM's
- * Gaussian window is separable, so each channel is filtered along rows into
- * five planes (means of a, b and of a², b², a·b) and then down columns, one
- * output row at a time; per-row sums are added in order so that the result
- * is the same for any number of threads. */
+/* metrics.c — PSNR, SSIM and edge F1 between 8-bit RGB images, and the
+ * paper share (metrics.h).  SSIM's Gaussian window is separable, so each
+ * channel is filtered along rows into five planes (means of a, b and of a²,
+ * b², a·b) and then down columns, one output row at a time; per-row sums are
+ * added in order so that the result is the same for any number of threads.
+ * Edge maps are integer Sobel gradients of 1000·luma, thinned by
+ * non-maximum suppression and thresholded in double. */
 #include "metrics.h"
 
 #include "common.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -110,4 +113,136 @@ double e2g_ssim(const uint8_t *a, const uint8_t *b, int w, int h) {
     free(planes);
     free(row_sums);
     return total / 3;
+}
+
+/* ---- edges ------------------------------------------------------------------ */
+
+#define TAN_22_5 0.41421356237309503 /* √2 − 1 */
+
+/* 1000·luma of every pixel: 299 R + 587 G + 114 B. */
+static void luma1000(const uint8_t *img, int w, int h, int32_t *y) {
+    for (size_t i = 0; i < (size_t)w * h; i++)
+        y[i] = 299 * img[3 * i] + 587 * img[3 * i + 1] + 114 * img[3 * i + 2];
+}
+
+/* Sobel gradients of img at every non-border pixel (0 on the border) and
+ * their squared magnitudes g = gx² + gy² (in (1000·luma)² units). */
+static void sobel(const uint8_t *img, int w, int h, int32_t *gx, int32_t *gy, int64_t *g) {
+    int32_t *y = e2g_xmalloc((size_t)w * h * sizeof(int32_t));
+    luma1000(img, w, h, y);
+    memset(gx, 0, (size_t)w * h * sizeof(int32_t));
+    memset(gy, 0, (size_t)w * h * sizeof(int32_t));
+    memset(g, 0, (size_t)w * h * sizeof(int64_t));
+    for (int r = 1; r < h - 1; r++)
+        for (int c = 1; c < w - 1; c++) {
+            const int32_t *up = y + (size_t)(r - 1) * w + c, *mid = y + (size_t)r * w + c,
+                          *dn = y + (size_t)(r + 1) * w + c;
+            int32_t x = (up[1] + 2 * mid[1] + dn[1]) - (up[-1] + 2 * mid[-1] + dn[-1]);
+            int32_t v = (dn[-1] + 2 * dn[0] + dn[1]) - (up[-1] + 2 * up[0] + up[1]);
+            size_t i = (size_t)r * w + c;
+            gx[i] = x, gy[i] = v;
+            g[i] = (int64_t)x * x + (int64_t)v * v;
+        }
+    free(y);
+}
+
+/* The magnitude in luma units of a squared 1000·luma gradient. */
+static double magnitude(int64_t g) { return sqrt((double)g) / 1000.0; }
+
+double e2g_edge_threshold(const uint8_t *ref, int w, int h) {
+    if (w < 3 || h < 3) return NAN;
+    size_t n = (size_t)w * h, inner = (size_t)(w - 2) * (h - 2);
+    int32_t *gx = e2g_xmalloc(n * sizeof(int32_t)), *gy = e2g_xmalloc(n * sizeof(int32_t));
+    int64_t *g = e2g_xmalloc(n * sizeof(int64_t));
+    sobel(ref, w, h, gx, gy, g);
+    double sum = 0, dev = 0;
+    for (int r = 1; r < h - 1; r++)
+        for (int c = 1; c < w - 1; c++) sum += magnitude(g[(size_t)r * w + c]);
+    double mean = sum / (double)inner;
+    for (int r = 1; r < h - 1; r++)
+        for (int c = 1; c < w - 1; c++) {
+            double d = magnitude(g[(size_t)r * w + c]) - mean;
+            dev += d * d;
+        }
+    free(gx), free(gy), free(g);
+    double t = mean + sqrt(dev / (double)inner);
+    return t > E2G_EDGE_FLOOR ? t : E2G_EDGE_FLOOR;
+}
+
+long e2g_edge_map(const uint8_t *img, int w, int h, double t, uint8_t *map) {
+    size_t n = (size_t)w * h;
+    memset(map, 0, n);
+    if (w < 3 || h < 3) return 0;
+    int32_t *gx = e2g_xmalloc(n * sizeof(int32_t)), *gy = e2g_xmalloc(n * sizeof(int32_t));
+    int64_t *g = e2g_xmalloc(n * sizeof(int64_t));
+    sobel(img, w, h, gx, gy, g);
+    long count = 0;
+    for (int r = 1; r < h - 1; r++)
+        for (int c = 1; c < w - 1; c++) {
+            size_t i = (size_t)r * w + c;
+            if (!(magnitude(g[i]) > t)) continue;
+            double ax = fabs((double)gx[i]), ay = fabs((double)gy[i]);
+            ptrdiff_t before, after; /* offsets of the neighbours across the edge */
+            if (ay <= TAN_22_5 * ax) {
+                before = -1, after = 1; /* horizontal gradient: left, right */
+            } else if (ax <= TAN_22_5 * ay) {
+                before = -(ptrdiff_t)w, after = w; /* vertical: up, down */
+            } else if ((gx[i] > 0) == (gy[i] > 0)) {
+                before = -(ptrdiff_t)w - 1, after = w + 1; /* along ↘: up-left, down-right */
+            } else {
+                before = w - 1, after = -(ptrdiff_t)w + 1; /* along ↗: down-left, up-right */
+            }
+            if (g[i] > g[i + before] && g[i] >= g[i + after]) map[i] = 1, count++;
+        }
+    free(gx), free(gy), free(g);
+    return count;
+}
+
+/* How many edges of `a` have an edge of `b` within the tolerance. */
+static long matched(const uint8_t *a, const uint8_t *b, int w, int h) {
+    const int d = E2G_EDGE_TOLERANCE;
+    long n = 0;
+    for (int r = 0; r < h; r++)
+        for (int c = 0; c < w; c++) {
+            if (!a[(size_t)r * w + c]) continue;
+            int hit = 0;
+            for (int rr = r - d > 0 ? r - d : 0; rr <= r + d && rr < h && !hit; rr++)
+                for (int cc = c - d > 0 ? c - d : 0; cc <= c + d && cc < w && !hit; cc++)
+                    hit = b[(size_t)rr * w + cc];
+            n += hit;
+        }
+    return n;
+}
+
+double e2g_edge_f1(const uint8_t *out, const uint8_t *ref, int w, int h, e2g_edge_score *score) {
+    e2g_edge_score s = {.f1 = NAN, .precision = NAN, .recall = NAN, .threshold = NAN};
+    if (w >= 3 && h >= 3) {
+        s.threshold = e2g_edge_threshold(ref, w, h);
+        uint8_t *mr = e2g_xmalloc((size_t)w * h), *mo = e2g_xmalloc((size_t)w * h);
+        s.ref_edges = e2g_edge_map(ref, w, h, s.threshold, mr);
+        s.edges = e2g_edge_map(out, w, h, s.threshold, mo);
+        if (s.ref_edges > 0) {
+            s.ref_matched = matched(mr, mo, w, h);
+            s.matched = matched(mo, mr, w, h);
+            s.recall = (double)s.ref_matched / (double)s.ref_edges;
+            s.precision = s.edges ? (double)s.matched / (double)s.edges : 1.0;
+            s.f1 = s.precision + s.recall > 0 ? 2 * s.precision * s.recall / (s.precision + s.recall) : 0.0;
+        }
+        free(mr), free(mo);
+    }
+    if (score) *score = s;
+    return s.f1;
+}
+
+/* ---- paper ------------------------------------------------------------------ */
+
+double e2g_paper_share(const uint8_t *img, int w, int h) {
+    size_t n = (size_t)w * h, paper = 0;
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *p = img + 3 * i;
+        int lo = p[0] < p[1] ? p[0] : p[1], hi = p[0] > p[1] ? p[0] : p[1];
+        lo = p[2] < lo ? p[2] : lo, hi = p[2] > hi ? p[2] : hi;
+        paper += lo >= E2G_PAPER_MIN && hi - lo <= E2G_PAPER_CHROMA;
+    }
+    return n ? (double)paper / (double)n : 0.0;
 }

@@ -1,6 +1,6 @@
 /* report.c — contact sheets and line charts for training reports
  * (report.h), drawn into an RGB8 e2g_image with no antialiasing and written
- * by e2g_image_write_file.  The chart's text uses the 5×7 font below, whose
+ * by e2g_image_write_file.  Chart text and sheet captions use the 5×7 font below, whose
  * lowercase g, j, p, q, y reach two rows lower. */
 #include "report.h"
 
@@ -14,43 +14,6 @@
 
 #define JPEG_QUALITY 95
 #define MAX_SIDE 65535 /* JPEG's limit, and more than any report needs */
-
-/* ---- contact sheet ------------------------------------------------------- */
-
-int e2g_contact_sheet(const char *path, const e2g_image *const *cells, int rows, int cols, int gap,
-                      char *err) {
-    if (!cells || rows < 1 || cols < 1 || gap < 0 || rows > MAX_SIDE || cols > MAX_SIDE ||
-        (long long)rows * cols > INT_MAX)
-        return e2g_fail(err, "contact sheet: need cells, 1..%d rows and columns, gap >= 0 "
-                             "(got %d × %d, gap %d)", MAX_SIDE, rows, cols, gap);
-    const int n = rows * cols;
-    for (int i = 0; i < n; i++)
-        if (!cells[i] || !cells[i]->rgb || cells[i]->width < 1 || cells[i]->height < 1)
-            return e2g_fail(err, "contact sheet: cell %d (row %d, column %d) is empty", i, i / cols,
-                            i % cols);
-    const int w = cells[0]->width, h = cells[0]->height;
-    for (int i = 1; i < n; i++)
-        if (cells[i]->width != w || cells[i]->height != h)
-            return e2g_fail(err, "contact sheet: cell %d (row %d, column %d) is %d×%d, cell 0 is %d×%d", i,
-                            i / cols, i % cols, cells[i]->width, cells[i]->height, w, h);
-    const long long sheet_w = (long long)cols * w + (long long)(cols - 1) * gap;
-    const long long sheet_h = (long long)rows * h + (long long)(rows - 1) * gap;
-    size_t bytes;
-    if (sheet_w > MAX_SIDE || sheet_h > MAX_SIDE || e2g_mul_size((size_t)sheet_w * sheet_h, 3, &bytes) != 0)
-        return e2g_fail(err, "contact sheet: %lld×%lld pixels is too large", sheet_w, sheet_h);
-
-    e2g_image sheet = {(int)sheet_w, (int)sheet_h, e2g_xmalloc(bytes)};
-    memset(sheet.rgb, 255, bytes);
-    for (int i = 0; i < n; i++) {
-        const int x0 = (i % cols) * (w + gap), y0 = (i / cols) * (h + gap);
-        for (int y = 0; y < h; y++)
-            memcpy(sheet.rgb + ((size_t)(y0 + y) * sheet.width + x0) * 3,
-                   cells[i]->rgb + (size_t)y * w * 3, (size_t)w * 3);
-    }
-    int rc = e2g_image_write_file(path, &sheet, JPEG_QUALITY, err);
-    e2g_image_free(&sheet);
-    return rc;
-}
 
 /* ---- drawing primitives -------------------------------------------------- */
 
@@ -152,6 +115,52 @@ static void draw_text(e2g_image *im, int x, int y, const char *s, int scale, con
             for (int c = 0; c < GLYPH_W; c++)
                 if (g[r] & (0x10 >> c)) fill_rect(im, x + c * scale, y + r * scale, scale, scale, rgb);
     }
+}
+
+/* ---- contact sheet ------------------------------------------------------- */
+
+#define CAPTION_H 15 /* a caption strip: 3 white rows, the 9-row glyph cell, 3 white rows */
+
+int e2g_contact_sheet(const char *path, const e2g_image *const *cells, int rows, int cols, int gap,
+                      char *err) {
+    return e2g_contact_sheet_captioned(path, cells, rows, cols, gap, NULL, err);
+}
+
+int e2g_contact_sheet_captioned(const char *path, const e2g_image *const *cells, int rows, int cols, int gap,
+                                const char *const *captions, char *err) {
+    if (!cells || rows < 1 || cols < 1 || gap < 0 || rows > MAX_SIDE || cols > MAX_SIDE ||
+        (long long)rows * cols > INT_MAX)
+        return e2g_fail(err, "contact sheet: need cells, 1..%d rows and columns, gap >= 0 "
+                             "(got %d × %d, gap %d)", MAX_SIDE, rows, cols, gap);
+    const int n = rows * cols;
+    for (int i = 0; i < n; i++)
+        if (!cells[i] || !cells[i]->rgb || cells[i]->width < 1 || cells[i]->height < 1)
+            return e2g_fail(err, "contact sheet: cell %d (row %d, column %d) is empty", i, i / cols,
+                            i % cols);
+    const int w = cells[0]->width, h = cells[0]->height, cap = captions ? CAPTION_H : 0;
+    for (int i = 1; i < n; i++)
+        if (cells[i]->width != w || cells[i]->height != h)
+            return e2g_fail(err, "contact sheet: cell %d (row %d, column %d) is %d×%d, cell 0 is %d×%d", i,
+                            i / cols, i % cols, cells[i]->width, cells[i]->height, w, h);
+    const long long sheet_w = (long long)cols * w + (long long)(cols - 1) * gap;
+    const long long sheet_h = (long long)rows * (h + cap) + (long long)(rows - 1) * gap;
+    size_t bytes;
+    if (sheet_w > MAX_SIDE || sheet_h > MAX_SIDE || e2g_mul_size((size_t)sheet_w * sheet_h, 3, &bytes) != 0)
+        return e2g_fail(err, "contact sheet: %lld×%lld pixels is too large", sheet_w, sheet_h);
+
+    e2g_image sheet = {(int)sheet_w, (int)sheet_h, e2g_xmalloc(bytes)};
+    memset(sheet.rgb, 255, bytes);
+    for (int i = 0; i < n; i++) {
+        const int x0 = (i % cols) * (w + gap), y0 = (i / cols) * (h + cap + gap) + cap;
+        for (int y = 0; y < h; y++)
+            memcpy(sheet.rgb + ((size_t)(y0 + y) * sheet.width + x0) * 3,
+                   cells[i]->rgb + (size_t)y * w * 3, (size_t)w * 3);
+    }
+    for (int r = 0; captions && r < rows; r++)
+        if (captions[r]) draw_text(&sheet, 1, r * (h + cap + gap) + 3, captions[r], 1, TEXT);
+    int rc = e2g_image_write_file(path, &sheet, JPEG_QUALITY, err);
+    e2g_image_free(&sheet);
+    return rc;
 }
 
 /* ---- axes ------------------------------------------------------------------ */

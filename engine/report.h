@@ -1,7 +1,7 @@
 /* report.h — pictures for training reports: a contact sheet of equally
- * sized images (say source | teacher | model per row) and a line chart of
- * training curves (say loss on the left axis and validation PSNR on the
- * right, against steps).  Both are written with e2g_image_write_file, so
+ * sized images (say source | teacher | model per row, optionally with a
+ * caption above each row) and a line chart of training curves (say loss on
+ * the left axis and validation PSNR on the right, against steps).  Both are written with e2g_image_write_file, so
  * the path's extension (.png, .jpg, .jpeg) picks the format; JPEGs are
  * written at quality 95.  Text uses a built-in 5×7 bitmap font: ASCII
  * letters, digits, space and . , : ; - + % ( ) [ ] / _ = ' ! ? * # < >;
@@ -25,6 +25,13 @@
  * message in err (E2G_ERR_LEN bytes, may be NULL). */
 int e2g_contact_sheet(const char *path, const e2g_image *const *cells, int rows, int cols, int gap,
                       char *err);
+
+/* The same with a caption above each row: captions[r] (NULL for none) in
+ * dark grey on a white strip 15 pixels high (text wider than the sheet is
+ * cut off), so the sheet is rows·(h + 15) + (rows−1)·gap high.  captions
+ * NULL is e2g_contact_sheet. */
+int e2g_contact_sheet_captioned(const char *path, const e2g_image *const *cells, int rows, int cols, int gap,
+                                const char *const *captions, char *err);
 
 /* One curve of a line chart: n points (x[i], y[i]), joined in the order
  * given.  Points where x or y is NaN or infinite are skipped and break the

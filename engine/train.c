@@ -77,6 +77,83 @@ static void pair_edits(e2g_edit *edits, const e2g_train_target *t, const e2g_dat
 
 #define EVAL_BATCH 8
 #define SHEET_ROWS_PER_CONCEPT 2
+#define CAPTION_LEN 96
+
+/* Per-concept sums over the evaluated pairs; the edge sums only over pairs
+ * whose teacher has edges (edge_count of them). */
+typedef struct {
+    double psnr, ssim, ident_psnr, ident_ssim, const_psnr, const_ssim, paper;
+    double edge_f1, edge_p, edge_r, ident_edge_f1, const_edge_f1;
+    int count, edge_count;
+} eval_sums;
+
+/* The best constant image of a teacher in the L2 sense: its mean colour per
+ * channel, rounded to 8 bits, everywhere. */
+static void mean_colour_image(uint8_t *dst, const uint8_t *teacher, int S) {
+    size_t n = (size_t)S * S;
+    uint64_t sum[3] = {0, 0, 0};
+    for (size_t i = 0; i < n; i++)
+        for (int c = 0; c < 3; c++) sum[c] += teacher[3 * i + c];
+    uint8_t mean[3];
+    for (int c = 0; c < 3; c++) mean[c] = (uint8_t)((2 * sum[c] + n) / (2 * n)); /* round half up */
+    for (size_t i = 0; i < n; i++) memcpy(dst + 3 * i, mean, 3);
+}
+
+/* Adds one pair: the model's edit `out` of source src against teacher dst. */
+static void add_pair(eval_sums *a, const uint8_t *out, const uint8_t *src, const uint8_t *dst,
+                     uint8_t *constant, int S, double *pair_psnr, double *pair_f1) {
+    mean_colour_image(constant, dst, S);
+    double psnr = e2g_psnr(out, dst, S, S);
+    a->psnr += psnr;
+    a->ssim += e2g_ssim(out, dst, S, S);
+    a->ident_psnr += e2g_psnr(src, dst, S, S);
+    a->ident_ssim += e2g_ssim(src, dst, S, S);
+    a->const_psnr += e2g_psnr(constant, dst, S, S);
+    a->const_ssim += e2g_ssim(constant, dst, S, S);
+    a->paper += e2g_paper_share(dst, S, S);
+    e2g_edge_score es;
+    double f1 = e2g_edge_f1(out, dst, S, S, &es);
+    if (!isnan(f1)) {
+        a->edge_f1 += f1, a->edge_p += es.precision, a->edge_r += es.recall;
+        a->ident_edge_f1 += e2g_edge_f1(src, dst, S, S, NULL);
+        a->const_edge_f1 += e2g_edge_f1(constant, dst, S, S, NULL);
+        a->edge_count++;
+    }
+    a->count++;
+    *pair_psnr = psnr, *pair_f1 = f1;
+}
+
+/* A mean as JSON: null when there is nothing to average. */
+static json_t *json_mean(double sum, int n) { return n ? json_real(sum / n) : json_null(); }
+
+/* The per-concept entry of e2g_evaluate (see train.h), with its verdict. */
+static json_t *concept_entry(const eval_sums *a, int *learned) {
+    const int n = a->count, ne = a->edge_count;
+    double psnr = a->psnr / n, over_ident = psnr - a->ident_psnr / n, over_const = psnr - a->const_psnr / n;
+    double paper = a->paper / n, f1 = ne ? a->edge_f1 / ne : NAN;
+    int sketch = paper >= E2G_SKETCH_PAPER;
+    char why[256] = "";
+    size_t len = 0;
+    if (!(over_ident >= E2G_LEARNED_MARGIN_DB))
+        len += snprintf(why + len, sizeof why - len, "%sPSNR %+.2f dB over identity (needs %+.1f)", len ? "; " : "",
+                        over_ident, E2G_LEARNED_MARGIN_DB);
+    if (!(over_const >= E2G_LEARNED_MARGIN_DB))
+        len += snprintf(why + len, sizeof why - len, "%sPSNR %+.2f dB over the constant image (needs %+.1f)",
+                        len ? "; " : "", over_const, E2G_LEARNED_MARGIN_DB);
+    if (sketch && !(f1 >= E2G_SKETCH_EDGE_F1))
+        len += snprintf(why + len, sizeof why - len, "%ssketch teacher, edge F1 %.2f (needs %.2f)", len ? "; " : "",
+                        f1, E2G_SKETCH_EDGE_F1);
+    *learned = len == 0;
+    json_t *e = json_pack("{s:f,s:f,s:f,s:f,s:f,s:f,s:o,s:o,s:o,s:o,s:o,s:i,s:f,s:b,s:b,s:s,s:i}", "psnr", psnr,
+                          "ssim", a->ssim / n, "identity_psnr", a->ident_psnr / n, "identity_ssim",
+                          a->ident_ssim / n, "constant_psnr", a->const_psnr / n, "constant_ssim",
+                          a->const_ssim / n, "edge_f1", json_mean(a->edge_f1, ne), "edge_precision",
+                          json_mean(a->edge_p, ne), "edge_recall", json_mean(a->edge_r, ne), "identity_edge_f1",
+                          json_mean(a->ident_edge_f1, ne), "constant_edge_f1", json_mean(a->const_edge_f1, ne),
+                          "edge_pairs", ne, "teacher_paper", paper, "sketch", sketch, "learned", *learned,
+                          "verdict", *learned ? "learned" : why, "pairs", n);
+    return e;
+}
 
 json_t *e2g_evaluate(const e2g_train_target *t, const e2g_dataset *val, int max_pairs,
                      const char *sheet_path) {
@@ -88,12 +165,11 @@ json_t *e2g_evaluate(const e2g_train_target *t, const e2g_dataset *val, int max_
         return json_pack("{s:s}", "error", err);
     }
     size_t img = (size_t)S * S * 3;
-    double *psnr = e2g_xcalloc(C, sizeof(double)), *ssim = e2g_xcalloc(C, sizeof(double)),
-           *ident = e2g_xcalloc(C, sizeof(double));
-    int *count = e2g_xcalloc(C, sizeof(int));
+    eval_sums *sums = e2g_xcalloc(C, sizeof(eval_sums));
     float *x = e2g_xmalloc(EVAL_BATCH * img * sizeof(float)), *y = e2g_xmalloc(EVAL_BATCH * img * sizeof(float));
-    uint8_t *out = e2g_xmalloc(EVAL_BATCH * img);
+    uint8_t *out = e2g_xmalloc(EVAL_BATCH * img), *constant = e2g_xmalloc(img);
     e2g_image *cells = e2g_xcalloc((size_t)3 * C * SHEET_ROWS_PER_CONCEPT, sizeof(e2g_image));
+    char (*captions)[CAPTION_LEN] = e2g_xcalloc((size_t)C * SHEET_ROWS_PER_CONCEPT, CAPTION_LEN);
     int sheet_rows = 0, *total = e2g_xcalloc(C, sizeof(int));
     /* the sheet shows each concept's first evaluated pair and the one halfway
      * through its list, so its rows come from different photos */
@@ -118,12 +194,14 @@ json_t *e2g_evaluate(const e2g_train_target *t, const e2g_dataset *val, int max_
             const e2g_pair *p = &val->pairs[idx[j]];
             e2g_image im = {S, S, out + j * img};
             e2g_image_from_tensor(&im, y + j * img, S, S);
-            psnr[p->concept] += e2g_psnr(im.rgb, p->dst, S, S);
-            ssim[p->concept] += e2g_ssim(im.rgb, p->dst, S, S);
-            ident[p->concept] += e2g_psnr(p->src, p->dst, S, S);
-            count[p->concept]++;
-            int seen = count[p->concept] - 1; /* this pair's place among its concept's */
+            eval_sums *a = &sums[p->concept];
+            double pair_psnr, pair_f1;
+            add_pair(a, im.rgb, p->src, p->dst, constant, S, &pair_psnr, &pair_f1);
+            int seen = a->count - 1; /* this pair's place among its concept's */
             if (sheet_path && (seen == 0 || (seen == total[p->concept] / 2 && seen > 0))) {
+                snprintf(captions[sheet_rows], CAPTION_LEN, "%s: %.1f dB (identity %.1f, constant %.1f), edge F1 %.2f",
+                         val->concepts[p->concept], pair_psnr, e2g_psnr(p->src, p->dst, S, S),
+                         e2g_psnr(constant, p->dst, S, S), pair_f1);
                 e2g_image *row = &cells[3 * sheet_rows++];
                 row[0] = (e2g_image){S, S, (uint8_t *)p->src};
                 row[1] = (e2g_image){S, S, (uint8_t *)p->dst};
@@ -135,29 +213,40 @@ json_t *e2g_evaluate(const e2g_train_target *t, const e2g_dataset *val, int max_
     e2g_infer_free(inf);
     e2g_runtime_free(rt);
     json_t *per = json_object();
-    double mean_psnr = 0, mean_ssim = 0, mean_ident = 0;
-    int used = 0;
+    /* means over the concepts; edge F1 over the concepts that have one */
+    double mean[6] = {0}, mean_edge[2] = {0};
+    int used = 0, used_edge = 0, learned = 0;
     for (int c = 0; c < C; c++) {
-        if (!count[c]) continue;
-        json_object_set_new(per, val->concepts[c],
-                            json_pack("{s:f,s:f,s:f,s:i}", "psnr", psnr[c] / count[c], "ssim",
-                                      ssim[c] / count[c], "identity_psnr", ident[c] / count[c],
-                                      "pairs", count[c]));
-        mean_psnr += psnr[c] / count[c], mean_ssim += ssim[c] / count[c];
-        mean_ident += ident[c] / count[c], used++;
+        const eval_sums *a = &sums[c];
+        if (!a->count) continue;
+        int ok;
+        json_object_set_new(per, val->concepts[c], concept_entry(a, &ok));
+        learned += ok;
+        const double v[6] = {a->psnr, a->ssim, a->ident_psnr, a->ident_ssim, a->const_psnr, a->const_ssim};
+        for (int k = 0; k < 6; k++) mean[k] += v[k] / a->count;
+        used++;
+        if (a->edge_count) {
+            mean_edge[0] += a->edge_f1 / a->edge_count, mean_edge[1] += a->ident_edge_f1 / a->edge_count;
+            used_edge++;
+        }
     }
-    json_t *res = json_pack("{s:o,s:f,s:f,s:f,s:i}", "concepts", per, "mean_psnr", mean_psnr / used,
-                            "mean_ssim", mean_ssim / used, "mean_identity_psnr", mean_ident / used,
-                            "pairs", n_pairs);
+    json_t *res = json_pack("{s:o,s:f,s:f,s:f,s:f,s:f,s:f,s:o,s:o,s:i,s:i,s:i}", "concepts", per, "mean_psnr",
+                            mean[0] / used, "mean_ssim", mean[1] / used, "mean_identity_psnr", mean[2] / used,
+                            "mean_identity_ssim", mean[3] / used, "mean_constant_psnr", mean[4] / used,
+                            "mean_constant_ssim", mean[5] / used, "mean_edge_f1", json_mean(mean_edge[0], used_edge),
+                            "mean_identity_edge_f1", json_mean(mean_edge[1], used_edge), "learned", learned,
+                            "concepts_evaluated", used, "pairs", n_pairs);
     if (sheet_path && sheet_rows) {
         const e2g_image **ptrs = e2g_xmalloc((size_t)3 * sheet_rows * sizeof *ptrs);
+        const char **caps = e2g_xmalloc((size_t)sheet_rows * sizeof *caps);
         for (int i = 0; i < 3 * sheet_rows; i++) ptrs[i] = &cells[i];
-        if (e2g_contact_sheet(sheet_path, ptrs, sheet_rows, 3, 4, err))
+        for (int r = 0; r < sheet_rows; r++) caps[r] = captions[r];
+        if (e2g_contact_sheet_captioned(sheet_path, ptrs, sheet_rows, 3, 4, caps, err))
             json_object_set_new(res, "sheet_error", json_string(err));
-        free(ptrs);
+        free(ptrs), free(caps);
     }
     for (int r = 0; r < sheet_rows; r++) free(cells[3 * r + 2].rgb);
-    free(cells), free(out), free(x), free(y), free(psnr), free(ssim), free(ident), free(count);
+    free(cells), free(captions), free(out), free(constant), free(x), free(y), free(sums);
     free(total), free(map);
     return res;
 }
@@ -472,28 +561,35 @@ static void emit_event(FILE *events, json_t *ev) {
     json_decref(ev);
 }
 
-/* curve.png: L1 loss per logged step (left) and validation PSNR (right). */
+/* curve.png: L1 loss per logged step (left) and validation PSNR (right),
+ * with the identity edit's and the constant image's PSNR for scale. */
 static void write_curve(const char *dir, json_t *history) {
     json_t *log = json_object_get(history, "log"), *evals = json_object_get(history, "evals");
     size_t nl = json_array_size(log), ne = json_array_size(evals);
     double *lx = e2g_xcalloc(nl + 1, sizeof(double)), *ly = e2g_xcalloc(nl + 1, sizeof(double));
-    double *ex = e2g_xcalloc(ne + 1, sizeof(double)), *ey = e2g_xcalloc(ne + 1, sizeof(double));
+    double *ex = e2g_xcalloc(ne + 1, sizeof(double)), *ey[3];
+    for (int k = 0; k < 3; k++) ey[k] = e2g_xcalloc(ne + 1, sizeof(double));
     for (size_t i = 0; i < nl; i++) {
         json_t *row = json_array_get(log, i);
         lx[i] = json_number_value(json_array_get(row, 0));
         ly[i] = json_number_value(json_array_get(row, 1));
     }
+    static const char *const keys[3] = {"mean_psnr", "mean_identity_psnr", "mean_constant_psnr"};
     for (size_t i = 0; i < ne; i++) {
-        json_t *e = json_array_get(evals, i);
+        json_t *e = json_array_get(evals, i), *v;
         ex[i] = json_number_value(json_object_get(e, "step"));
-        ey[i] = json_number_value(json_object_get(e, "mean_psnr"));
+        for (int k = 0; k < 3; k++) /* NaN (not drawn) in a history from before the baseline was kept */
+            ey[k][i] = json_is_number(v = json_object_get(e, keys[k])) ? json_number_value(v) : NAN;
     }
-    e2g_series s[2] = {{"L1 loss (train)", lx, ly, (int)nl, {200, 60, 40}, 0},
-                       {"PSNR dB (val)", ex, ey, (int)ne, {40, 90, 200}, 1}};
+    e2g_series s[4] = {{"L1 loss (train)", lx, ly, (int)nl, {200, 60, 40}, 0},
+                       {"PSNR dB (val)", ex, ey[0], (int)ne, {40, 90, 200}, 1},
+                       {"identity PSNR", ex, ey[1], (int)ne, {150, 150, 150}, 1},
+                       {"constant PSNR", ex, ey[2], (int)ne, {120, 180, 120}, 1}};
     char path[4096], err[E2G_ERR_LEN];
     snprintf(path, sizeof path, "%s/curve.png", dir);
-    if (e2g_line_chart(path, s, 2, "training", err)) fprintf(stderr, "e2gan: %s\n", err);
-    free(lx), free(ly), free(ex), free(ey);
+    if (e2g_line_chart(path, s, 4, "training", err)) fprintf(stderr, "e2gan: %s\n", err);
+    free(lx), free(ly), free(ex);
+    for (int k = 0; k < 3; k++) free(ey[k]);
 }
 
 /* Runs an evaluation, appends it to history and returns its mean PSNR. */
@@ -504,9 +600,11 @@ static double evaluate_into(trainer *tr, const e2g_dataset *val, long step, json
     json_array_append(json_object_get(history, "evals"), e);
     double psnr = json_number_value(json_object_get(e, "mean_psnr"));
     emit_event(tr->o->events,
-               json_pack("{s:s,s:I,s:f,s:f,s:f}", "event", "eval", "step", (json_int_t)step, "psnr", psnr,
-                         "ssim", json_number_value(json_object_get(e, "mean_ssim")), "identity_psnr",
-                         json_number_value(json_object_get(e, "mean_identity_psnr"))));
+               json_pack("{s:s,s:I,s:f,s:f,s:f,s:f,s:O,s:O}", "event", "eval", "step", (json_int_t)step, "psnr",
+                         psnr, "ssim", json_number_value(json_object_get(e, "mean_ssim")), "identity_psnr",
+                         json_number_value(json_object_get(e, "mean_identity_psnr")), "constant_psnr",
+                         json_number_value(json_object_get(e, "mean_constant_psnr")), "edge_f1",
+                         json_object_get(e, "mean_edge_f1"), "learned", json_object_get(e, "learned")));
     json_decref(e);
     return psnr;
 }

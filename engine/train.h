@@ -2,8 +2,9 @@
  * on several concepts — the base model, or one concept from scratch — and
  * LoRA fine-tuning of a new concept on a frozen base.  Adam, LSGAN + λ·L1
  * (docs/architecture.md §2), deterministic for a seed, checkpoint and resume,
- * validation PSNR/SSIM, progress on stderr and a report (JSON, loss/quality
- * curve, contact sheet).  It drives the engine only through its forward and
+ * validation PSNR/SSIM/edge F1 beside the identity and constant baselines
+ * with a per-concept "learned" verdict, progress on stderr and a report
+ * (JSON, loss/quality curve, contact sheet).  It drives the engine only through its forward and
  * backward functions, so another backend can slot in underneath. */
 #ifndef E2G_TRAIN_H
 #define E2G_TRAIN_H
@@ -54,16 +55,41 @@ typedef struct {
  * CPU's within bf16 rounding.  With opts->events, writes (and flushes) a line per
  * logged step, {"event":"step","step","steps","l1","gan","d","steps_per_s",
  * "eta_s"}, and per evaluation, {"event":"eval","step","psnr","ssim",
- * "identity_psnr"}, for a supervising process.  On success *report (a JSON object: options, budget,
+ * "identity_psnr","constant_psnr","edge_f1","learned"} (means over the
+ * concepts, edge_f1 null when no teacher had edges; learned: how many
+ * concepts pass the verdict below), for a supervising process.  On success *report (a JSON object: options, budget,
  * loss history, evaluations, final per-concept metrics) is the caller's to
  * json_decref. */
 int e2g_train(e2g_train_target *target, const e2g_dataset *train, const e2g_dataset *val,
               const e2g_train_opts *opts, json_t **report, char *err);
 
-/* PSNR and SSIM of the target's edits against the teacher on val pairs
- * (at most max_pairs, 0 = all), per dataset concept, with the identity
- * edit's PSNR beside it; writes a contact sheet (source | teacher | model)
- * when sheet_path is non-NULL.  Returns a JSON object. */
+/* The "learned" verdict of a concept (docs/training.md#quality): its mean
+ * PSNR beats both the identity edit's and the constant image's by at least
+ * E2G_LEARNED_MARGIN_DB, and, when its teacher is a sketch (mean paper
+ * share, metrics.h, at least E2G_SKETCH_PAPER), its edge F1 is at least
+ * E2G_SKETCH_EDGE_F1. */
+#define E2G_LEARNED_MARGIN_DB 1.0
+#define E2G_SKETCH_PAPER 0.5
+#define E2G_SKETCH_EDGE_F1 0.3
+
+/* Quality of the target's edits against the teacher on val pairs (at most
+ * max_pairs, 0 = all, spread over the split), per dataset concept, as the
+ * mean over the concept's pairs of: psnr, ssim (the model's 8-bit edit);
+ * identity_psnr, identity_ssim (the source unchanged); constant_psnr,
+ * constant_ssim (the teacher's mean colour, rounded, everywhere: the best
+ * constant image in the L2 sense); edge_f1, edge_precision, edge_recall,
+ * identity_edge_f1, constant_edge_f1 (metrics.h; over the edge_pairs pairs
+ * whose teacher has edges, null when none has); teacher_paper (the
+ * teacher's paper share), sketch, learned (the verdict above), verdict
+ * ("learned" or the criteria missed) and pairs.  Beside them the means
+ * over concepts (mean_psnr, mean_ssim, mean_identity_psnr,
+ * mean_identity_ssim, mean_constant_psnr, mean_constant_ssim,
+ * mean_edge_f1, mean_identity_edge_f1), learned (how many concepts pass),
+ * concepts_evaluated and pairs.  Writes a contact sheet (source | teacher
+ * | model, each row captioned with its concept, the pair's PSNR of model,
+ * identity and constant and its edge F1) when sheet_path is non-NULL.
+ * Returns a JSON object ({"error"} when a dataset concept is not the
+ * model's). */
 json_t *e2g_evaluate(const e2g_train_target *target, const e2g_dataset *val, int max_pairs,
                      const char *sheet_path);
 

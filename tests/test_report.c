@@ -1,7 +1,8 @@
 /* test_report.c — training-report pictures (engine/report.c): the contact
- * sheet's exact pixel layout and its errors, and line charts read back from
- * PNG — their size, each series' colour, and charts with NaNs, empty and
- * single-point series or no series at all. */
+ * sheet's exact pixel layout (with and without captions) and its errors,
+ * and line charts read back from PNG — their size, each series' colour,
+ * and charts with NaNs, empty and single-point series or no series at
+ * all. */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
@@ -107,6 +108,43 @@ START_TEST(test_sheet_layout) {
     check_sheet(4, 1, 9, 4, 1);
     check_sheet(1, 1, 6, 6, 5);
     check_sheet(2, 2, 5, 3, 0);
+    remove_tmp_dir();
+}
+END_TEST
+
+/* Captions: a 15-pixel strip above each row, text in the first, none in
+ * the row whose caption is NULL; cells below their strips, unchanged. */
+START_TEST(test_sheet_captions) {
+    make_tmp_dir();
+    const int rows = 2, cols = 2, w = 40, h = 6, gap = 2, cap = 15;
+    e2g_image cells[4];
+    const e2g_image *ptrs[4];
+    for (int i = 0; i < 4; i++) cells[i] = pattern_cell(i + 1, w, h), ptrs[i] = &cells[i];
+    const char *captions[2] = {"night 18.6 dB", NULL};
+    char err[E2G_ERR_LEN];
+    ck_assert_msg(e2g_contact_sheet_captioned(tmp_path("cap.png"), ptrs, rows, cols, gap, captions, err) == 0,
+                  "%s", err);
+    e2g_image sheet = read_png(tmp_path("cap.png"));
+    ck_assert_int_eq(sheet.width, cols * w + gap);
+    ck_assert_int_eq(sheet.height, rows * (h + cap) + gap);
+    int text[2] = {0, 0};
+    for (int y = 0; y < sheet.height; y++)
+        for (int x = 0; x < sheet.width; x++) {
+            const int row = y / (h + cap + gap), ry = y % (h + cap + gap), col = x / (w + gap), cx = x % (w + gap);
+            const uint8_t *got = pixel(&sheet, x, y);
+            if (ry < cap) {
+                text[row] += !(got[0] == 255 && got[1] == 255 && got[2] == 255);
+            } else if (ry < cap + h && cx < w) {
+                ck_assert_msg(memcmp(got, pixel(&cells[row * cols + col], cx, ry - cap), 3) == 0,
+                              "sheet (%d, %d): cell pixel expected", x, y);
+            } else {
+                ck_assert_msg(got[0] == 255 && got[1] == 255 && got[2] == 255, "gap (%d, %d) is not white", x, y);
+            }
+        }
+    ck_assert_int_gt(text[0], 50);
+    ck_assert_int_eq(text[1], 0);
+    e2g_image_free(&sheet);
+    for (int i = 0; i < 4; i++) e2g_image_free(&cells[i]);
     remove_tmp_dir();
 }
 END_TEST
@@ -249,6 +287,7 @@ int main(void) {
     TCase *tc = tcase_create("report");
     tcase_add_test(tc, test_sheet_layout);
     tcase_add_test(tc, test_sheet_jpeg);
+    tcase_add_test(tc, test_sheet_captions);
     tcase_add_test(tc, test_sheet_errors);
     tcase_add_test(tc, test_chart_two_axes);
     tcase_add_test(tc, test_chart_nan_empty_single);

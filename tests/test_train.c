@@ -2,7 +2,8 @@
  * that tools/make_dataset.py builds from a real photo: a run killed with
  * SIGKILL and restarted from its checkpoint ends with exactly the weights of
  * an unbroken run; runs are deterministic for a seed; training improves the
- * validation PSNR; fine-tuning writes an adapter the engine loads and edits
+ * validation PSNR, and its evaluations carry consistent baselines and
+ * verdicts; fine-tuning writes an adapter the engine loads and edits
  * with; bad options and data are refused with a message; without a GPU,
  * --device auto trains on the CPU exactly as --device cpu and --device cuda
  * is refused. */
@@ -22,6 +23,7 @@
 #include "common.h"
 #include "safetensors.h"
 #include "testutil.h"
+#include "train.h"
 
 static char dir[256];
 
@@ -141,6 +143,44 @@ static json_t *load_report(const char *name) {
     return r;
 }
 
+/* An evaluation's baselines and verdict are consistent (train.h): per
+ * concept the constant image has no edges (F1 0), F1s lie in [0, 1], and
+ * `learned` is exactly the verdict's rule on the reported means. */
+static void check_quality(json_t *ev) {
+    json_t *per = json_object_get(ev, "concepts"), *c;
+    const char *name;
+    int learned = 0;
+    ck_assert_int_ge(json_object_size(per), 1);
+    json_object_foreach(per, name, c) {
+        double psnr = json_number_value(json_object_get(c, "psnr"));
+        double ident = json_number_value(json_object_get(c, "identity_psnr"));
+        double constant = json_number_value(json_object_get(c, "constant_psnr"));
+        ck_assert_msg(json_is_number(json_object_get(c, "constant_psnr")) && constant > 0, "%s: constant_psnr", name);
+        ck_assert(json_is_number(json_object_get(c, "identity_ssim")));
+        ck_assert(json_is_number(json_object_get(c, "constant_ssim")));
+        double paper = json_number_value(json_object_get(c, "teacher_paper"));
+        ck_assert(paper >= 0 && paper <= 1);
+        int sketch = json_is_true(json_object_get(c, "sketch"));
+        ck_assert_int_eq(sketch, paper >= E2G_SKETCH_PAPER);
+        json_t *f1 = json_object_get(c, "edge_f1");
+        if (json_integer_value(json_object_get(c, "edge_pairs")) > 0) {
+            ck_assert(json_number_value(f1) >= 0 && json_number_value(f1) <= 1);
+            ck_assert(json_number_value(json_object_get(c, "identity_edge_f1")) >= 0);
+            ck_assert_double_eq(json_number_value(json_object_get(c, "constant_edge_f1")), 0.0);
+        } else {
+            ck_assert(json_is_null(f1));
+        }
+        int want = psnr - ident >= E2G_LEARNED_MARGIN_DB && psnr - constant >= E2G_LEARNED_MARGIN_DB &&
+                   (!sketch || (json_is_number(f1) && json_number_value(f1) >= E2G_SKETCH_EDGE_F1));
+        ck_assert_msg(json_is_boolean(json_object_get(c, "learned")), "%s: learned", name);
+        ck_assert_int_eq(json_is_true(json_object_get(c, "learned")), want);
+        ck_assert_ptr_nonnull(json_string_value(json_object_get(c, "verdict")));
+        learned += want;
+    }
+    ck_assert_int_eq(json_integer_value(json_object_get(ev, "learned")), learned);
+    ck_assert(json_is_number(json_object_get(ev, "mean_constant_psnr")));
+}
+
 /* Training moves the validation PSNR up from the untrained model's, and the
  * report holds its pieces: history, budget, curve and contact sheet. */
 START_TEST(test_training_improves) {
@@ -159,6 +199,7 @@ START_TEST(test_training_improves) {
     ck_assert_int_eq(json_integer_value(json_object_get(budget, "samples")), 600);
     ck_assert(json_number_value(json_object_get(budget, "wall_s")) > 0);
     ck_assert_ptr_nonnull(json_string_value(json_object_get(budget, "machine")));
+    check_quality(json_object_get(r, "final"));
     json_decref(r);
     ck_assert_int_eq(sh("test -s %s/rep/curve.png && test -s %s/rep/contact.png", dir, dir), 0);
     /* the model file carries the report */
@@ -174,6 +215,7 @@ START_TEST(test_training_improves) {
     json_t *ev = json_load_file(path, 0, &jerr);
     ck_assert_msg(ev != NULL, "%s", jerr.text);
     ck_assert_double_eq_tol(json_number_value(json_object_get(ev, "mean_psnr")), last, 1e-6);
+    check_quality(ev);
     json_decref(ev);
     ck_assert_int_eq(sh("test -s %s/ev/contact.png", dir), 0);
 }
