@@ -143,18 +143,12 @@ void e2g_dataset_select(e2g_dataset *d, const unsigned char *keep) {
     d->n_pairs = n;
 }
 
-static uint64_t mix64(uint64_t z) {
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 /* Position `pos` of epoch `epoch`'s shuffle of n items (Fisher–Yates). */
 static void epoch_permutation(int *perm, int n, unsigned long long seed, long epoch) {
     for (int i = 0; i < n; i++) perm[i] = i;
-    uint64_t state = mix64(seed * 0x9E3779B97F4A7C15ull + (uint64_t)epoch + 1);
+    uint64_t state = e2g_mix64(seed * 0x9E3779B97F4A7C15ull + (uint64_t)epoch + 1);
     for (int i = n - 1; i > 0; i--) {
-        state = mix64(state + 0x9E3779B97F4A7C15ull);
+        state = e2g_mix64(state + 0x9E3779B97F4A7C15ull);
         int j = (int)(state % (uint64_t)(i + 1)), t = perm[i];
         perm[i] = perm[j], perm[j] = t;
     }
@@ -397,7 +391,7 @@ int e2g_dataset_from_pairs(e2g_dataset **train, e2g_dataset **val, const char *d
     if (n_val > n - 1) n_val = n - 1;
     e2g_dataset *t = pairs_dataset_new(concept, o->crop, o->train_crops);
     e2g_dataset *v = pairs_dataset_new(concept, o->crop, 2 * n_val);
-    uint64_t state = mix64(o->seed ^ 0x5851F42D4C957F2Dull);
+    uint64_t state = e2g_mix64(o->seed ^ 0x5851F42D4C957F2Dull);
     int rc = 0;
     for (int k = 0; k < n && !rc; k++) {
         e2g_image src = {0}, dst = {0};
@@ -413,7 +407,7 @@ int e2g_dataset_from_pairs(e2g_dataset **train, e2g_dataset **val, const char *d
         }
         /* training crops of this pair: every (n − n_val)-th of them */
         for (int c = k - n_val; !rc && k >= n_val && c < o->train_crops; c += n - n_val) {
-            uint64_t r1 = state = mix64(state + 1), r2 = state = mix64(state + 1);
+            uint64_t r1 = state = e2g_mix64(state + 1), r2 = state = e2g_mix64(state + 1);
             int side = low + (int)(r1 % (uint64_t)(shortest - low + 1));
             int x = (int)((r2 & 0xFFFFFFFF) % (uint64_t)(src.width - side + 1));
             int y = (int)((r2 >> 32) % (uint64_t)(src.height - side + 1));
