@@ -4,6 +4,7 @@
 
 #include <check.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,8 +19,11 @@ e2g_st_file *ref_open(const char *name) {
     return f;
 }
 
+/* Test arena: every test_alloc block, freed at exit.  Tests call it from
+ * several threads at once (one runtime shared by threads). */
 static void **kept;
 static size_t n_kept, cap_kept;
+static pthread_mutex_t kept_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void release_kept(void) {
     for (size_t i = 0; i < n_kept; i++) free(kept[i]);
@@ -28,15 +32,18 @@ static void release_kept(void) {
 }
 
 void *test_alloc(size_t bytes) {
+    void *p = calloc(bytes ? bytes : 1, 1);
+    ck_assert_ptr_nonnull(p);
+    pthread_mutex_lock(&kept_lock);
     if (n_kept == cap_kept) {
         if (!kept) atexit(release_kept);
         cap_kept = cap_kept ? 2 * cap_kept : 64;
-        kept = realloc(kept, cap_kept * sizeof *kept);
-        ck_assert_ptr_nonnull(kept);
+        void **grown = realloc(kept, cap_kept * sizeof *kept);
+        if (!grown) abort();
+        kept = grown;
     }
-    void *p = calloc(bytes ? bytes : 1, 1);
-    ck_assert_ptr_nonnull(p);
     kept[n_kept++] = p;
+    pthread_mutex_unlock(&kept_lock);
     return p;
 }
 
