@@ -3,7 +3,7 @@
 # and onnxruntime-node (CPU) peers on the same weights: a base made by
 # `e2gan init --ngf 32 --concepts a,b --seed 1`, 2 threads:
 #   - batch 1 at 256² and 512²: e2gan bf16, e2gan fp32, onnxruntime fp32,
-#     PyTorch fp32 and PyTorch bf16 — both ways PyTorch runs bf16 on the CPU
+#     PyTorch fp32 (channels_last, its faster layout here) and PyTorch bf16 — both ways PyTorch runs bf16 on the CPU
 #     (bf16 weights and activations in channels_last, and bf16 autocast over
 #     fp32 channels_last weights; the faster one is compared), median ms per
 #     batch and peak RSS (/usr/bin/time -f %M);
@@ -12,7 +12,8 @@
 #   - where e2gan's time goes at 256² (bench/onednn_breakdown.py: oneDNN's
 #     exec times per primitive against the total, bf16 and fp32).
 # The engines are timed in ROUNDS interleaved rounds (each round runs every
-# engine once, the order rotated); a row is the median of its rounds.  Other
+# engine once, the order rotated); a row is the best of its rounds (other work
+# only ever adds time) and lists every round with its load.  Other
 # work on the machine skews the timings: before every timed run the script
 # waits until the 1-minute load average is below QUIET_LOAD (polling every
 # 20 s, at most QUIET_WAIT s, then it measures anyway), and records the load
@@ -104,7 +105,8 @@ engine() {
   ort)
     run "$key/$size/$batch" node "$ROOT/bench/ort_bench.mjs" --model "$TMP/g$size.onnx" "${common[@]}" ;;
   torch-fp32)
-    run "$key/$size/$batch" "$PY" "$ROOT/bench/torch_bench.py" --model "$TMP/base.safetensors" "${common[@]}" ;;
+    run "$key/$size/$batch" "$PY" "$ROOT/bench/torch_bench.py" --model "$TMP/base.safetensors" "${common[@]}" \
+      --channels-last ;;
   torch-bf16)
     run "$key/$size/$batch" "$PY" "$ROOT/bench/torch_bench.py" --model "$TMP/base.safetensors" "${common[@]}" --bf16 ;;
   torch-autocast)
@@ -151,70 +153,9 @@ if $have_e2gan; then
     --size 256 --batch 1 --iters 3 --threads "$THREADS" --precision bf16 fp32)
 fi
 
-# The tables, from $TMP/runs.
-tables=$("$PY" - "$TMP/runs" "$("$PY" -c 'import torch; print(torch.__version__)')" "$BIG" <<'EOF'
-import collections, statistics, sys
-runs = collections.defaultdict(list)
-for line in open(sys.argv[1]):
-    key, ms, ips, rss, load = line.split()
-    runs[key].append((float(ms), float(ips), int(rss), float(load)))
-torch_version, big = sys.argv[2], sys.argv[3]
-names = {"e2gan-bf16": "e2gan (C) bf16", "e2gan-fp32": "e2gan (C) fp32", "ort": "onnxruntime-node fp32",
-         "torch-fp32": f"PyTorch {torch_version} fp32",
-         "torch-bf16": f"PyTorch {torch_version} bf16 (bf16 weights, channels_last)",
-         "torch-autocast": f"PyTorch {torch_version} bf16 (autocast, fp32 weights, channels_last)"}
-
-def med(key):
-    r = runs.get(key)
-    return statistics.median(x[0] for x in r) if r else None
-
-def row(key, ort_key, extra=""):
-    r = runs[key]
-    ms = med(key)
-    ratio = f"{ms / med(ort_key):.2f}" if med(ort_key) else "–"
-    loads = [x[3] for x in r]
-    print(f"| {names[key.split('/')[0]]} | {ms:.1f} | {1e3 * int(key.split('/')[2]) / ms:.2f} "
-          f"| {max(x[2] for x in r)} | {ratio} | {extra} | {min(loads):.2f}–{max(loads):.2f} |")
-
-for size in (256, 512):
-    print(f"### {size}², batch 1")
-    print()
-    tb = {k: med(f"{k}/{size}/1") for k in ("torch-bf16", "torch-autocast")}
-    best = min(tb, key=tb.get)
-    print("| engine | ms / image | images / s | peak RSS (MB) | time ÷ onnxruntime | note | load (1 min) |")
-    print("|---|---:|---:|---:|---:|---|---|")
-    for k in ("e2gan-bf16", "e2gan-fp32", "ort", "torch-fp32", "torch-bf16", "torch-autocast"):
-        key = f"{k}/{size}/1"
-        if key not in runs:
-            continue
-        note = ""
-        if k == "e2gan-bf16":
-            note = f"÷ PyTorch bf16 ({'autocast' if best == 'torch-autocast' else 'bf16 weights'}): " \
-                   f"**{med(key) / tb[best]:.2f}**; ÷ e2gan fp32: {med(key) / med(f'e2gan-fp32/{size}/1'):.2f}"
-        elif k == "torch-fp32" and f"e2gan-fp32/{size}/1" in runs:
-            note = f"e2gan fp32 ÷ this: {med(f'e2gan-fp32/{size}/1') / med(key):.2f}"
-        elif k in tb:
-            note = "the faster PyTorch bf16" if k == best else "slower PyTorch bf16"
-        row(key, f"ort/{size}/1", note)
-    print()
-if "ort/256/8" in runs:
-    print("### 256², batch 8")
-    print()
-    print("| engine | ms / batch | images / s | peak RSS (MB) | time ÷ onnxruntime | note | load (1 min) |")
-    print("|---|---:|---:|---:|---:|---|---|")
-    for k in ("e2gan-bf16", "e2gan-fp32", "ort"):
-        if f"{k}/256/8" in runs:
-            row(f"{k}/256/8", "ort/256/8")
-    print()
-for p in ("bf16", "fp32"):
-    r = runs.get(f"e2gan-{p}/big/1")
-    if r:
-        ms, _, rss, load = r[0]
-        ok = "under 2 GB" if rss < 2048 else "**over 2 GB**"
-        print(f"- e2gan {p} at {big}×{big}, batch 1: peak RSS **{rss} MB** ({ok}), {ms / 1e3:.1f} s per image "
-              f"(one run, load {load:.2f})")
-EOF
-)
+# The tables, from $TMP/runs (bench/cpu_bench_tables.py: best of the rounds).
+tables=$("$PY" "$ROOT/bench/cpu_bench_tables.py" infer "$TMP/runs" \
+  "$("$PY" -c 'import torch; print(torch.__version__)')" "$BIG")
 
 commit=$(git -C "$ROOT" rev-parse --short HEAD)
 dirty=""
@@ -230,11 +171,11 @@ report=$(
   if $have_e2gan; then
     echo "- \`e2gan devices\`: $("$E2GAN" devices | grep '^precision')"
   fi
-  echo "- load average at start: $load_start, at the end: $(cut -d ' ' -f 1-3 /proc/loadavg); each timed run waited for a 1-minute load below $QUIET_LOAD (at most $QUIET_WAIT s), its load is in the table (min–max over the rounds)"
-  echo "- model: ngf 32 (e2gan init --ngf 32 --concepts a,b --seed 1), $THREADS threads; $ROUNDS interleaved rounds, each row the median of the rounds' medians"
+  echo "- load average at start: $load_start, at the end: $(cut -d ' ' -f 1-3 /proc/loadavg); each timed run waited for a 1-minute load below $QUIET_LOAD (at most $QUIET_WAIT s, then measured anyway); each round's load is in the table"
+  echo "- model: ngf 32 (e2gan init --ngf 32 --concepts a,b --seed 1), $THREADS threads; $ROUNDS interleaved rounds, each row the best of its rounds (each round: the median of its iterations)"
   echo "- iterations per run (median of): 256² $ITERS_256, 512² $ITERS_512, 256² batch 8 $ITERS_B8; onnxruntime-node $ort_version, node $(node --version)"
   echo "- PyTorch bf16 on the CPU goes through bench/torch_cpu_bf16.py (reflection pad and layer norm, which PyTorch 1.13 lacks in CPU bf16)"
-  echo "- peak RSS: /usr/bin/time -f %M of the whole process (for PyTorch this includes the interpreter and torch), max over the rounds"
+  echo "- peak RSS: /usr/bin/time -f %M of the whole process (for PyTorch this includes the interpreter and torch), max over the rounds; PyTorch fp32 runs in channels_last"
   echo
   echo "$tables"
   if [ -n "$breakdown" ]; then

@@ -18,9 +18,10 @@
 # peer needs peft; without it the table says so.
 #
 # Runs are interleaved: ROUNDS rounds of every configuration, a row the
-# median of its rounds; before every run the script waits until the 1-minute
-# load average is below QUIET_LOAD (polling every 20 s, at most QUIET_WAIT s,
-# then it measures anyway) and records the load.  Prints a markdown report
+# best of its rounds (other work only ever slows a run), every round listed;
+# before every run the script waits until the 1-minute load average is
+# below QUIET_LOAD (polling every 20 s, at most QUIET_WAIT s, then it
+# measures anyway) and records the load.  Prints a markdown report
 # and writes it to bench/results/cpu-train-<date>-<shortcommit>.md.
 #
 # usage: bench/cpu_train_bench.sh        (after building build/e2gan)
@@ -132,33 +133,8 @@ for ((r = 0; r < ROUNDS; r++)); do
   done
 done
 
-tables=$("$PY" - "$TMP/runs" "$("$PY" -c 'import torch; print(torch.__version__)')" "$have_peft" <<'EOF'
-import collections, statistics, sys
-runs = collections.defaultdict(list)
-for line in open(sys.argv[1]):
-    key, sps, load = line.split()
-    runs[key].append((float(sps), float(load)))
-version, have_peft = sys.argv[2], sys.argv[3] == "true"
-med = lambda k: statistics.median(x[0] for x in runs[k]) if k in runs else None
-print("| what is trained | engine | precision | steps / s | samples / s | ÷ e2gan fp32 | e2gan bf16 ÷ this | load (1 min) |")
-print("|---|---|---|---:|---:|---:|---:|---|")
-for kind, label in (("full", "whole G"), ("lora", f"LoRA r 4 + embedding")):
-    for who in ("e2gan", "torch"):
-        for p in ("bf16", "fp32"):
-            k = f"{who}-{kind}-{p}"
-            name = "e2gan (C)" if who == "e2gan" else f"PyTorch {version}"
-            prec = p if who == "e2gan" else ("bf16 autocast" if p == "bf16" else "fp32")
-            if k not in runs:
-                if who == "torch" and kind == "lora" and not have_peft:
-                    if p == "bf16":
-                        print(f"| {label} | PyTorch {version} | fp32, bf16 autocast | peft not available | | | | |")
-                continue
-            s = med(k)
-            loads = [x[1] for x in runs[k]]
-            print(f"| {label} | {name} | {prec} | {s:.3f} | {8 * s:.2f} | {s / med(f'e2gan-{kind}-fp32'):.2f} "
-                  f"| {med(f'e2gan-{kind}-bf16') / s:.2f} | {min(loads):.2f}–{max(loads):.2f} |")
-EOF
-)
+tables=$("$PY" "$ROOT/bench/cpu_bench_tables.py" train "$TMP/runs" \
+  "$("$PY" -c 'import torch; print(torch.__version__)')" "$have_peft")
 
 commit=$(git -C "$ROOT" rev-parse --short HEAD)
 dirty=""
@@ -171,11 +147,11 @@ report=$(
   echo "- CPU: $(lscpu | sed -n 's/^Model name: *//p' | head -n 1); nproc $(nproc)"
   echo "- ISA (\`grep -o 'amx[a-z_0-9]*\|avx512_bf16' /proc/cpuinfo | sort -u\`): ${isa:-none}"
   echo "- \`e2gan devices\`: $("$E2GAN" devices | grep '^precision')"
-  echo "- load average at start: $load_start, at the end: $(cut -d ' ' -f 1-3 /proc/loadavg); each run waited for a 1-minute load below $QUIET_LOAD (at most $QUIET_WAIT s), its load is in the table (min–max over the rounds)"
+  echo "- load average at start: $load_start, at the end: $(cut -d ' ' -f 1-3 /proc/loadavg); each run waited for a 1-minute load below $QUIET_LOAD (at most $QUIET_WAIT s, then measured anyway); each round's load is in the table"
   echo "- step: ngf 32, batch 8, 128² crops, 100·L1 only (no D), Adam, $THREADS threads; LoRA rank $RANK on the crucial layers + the concept embedding, base frozen"
   echo "- e2gan: \`e2gan train\` / \`e2gan finetune\` on a dataset of the test photos (make_dataset.py, 256 train crops × 2 concepts), $STEPS steps, rate over steps 11–$STEPS from \`--events\`"
   echo "- PyTorch: bench/torch_train_bench.py --device cpu, channels_last, median of $TORCH_ITERS steps after $TORCH_WARMUP; bf16 = torch.autocast('cpu', dtype=torch.bfloat16) with fp32 weights and Adam (bench/torch_cpu_bf16.py for reflection pad and layer norm)"
-  echo "- $ROUNDS interleaved rounds, each row the median of its rounds"
+  echo "- $ROUNDS interleaved rounds, each row the best of its rounds"
   echo
   echo "$tables"
 )

@@ -7,12 +7,13 @@ is bench/gpu-run.sh's eager peer (bf16 weights and activations,
 channels_last, timed with CUDA events).  --autocast instead keeps fp32
 weights in channels_last and runs the forward under
 torch.autocast(DEVICE, dtype=torch.bfloat16) (bench/cpu_bench.sh times both
-on the CPU and keeps the faster).  bf16 on the CPU goes through
+on the CPU and keeps the faster); --channels-last runs fp32 in channels_last
+(PyTorch's faster fp32 layout on the CPU; bf16 always uses it).  bf16 on the CPU goes through
 bench/torch_cpu_bf16.py (two ops PyTorch 1.13 lacks in bf16 there).
 
 usage: python3 bench/torch_bench.py --model BASE --size S
        [--batch B] [--iters N] [--warmup W] [--threads T] [--device cpu|cuda]
-       [--bf16 | --autocast]
+       [--bf16 | --autocast] [--channels-last]
 """
 import argparse
 import json
@@ -40,6 +41,7 @@ def main():
     ap.add_argument("--bf16", action="store_true", help="bf16 weights and activations, channels_last")
     ap.add_argument("--autocast", action="store_true",
                     help="fp32 weights, channels_last, bf16 autocast around the forward")
+    ap.add_argument("--channels-last", action="store_true", help="fp32 weights and input in channels_last")
     args = ap.parse_args()
     if args.bf16 and args.autocast:
         ap.error("--bf16 and --autocast are two ways of running bf16: pick one")
@@ -52,11 +54,13 @@ def main():
     if args.bf16:
         G = G.to(torch.bfloat16).to(memory_format=torch.channels_last)
         x = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-    elif args.autocast:
+    elif args.autocast or args.channels_last:
         G = G.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     amp = torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.autocast)
     precision = "bf16 autocast" if args.autocast else "bf16" if args.bf16 else "fp32"
+    if args.channels_last and precision == "fp32":
+        precision = "fp32 channels_last"
     cuda = args.device == "cuda"
     times = []
     with torch.inference_mode(), amp:
