@@ -64,17 +64,7 @@ torch.manual_seed(1)
 E.save_base(E.Generator(32, 2), '$TMP/base.safetensors', ['a', 'b'])"
 fi
 
-# wait_quiet: waits until the 1-minute load average is below QUIET_LOAD
-# (at most QUIET_WAIT s); sets LOAD to the load average it goes on at.
-wait_quiet() {
-  local waited=0
-  while awk -v l="$(cut -d ' ' -f 1 /proc/loadavg)" -v q="$QUIET_LOAD" 'BEGIN { exit !(l >= q) }' &&
-    [ "$waited" -lt "$QUIET_WAIT" ]; do
-    sleep 20
-    waited=$((waited + 20))
-  done
-  LOAD=$(cut -d ' ' -f 1 /proc/loadavg)
-}
+. "$ROOT/bench/quiet.sh"  # wait_quiet
 
 # run KEY CMD… : waits for a quiet machine, runs CMD under /usr/bin/time; sets
 # MS, IPS (from the JSON on CMD's last stdout line) and RSS_MB, and appends

@@ -59,17 +59,7 @@ fi
 load_start=$(cut -d ' ' -f 1-3 /proc/loadavg)
 if "$PY" -c 'import peft' 2>/dev/null; then have_peft=true; else have_peft=false; fi
 
-# wait_quiet: waits until the 1-minute load average is below QUIET_LOAD
-# (at most QUIET_WAIT s); sets LOAD to the load average it goes on at.
-wait_quiet() {
-  local waited=0
-  while awk -v l="$(cut -d ' ' -f 1 /proc/loadavg)" -v q="$QUIET_LOAD" 'BEGIN { exit !(l >= q) }' &&
-    [ "$waited" -lt "$QUIET_WAIT" ]; do
-    sleep 20
-    waited=$((waited + 20))
-  done
-  LOAD=$(cut -d ' ' -f 1 /proc/loadavg)
-}
+. "$ROOT/bench/quiet.sh"  # wait_quiet
 
 # e2gan_run KIND PRECISION: one e2gan training run (KIND full or lora);
 # appends "e2gan-KIND-PRECISION STEPS_PER_S LOAD" to $TMP/runs.
