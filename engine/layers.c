@@ -22,6 +22,7 @@ void e2g_block_plan(block_acts *b, arena *ar, const e2g_node *s, int N, int H, i
     b->mean = s->norm ? e2g_arena_take(ar, (size_t)N * s->conv.cout) : NULL;
     b->rstd = s->norm ? e2g_arena_take(ar, (size_t)N * s->conv.cout) : NULL;
     b->out = (s->norm || s->act != E2G_ACT_NONE) ? e2g_arena_take(ar, out_n) : b->pre;
+    b->affine = s->film ? e2g_arena_take(ar, 2 * (size_t)N * s->conv.cout) : NULL;
 }
 
 size_t e2g_block_out_size(const block_acts *b, const e2g_node *s, int N) {
@@ -202,6 +203,49 @@ void e2g_lora_linear_backward(float *din, e2g_lora *dlora, const e2g_lora *train
     lora_backward(din, dlora, train, dout, in, edits, layer, &st, N);
 }
 
+/* ---- FiLM -------------------------------------------------------------------------- */
+
+/* c̄ (N, C4): the mean of each sample's context tokens. */
+static float *context_mean(const float *ctx, int N, int T, int C4) {
+    float *mean = e2g_xcalloc((size_t)N * C4, sizeof(float));
+    for (int n = 0; n < N; n++)
+        for (int t = 0; t < T; t++)
+            for (int c = 0; c < C4; c++) mean[(size_t)n * C4 + c] += ctx[((size_t)n * T + t) * C4 + c] / T;
+    return mean;
+}
+
+void e2g_film_forward(float *affine, const e2g_conv_params *cp, const float *ctx, int N, int T, int C4,
+                      int cout) {
+    float *mean = context_mean(ctx, N, T, C4);
+    float *gb = e2g_xmalloc((size_t)N * 2 * cout * sizeof(float));
+    e2g_linear_forward(gb, mean, cp->film_w, cp->film_b, N, C4, 2 * cout, 0);
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < cout; c++) {
+            affine[(size_t)n * cout + c] = cp->norm_w[c] + gb[(size_t)n * 2 * cout + c];
+            affine[(size_t)(N + n) * cout + c] = cp->norm_b[c] + gb[(size_t)n * 2 * cout + cout + c];
+        }
+    free(gb), free(mean);
+}
+
+void e2g_film_backward(e2g_conv_params *gp, float *dctx, const float *daffine, const e2g_conv_params *cp,
+                       const float *ctx, int N, int T, int C4, int cout) {
+    float *dgb = e2g_xmalloc((size_t)N * 2 * cout * sizeof(float));
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < cout; c++) {
+            float dg = daffine[(size_t)n * cout + c], db = daffine[(size_t)(N + n) * cout + c];
+            dgb[(size_t)n * 2 * cout + c] = dg, dgb[(size_t)n * 2 * cout + cout + c] = db;
+            if (gp) gp->norm_w[c] += dg, gp->norm_b[c] += db;
+        }
+    float *mean = context_mean(ctx, N, T, C4), *dmean = dctx ? e2g_xcalloc((size_t)N * C4, sizeof(float)) : NULL;
+    e2g_linear_backward(dmean, gp ? gp->film_w : NULL, gp ? gp->film_b : NULL, dgb, mean, cp->film_w, N, C4,
+                        2 * cout);
+    if (dctx)
+        for (int n = 0; n < N; n++)
+            for (int t = 0; t < T; t++)
+                for (int c = 0; c < C4; c++) dctx[((size_t)n * T + t) * C4 + c] += dmean[(size_t)n * C4 + c] / T;
+    free(dmean), free(mean), free(dgb);
+}
+
 /* ---- conv blocks ----------------------------------------------------------------- */
 
 void e2g_block_forward(block_acts *b, const e2g_node *s, const e2g_conv_params *cp, const float *in,
@@ -215,9 +259,12 @@ void e2g_block_forward(block_acts *b, const e2g_node *s, const e2g_conv_params *
 
 void e2g_block_finish(block_acts *b, const e2g_node *s, const e2g_conv_params *cp, int N) {
     size_t n = e2g_block_out_size(b, s, N);
-    if (s->norm)
-        e2g_instancenorm_forward(b->out, b->mean, b->rstd, b->pre, cp->norm_w, cp->norm_b,
-                             s->act == E2G_ACT_RELU, N, b->Ho * b->Wo, s->conv.cout);
+    if (s->norm) {
+        const float *w = s->film ? b->affine : cp->norm_w;
+        const float *bias = s->film ? b->affine + (size_t)N * s->conv.cout : cp->norm_b;
+        e2g_instancenorm_forward(b->out, b->mean, b->rstd, b->pre, w, bias, s->film, s->act == E2G_ACT_RELU,
+                                 N, b->Ho * b->Wo, s->conv.cout);
+    }
     const float *act_in = s->norm ? b->out : b->pre;
     if (s->act == E2G_ACT_RELU && !s->norm) e2g_relu_forward(b->out, act_in, n);
     if (s->act == E2G_ACT_LRELU) e2g_leakyrelu_forward(b->out, act_in, E2G_LRELU_SLOPE, n);
@@ -239,9 +286,12 @@ void e2g_block_backward(block_acts *b, block_acts *db, float *tmp, float *din, c
             e2g_leakyrelu_backward(dact_in, db->out, b->out, E2G_LRELU_SLOPE, n);
         dnorm_out = dact_in;
     }
-    if (s->norm)
+    if (s->norm && s->film)
+        e2g_instancenorm_backward(db->pre, db->affine, db->affine + (size_t)N * s->conv.cout, dnorm_out,
+                                  b->pre, b->mean, b->rstd, b->affine, 1, N, b->Ho * b->Wo, s->conv.cout);
+    else if (s->norm)
         e2g_instancenorm_backward(db->pre, gp ? gp->norm_w : NULL, gp ? gp->norm_b : NULL, dnorm_out,
-                              b->pre, b->mean, b->rstd, cp->norm_w, N, b->Ho * b->Wo, s->conv.cout);
+                                  b->pre, b->mean, b->rstd, cp->norm_w, 0, N, b->Ho * b->Wo, s->conv.cout);
     e2g_layer_conv_backward(din, gp ? gp->w : NULL, gp && s->bias ? gp->b : NULL, db->pre, in, cp->w,
                         N, b->H, b->W, &s->conv, s->upsample);
     if (s->crucial >= 0)

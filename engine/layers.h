@@ -23,6 +23,7 @@ typedef struct {
     float *pre;       /* conv (+ LoRA) output */
     float *mean, *rstd;
     float *out; /* after norm / activation; aliases pre when it has neither */
+    float *affine; /* FiLM: the norm's per-sample scales (N, cout), then shifts (N, cout) */
 } block_acts;
 
 /* Plans one block's activations for an input of H×W. */
@@ -32,14 +33,26 @@ size_t e2g_block_out_size(const block_acts *b, const e2g_node *s, int N);
 
 void e2g_block_forward(block_acts *b, const e2g_node *s, const e2g_conv_params *cp, const float *in,
                    int N, const e2g_edit *edits);
-/* The norm and activation of a block whose b->pre holds conv (+ LoRA). */
+/* The norm and activation of a block whose b->pre holds conv (+ LoRA) and,
+ * with FiLM, b->affine the norm's affine (e2g_film_forward). */
 void e2g_block_finish(block_acts *b, const e2g_node *s, const e2g_conv_params *cp, int N);
 /* Backward of one block given d(out) in db->out; accumulates into din
- * (may be NULL), the parameter grads gp (may be NULL) and the trained
- * adapter's grads.  tmp holds block_out_size floats. */
+ * (may be NULL), the parameter grads gp (may be NULL), the trained
+ * adapter's grads and, with FiLM, d(affine) into db->affine (instead of the
+ * norm's gradients: e2g_film_backward carries them on).  tmp holds
+ * block_out_size floats. */
 void e2g_block_backward(block_acts *b, block_acts *db, float *tmp, float *din, const e2g_node *s,
                     const e2g_conv_params *cp, e2g_conv_params *gp, e2g_lora *dlora,
                     const e2g_lora *train, const float *in, int N, const e2g_edit *edits);
+
+/* FiLM of a block's norm (net.h): affine (N, cout) scales then (N, cout)
+ * shifts from the mean c̄ of each sample's T context tokens (C4 each); the
+ * backward takes d(affine) and accumulates into the norm's and the FiLM's
+ * parameter gradients (gp may be NULL) and into dctx (may be NULL). */
+void e2g_film_forward(float *affine, const e2g_conv_params *cp, const float *ctx, int N, int T, int C4,
+                      int cout);
+void e2g_film_backward(e2g_conv_params *gp, float *dctx, const float *daffine, const e2g_conv_params *cp,
+                       const float *ctx, int N, int T, int C4, int cout);
 
 /* A block's conv: conv2d, or upconv2x (×2 upsample fused) when upsample. */
 void e2g_layer_conv_forward(float *out, const float *in, const float *w, const float *bias, int N,

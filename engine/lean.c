@@ -137,12 +137,17 @@ static void conv_whole(lean *ln, int i, float *out) {
     const e2g_node *nd = &ln->net.node[i];
     const e2g_node_shape *in = &ln->shape[nd->in[0]], *o = &ln->shape[i];
     int N = ln->N;
-    block_acts b = {in->h, in->w, o->h, o->w, out, NULL, NULL, out};
+    block_acts b = {in->h, in->w, o->h, o->w, out, NULL, NULL, out, NULL};
+    const e2g_conv_params *cp = e2g_node_conv(nd, ln->p);
     if (nd->norm) {
         b.mean = e2g_xmalloc((size_t)N * nd->cout * sizeof(float));
         b.rstd = e2g_xmalloc((size_t)N * nd->cout * sizeof(float));
     }
-    const e2g_conv_params *cp = e2g_node_conv(nd, ln->p);
+    if (nd->film) {
+        const e2g_node_shape *ctx = &ln->shape[nd->in[1]];
+        b.affine = e2g_xmalloc(2 * (size_t)N * nd->cout * sizeof(float));
+        e2g_film_forward(b.affine, cp, ln->whole[nd->in[1]], N, ctx->h * ctx->w, ctx->c, nd->cout);
+    }
     if (ln->band[nd->in[0]]) {
         int step = nd->upsample ? BAND_ROWS : BAND_ROWS / nd->conv.stride;
         for (int n = 0; n < N; n++)
@@ -154,7 +159,7 @@ static void conv_whole(lean *ln, int i, float *out) {
     } else {
         e2g_block_forward(&b, nd, cp, ln->whole[nd->in[0]], N, ln->edits);
     }
-    free(b.mean), free(b.rstd);
+    free(b.mean), free(b.rstd), free(b.affine);
 }
 
 static void run_whole(lean *ln, int i) {

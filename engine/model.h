@@ -21,6 +21,8 @@ typedef struct {
     int unet_skips;   /* 1: dec2 += enc2, dec1 += enc1 */
     int residual_out; /* 1: y = tanh(o + atanh(x)) */
     int norm_ends;    /* 1: enc1/dec1 have IN and no bias (paper-like) */
+    int film;         /* 1: the decoder's instance norms take a per-sample scale and
+                       * shift from the context (FiLM, docs/architecture.md §1) */
 } e2g_gen_config;
 
 int e2g_gen_c4(const e2g_gen_config *cfg);
@@ -28,9 +30,11 @@ int e2g_gen_heads(const e2g_gen_config *cfg);
 
 /* ---- parameters -------------------------------------------------------------- */
 
-/* A conv layer with its optional bias and instance norm (NULL when absent). */
+/* A conv layer with its optional bias, instance norm and FiLM of that norm
+ * (NULL when absent). */
 typedef struct {
     float *w, *b, *norm_w, *norm_b;
+    float *film_w, *film_b; /* (2·cout, C4), (2·cout): scale rows, then shift rows */
 } e2g_conv_params;
 
 typedef struct {
@@ -62,7 +66,7 @@ typedef struct {
 size_t e2g_tensors_numel(const e2g_tensor_entry *t, int n);
 void e2g_tensors_bind(const e2g_tensor_entry *t, int n, float *memory);
 
-#define E2G_GEN_MAX_TENSORS 80
+#define E2G_GEN_MAX_TENSORS 96
 /* Lists G's tensors (net.h's node order, then `concepts`) with slots
  * inside *p; returns the count. */
 int e2g_gen_tensors(const e2g_gen_config *cfg, e2g_gen_params *p, e2g_tensor_entry *out);

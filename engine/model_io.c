@@ -127,7 +127,8 @@ int e2g_model_load(e2g_model **out, const char *path, char *err) {
         meta_int(f, "ctx_tokens", 1, 256, &m->cfg.ctx_tokens, err) ||
         meta_flag(f, "unet_skips", 1, &m->cfg.unet_skips, err) ||
         meta_flag(f, "residual_out", 1, &m->cfg.residual_out, err) ||
-        meta_flag(f, "norm_ends", 0, &m->cfg.norm_ends, err) || parse_concepts(m, concepts, err))
+        meta_flag(f, "norm_ends", 0, &m->cfg.norm_ends, err) || meta_flag(f, "film", 0, &m->cfg.film, err) ||
+        parse_concepts(m, concepts, err))
         goto fail;
     m->memory = e2g_xmalloc(e2g_gen_param_count(&m->cfg) * sizeof(float));
     e2g_gen_bind(&m->cfg, &m->params, m->memory);
@@ -200,6 +201,7 @@ int e2g_model_save(e2g_model *m, const char *path, const char *const *extra_meta
     int bad = 0;
     for (size_t i = 0; i < sizeof meta / sizeof *meta && !bad; i += 2)
         bad = e2g_st_writer_meta(w, meta[i], meta[i + 1], err);
+    if (!bad && m->cfg.film) bad = e2g_st_writer_meta(w, "film", "true", err); /* absent: false */
     free(names_json);
     for (int i = 0; !bad && extra_meta && extra_meta[i]; i += 2)
         bad = e2g_st_writer_meta(w, extra_meta[i], extra_meta[i + 1], err);
@@ -214,6 +216,23 @@ int e2g_model_concept(const e2g_model *m, const char *name) {
     for (int i = 0; i < m->cfg.n_concepts; i++)
         if (strcmp(m->concept_names[i], name) == 0) return i;
     return -1;
+}
+
+void e2g_model_add_film(e2g_model *m) {
+    if (m->cfg.film) return;
+    e2g_gen_config cfg = m->cfg;
+    cfg.film = 1;
+    e2g_gen_params params;
+    float *memory = e2g_xcalloc(e2g_gen_param_count(&cfg), sizeof(float)); /* FiLM tensors start at 0 */
+    e2g_gen_bind(&cfg, &params, memory);
+    e2g_tensor_entry old[E2G_GEN_MAX_TENSORS], now[E2G_GEN_MAX_TENSORS];
+    int n_old = e2g_gen_tensors(&m->cfg, &m->params, old), n_now = e2g_gen_tensors(&cfg, &params, now);
+    for (int i = 0; i < n_now; i++)
+        for (int j = 0; j < n_old; j++)
+            if (strcmp(now[i].name, old[j].name) == 0)
+                memcpy(*now[i].slot, *old[j].slot, now[i].numel * sizeof(float));
+    free(m->memory);
+    m->memory = memory, m->params = params, m->cfg = cfg;
 }
 
 const float *e2g_model_context(const e2g_model *m, int concept) {

@@ -45,6 +45,13 @@ static int add_conv(e2g_net *net, const char *name, int in, e2g_conv_shape cs, i
     return add_conv_named(net, name, wname, nname, in, cs, upsample, bias, norm, act, crucial, params);
 }
 
+/* Conditions a conv node's instance norm on the context (FiLM). */
+static void use_film(e2g_net *net, int id) {
+    e2g_node *nd = &net->node[id];
+    E2G_ASSERT(nd->op == E2G_OP_CONV && nd->norm);
+    nd->film = 1, nd->in[1] = net->context;
+}
+
 static int add_linear(e2g_net *net, const char *name, int in, int cin, int cout, e2g_act act,
                       int crucial, size_t params) {
     int id = add_node(net, name, E2G_OP_LINEAR, in, -1, -1);
@@ -143,6 +150,9 @@ void e2g_gen_net(e2g_net *net, const e2g_gen_config *cfg) {
     int dec1 = add_conv(net, "dec1", dec2, (e2g_conv_shape){2 * ngf, ngf, 3, 1, 1, E2G_PAD_ZERO},
                         1, !ends_norm, ends_norm, E2G_ACT_RELU, E2G_L_DEC1, GP(dec1));
     if (cfg->unet_skips) net->node[dec1].add = enc1;
+    if (cfg->film) /* every norm after the transformer block: the concept reaches full resolution */
+        for (int i = t3 + 1; i <= dec1; i++)
+            if (net->node[i].norm) use_film(net, i);
     int o = add_conv_named(net, "out", "out", "out.norm", dec1, (e2g_conv_shape){ngf, 3, 7, 1, 3, E2G_PAD_REFLECT},
                      0, 1, 0, E2G_ACT_NONE, E2G_L_OUT, GP(out));
     net->output = add_node(net, "y", E2G_OP_OUTPUT, o, net->input, -1);
@@ -242,6 +252,11 @@ int e2g_net_tensors(const e2g_net *net, void *params, e2g_tensor_entry *out, int
             if (nd->norm) {
                 add_tensor(&out[n++], nd->nname, "weight", E2G_INIT_ONES, &cp->norm_w, 1, cs->cout, 0, 0, 0);
                 add_tensor(&out[n++], nd->nname, "bias", E2G_INIT_ZEROS, &cp->norm_b, 1, cs->cout, 0, 0, 0);
+            }
+            if (nd->film) { /* zero: a new FiLM starts as the plain norm */
+                int c4 = net->node[nd->in[1]].cout;
+                add_tensor(&out[n++], nd->nname, "film.weight", E2G_INIT_ZEROS, &cp->film_w, 2, 2 * cs->cout, c4, 0, 0);
+                add_tensor(&out[n++], nd->nname, "film.bias", E2G_INIT_ZEROS, &cp->film_b, 1, 2 * cs->cout, 0, 0, 0);
             }
         } else if (nd->op == E2G_OP_LINEAR) {
             e2g_linear_params *lp = e2g_node_linear(nd, params);

@@ -25,7 +25,8 @@
 typedef enum {
     E2G_OP_INPUT,     /* the network's image input (N, H, W, cout) */
     E2G_OP_CONTEXT,   /* each sample's context (N, T, C4): the concept embedding or a blend */
-    E2G_OP_CONV,      /* conv block: [nearest ×2] → conv [+ bias] [+ LoRA] → [IN] → [act] */
+    E2G_OP_CONV,      /* conv block: [nearest ×2] → conv [+ bias] [+ LoRA] → [IN [FiLM]] → [act];
+                       * with FiLM, in[1] is the context */
     E2G_OP_LAYERNORM, /* layer norm over the channels */
     E2G_OP_LINEAR,    /* x·Wᵀ + b [+ LoRA] → [act], per token */
     E2G_OP_ATTENTION, /* softmax(q·kᵀ/√d)·v per head; in = q, k, v; no parameters */
@@ -46,6 +47,9 @@ typedef struct {
     e2g_conv_shape conv;
     int upsample;    /* nearest ×2 before the conv (fused, never materialised) */
     int bias, norm;  /* a conv bias; an instance norm (affine) after the conv */
+    int film;        /* the norm's affine is per sample: γ_n = norm.weight + W_γ·c̄_n + b_γ,
+                      * β_n = norm.bias + W_β·c̄_n + b_β, c̄_n the mean of sample n's
+                      * context tokens (in[1]); parameters `<nname>.film.*` */
     e2g_act act;
     /* LINEAR: cin → cout; LAYERNORM, ATTENTION, INPUT, CONTEXT, OUTPUT: cout channels */
     int cin, cout;

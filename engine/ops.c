@@ -87,7 +87,8 @@ static void channel_affine(float *out, const float *inp, const float *scale, con
 }
 
 void e2g_instancenorm_forward(float *out, float *mean, float *rstd, const float *inp,
-                          const float *weight, const float *bias, int relu, int N, int HW, int C) {
+                          const float *weight, const float *bias, int per_sample, int relu, int N,
+                          int HW, int C) {
     double *s1 = e2g_xmalloc((size_t)N * C * sizeof(double)), *s2 = e2g_xmalloc((size_t)N * C * sizeof(double));
     float *scale = e2g_xmalloc((size_t)N * C * sizeof(float)), *shift = e2g_xmalloc((size_t)N * C * sizeof(float));
     channel_sums(s1, s2, inp, inp, N, HW, C);
@@ -95,8 +96,9 @@ void e2g_instancenorm_forward(float *out, float *mean, float *rstd, const float 
         double m = s1[k] / HW, var = fmax(s2[k] / HW - m * m, 0.0), r = 1.0 / sqrt(var + NORM_EPS);
         mean[k] = (float)m;
         rstd[k] = (float)r;
-        scale[k] = (float)(r * weight[k % C]);
-        shift[k] = (float)(bias[k % C] - m * r * weight[k % C]);
+        int j = per_sample ? k : k % C;
+        scale[k] = (float)(r * weight[j]);
+        shift[k] = (float)(bias[j] - m * r * weight[j]);
     }
     channel_affine(out, inp, scale, shift, relu, N, HW, C);
     free(s1), free(s2), free(scale), free(shift);
@@ -104,20 +106,21 @@ void e2g_instancenorm_forward(float *out, float *mean, float *rstd, const float 
 
 void e2g_instancenorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                            const float *inp, const float *mean, const float *rstd,
-                           const float *weight, int N, int HW, int C) {
+                           const float *weight, int per_sample, int N, int HW, int C) {
     /* Σ dy and Σ dy·x̂ per (n, c) give every gradient; Σ dy·x̂ = r(Σ dy·x − m Σ dy). */
     double *sum_dy = e2g_xmalloc((size_t)N * C * sizeof(double)), *sum_dyx = e2g_xmalloc((size_t)N * C * sizeof(double));
     channel_sums(sum_dy, sum_dyx, dout, inp, N, HW, C);
     for (int k = 0; k < N * C; k++) {
         sum_dyx[k] = rstd[k] * (sum_dyx[k] - mean[k] * sum_dy[k]);
-        if (dbias) dbias[k % C] += (float)sum_dy[k];
-        if (dweight) dweight[k % C] += (float)sum_dyx[k];
+        int j = per_sample ? k : k % C;
+        if (dbias) dbias[j] += (float)sum_dy[k];
+        if (dweight) dweight[j] += (float)sum_dyx[k];
     }
     if (dinp) {
         /* dx = r·w·(dy − mean(dy) − x̂·mean(dy·x̂)) = a·dy + b·x + c per (n, c) */
         float *ka = e2g_xmalloc(3 * (size_t)N * C * sizeof(float)), *kb = ka + N * C, *kc = kb + N * C;
         for (int k = 0; k < N * C; k++) {
-            double r = rstd[k], w = weight[k % C], mdy = sum_dy[k] / HW, mdyx = sum_dyx[k] / HW;
+            double r = rstd[k], w = weight[per_sample ? k : k % C], mdy = sum_dy[k] / HW, mdyx = sum_dyx[k] / HW;
             ka[k] = (float)(r * w);
             kb[k] = (float)(-r * w * mdyx * r);
             kc[k] = (float)(r * w * (-mdy + mdyx * r * mean[k]));

@@ -11,12 +11,14 @@
 /* Instance norm over HW per (sample, channel), affine, eps 1e-5, biased
  * variance, followed by a ReLU when relu is set (fused: one pass).
  * x: (N, HW, C); mean, rstd: (N, C) saved for the backward, which is the
- * norm's alone (the caller handles the ReLU's).  out may alias inp. */
+ * norm's alone (the caller handles the ReLU's).  out may alias inp.
+ * weight, bias (and dweight, dbias): (C), or (N, C) with per_sample (FiLM). */
 void e2g_instancenorm_forward(float *out, float *mean, float *rstd, const float *inp,
-                          const float *weight, const float *bias, int relu, int N, int HW, int C);
+                          const float *weight, const float *bias, int per_sample, int relu, int N,
+                          int HW, int C);
 void e2g_instancenorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                            const float *inp, const float *mean, const float *rstd,
-                           const float *weight, int N, int HW, int C);
+                           const float *weight, int per_sample, int N, int HW, int C);
 
 /* Layer norm over the last dimension C of M rows, eps 1e-5. */
 void e2g_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *weight,

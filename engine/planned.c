@@ -63,6 +63,7 @@ static void plan(e2g_planned *pl, arena *ar, int grads) {
                 a->blk.out = a->out;
                 a->blk.pre = (nd->norm || nd->act != E2G_ACT_NONE) ? e2g_arena_take(ar, n) : a->out;
                 a->blk.mean = a->blk.rstd = NULL;
+                a->blk.affine = nd->film ? e2g_arena_take(ar, 2 * (size_t)pl->N * nd->cout) : NULL;
             }
             break;
         }
@@ -145,6 +146,9 @@ void e2g_planned_forward(e2g_planned *pl, const void *params, const float *x, co
             break;
         }
         case E2G_OP_CONV:
+            if (nd->film)
+                e2g_film_forward(a->blk.affine, e2g_node_conv(nd, params), pl->act[nd->in[1]].out, N,
+                                 rows(pl, nd->in[1]), pl->shape[nd->in[1]].c, nd->cout);
             e2g_block_forward(&a->blk, nd, e2g_node_conv(nd, params), in, N, edits);
             if (add) e2g_add_forward(a->out, a->blk.out, add, n);
             break;
@@ -203,6 +207,10 @@ void e2g_planned_backward(e2g_planned *pl, void *grads, e2g_lora *dlora, const e
         case E2G_OP_CONV:
             e2g_block_backward(&a->blk, &d->blk, pl->tmp, din, nd, e2g_node_conv(nd, params),
                            grads ? e2g_node_conv(nd, grads) : NULL, dlora, train, in, N, edits);
+            if (nd->film)
+                e2g_film_backward(grads ? e2g_node_conv(nd, grads) : NULL, pl->grad[nd->in[1]].out,
+                                  d->blk.affine, e2g_node_conv(nd, params), pl->act[nd->in[1]].out, N,
+                                  rows(pl, nd->in[1]), pl->shape[nd->in[1]].c, nd->cout);
             break;
         case E2G_OP_LAYERNORM: {
             e2g_linear_params *gp = grads ? e2g_node_linear(nd, grads) : NULL;

@@ -136,7 +136,7 @@ START_TEST(test_epilogue_norm_relu_add) {
     fvec x((size_t)N * HW * C), ref(x.size()), mean((size_t)N * C), rstd((size_t)N * C);
     for (size_t p = 0; p < (size_t)N * HW; p++)
         for (int c = 0; c < C; c++) x[p * C + c] = raw[p * Cs + c];
-    e2g_instancenorm_forward(ref.data(), mean.data(), rstd.data(), x.data(), gamma.data(), beta.data(), 1, N, HW, C);
+    e2g_instancenorm_forward(ref.data(), mean.data(), rstd.data(), x.data(), gamma.data(), beta.data(), 0, 1, N, HW, C);
     for (int n = 0; n < N; n++)
         for (int y = 0; y < H; y++)
             for (int xx = 0; xx < W; xx++)
@@ -274,7 +274,7 @@ START_TEST(test_input_layer) {
     e2g_conv_shape cs = {3, cout, 7, 1, 3, E2G_PAD_REFLECT};
     fvec conv((size_t)N * HW * cout), ref(conv.size()), mean((size_t)N * cout), rstd((size_t)N * cout);
     e2g_conv2d_forward(conv.data(), x.data(), w.data(), NULL, N, H, W, &cs);
-    e2g_instancenorm_forward(ref.data(), mean.data(), rstd.data(), conv.data(), gamma.data(), beta.data(), 1, N, HW, cout);
+    e2g_instancenorm_forward(ref.data(), mean.data(), rstd.data(), conv.data(), gamma.data(), beta.data(), 0, 1, N, HW, cout);
     fvec got = to_f32(out);
     expect("input layer: prep + 7x7 + norm + relu", got.data(), ref.data(), ref.size(), 2e-2);
 }
@@ -468,10 +468,10 @@ START_TEST(test_epilogue_backward) {
         fvec out(raw.size()), dv(raw.size(), 0.0f), dx(raw.size(), 0.0f), rdg(C, 0.0f), rdb(C, 0.0f);
         fvec mean((size_t)N * C), rstd((size_t)N * C), got = to_f32(draw);
         if (norm) {
-            e2g_instancenorm_forward(out.data(), mean.data(), rstd.data(), raw.data(), gamma.data(), beta.data(), 1, N, HW, C);
+            e2g_instancenorm_forward(out.data(), mean.data(), rstd.data(), raw.data(), gamma.data(), beta.data(), 0, 1, N, HW, C);
             e2g_relu_backward(dv.data(), dout.data(), out.data(), out.size());
             e2g_instancenorm_backward(dx.data(), rdg.data(), rdb.data(), dv.data(), raw.data(), mean.data(), rstd.data(),
-                                  gamma.data(), N, HW, C);
+                                  gamma.data(), 0, N, HW, C);
             expect("epilogue backward: draw (norm)", got.data(), dx.data(), dx.size(), 2e-2);
             expect("epilogue backward: dgamma", dg.data(), rdg.data(), C, 1e-3);
             expect("epilogue backward: dbeta", db.data(), rdb.data(), C, 1e-3);

@@ -1,8 +1,8 @@
 /* test_model.c — the whole generator and discriminator against PyTorch
  * (tests/refs/model_refs.py, an independent implementation of
  * docs/architecture.md): outputs (tolerance 1e-5), input, context and every
- * parameter gradient (1e-4), for the default form at three widths and the
- * paper-like form; LoRA adapters unmerged and merged, with their gradients;
+ * parameter gradient (1e-4), for the default form at three widths, the
+ * paper-like form and the form with FiLM; LoRA adapters unmerged and merged, with their gradients;
  * a two-concept blend; the PatchGAN discriminator. */
 #include <check.h>
 #include <stdio.h>
@@ -43,7 +43,7 @@ static void check(const char *what, const float *got, const float *want, size_t 
 }
 
 static const char *g_variants[] = {"default_ngf8", "default_ngf16", "paperlike_ngf16",
-                                   "default_ngf32"};
+                                   "default_ngf32", "film_ngf16"};
 
 /* Forward and full backward of the base generator. */
 START_TEST(test_generator) {
@@ -114,7 +114,7 @@ static void close_lora(lora_fixture *fx) {
     e2g_st_close(fx->f);
 }
 
-static const char *lora_variants[] = {"default_ngf16", "default_ngf32"};
+static const char *lora_variants[] = {"default_ngf16", "default_ngf32", "film_ngf16"};
 
 /* An adapter on every crucial layer, ranks differing per layer: unmerged
  * forward, merged forward, and the LoRA and embedding gradients. */

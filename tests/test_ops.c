@@ -92,17 +92,17 @@ START_TEST(test_instancenorm) {
     float *w = ref_tensor(f, "weight", NULL), *b = ref_tensor(f, "bias", NULL);
     float *out = test_alloc(n * sizeof(float)), *mean = test_alloc(N * C * sizeof(float)),
           *rstd = test_alloc(N * C * sizeof(float));
-    e2g_instancenorm_forward(out, mean, rstd, x, w, b, 0, N, H * W, C);
+    e2g_instancenorm_forward(out, mean, rstd, x, w, b, 0, 0, N, H * W, C);
     float *want = nchw_to_nhwc(ref_tensor(f, "out", NULL), N, C, H, W);
     check_out("instancenorm out", out, want, n);
     /* the fused ReLU variant gives relu(norm) */
     float *fused = test_alloc(n * sizeof(float));
-    e2g_instancenorm_forward(fused, mean, rstd, x, w, b, 1, N, H * W, C);
+    e2g_instancenorm_forward(fused, mean, rstd, x, w, b, 0, 1, N, H * W, C);
     for (size_t i = 0; i < n; i++) want[i] = want[i] > 0 ? want[i] : 0;
     check_out("instancenorm+relu out", fused, want, n);
     float *dout = nchw_to_nhwc(ref_tensor(f, "dout", NULL), N, C, H, W);
     float *dx = grad_buffer(n), *dw = grad_buffer(C), *db = grad_buffer(C);
-    e2g_instancenorm_backward(dx, dw, db, dout, x, mean, rstd, w, N, H * W, C);
+    e2g_instancenorm_backward(dx, dw, db, dout, x, mean, rstd, w, 0, N, H * W, C);
     check_grad("instancenorm dx", dx, nchw_to_nhwc(ref_tensor(f, "dx", NULL), N, C, H, W), n);
     check_grad("instancenorm dweight", dw, ref_tensor(f, "dweight", NULL), C);
     check_grad("instancenorm dbias", db, ref_tensor(f, "dbias", NULL), C);

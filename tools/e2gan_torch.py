@@ -91,20 +91,44 @@ def _in(c):
     return nn.InstanceNorm2d(c, affine=True, eps=1e-5, track_running_stats=False)
 
 
-class ConvBlock(nn.Module):
-    """conv (reflect or zero pad) → optional IN → optional ReLU; keys conv.*, norm.*."""
+class FiLMNorm(nn.Module):
+    """Instance norm whose affine depends on the sample's context (FiLM):
+    γ = weight + W_γ·c̄ + b_γ, β = bias + W_β·c̄ + b_β, c̄ the mean of the
+    context tokens; film = Linear(C4, 2·C), scale rows first, zero at start.
+    Keys weight, bias, film.weight, film.bias."""
 
-    def __init__(self, cin, cout, k, stride, pad, reflect, bias, norm, relu):
+    def __init__(self, c, c4):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(c))
+        self.bias = nn.Parameter(torch.zeros(c))
+        self.film = nn.Linear(c4, 2 * c)
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+
+    def forward(self, x, ctx):
+        gamma, beta = self.film(ctx.mean(1)).chunk(2, dim=1)
+        gamma, beta = gamma + self.weight, beta + self.bias
+        x = F.instance_norm(x, eps=1e-5)
+        return x * gamma[:, :, None, None] + beta[:, :, None, None]
+
+
+class ConvBlock(nn.Module):
+    """conv (reflect or zero pad) → optional IN (FiLM when film_c4) → optional
+    ReLU; keys conv.*, norm.*."""
+
+    def __init__(self, cin, cout, k, stride, pad, reflect, bias, norm, relu, film_c4=0):
         super().__init__()
         self.pad, self.reflect, self.relu = pad, reflect, relu
         self.conv = LoRAConv2d(cin, cout, k, stride, 0 if reflect else pad, bias=bias)
-        self.norm = _in(cout) if norm else None
+        self.norm = (FiLMNorm(cout, film_c4) if film_c4 else _in(cout)) if norm else None
 
-    def forward(self, x):
+    def forward(self, x, ctx=None):
         if self.reflect:
             x = F.pad(x, [self.pad] * 4, mode="reflect")
         x = self.conv(x)
-        if self.norm is not None:
+        if isinstance(self.norm, FiLMNorm):
+            x = self.norm(x, ctx)
+        elif self.norm is not None:
             x = self.norm(x)
         return F.relu(x) if self.relu else x
 
@@ -112,13 +136,13 @@ class ConvBlock(nn.Module):
 class ResBlock(nn.Module):
     """x + b(a(x)); a = reflect conv 3×3 → IN → ReLU, b = the same without ReLU."""
 
-    def __init__(self, c):
+    def __init__(self, c, film_c4=0):
         super().__init__()
-        self.a = ConvBlock(c, c, 3, 1, 1, True, False, True, True)
-        self.b = ConvBlock(c, c, 3, 1, 1, True, False, True, False)
+        self.a = ConvBlock(c, c, 3, 1, 1, True, False, True, True, film_c4)
+        self.b = ConvBlock(c, c, 3, 1, 1, True, False, True, False, film_c4)
 
-    def forward(self, x):
-        return x + self.b(self.a(x))
+    def forward(self, x, ctx=None):
+        return x + self.b(self.a(x, ctx), ctx)
 
 
 class Attention(nn.Module):
@@ -170,11 +194,14 @@ def _up(x):
 class Generator(nn.Module):
     """E²GAN-G of §1.  forward(x, ctx): x N×3×H×W in [-1, 1], ctx N×T×C4."""
 
-    def __init__(self, ngf, n_concepts, ctx_tokens=8, unet_skips=True, residual_out=True, norm_ends=False):
+    def __init__(self, ngf, n_concepts, ctx_tokens=8, unet_skips=True, residual_out=True, norm_ends=False,
+                 film=False):
         super().__init__()
         c1, c2, c4 = ngf, 2 * ngf, 4 * ngf
         self.ngf, self.ctx_tokens = ngf, ctx_tokens
         self.unet_skips, self.residual_out, self.norm_ends = unet_skips, residual_out, norm_ends
+        self.film = film
+        f = c4 if film else 0  # FiLM on every norm after the transformer block
         self.concept_names = [str(i) for i in range(n_concepts)]
         self.enc1 = ConvBlock(3, c1, 7, 1, 3, True, not norm_ends, norm_ends, True)
         self.enc2 = ConvBlock(c1, c2, 3, 2, 1, False, False, True, True)
@@ -183,10 +210,10 @@ class Generator(nn.Module):
         self.rb2 = ResBlock(c4)
         self.ds = ConvBlock(c4, c4, 3, 2, 1, False, False, True, True)
         self.tb = TransformerBlock(c4)
-        self.us = ConvBlock(c4, c4, 3, 1, 1, False, False, True, True)
-        self.rb3 = ResBlock(c4)
-        self.dec2 = ConvBlock(c4, c2, 3, 1, 1, False, False, True, True)
-        self.dec1 = ConvBlock(c2, c1, 3, 1, 1, False, not norm_ends, norm_ends, True)
+        self.us = ConvBlock(c4, c4, 3, 1, 1, False, False, True, True, f)
+        self.rb3 = ResBlock(c4, f)
+        self.dec2 = ConvBlock(c4, c2, 3, 1, 1, False, False, True, True, f)
+        self.dec1 = ConvBlock(c2, c1, 3, 1, 1, False, not norm_ends, norm_ends, True, f)
         self.out = LoRAConv2d(c1, 3, 7, 1, 0, bias=True)
         self.concepts = nn.Parameter(torch.randn(n_concepts, ctx_tokens, c4))
 
@@ -200,11 +227,11 @@ class Generator(nn.Module):
         e2 = self.enc2(e1)
         h = self.rb2(self.rb1(self.enc3(e2)))
         h = self.tb(self.ds(h), ctx)
-        h = self.rb3(self.us(_up(h)))
-        h = self.dec2(_up(h))
+        h = self.rb3(self.us(_up(h), ctx), ctx)
+        h = self.dec2(_up(h), ctx)
         if self.unet_skips:
             h = h + e2
-        h = self.dec1(_up(h))
+        h = self.dec1(_up(h), ctx)
         if self.unet_skips:
             h = h + e1
         o = self.out(F.pad(h, [3] * 4, mode="reflect"))
@@ -419,6 +446,8 @@ def save_base(G, path, concept_names, D=None, extra_meta=None, dtype="F32"):
         "residual_out": "true" if G.residual_out else "false",
         "norm_ends": "true" if G.norm_ends else "false",
     }
+    if G.film:
+        meta["film"] = "true"  # absent: false
     meta.update(extra_meta or {})
     safetensors_io.save(path, tensors, meta, dtype)
 
@@ -436,6 +465,7 @@ def load_base(path):
         _flag(meta, "unet_skips", True),
         _flag(meta, "residual_out", True),
         _flag(meta, "norm_ends", False),
+        _flag(meta, "film", False),
     )
     G.concept_names = list(names)
     G.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items() if not k.startswith("disc.")})

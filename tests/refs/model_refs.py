@@ -34,19 +34,24 @@ VARIANTS = {
     "default_ngf16": dict(ngf=16),
     "paperlike_ngf16": dict(ngf=16, unet_skips=False, residual_out=False, norm_ends=True),
     "default_ngf32": dict(ngf=32),
+    "film_ngf16": dict(ngf=16, film=True),
 }
-LORA_VARIANTS = ["default_ngf16", "default_ngf32"]
+LORA_VARIANTS = ["default_ngf16", "default_ngf32", "film_ngf16"]
 LORA_STRENGTH = 0.7
 BLEND = (0.6, 0.4)  # adapter weight, base concept 0 weight
 
 
 def perturb_norms(model):
-    """Every IN/LN affine weight ~ 1 + 0.2·N(0,1), bias ~ 0.1·N(0,1)."""
+    """Every IN/LN affine weight ~ 1 + 0.2·N(0,1), bias ~ 0.1·N(0,1); FiLM
+    weights ~ 0.2·N(0,1)/√C4 and biases ~ 0.1·N(0,1) (they start at zero)."""
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, (torch.nn.InstanceNorm2d, torch.nn.LayerNorm)):
+            if isinstance(m, (torch.nn.InstanceNorm2d, torch.nn.LayerNorm, E.FiLMNorm)):
                 m.weight.copy_(1 + 0.2 * torch.randn_like(m.weight))
                 m.bias.copy_(0.1 * torch.randn_like(m.bias))
+            if isinstance(m, E.FiLMNorm):
+                m.film.weight.copy_(0.2 * torch.randn_like(m.film.weight) / m.film.weight.shape[1] ** 0.5)
+                m.film.bias.copy_(0.1 * torch.randn_like(m.film.bias))
 
 
 def uniform_pm1(*shape):
@@ -231,6 +236,9 @@ def check_flags():
     assert default - paper == {"enc1.conv.bias", "dec1.conv.bias"}
     assert paper - default == {"enc1.norm.weight", "enc1.norm.bias", "dec1.norm.weight", "dec1.norm.bias"}
     assert set(E.Generator(8, 1, unet_skips=False, residual_out=False).state_dict()) == default
+    film = set(E.Generator(8, 1, film=True).state_dict())
+    assert film - default == {f"{m}.norm.film.{p}" for m in ("us", "rb3.a", "rb3.b", "dec2") for p in ("weight", "bias")}
+    assert default - film == set()
 
 
 PHOTO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "chelsea.png")
