@@ -203,9 +203,9 @@ void e2g_lora_linear_backward(float *din, e2g_lora *dlora, const e2g_lora *train
     lora_backward(din, dlora, train, dout, in, edits, layer, &st, N);
 }
 
-/* ---- FiLM -------------------------------------------------------------------------- */
+/* ---- FiLM ------------------------------------------------------------------------ */
 
-/* c̄ (N, C4): the mean of each sample's context tokens. */
+/* c̄ (N, C4): the mean of each sample's T context tokens. */
 static float *context_mean(const float *ctx, int N, int T, int C4) {
     float *mean = e2g_xcalloc((size_t)N * C4, sizeof(float));
     for (int n = 0; n < N; n++)
@@ -214,17 +214,36 @@ static float *context_mean(const float *ctx, int N, int T, int C4) {
     return mean;
 }
 
+/* out (N, cout) = W·c̄_n + b. */
+static void context_linear_forward(float *out, const float *W, const float *b, const float *ctx, int N,
+                                   int T, int C4, int cout) {
+    float *mean = context_mean(ctx, N, T, C4);
+    e2g_linear_forward(out, mean, W, b, N, C4, cout, 0);
+    free(mean);
+}
+
+/* Its backward for dout (N, cout): into dW, db and dctx (any may be NULL). */
+static void context_linear_backward(float *dW, float *db, float *dctx, const float *dout, const float *W,
+                                    const float *ctx, int N, int T, int C4, int cout) {
+    float *mean = context_mean(ctx, N, T, C4), *dmean = e2g_xcalloc((size_t)N * C4, sizeof(float));
+    e2g_linear_backward(dctx ? dmean : NULL, dW, db, dout, mean, W, N, C4, cout);
+    if (dctx)
+        for (int n = 0; n < N; n++)
+            for (int t = 0; t < T; t++)
+                for (int c = 0; c < C4; c++) dctx[((size_t)n * T + t) * C4 + c] += dmean[(size_t)n * C4 + c] / T;
+    free(dmean), free(mean);
+}
+
 void e2g_film_forward(float *affine, const e2g_conv_params *cp, const float *ctx, int N, int T, int C4,
                       int cout) {
-    float *mean = context_mean(ctx, N, T, C4);
     float *gb = e2g_xmalloc((size_t)N * 2 * cout * sizeof(float));
-    e2g_linear_forward(gb, mean, cp->film_w, cp->film_b, N, C4, 2 * cout, 0);
+    context_linear_forward(gb, cp->film_w, cp->film_b, ctx, N, T, C4, 2 * cout);
     for (int n = 0; n < N; n++)
         for (int c = 0; c < cout; c++) {
             affine[(size_t)n * cout + c] = cp->norm_w[c] + gb[(size_t)n * 2 * cout + c];
             affine[(size_t)(N + n) * cout + c] = cp->norm_b[c] + gb[(size_t)n * 2 * cout + cout + c];
         }
-    free(gb), free(mean);
+    free(gb);
 }
 
 void e2g_film_backward(e2g_conv_params *gp, float *dctx, const float *daffine, const e2g_conv_params *cp,
@@ -236,14 +255,21 @@ void e2g_film_backward(e2g_conv_params *gp, float *dctx, const float *daffine, c
             dgb[(size_t)n * 2 * cout + c] = dg, dgb[(size_t)n * 2 * cout + cout + c] = db;
             if (gp) gp->norm_w[c] += dg, gp->norm_b[c] += db;
         }
-    float *mean = context_mean(ctx, N, T, C4), *dmean = dctx ? e2g_xcalloc((size_t)N * C4, sizeof(float)) : NULL;
-    e2g_linear_backward(dmean, gp ? gp->film_w : NULL, gp ? gp->film_b : NULL, dgb, mean, cp->film_w, N, C4,
-                        2 * cout);
-    if (dctx)
-        for (int n = 0; n < N; n++)
-            for (int t = 0; t < T; t++)
-                for (int c = 0; c < C4; c++) dctx[((size_t)n * T + t) * C4 + c] += dmean[(size_t)n * C4 + c] / T;
-    free(dmean), free(mean), free(dgb);
+    context_linear_backward(gp ? gp->film_w : NULL, gp ? gp->film_b : NULL, dctx, dgb, cp->film_w, ctx, N, T,
+                            C4, 2 * cout);
+    free(dgb);
+}
+
+void e2g_output_gain_forward(float *gain, const e2g_linear_params *gate, const float *ctx, int N, int T,
+                             int C4) {
+    context_linear_forward(gain, gate->w, gate->b, ctx, N, T, C4, 3);
+    for (int i = 0; i < 3 * N; i++) gain[i] += 1.0f;
+}
+
+void e2g_output_gain_backward(e2g_linear_params *ggate, float *dctx, const float *dgain,
+                              const e2g_linear_params *gate, const float *ctx, int N, int T, int C4) {
+    context_linear_backward(ggate ? ggate->w : NULL, ggate ? ggate->b : NULL, dctx, dgain, gate->w, ctx, N, T,
+                            C4, 3);
 }
 
 /* ---- conv blocks ----------------------------------------------------------------- */

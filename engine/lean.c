@@ -251,15 +251,26 @@ void e2g_gen_infer(const e2g_gen_config *cfg, float *y, const e2g_gen_params *p,
         if (i == net->output) { /* band by band, straight into y */
             int o = nd->in[0];
             size_t img = image_numel(&ln, i), row = row_numel(&ln, i);
+            float *gain = NULL;
+            if (nd->film) {
+                const e2g_node_shape *ctx = &ln.shape[nd->in[2]];
+                gain = e2g_xmalloc(3 * (size_t)N * sizeof(float));
+                e2g_output_gain_forward(gain, e2g_node_linear(nd, p), ln.whole[nd->in[2]], N, ctx->h * ctx->w,
+                                        ctx->c);
+            }
             for (int n = 0; n < N; n++)
                 for (int r0 = 0; r0 < H; r0 += BAND_ROWS) {
                     int r1 = r0 + BAND_ROWS < H ? r0 + BAND_ROWS : H;
                     rows_view v = input_rows(&ln, o, n, r0, r1);
-                    size_t at = n * img + (size_t)r0 * row;
-                    e2g_output_forward(y + at, v.p + (size_t)(r0 - v.lo) * row, x + at, nd->residual,
-                                   (size_t)(r1 - r0) * row);
+                    size_t at = n * img + (size_t)r0 * row, count = (size_t)(r1 - r0) * row;
+                    const float *band = v.p + (size_t)(r0 - v.lo) * row;
+                    if (gain)
+                        e2g_output_gated_forward(y + at, band, x + at, gain + 3 * n, count);
+                    else
+                        e2g_output_forward(y + at, band, x + at, nd->residual, count);
                     release(&v);
                 }
+            free(gain);
         } else if (!ln.band[i] && i != net->input) {
             run_whole(&ln, i);
         }

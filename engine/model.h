@@ -22,7 +22,8 @@ typedef struct {
     int residual_out; /* 1: y = tanh(o + atanh(x)) */
     int norm_ends;    /* 1: enc1/dec1 have IN and no bias (paper-like) */
     int film;         /* 1: the decoder's instance norms take a per-sample scale and
-                       * shift from the context (FiLM, docs/architecture.md §1) */
+                       * shift, and the residual output a per-sample gain of the
+                       * photo, from the context (FiLM, docs/architecture.md §1) */
 } e2g_gen_config;
 
 int e2g_gen_c4(const e2g_gen_config *cfg);
@@ -47,6 +48,7 @@ typedef struct {
     e2g_conv_params enc1, enc2, enc3, rb_a[3], rb_b[3], ds, us, dec2, dec1, out;
     e2g_linear_params ln[3]; /* the transformer block's layer norms (weight, bias) */
     e2g_linear_params self_attn[4], cross_attn[4], fc1, fc2;
+    e2g_linear_params out_gate; /* FiLM of the output: (3, C4), (3); absent without film */
     float *concepts; /* (K, T, C4) */
 } e2g_gen_params;
 

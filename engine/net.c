@@ -156,8 +156,12 @@ void e2g_gen_net(e2g_net *net, const e2g_gen_config *cfg) {
     int o = add_conv_named(net, "out", "out", "out.norm", dec1, (e2g_conv_shape){ngf, 3, 7, 1, 3, E2G_PAD_REFLECT},
                      0, 1, 0, E2G_ACT_NONE, E2G_L_OUT, GP(out));
     net->output = add_node(net, "y", E2G_OP_OUTPUT, o, net->input, -1);
-    net->node[net->output].cout = 3;
-    net->node[net->output].residual = cfg->residual_out;
+    e2g_node *y = &net->node[net->output];
+    y->cout = 3, y->residual = cfg->residual_out;
+    if (cfg->film && cfg->residual_out) { /* how much of the photo each concept keeps */
+        y->film = 1, y->in[2] = net->context, y->params = GP(out_gate);
+        snprintf(y->wname, sizeof y->wname, "out_gate");
+    }
 }
 
 /* ---- the discriminator (docs/architecture.md §2) -------------------------------- */
@@ -262,6 +266,11 @@ int e2g_net_tensors(const e2g_net *net, void *params, e2g_tensor_entry *out, int
             e2g_linear_params *lp = e2g_node_linear(nd, params);
             add_tensor(&out[n++], nd->wname, "weight", E2G_INIT_WEIGHT, &lp->w, 2, nd->cout, nd->cin, 0, 0);
             add_tensor(&out[n++], nd->wname, "bias", E2G_INIT_BIAS, &lp->b, 1, nd->cout, 0, 0, 0);
+        } else if (nd->op == E2G_OP_OUTPUT) { /* the FiLM gate, zero: gain 1 */
+            e2g_linear_params *lp = e2g_node_linear(nd, params);
+            int c4 = net->node[nd->in[2]].cout;
+            add_tensor(&out[n++], nd->wname, "weight", E2G_INIT_ZEROS, &lp->w, 2, nd->cout, c4, 0, 0);
+            add_tensor(&out[n++], nd->wname, "bias", E2G_INIT_ZEROS, &lp->b, 1, nd->cout, 0, 0, 0);
         } else if (nd->op == E2G_OP_LAYERNORM) {
             e2g_linear_params *lp = e2g_node_linear(nd, params);
             add_tensor(&out[n++], nd->wname, "weight", E2G_INIT_ONES, &lp->w, 1, nd->cout, 0, 0, 0);

@@ -30,7 +30,8 @@ typedef enum {
     E2G_OP_LAYERNORM, /* layer norm over the channels */
     E2G_OP_LINEAR,    /* x·Wᵀ + b [+ LoRA] → [act], per token */
     E2G_OP_ATTENTION, /* softmax(q·kᵀ/√d)·v per head; in = q, k, v; no parameters */
-    E2G_OP_OUTPUT     /* y = tanh(o + atanh(clamp(x))) or tanh(o); in = o, the image */
+    E2G_OP_OUTPUT     /* y = tanh(o + atanh(clamp(x))) or tanh(o); in = o, the image; with
+                       * FiLM y = tanh(o + g_n·atanh(clamp(x))), in[2] the context */
 } e2g_op;
 
 typedef enum { E2G_ACT_NONE, E2G_ACT_RELU, E2G_ACT_LRELU, E2G_ACT_GELU } e2g_act;
@@ -49,7 +50,9 @@ typedef struct {
     int bias, norm;  /* a conv bias; an instance norm (affine) after the conv */
     int film;        /* the norm's affine is per sample: γ_n = norm.weight + W_γ·c̄_n + b_γ,
                       * β_n = norm.bias + W_β·c̄_n + b_β, c̄_n the mean of sample n's
-                      * context tokens (in[1]); parameters `<nname>.film.*` */
+                      * context tokens (in[1]); parameters `<nname>.film.*`.
+                      * OUTPUT: the photo's gain per sample and channel,
+                      * g_n = 1 + W·c̄_n + b, parameters `<wname>.*` */
     e2g_act act;
     /* LINEAR: cin → cout; LAYERNORM, ATTENTION, INPUT, CONTEXT, OUTPUT: cout channels */
     int cin, cout;

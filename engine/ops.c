@@ -436,24 +436,54 @@ void e2g_gelu_backward(float *dinp, const float *dout, const float *inp, size_t 
 
 #define OUT_CLAMP 0.999f
 
-void e2g_output_forward(float *y, const float *o, const float *x, int residual, size_t n) {
+static float clamped_atanh(float x) { return atanhf(fminf(fmaxf(x, -OUT_CLAMP), OUT_CLAMP)); }
+
+/* y = tanh(o + gain·atanh(clamp(x))), gain per channel (NULL: 1; residual 0: no x). */
+static void output_forward(float *y, const float *o, const float *x, int residual, const float *gain,
+                           size_t n) {
 #pragma omp parallel for schedule(static) if (n > 32768)
     for (size_t i = 0; i < n; i++) {
         float logit = o[i];
-        if (residual) logit += atanhf(fminf(fmaxf(x[i], -OUT_CLAMP), OUT_CLAMP));
+        if (residual) logit += (gain ? gain[i % 3] : 1.0f) * clamped_atanh(x[i]);
         y[i] = fast_tanh(logit);
     }
 }
 
-void e2g_output_backward(float *d_o, float *dx, const float *dy, const float *y, const float *x,
-                     int residual, size_t n) {
-#pragma omp parallel for schedule(static) if (n > 32768)
+static void output_backward(float *d_o, float *dx, float *dgain, const float *dy, const float *y,
+                            const float *x, int residual, const float *gain, size_t n) {
+    double dg0 = 0, dg1 = 0, dg2 = 0;
+#pragma omp parallel for schedule(static) if (n > 32768) reduction(+ : dg0, dg1, dg2)
     for (size_t i = 0; i < n; i++) {
-        float g = dy[i] * (1.0f - y[i] * y[i]);
+        float g = dy[i] * (1.0f - y[i] * y[i]), k = gain ? gain[i % 3] : 1.0f;
         if (d_o) d_o[i] += g;
         /* clamp passes the gradient where -0.999 <= x <= 0.999, as in PyTorch */
-        if (dx && residual && x[i] >= -OUT_CLAMP && x[i] <= OUT_CLAMP) dx[i] += g / (1.0f - x[i] * x[i]);
+        if (dx && residual && x[i] >= -OUT_CLAMP && x[i] <= OUT_CLAMP) dx[i] += k * g / (1.0f - x[i] * x[i]);
+        if (dgain) {
+            double t = (double)g * clamped_atanh(x[i]);
+            if (i % 3 == 0) dg0 += t;
+            else if (i % 3 == 1) dg1 += t;
+            else dg2 += t;
+        }
     }
+    if (dgain) dgain[0] += (float)dg0, dgain[1] += (float)dg1, dgain[2] += (float)dg2;
+}
+
+void e2g_output_forward(float *y, const float *o, const float *x, int residual, size_t n) {
+    output_forward(y, o, x, residual, NULL, n);
+}
+
+void e2g_output_backward(float *d_o, float *dx, const float *dy, const float *y, const float *x,
+                     int residual, size_t n) {
+    output_backward(d_o, dx, NULL, dy, y, x, residual, NULL, n);
+}
+
+void e2g_output_gated_forward(float *y, const float *o, const float *x, const float *gain, size_t n) {
+    output_forward(y, o, x, 1, gain, n);
+}
+
+void e2g_output_gated_backward(float *d_o, float *dx, float *dgain, const float *dy, const float *y,
+                               const float *x, const float *gain, size_t n) {
+    output_backward(d_o, dx, dgain, dy, y, x, 1, gain, n);
 }
 
 void e2g_add_forward(float *out, const float *a, const float *b, size_t n) {

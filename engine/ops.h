@@ -70,6 +70,12 @@ void e2g_gelu_backward(float *dinp, const float *dout, const float *inp, size_t 
 void e2g_output_forward(float *y, const float *o, const float *x, int residual, size_t n);
 void e2g_output_backward(float *d_o, float *dx, const float *dy, const float *y, const float *x,
                      int residual, size_t n);
+/* The residual output with a per-channel gain of the photo (FiLM of the
+ * output, net.h): y = tanh(o + gain[c]·atanh(clamp(x))), c = i mod 3, for
+ * the pixels of one sample; the backward also accumulates dgain (3). */
+void e2g_output_gated_forward(float *y, const float *o, const float *x, const float *gain, size_t n);
+void e2g_output_gated_backward(float *d_o, float *dx, float *dgain, const float *dy, const float *y,
+                               const float *x, const float *gain, size_t n);
 
 /* out = a + b, elementwise (out may alias a or b). */
 void e2g_add_forward(float *out, const float *a, const float *b, size_t n);

@@ -17,7 +17,7 @@ typedef struct {
     float *out;
     block_acts blk;    /* CONV: conv (+ LoRA), statistics, activation (before any add) */
     float *pre;        /* LINEAR with an activation: its input */
-    float *mean, *rstd; /* LAYERNORM statistics; ATTENTION: lse in mean */
+    float *mean, *rstd; /* LAYERNORM statistics; ATTENTION: lse in mean; OUTPUT: FiLM gains in mean */
 } node_acts;
 
 struct e2g_planned {
@@ -79,7 +79,11 @@ static void plan(e2g_planned *pl, arena *ar, int grads) {
             a->out = e2g_arena_take(ar, n);
             if (!grads) a->mean = e2g_arena_take(ar, M * nd->heads);
             break;
-        default: /* CONTEXT, OUTPUT */
+        case E2G_OP_OUTPUT:
+            a->out = e2g_arena_take(ar, n);
+            if (nd->film) a->mean = e2g_arena_take(ar, 3 * (size_t)pl->N); /* the gains, or their gradient */
+            break;
+        default: /* CONTEXT */
             a->out = e2g_arena_take(ar, n);
             break;
         }
@@ -173,7 +177,16 @@ void e2g_planned_forward(e2g_planned *pl, const void *params, const float *x, co
                               rows(pl, nd->in[1]), nd->cout, nd->heads);
             break;
         case E2G_OP_OUTPUT:
-            e2g_output_forward(a->out, in, pl->act[nd->in[1]].out, nd->residual, n);
+            if (nd->film) {
+                size_t one = n / N;
+                e2g_output_gain_forward(a->mean, e2g_node_linear(nd, params), pl->act[nd->in[2]].out, N,
+                                        rows(pl, nd->in[2]), pl->shape[nd->in[2]].c);
+                for (int s = 0; s < N; s++)
+                    e2g_output_gated_forward(a->out + s * one, in + s * one, pl->act[nd->in[1]].out + s * one,
+                                             a->mean + 3 * s, one);
+            } else {
+                e2g_output_forward(a->out, in, pl->act[nd->in[1]].out, nd->residual, n);
+            }
             break;
         }
     }
@@ -238,8 +251,20 @@ void e2g_planned_backward(e2g_planned *pl, void *grads, e2g_lora *dlora, const e
             break;
         }
         case E2G_OP_OUTPUT:
-            e2g_output_backward(din, pl->grad[nd->in[1]].out, d->out, a->out, pl->act[nd->in[1]].out,
-                            nd->residual, n);
+            if (nd->film) {
+                size_t one = n / N;
+                float *dx_all = pl->grad[nd->in[1]].out;
+                for (int s = 0; s < N; s++)
+                    e2g_output_gated_backward(din + s * one, dx_all ? dx_all + s * one : NULL, d->mean + 3 * s,
+                                              d->out + s * one, a->out + s * one,
+                                              pl->act[nd->in[1]].out + s * one, a->mean + 3 * s, one);
+                e2g_output_gain_backward(grads ? e2g_node_linear(nd, grads) : NULL, pl->grad[nd->in[2]].out,
+                                         d->mean, e2g_node_linear(nd, params), pl->act[nd->in[2]].out, N,
+                                         rows(pl, nd->in[2]), pl->shape[nd->in[2]].c);
+            } else {
+                e2g_output_backward(din, pl->grad[nd->in[1]].out, d->out, a->out, pl->act[nd->in[1]].out,
+                                nd->residual, n);
+            }
             break;
         }
     }

@@ -215,6 +215,10 @@ class Generator(nn.Module):
         self.dec2 = ConvBlock(c4, c2, 3, 1, 1, False, False, True, True, f)
         self.dec1 = ConvBlock(c2, c1, 3, 1, 1, False, not norm_ends, norm_ends, True, f)
         self.out = LoRAConv2d(c1, 3, 7, 1, 0, bias=True)
+        if film and residual_out:  # the photo's gain per channel in the residual output, 1 at start
+            self.out_gate = nn.Linear(c4, 3)
+            nn.init.zeros_(self.out_gate.weight)
+            nn.init.zeros_(self.out_gate.bias)
         self.concepts = nn.Parameter(torch.randn(n_concepts, ctx_tokens, c4))
 
     def concept_context(self, names_or_indices):
@@ -236,7 +240,8 @@ class Generator(nn.Module):
             h = h + e1
         o = self.out(F.pad(h, [3] * 4, mode="reflect"))
         if self.residual_out:
-            o = o + torch.atanh(torch.clamp(x, -0.999, 0.999))
+            gain = 1 + self.out_gate(ctx.mean(1))[:, :, None, None] if self.film else 1
+            o = o + gain * torch.atanh(torch.clamp(x, -0.999, 0.999))
         return torch.tanh(o)
 
 

@@ -43,7 +43,8 @@ BLEND = (0.6, 0.4)  # adapter weight, base concept 0 weight
 
 def perturb_norms(model):
     """Every IN/LN affine weight ~ 1 + 0.2·N(0,1), bias ~ 0.1·N(0,1); FiLM
-    weights ~ 0.2·N(0,1)/√C4 and biases ~ 0.1·N(0,1) (they start at zero)."""
+    and output-gate weights ~ 0.2·N(0,1)/√C4, biases ~ 0.1·N(0,1) (they start
+    at zero)."""
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, (torch.nn.InstanceNorm2d, torch.nn.LayerNorm, E.FiLMNorm)):
@@ -52,6 +53,9 @@ def perturb_norms(model):
             if isinstance(m, E.FiLMNorm):
                 m.film.weight.copy_(0.2 * torch.randn_like(m.film.weight) / m.film.weight.shape[1] ** 0.5)
                 m.film.bias.copy_(0.1 * torch.randn_like(m.film.bias))
+        if getattr(model, "out_gate", None) is not None:
+            model.out_gate.weight.copy_(0.2 * torch.randn_like(model.out_gate.weight) / model.out_gate.weight.shape[1] ** 0.5)
+            model.out_gate.bias.copy_(0.1 * torch.randn_like(model.out_gate.bias))
 
 
 def uniform_pm1(*shape):
@@ -237,7 +241,8 @@ def check_flags():
     assert paper - default == {"enc1.norm.weight", "enc1.norm.bias", "dec1.norm.weight", "dec1.norm.bias"}
     assert set(E.Generator(8, 1, unet_skips=False, residual_out=False).state_dict()) == default
     film = set(E.Generator(8, 1, film=True).state_dict())
-    assert film - default == {f"{m}.norm.film.{p}" for m in ("us", "rb3.a", "rb3.b", "dec2") for p in ("weight", "bias")}
+    assert film - default == {f"{m}.norm.film.{p}" for m in ("us", "rb3.a", "rb3.b", "dec2") for p in ("weight", "bias")} | {
+        "out_gate.weight", "out_gate.bias"}
     assert default - film == set()
 
 
