@@ -275,7 +275,7 @@ static void op_instancenorm(const char *name, int with_res) {
     float *x = random_floats(n, -2, 3, &seed), *g = random_floats(C, 0.5f, 1.5f, &seed), *b = random_floats(C, -0.5f, 0.5f, &seed);
     float *r = with_res ? random_floats(n, -1, 1, &seed) : NULL, *ref = e2g_xmalloc(n * 4), *gpu = e2g_xmalloc(n * 4);
     float *mean = e2g_xmalloc(N * C * 4), *rstd = e2g_xmalloc(N * C * 4);
-    e2g_instancenorm_forward(ref, mean, rstd, x, g, b, 1, N, HW, C);
+    e2g_instancenorm_forward(ref, mean, rstd, x, g, b, 0, 1, N, HW, C);
     if (r) e2g_add_forward(ref, ref, r, n);
     if (e2g_cuda_check_instancenorm(gpu, x, g, b, 1, r, N, HW, C, err)) printf("%s: %s\n", name, err), failures++;
     else judge(name, rel_err(gpu, ref, n), DEFAULT_OP_TOL);
