@@ -478,7 +478,8 @@ E2G_HD void epilogue_bwd_apply_body(const epilogue_bwd_args &a, size_t i) {
 /* The per-sample affine of a FiLM-conditioned instance norm, as
  * engine/layers.c's e2g_film_forward/backward: with c̄_n the mean of sample
  * n's T context tokens, [γ_n; β_n] = [norm_w; norm_b] + W·c̄_n + b.
- * Forward: gamma, beta (N, C) each (sample stride C).  Backward, from each
+ * Forward: mean (N, C4) = c̄ (film_mean_body), then gamma, beta (N, C)
+ * each, sample stride C (film_affine_body).  Backward, from c̄ and each
  * sample's d(gamma), d(beta) (sample stride dns): dw, db, dnorm_w,
  * dnorm_b += (the trainer passes all or none), dctx (N, T, C4) +=
  * W^T·d[γ; β] / T for each token (NULL: no context gradient). */
@@ -486,24 +487,27 @@ struct film_args {
     const bf16 *ctx; /* the context rows (N, T, C4), dense */
     int N, T, C4, C; /* C: the norm's channels */
     const float *w, *b, *norm_w, *norm_b; /* W (2C, C4): γ rows then β rows; b (2C); the norm's (C) */
+    float *mean;                          /* c̄ (N, C4) */
     float *gamma, *beta;                  /* forward */
     const float *dgamma, *dbeta;          /* backward */
     int dns;
     float *dw, *db, *dnorm_w, *dnorm_b, *dctx;
 };
 
-/* c̄ of sample n, component k. */
-E2G_HD float film_context_mean(const film_args &a, int n, int k) {
+/* Item i over N·C4: c̄ of sample i / C4, component i % C4. */
+E2G_HD void film_mean_body(const film_args &a, size_t i) {
+    size_t n = i / a.C4, k = i % a.C4;
     float s = 0;
-    for (int t = 0; t < a.T; t++) s += __bfloat162float(a.ctx[((size_t)n * a.T + t) * a.C4 + k]);
-    return s / a.T;
+    for (int t = 0; t < a.T; t++) s += __bfloat162float(a.ctx[(n * a.T + t) * a.C4 + k]);
+    a.mean[i] = s / a.T;
 }
 
 /* Item i over N·2C: row r = i % 2C of sample n = i / 2C. */
 E2G_HD void film_affine_body(const film_args &a, size_t i) {
     int n = (int)(i / (2 * a.C)), r = (int)(i % (2 * a.C));
+    const float *m = a.mean + (size_t)n * a.C4, *w = a.w + (size_t)r * a.C4;
     float acc = a.b[r];
-    for (int k = 0; k < a.C4; k++) acc += a.w[(size_t)r * a.C4 + k] * film_context_mean(a, n, k);
+    for (int k = 0; k < a.C4; k++) acc += w[k] * m[k];
     if (r < a.C) a.gamma[(size_t)n * a.C + r] = a.norm_w[r] + acc;
     else a.beta[(size_t)n * a.C + r - a.C] = a.norm_b[r - a.C] + acc;
 }
@@ -518,7 +522,7 @@ E2G_HD float film_daffine(const film_args &a, int n, int r) {
 E2G_HD void film_param_grad_body(const film_args &a, size_t i) {
     int r = (int)(i / (a.C4 + 1)), k = (int)(i % (a.C4 + 1));
     float acc = 0;
-    for (int n = 0; n < a.N; n++) acc += film_daffine(a, n, r) * (k < a.C4 ? film_context_mean(a, n, k) : 1.0f);
+    for (int n = 0; n < a.N; n++) acc += film_daffine(a, n, r) * (k < a.C4 ? a.mean[(size_t)n * a.C4 + k] : 1.0f);
     if (k < a.C4) {
         a.dw[(size_t)r * a.C4 + k] += acc;
     } else {

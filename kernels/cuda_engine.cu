@@ -705,12 +705,12 @@ static int conv_node(e2g_cuda_engine *E, bucket *B, const run_plan *rp, int i, c
     if (sl.norm) {
         TRY(block_stats(b.stats, a.src, s, err));
         a.sums = b.stats, a.gamma = d.gamma, a.beta = d.beta;
-    }
-    if (sl.film) { /* the norm's affine per sample, from each sample's context */
-        e2g_conv_params cp = {NULL, NULL, d.gamma, d.beta, d.film_w, d.film_b};
-        film_args f = plan_film(P, A, i, cp);
-        TRY(film_affine(f, s, err));
-        a.gamma = f.gamma, a.beta = f.beta, a.gamma_ns = f.C;
+        if (sl.film) { /* the affine per sample, from each sample's context */
+            e2g_conv_params cp = {NULL, NULL, d.gamma, d.beta, d.film_w, d.film_b};
+            film_args f = plan_film(P, A, i, cp);
+            TRY(film_affine(f, s, err));
+            a.gamma = f.gamma, a.beta = f.beta, a.gamma_ns = f.C;
+        }
     }
     if (nd.add >= 0) a.add = A.b[nd.add].v;
     return block_epilogue(a, s, err);

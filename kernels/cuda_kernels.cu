@@ -2,9 +2,9 @@
  * kernels (see cuda_kernels.cuh): instance-norm statistics and the conv
  * block epilogue (bias, norm, ReLU, residual/skip add, upsample phase
  * gather and reflect padding of the next layer's input in one pass), the
- * FiLM norms' per-sample affine, the
- * input and output layers, bias + GELU, residual + layer norm, weight
- * packing with LoRA merging, and the unmerged LoRA paths.  bf16 in memory,
+ * FiLM norms' per-sample affine, the input and output layers, bias +
+ * GELU, residual + layer norm, weight packing with LoRA merging, and the
+ * unmerged LoRA paths.  bf16 in memory,
  * fp32 arithmetic.  The per-element work of each grid-stride kernel is a
  * body of cuda_bodies.cuh, which the CPU tests run too. */
 #include "cuda_kernels.cuh"
@@ -67,13 +67,18 @@ int block_epilogue(const epilogue_args &a, cudaStream_t stream, char *err) {
     return 0;
 }
 
+__global__ void film_mean_kernel(film_args a) {
+    GRID_LOOP(i, (size_t)a.N * a.C4) film_mean_body(a, i);
+}
+
 __global__ void film_affine_kernel(film_args a) {
     GRID_LOOP(i, (size_t)a.N * 2 * a.C) film_affine_body(a, i);
 }
 
 int film_affine(const film_args &a, cudaStream_t stream, char *err) {
-    size_t total = (size_t)a.N * 2 * a.C;
-    film_affine_kernel<<<blocks_for(total, THREADS), THREADS, 0, stream>>>(a);
+    film_mean_kernel<<<blocks_for((size_t)a.N * a.C4, THREADS), THREADS, 0, stream>>>(a);
+    LAUNCH_TRY();
+    film_affine_kernel<<<blocks_for((size_t)a.N * 2 * a.C, THREADS), THREADS, 0, stream>>>(a);
     LAUNCH_TRY();
     return 0;
 }

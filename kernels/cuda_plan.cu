@@ -330,7 +330,7 @@ void plan_layout(const gen_plan *p, int N, int H, int W, int keep, size_t sample
             L->raw_max = std::max(L->raw_max, (size_t)N * b.g.Hg * b.g.Wg * b.g.Cs);
             L->conv_in_max = std::max(L->conv_in_max, (size_t)N * b.g.Hp * b.g.Wp * b.g.C);
             if (nd.norm) L->stats_max = std::max(L->stats_max, (size_t)N * 2 * nd.cout);
-            if (nd.film) L->affine_max = std::max(L->affine_max, (size_t)N * 2 * nd.cout);
+            if (nd.film) L->affine_max = std::max(L->affine_max, plan_film_floats(net, N, i));
         }
         if (nd.op == E2G_OP_LINEAR && nd.add >= 0) proj_max = std::max(proj_max, b.M * nd.cout);
     }
@@ -374,7 +374,7 @@ void plan_layout(const gen_plan *p, int N, int H, int W, int keep, size_t sample
         if (nd.op == E2G_OP_CONV && keep) {
             b.raw = ar->take<bf16>((size_t)N * b.g.Hg * b.g.Wg * b.g.Cs);
             if (nd.norm) b.stats = ar->take<float>((size_t)N * 2 * nd.cout);
-            if (nd.film) b.affine = ar->take<float>((size_t)N * 2 * nd.cout);
+            if (nd.film) b.affine = ar->take<float>(plan_film_floats(net, N, i));
         }
     }
     if (!keep) { /* inference: one raw conv output, set of statistics and FiLM affine at a time */

@@ -106,7 +106,7 @@ struct node_buf {
     float *f32;  /* the fp32 residual stream */
     bf16 *raw;   /* CONV: raw conv output (geometry g) */
     float *stats;/* CONV with a norm: (N, 2, C) mean and variance */
-    float *affine;/* CONV with FiLM: the norm's gamma (N, C), then beta (N, C) */
+    float *affine;/* CONV with FiLM: the norm's gamma (N, C), beta (N, C), then the context mean (N, C4) */
     bf16 *pre;   /* LINEAR with GELU when kept: before the activation */
     conv_geom g; /* CONV */
 };
@@ -127,6 +127,11 @@ static inline conv_out plan_raw(const gen_plan &p, const act_layout &L, int i) {
     return o;
 }
 
+/* The floats of FiLM CONV node i's node_buf.affine. */
+static inline size_t plan_film_floats(const e2g_net &net, int N, int i) {
+    return (size_t)N * (2 * net.node[i].cout + net.node[net.node[i].in[1]].cout);
+}
+
 /* FiLM CONV node i: the film_args of its norm's per-sample affine, into
  * L.b[i].affine from its context's rows, with the parameters cp (device
  * pointers: norm_w, norm_b, film_w, film_b); backward fields unset. */
@@ -136,7 +141,7 @@ static inline film_args plan_film(const gen_plan &p, const act_layout &L, int i,
     film_args a = {};
     a.ctx = L.b[ctx].rows, a.N = L.N, a.T = L.sh[ctx].h * L.sh[ctx].w, a.C4 = p.net.node[ctx].cout, a.C = nd.cout;
     a.w = cp.film_w, a.b = cp.film_b, a.norm_w = cp.norm_w, a.norm_b = cp.norm_b;
-    a.gamma = L.b[i].affine, a.beta = L.b[i].affine + (size_t)L.N * nd.cout;
+    a.gamma = L.b[i].affine, a.beta = a.gamma + (size_t)L.N * a.C, a.mean = a.beta + (size_t)L.N * a.C;
     return a;
 }
 

@@ -545,12 +545,13 @@ START_TEST(test_film) {
     bvec ctx16 = to_bf16(ctx);
     fvec w = rnd((size_t)2 * C * C4, 65, -0.3f, 0.3f), b = rnd(2 * C, 66), nw = rnd(C, 67, 0.5f, 1.5f), nb = rnd(C, 68);
     e2g_conv_params cp = {NULL, NULL, nw.data(), nb.data(), w.data(), b.data()};
-    fvec ref((size_t)2 * N * C), got((size_t)2 * N * C);
+    fvec ref((size_t)2 * N * C), got((size_t)2 * N * C), mean((size_t)N * C4);
     e2g_film_forward(ref.data(), &cp, ctx.data(), N, T, C4, C);
     film_args a = {};
     a.ctx = ctx16.data(), a.N = N, a.T = T, a.C4 = C4, a.C = C;
-    a.w = w.data(), a.b = b.data(), a.norm_w = nw.data(), a.norm_b = nb.data();
+    a.w = w.data(), a.b = b.data(), a.norm_w = nw.data(), a.norm_b = nb.data(), a.mean = mean.data();
     a.gamma = got.data(), a.beta = got.data() + (size_t)N * C;
+    for (size_t i = 0; i < (size_t)N * C4; i++) film_mean_body(a, i);
     for (size_t i = 0; i < (size_t)N * 2 * C; i++) film_affine_body(a, i);
     expect("film affine", got.data(), ref.data(), ref.size(), 1e-5);
 
