@@ -412,6 +412,7 @@ step torch-b32 120 torch $PY "$ROOT/bench/torch_bench.py" --model "$NGF64" --siz
 
 step train/grads-ngf16 120 gpu "${R[@]}" "$TCHECK" grads 16 32 2
 step train/grads-ngf32 150 gpu "${R[@]}" "$TCHECK" grads 32 64 4
+step train/grads-film-ngf16 120 gpu "${R[@]}" "$TCHECK" grads --film 16 32 2
 step train/lora-step 90 gpu "${R[@]}" "$TCHECK" bench lora 64 256 16 8
 step train/full-step 90 gpu "${R[@]}" "$TCHECK" bench full 32 128 32
 step torch-train-lora 150 torch $PY "$ROOT/bench/torch_train_bench.py" --ngf 64 --size 256 --batch 16 --lora 8

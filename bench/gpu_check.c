@@ -13,7 +13,10 @@
  *                                    whole images vs the fp32 CPU engine (PSNR):
  *                                    base, adapterK (unmerged and merged), blend,
  *                                    mixed, one-merged, graphs (eager vs capture
- *                                    vs replay, graphs on or off and why)
+ *                                    vs replay, graphs on or off and why), film
+ *                                    (BASE given random FiLM weights: a batch of
+ *                                    contexts of its own, eager, captured,
+ *                                    replayed; merged with the first adapter)
  *   e2gan-gpu-check bench BASE [--only KEY] [--list]
  *                                    timings (forward, mixed adapters, switches)
  *   e2gan-gpu-check sticky BASE      a fault injected into the engine: the
@@ -275,7 +278,7 @@ static void op_instancenorm(const char *name, int with_res) {
     float *x = random_floats(n, -2, 3, &seed), *g = random_floats(C, 0.5f, 1.5f, &seed), *b = random_floats(C, -0.5f, 0.5f, &seed);
     float *r = with_res ? random_floats(n, -1, 1, &seed) : NULL, *ref = e2g_xmalloc(n * 4), *gpu = e2g_xmalloc(n * 4);
     float *mean = e2g_xmalloc(N * C * 4), *rstd = e2g_xmalloc(N * C * 4);
-    e2g_instancenorm_forward(ref, mean, rstd, x, g, b, 1, N, HW, C);
+    e2g_instancenorm_forward(ref, mean, rstd, x, g, b, 0, 1, N, HW, C);
     if (r) e2g_add_forward(ref, ref, r, n);
     if (e2g_cuda_check_instancenorm(gpu, x, g, b, 1, r, N, HW, C, err)) printf("%s: %s\n", name, err), failures++;
     else judge(name, rel_err(gpu, ref, n), DEFAULT_OP_TOL);
@@ -479,13 +482,75 @@ static void graphs_check(const char *what, const e2g_runtime *cpu_rt, const e2g_
     for (int k = 0; k < 3; k++) free(out[k]);
 }
 
+/* The FiLM case: the model at path given FiLM (e2g_model_add_film) with
+ * random FiLM weights, scaled so that W·c̄ moves the norms' scales and
+ * shifts by about ±0.25, and each sample a context of its own (the batch's
+ * perturbed), so that every sample has its own affine.  The batch (edits'
+ * adapters, unmerged) eager, captured and replayed against the CPU
+ * (graphs_check); with adapters, sample 1's merged over the batch too. */
+static void film_check(const char *path, const float *x, const e2g_edit *edits, int N, int H, int W, int n_ad) {
+    char err[E2G_ERR_LEN];
+    e2g_model *fm;
+    if (e2g_model_load(&fm, path, err)) {
+        printf("film: %s\n", err);
+        failures++;
+        return;
+    }
+    e2g_model_add_film(fm);
+    int T = fm->cfg.ctx_tokens, C4 = e2g_gen_c4(&fm->cfg);
+    size_t one = (size_t)T * C4;
+    unsigned seed = seed_of("film");
+    float *noise = random_floats(N * one, -0.5f, 0.5f, &seed), *ctx = e2g_xmalloc(N * one * 4);
+    double sq = 0;
+    for (int n = 0; n < N; n++)
+        for (int k = 0; k < C4; k++) {
+            double mean = 0;
+            for (int t = 0; t < T; t++) {
+                size_t j = (size_t)t * C4 + k;
+                ctx[n * one + j] = edits[n].context[j] + noise[n * one + j];
+                mean += ctx[n * one + j] / T;
+            }
+            sq += mean * mean;
+        }
+    double rms = sqrt(sq / ((double)N * C4)), a = 0.25 * sqrt(3.0) / (sqrt((double)C4) * (rms > 1e-3 ? rms : 1e-3));
+    e2g_tensor_entry tab[E2G_GEN_MAX_TENSORS];
+    int nt = e2g_gen_tensors(&fm->cfg, &fm->params, tab);
+    for (int i = 0; i < nt; i++) {
+        const char *dot = strstr(tab[i].name, ".film.");
+        if (!dot) continue;
+        float lim = !strcmp(dot, ".film.weight") ? (float)a : 0.25f;
+        float *v = random_floats(tab[i].numel, -lim, lim, &seed);
+        memcpy(*tab[i].slot, v, tab[i].numel * sizeof(float));
+        free(v);
+    }
+    e2g_edit *own = e2g_xmalloc(N * sizeof *own), *same = e2g_xmalloc(N * sizeof *same);
+    for (int n = 0; n < N; n++) {
+        own[n] = edits[n], own[n].context = ctx + n * one;
+        same[n] = edits[n_ad ? 1 : 0], same[n].context = ctx + n * one;
+    }
+    e2g_runtime *cpu, *gpu;
+    e2g_runtime_new(&cpu, fm, "cpu", err);
+    if (e2g_runtime_new(&gpu, fm, "cuda", err) != 1) {
+        printf("film: %s\n", err);
+        failures++;
+    } else {
+        printf("film: FiLM weights within ±%.3g (context means' rms %.3g), biases within ±0.25\n", a, rms);
+        graphs_check("film", cpu, gpu, x, own, N, H, W, 0);
+        if (n_ad) compare_batch("psnr film, one adapter merged", cpu, gpu, x, same, N, H, W, 1);
+        e2g_runtime_free(gpu);
+    }
+    e2g_runtime_free(cpu);
+    e2g_model_free(fm);
+    free(noise), free(ctx), free(own), free(same);
+}
+
 /* The parts of `model` for n_ad adapters, in order. */
 static int model_parts(int n_ad, char names[][24], int max) {
     int n = 0;
     snprintf(names[n++], 24, "base");
     for (int i = 1; i <= n_ad && n < max; i++) snprintf(names[n++], 24, "adapter%d", i);
-    const char *rest[] = {"blend", "mixed", "one-merged", "graphs"};
-    for (int i = 0; i < 4 && n < max; i++)
+    const char *rest[] = {"blend", "mixed", "one-merged", "graphs", "film"};
+    for (int i = 0; i < 5 && n < max; i++)
         if (n_ad || (strcmp(rest[i], "one-merged") != 0)) snprintf(names[n++], 24, "%s", rest[i]);
     return n;
 }
@@ -585,6 +650,8 @@ static int cmd_model(int argc, char **argv) {
                 free(same);
             }
             free(xg);
+        } else if (!strcmp(part, "film")) {
+            film_check(args[0], x, edits, N, H, W, n_ad);
         }
     }
     e2g_cuda_graph_stats gs;

@@ -2,9 +2,10 @@
  * gradients against the CPU engine's and times its step.  Links the engine
  * only, so it runs on the GPU machine; bench/gpu-run.sh drives it.
  *
- *   e2gan-gpu-train-check grads [NGF S N]
+ *   e2gan-gpu-train-check grads [--film] [NGF S N]
  *        one step's gradient on random weights and inputs, full G and LoRA
- *        (rank 4 on every crucial layer, B nonzero), every parameter tensor
+ *        (rank 4 on every crucial layer, B nonzero; --film: the generator
+ *        with FiLM, its FiLM weights random), every parameter tensor
  *        against e2g_gen_backward: cosine ≥ 0.99 and max |gpu − cpu| ≤
  *        0.1 · max |cpu| (bf16 activations through the whole network), or
  *        the "grad_cos" / "grad_rel" lines of $E2G_TOLERANCES
@@ -77,10 +78,24 @@ static void judge(const char *what, const char *name, const float *gpu, const fl
     printf("RESULT grad.%s.%s cos %.5f rel %.4f %s\n", what, name, cos, rel, ok ? "ok" : "FAIL");
 }
 
-static e2g_gen_config make_cfg(int ngf) {
+static e2g_gen_config make_cfg(int ngf, int film) {
     e2g_gen_config cfg = {.ngf = ngf, .ctx_tokens = 8, .n_concepts = 2, .unet_skips = 1, .residual_out = 1,
-                          .norm_ends = 0};
+                          .norm_ends = 0, .film = film};
     return cfg;
+}
+
+/* Random FiLM weights (initialised at zero): within ±1/√C4 and biases
+ * within ±0.25, so that with N(0, 1) concepts (c̄ rms 1/√T) W·c̄ moves the
+ * norms' scales and shifts by about ±0.1. */
+static void randomise_film(const e2g_gen_config *cfg, e2g_gen_params *p, unsigned *seed) {
+    e2g_tensor_entry tab[E2G_GEN_MAX_TENSORS];
+    int nt = e2g_gen_tensors(cfg, p, tab);
+    float lim_w = 1.0f / sqrtf((float)e2g_gen_c4(cfg));
+    for (int i = 0; i < nt; i++) {
+        const char *dot = strstr(tab[i].name, ".film.");
+        if (dot) fill_random(*tab[i].slot, tab[i].numel, !strcmp(dot, ".film.weight") ? -lim_w : -0.25f,
+                             !strcmp(dot, ".film.weight") ? lim_w : 0.25f, seed);
+    }
 }
 
 static e2g_lora *make_lora(const e2g_gen_config *cfg, int r, unsigned *seed) {
@@ -136,7 +151,7 @@ static int gpu_grads(const e2g_gen_config *cfg, const float *gen, const e2g_lora
     return rc ? -1 : 0;
 }
 
-static int cmd_grads(int ngf, int S, int N) {
+static int cmd_grads(int ngf, int S, int N, int film) {
     char err[E2G_ERR_LEN];
     if (!cuda()->available(err)) {
         printf("%s\n", err);
@@ -146,7 +161,7 @@ static int cmd_grads(int ngf, int S, int N) {
     tolerance("grad_rel", &rel_max);
     printf("tolerances: cosine >= %.4f, max rel <= %.3f (%s)\n", cos_min, rel_max,
            getenv("E2G_TOLERANCES") ? "$E2G_TOLERANCES" : "default");
-    e2g_gen_config cfg = make_cfg(ngf);
+    e2g_gen_config cfg = make_cfg(ngf, film);
     size_t n = e2g_gen_param_count(&cfg), img = (size_t)N * S * S * 3;
     float *mem = e2g_xmalloc(n * sizeof(float)), *g_cpu = e2g_xcalloc(n, sizeof(float)), *g_gpu = e2g_xmalloc(n * sizeof(float));
     e2g_gen_params p, gp;
@@ -154,6 +169,7 @@ static int cmd_grads(int ngf, int S, int N) {
     e2g_gen_init(&cfg, &p, 7);
     e2g_gen_bind(&cfg, &gp, g_cpu);
     unsigned seed = 11;
+    if (film) randomise_film(&cfg, &p, &seed);
     float *x = e2g_xmalloc(img * sizeof(float)), *t = e2g_xmalloc(img * sizeof(float));
     fill_random(x, img, -1, 1, &seed), fill_random(t, img, -1, 1, &seed);
     int rows[64];
@@ -191,8 +207,8 @@ static int cmd_grads(int ngf, int S, int N) {
         judge("lora", "concept.embedding", l_gpu + (lora->concept - lora->memory), dlora->concept,
               (size_t)cfg.ctx_tokens * e2g_gen_c4(&cfg));
     printf("RESULT grads_failed %d\n", failures);
-    printf("SUMMARY ngf %d %dx%d b%d: %d tensor(s), min cos %.4f, max rel %.3f, %d failed\n", ngf, S, S, N, tensors,
-           worst_cos, worst_rel, failures);
+    printf("SUMMARY ngf %d%s %dx%d b%d: %d tensor(s), min cos %.4f, max rel %.3f, %d failed\n", ngf,
+           film ? " FiLM" : "", S, S, N, tensors, worst_cos, worst_rel, failures);
     e2g_lora_free(lora), e2g_lora_free(dlora);
     free(mem), free(g_cpu), free(g_gpu), free(l_gpu), free(x), free(t);
     return failures ? 1 : 0;
@@ -204,7 +220,7 @@ static int cmd_bench(const char *mode, int ngf, int S, int N, int rank) {
         printf("%s\n", err);
         return 3;
     }
-    e2g_gen_config cfg = make_cfg(ngf);
+    e2g_gen_config cfg = make_cfg(ngf, 0);
     size_t n = e2g_gen_param_count(&cfg), img = (size_t)N * S * S * 3;
     float *mem = e2g_xmalloc(n * sizeof(float));
     e2g_gen_params p;
@@ -240,10 +256,14 @@ static int cmd_bench(const char *mode, int ngf, int S, int N, int rank) {
 }
 
 int main(int argc, char **argv) {
-    if (argc >= 2 && strcmp(argv[1], "grads") == 0)
-        return cmd_grads(argc > 2 ? atoi(argv[2]) : 16, argc > 3 ? atoi(argv[3]) : 32, argc > 4 ? atoi(argv[4]) : 2);
+    if (argc >= 2 && strcmp(argv[1], "grads") == 0) {
+        int film = argc > 2 && strcmp(argv[2], "--film") == 0;
+        char **a = argv + 2 + film;
+        int left = argc - 2 - film;
+        return cmd_grads(left > 0 ? atoi(a[0]) : 16, left > 1 ? atoi(a[1]) : 32, left > 2 ? atoi(a[2]) : 2, film);
+    }
     if (argc >= 6 && strcmp(argv[1], "bench") == 0 && (!strcmp(argv[2], "lora") || !strcmp(argv[2], "full")))
         return cmd_bench(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), argc > 6 ? atoi(argv[6]) : 8);
-    fprintf(stderr, "usage: e2gan-gpu-train-check grads [NGF S N] | bench lora|full NGF S N [RANK]\n");
+    fprintf(stderr, "usage: e2gan-gpu-train-check grads [--film] [NGF S N] | bench lora|full NGF S N [RANK]\n");
     return 2;
 }

@@ -6,7 +6,7 @@
  * around these bodies, and tests/test_cuda_bodies.cpp runs the very same
  * bodies on the CPU (g++, CUDA include path, no GPU) against the engine's
  * fp32 ops: index arithmetic, phase gathers, reflect padding, weight
- * packing, LoRA, the backward folds and Adam are checked on every build
+ * packing, LoRA, FiLM, the backward folds and Adam are checked on every build
  * that has nvcc.  What stays in the kernels only is the cooperation of
  * threads (shared-memory and warp reductions, atomics), which the host
  * versions here replace by a sequential sum (atomic_addf).
@@ -208,12 +208,15 @@ E2G_HD void stats_final_body(float *sums, const conv_out &s, int i) {
 /* The conv block epilogue, one pass over the conv output:
  * v = conv (+ bias); instance norm (stats from block_stats); ReLU; + add.
  * bias, norm (sums) and add.p may each be NULL/absent; with a norm the
- * bias is skipped (the norm cancels it exactly; block_stats leaves it out). */
+ * bias is skipped (the norm cancels it exactly; block_stats leaves it out).
+ * The norm's affine of sample n is gamma/beta + n·gamma_ns: shared by the
+ * batch (gamma_ns 0) or per sample (FiLM: gamma_ns = C, film_affine). */
 struct epilogue_args {
     conv_out src;
     const float *bias;
     const float *sums; /* (N, 2, C): mean and variance from block_stats, or NULL: no norm */
     const float *gamma, *beta;
+    int gamma_ns;
     int relu;
     tview add; /* add.p NULL: no addition */
     tview dst; /* written interior and reflected border */
@@ -237,7 +240,8 @@ E2G_HD void epilogue_body(const epilogue_args &a, size_t i) {
         int c = c0 + j;
         if (a.sums) { /* a bias before the norm cancels: skipped */
             float mean = a.sums[(size_t)n * 2 * d.C + c], var = a.sums[(size_t)n * 2 * d.C + d.C + c];
-            f[j] = (f[j] - mean) * rsqrt_hd(var + 1e-5f) * a.gamma[c] + a.beta[c];
+            size_t k = (size_t)n * a.gamma_ns + c;
+            f[j] = (f[j] - mean) * rsqrt_hd(var + 1e-5f) * a.gamma[k] + a.beta[k];
         } else if (a.bias) {
             f[j] += a.bias[c];
         }
@@ -376,13 +380,16 @@ E2G_HD void lora_conv_expand_body(bf16 *out, int Cs, int cout, int groups, const
 
 /* Backward of block_epilogue (without its add, which the caller passes
  * through): from dout (N, H, W, C) and the forward's raw conv output,
- * statistics (sums NULL: no norm), gamma/beta, bias and ReLU, writes
- * draw in the raw layout of src (zero elsewhere: the caller clears it),
- * and accumulates dgamma, dbeta, dbias (each may be NULL).  dsums is
- * (N, 2, C) scratch. */
+ * statistics (sums NULL: no norm), gamma/beta (sample stride gamma_ns as
+ * in epilogue_args), bias and ReLU, writes draw in the raw layout of src
+ * (zero elsewhere: the caller clears it), and accumulates dgamma, dbeta,
+ * dbias (each may be NULL).  dsums (N, 2, C) is scratch that ends holding
+ * each sample's d(beta) (Σ dv), then d(gamma) (Σ dv·xhat): what a FiLM
+ * backward (film_args) reads, its dgamma/dbeta left NULL here. */
 struct epilogue_bwd_args {
     conv_out src;
     const float *sums, *gamma, *beta, *bias;
+    int gamma_ns;
     int relu;
     const float *dout;
     bf16 *draw;
@@ -396,7 +403,7 @@ E2G_HD void epilogue_value(const epilogue_bwd_args &a, int n, int c, float raw, 
         float mean = a.sums[(size_t)n * 2 * a.src.C + c], var = a.sums[(size_t)n * 2 * a.src.C + a.src.C + c];
         *rstd = rsqrt_hd(var + 1e-5f);
         *xhat = (raw - mean) * *rstd;
-        *v = *xhat * a.gamma[c] + a.beta[c];
+        *v = *xhat * a.gamma[(size_t)n * a.gamma_ns + c] + a.beta[(size_t)n * a.gamma_ns + c];
     } else {
         *rstd = 1.0f;
         *xhat = *v = raw + (a.bias ? a.bias[c] : 0.0f);
@@ -458,12 +465,79 @@ E2G_HD void epilogue_bwd_apply_body(const epilogue_bwd_args &a, size_t i) {
         if (a.sums) {
             float sdv = a.dsums[(size_t)n * 2 * s.C + c] * inv_hw;
             float sdx = a.dsums[(size_t)n * 2 * s.C + s.C + c] * inv_hw;
-            o[j] = a.gamma[c] * rstd * (dv - sdv - xhat * sdx);
+            o[j] = a.gamma[(size_t)n * a.gamma_ns + c] * rstd * (dv - sdv - xhat * sdx);
         } else {
             o[j] = dv;
         }
     }
     store8(a.draw + at, float_to_bf16x8(o));
+}
+
+/* ---- FiLM of a conv block's norm (engine/net.h) -------------------------------------------- */
+
+/* The per-sample affine of a FiLM-conditioned instance norm, as
+ * engine/layers.c's e2g_film_forward/backward: with c̄_n the mean of sample
+ * n's T context tokens, [γ_n; β_n] = [norm_w; norm_b] + W·c̄_n + b.
+ * Forward: mean (N, C4) = c̄ (film_mean_body), then gamma, beta (N, C)
+ * each, sample stride C (film_affine_body).  Backward, from c̄ and each
+ * sample's d(gamma), d(beta) (sample stride dns): dw, db, dnorm_w,
+ * dnorm_b += (the trainer passes all or none), dctx (N, T, C4) +=
+ * W^T·d[γ; β] / T for each token (NULL: no context gradient). */
+struct film_args {
+    const bf16 *ctx; /* the context rows (N, T, C4), dense */
+    int N, T, C4, C; /* C: the norm's channels */
+    const float *w, *b, *norm_w, *norm_b; /* W (2C, C4): γ rows then β rows; b (2C); the norm's (C) */
+    float *mean;                          /* c̄ (N, C4) */
+    float *gamma, *beta;                  /* forward */
+    const float *dgamma, *dbeta;          /* backward */
+    int dns;
+    float *dw, *db, *dnorm_w, *dnorm_b, *dctx;
+};
+
+/* Item i over N·C4: c̄ of sample i / C4, component i % C4. */
+E2G_HD void film_mean_body(const film_args &a, size_t i) {
+    size_t n = i / a.C4, k = i % a.C4;
+    float s = 0;
+    for (int t = 0; t < a.T; t++) s += __bfloat162float(a.ctx[(n * a.T + t) * a.C4 + k]);
+    a.mean[i] = s / a.T;
+}
+
+/* Item i over N·2C: row r = i % 2C of sample n = i / 2C. */
+E2G_HD void film_affine_body(const film_args &a, size_t i) {
+    int n = (int)(i / (2 * a.C)), r = (int)(i % (2 * a.C));
+    const float *m = a.mean + (size_t)n * a.C4, *w = a.w + (size_t)r * a.C4;
+    float acc = a.b[r];
+    for (int k = 0; k < a.C4; k++) acc += w[k] * m[k];
+    if (r < a.C) a.gamma[(size_t)n * a.C + r] = a.norm_w[r] + acc;
+    else a.beta[(size_t)n * a.C + r - a.C] = a.norm_b[r - a.C] + acc;
+}
+
+/* d[γ; β] row r of sample n. */
+E2G_HD float film_daffine(const film_args &a, int n, int r) {
+    return r < a.C ? a.dgamma[(size_t)n * a.dns + r] : a.dbeta[(size_t)n * a.dns + r - a.C];
+}
+
+/* Item i over 2C·(C4 + 1): W's entry (r, k) for k < C4, else the biases
+ * of row r (b's, and the norm's own, which its rows add to). */
+E2G_HD void film_param_grad_body(const film_args &a, size_t i) {
+    int r = (int)(i / (a.C4 + 1)), k = (int)(i % (a.C4 + 1));
+    float acc = 0;
+    for (int n = 0; n < a.N; n++) acc += film_daffine(a, n, r) * (k < a.C4 ? a.mean[(size_t)n * a.C4 + k] : 1.0f);
+    if (k < a.C4) {
+        a.dw[(size_t)r * a.C4 + k] += acc;
+    } else {
+        a.db[r] += acc;
+        if (r < a.C) a.dnorm_w[r] += acc;
+        else a.dnorm_b[r - a.C] += acc;
+    }
+}
+
+/* Item i over N·T·C4: dctx[i] += (W^T·d[γ; β]_n)_k / T. */
+E2G_HD void film_context_grad_body(const film_args &a, size_t i) {
+    int k = (int)(i % a.C4), n = (int)(i / ((size_t)a.T * a.C4));
+    float acc = 0;
+    for (int r = 0; r < 2 * a.C; r++) acc += a.w[(size_t)r * a.C4 + k] * film_daffine(a, n, r);
+    a.dctx[i] += acc / a.T;
 }
 
 /* ---- padding, output layer, GELU --------------------------------------------------------- */

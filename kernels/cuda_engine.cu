@@ -12,7 +12,10 @@
  * already reflect-padded when its consumer pads by reflection — and a
  * small cache of CUDA graphs, one per adapter signature seen twice.  cuDNN
  * algorithms are found once per convolution shape
- * (cudnnFindConvolutionForwardAlgorithmEx) on the first, eager run.
+ * (cudnnFindConvolutionForwardAlgorithmEx) on the first, eager run.  A
+ * FiLM norm's affine is per sample: film_affine computes it on the device
+ * from the batch's context rows just before its conv's epilogue, which
+ * reads it with a per-sample stride.
  *
  * Adapters: an LRU cache bounded in bytes holds each adapter's A/B (fp32)
  * and its conv A packed for cuDNN, and merged weight sets (private copies
@@ -48,6 +51,7 @@ namespace e2g {
 struct slot {
     bf16 *w;                    /* packed: (rows, k, k, cin_pad) or phase (4·cout, 2, 2, cin) */
     float *bias, *gamma, *beta; /* NULL when absent; bias concatenated over the parts */
+    float *film_w, *film_b;     /* a FiLM norm's (2·cout, C4), (2·cout); NULL when absent */
 };
 
 /* Where crucial layer l lives: its node, slot, the first output row inside
@@ -192,6 +196,8 @@ static void layout_weights(e2g_cuda_engine *E, dev_arena *ar) {
         d->bias = sl.bias ? ar->take<float>(sl.cout_pad) : NULL;
         d->gamma = sl.norm ? ar->take<float>(sl.cout) : NULL;
         d->beta = sl.norm ? ar->take<float>(sl.cout) : NULL;
+        d->film_w = sl.film ? ar->take<float>((size_t)2 * sl.cout * E->c4) : NULL;
+        d->film_b = sl.film ? ar->take<float>((size_t)2 * sl.cout) : NULL;
     }
     for (int l = 0; l < E2G_N_CRUCIAL; l++) {
         site *st = &E->sites[l];
@@ -257,6 +263,8 @@ static int upload_weights(e2g_cuda_engine *E, char *err) {
             const e2g_conv_params *cp = e2g_node_conv(&P.net.node[sl.part_node[0]], p);
             rc = upload(E, d->gamma, cp->norm_w, sl.cout * sizeof(float), err);
             if (!rc) rc = upload(E, d->beta, cp->norm_b, sl.cout * sizeof(float), err);
+            if (!rc && d->film_w) rc = upload(E, d->film_w, cp->film_w, (size_t)2 * sl.cout * E->c4 * sizeof(float), err);
+            if (!rc && d->film_b) rc = upload(E, d->film_b, cp->film_b, (size_t)2 * sl.cout * sizeof(float), err);
         }
         if (!rc) rc = pack_slot(E, d->w, s, dev_parts, NULL, NULL, err);
         if (!rc) rc = cudaStreamSynchronize(E->dc.stream) ? e2g_fail(err, "CUDA: packing weights failed") : 0;
@@ -697,6 +705,12 @@ static int conv_node(e2g_cuda_engine *E, bucket *B, const run_plan *rp, int i, c
     if (sl.norm) {
         TRY(block_stats(b.stats, a.src, s, err));
         a.sums = b.stats, a.gamma = d.gamma, a.beta = d.beta;
+        if (sl.film) { /* the affine per sample, from each sample's context */
+            e2g_conv_params cp = {NULL, NULL, d.gamma, d.beta, d.film_w, d.film_b};
+            film_args f = plan_film(P, A, i, cp);
+            TRY(film_affine(f, s, err));
+            a.gamma = f.gamma, a.beta = f.beta, a.gamma_ns = f.C;
+        }
     }
     if (nd.add >= 0) a.add = A.b[nd.add].v;
     return block_epilogue(a, s, err);

@@ -2,8 +2,9 @@
  * kernels (see cuda_kernels.cuh): instance-norm statistics and the conv
  * block epilogue (bias, norm, ReLU, residual/skip add, upsample phase
  * gather and reflect padding of the next layer's input in one pass), the
- * input and output layers, bias + GELU, residual + layer norm, weight
- * packing with LoRA merging, and the unmerged LoRA paths.  bf16 in memory,
+ * FiLM norms' per-sample affine, the input and output layers, bias +
+ * GELU, residual + layer norm, weight packing with LoRA merging, and the
+ * unmerged LoRA paths.  bf16 in memory,
  * fp32 arithmetic.  The per-element work of each grid-stride kernel is a
  * body of cuda_bodies.cuh, which the CPU tests run too. */
 #include "cuda_kernels.cuh"
@@ -62,6 +63,22 @@ int block_epilogue(const epilogue_args &a, cudaStream_t stream, char *err) {
     if (a.dst.C % 8) return e2g_fail(err, "CUDA: %d channels unsupported", a.dst.C);
     size_t total = epilogue_items(a.dst);
     block_epilogue_kernel<<<blocks_for(total, THREADS), THREADS, 0, stream>>>(a);
+    LAUNCH_TRY();
+    return 0;
+}
+
+__global__ void film_mean_kernel(film_args a) {
+    GRID_LOOP(i, (size_t)a.N * a.C4) film_mean_body(a, i);
+}
+
+__global__ void film_affine_kernel(film_args a) {
+    GRID_LOOP(i, (size_t)a.N * 2 * a.C) film_affine_body(a, i);
+}
+
+int film_affine(const film_args &a, cudaStream_t stream, char *err) {
+    film_mean_kernel<<<blocks_for((size_t)a.N * a.C4, THREADS), THREADS, 0, stream>>>(a);
+    LAUNCH_TRY();
+    film_affine_kernel<<<blocks_for((size_t)a.N * 2 * a.C, THREADS), THREADS, 0, stream>>>(a);
     LAUNCH_TRY();
     return 0;
 }

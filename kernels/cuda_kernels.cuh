@@ -39,6 +39,9 @@ __device__ __forceinline__ void reduce_channel_pairs(float (*red)[16], float *ac
  * mean = K + Σ(v − K)/HW, var = Σ(v − K)²/HW − (Σ(v − K)/HW)². */
 int block_stats(float *sums, const conv_out &src, cudaStream_t stream, char *err);
 int block_epilogue(const epilogue_args &a, cudaStream_t stream, char *err);
+/* A FiLM norm's context mean and per-sample gamma and beta (film_args:
+ * cuda_bodies.cuh). */
+int film_affine(const film_args &a, cudaStream_t stream, char *err);
 
 /* x (N, H, W, 3) fp32 → dst (pad 3, C 8) bf16 with channels 3..7 zero. */
 int prep_input(const tview &dst, const float *x, cudaStream_t stream, char *err);

@@ -52,7 +52,7 @@ int plan_slots(gen_plan *p, char *err) {
             s.parts = 1, s.part_node[0] = i, s.rows = s.cout = c.cout, s.cout_pad = round8(c.cout);
             s.cin = c.cin, s.cin_pad = round8(c.cin), s.k = c.k, s.stride = c.stride, s.pad = c.pad;
             s.reflect = c.pad_mode == E2G_PAD_REFLECT, s.phase = nd.upsample, s.is_conv = 1;
-            s.bias = nd.bias && !nd.norm, s.norm = nd.norm, s.relu = nd.act == E2G_ACT_RELU;
+            s.bias = nd.bias && !nd.norm, s.norm = nd.norm, s.film = nd.film, s.relu = nd.act == E2G_ACT_RELU;
             s.w_elems = s.phase ? (size_t)4 * s.cout_pad * 4 * s.cin : (size_t)s.cout_pad * s.k * s.k * s.cin_pad;
             np.slot = p->n_slots++, np.part = 0;
         } else if (nd.op == E2G_OP_LINEAR) {
@@ -172,6 +172,9 @@ int plan_storage(gen_plan *p, char *err) {
             } else if (cn.op == E2G_OP_CONV && role == R_ADD) {
                 if (!np.has_bf16 || np.ld != np.C || net.node[j].cout != cn.cout)
                     why = "a conv's add must be a whole view of its channels";
+            } else if (cn.op == E2G_OP_CONV && role == R_IN1) {
+                np.dense = 1, need = 0;
+                if (!cn.film || !rows_ok) why = "a FiLM norm reads whole bf16 token rows of its context";
             } else if (cn.op == E2G_OP_OUTPUT) {
                 /* in[0]: the fused conv; in[1]: the input image, read in fp32 */
             } else {
@@ -313,7 +316,7 @@ void plan_layout(const gen_plan *p, int N, int H, int W, int keep, size_t sample
     const e2g_net &net = p->net;
     size_t align_elems = sample_align / sizeof(bf16), proj_max = 0;
     L->N = N, L->H = H, L->W = W;
-    L->raw_max = L->conv_in_max = L->rows_max = L->stats_max = 0;
+    L->raw_max = L->conv_in_max = L->rows_max = L->stats_max = L->affine_max = 0;
     e2g_net_shapes(&net, H, W, p->T, L->sh);
     for (int i = 0; i < net.n; i++) {
         const e2g_node &nd = net.node[i];
@@ -327,6 +330,7 @@ void plan_layout(const gen_plan *p, int N, int H, int W, int keep, size_t sample
             L->raw_max = std::max(L->raw_max, (size_t)N * b.g.Hg * b.g.Wg * b.g.Cs);
             L->conv_in_max = std::max(L->conv_in_max, (size_t)N * b.g.Hp * b.g.Wp * b.g.C);
             if (nd.norm) L->stats_max = std::max(L->stats_max, (size_t)N * 2 * nd.cout);
+            if (nd.film) L->affine_max = std::max(L->affine_max, plan_film_floats(net, N, i));
         }
         if (nd.op == E2G_OP_LINEAR && nd.add >= 0) proj_max = std::max(proj_max, b.M * nd.cout);
     }
@@ -370,15 +374,18 @@ void plan_layout(const gen_plan *p, int N, int H, int W, int keep, size_t sample
         if (nd.op == E2G_OP_CONV && keep) {
             b.raw = ar->take<bf16>((size_t)N * b.g.Hg * b.g.Wg * b.g.Cs);
             if (nd.norm) b.stats = ar->take<float>((size_t)N * 2 * nd.cout);
+            if (nd.film) b.affine = ar->take<float>(plan_film_floats(net, N, i));
         }
     }
-    if (!keep) { /* inference: one raw conv output and one set of statistics at a time */
+    if (!keep) { /* inference: one raw conv output, set of statistics and FiLM affine at a time */
         bf16 *raw = ar->take<bf16>(L->raw_max);
         float *stats = ar->take<float>(std::max(L->stats_max, (size_t)1));
+        float *affine = ar->take<float>(std::max(L->affine_max, (size_t)1));
         for (int i = 0; i < net.n; i++)
             if (net.node[i].op == E2G_OP_CONV) {
                 L->b[i].raw = raw;
                 if (net.node[i].norm) L->b[i].stats = stats;
+                if (net.node[i].film) L->b[i].affine = affine;
             }
     }
     L->proj = ar->take<bf16>(std::max(proj_max, (size_t)1));

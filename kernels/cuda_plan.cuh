@@ -42,7 +42,7 @@ struct wslot {
     int cin, cin_pad, cout, cout_pad;     /* cout = parts·rows; pads to 8 (convs only) */
     int k, stride, pad, reflect, phase, is_conv;
     int bias; /* a bias is applied (not before an instance norm, which cancels it) */
-    int norm, relu, gelu;
+    int norm, film, relu, gelu; /* film: the norm's affine is per sample (net.h) */
     size_t w_elems; /* packed bf16 filter: (cout_pad, k, k, cin_pad) or phase (4·cout_pad, 2, 2, cin) */
 };
 
@@ -106,6 +106,7 @@ struct node_buf {
     float *f32;  /* the fp32 residual stream */
     bf16 *raw;   /* CONV: raw conv output (geometry g) */
     float *stats;/* CONV with a norm: (N, 2, C) mean and variance */
+    float *affine;/* CONV with FiLM: the norm's gamma (N, C), beta (N, C), then the context mean (N, C4) */
     bf16 *pre;   /* LINEAR with GELU when kept: before the activation */
     conv_geom g; /* CONV */
 };
@@ -116,7 +117,7 @@ struct act_layout {
     node_buf b[PLAN_MAX];
     bf16 *proj; /* a LINEAR-with-add's GEMM output before the residual (scratch) */
     /* largest per-node sizes (elements), for the trainer's scratch */
-    size_t raw_max, conv_in_max, rows_max, stats_max;
+    size_t raw_max, conv_in_max, rows_max, stats_max, affine_max;
 };
 
 /* The raw conv output of CONV node i as the epilogue reads it. */
@@ -126,17 +127,36 @@ static inline conv_out plan_raw(const gen_plan &p, const act_layout &L, int i) {
     return o;
 }
 
+/* The floats of FiLM CONV node i's node_buf.affine. */
+static inline size_t plan_film_floats(const e2g_net &net, int N, int i) {
+    return (size_t)N * (2 * net.node[i].cout + net.node[net.node[i].in[1]].cout);
+}
+
+/* FiLM CONV node i: the film_args of its norm's per-sample affine, into
+ * L.b[i].affine from its context's rows, with the parameters cp (device
+ * pointers: norm_w, norm_b, film_w, film_b); backward fields unset. */
+static inline film_args plan_film(const gen_plan &p, const act_layout &L, int i, const e2g_conv_params &cp) {
+    const e2g_node &nd = p.net.node[i];
+    int ctx = nd.in[1];
+    film_args a = {};
+    a.ctx = L.b[ctx].rows, a.N = L.N, a.T = L.sh[ctx].h * L.sh[ctx].w, a.C4 = p.net.node[ctx].cout, a.C = nd.cout;
+    a.w = cp.film_w, a.b = cp.film_b, a.norm_w = cp.norm_w, a.norm_b = cp.norm_b;
+    a.gamma = L.b[i].affine, a.beta = a.gamma + (size_t)L.N * a.C, a.mean = a.beta + (size_t)L.N * a.C;
+    return a;
+}
+
 /* Elements between consecutive samples of a view. */
 static inline size_t view_sample(const tview &v) {
     return v.ns ? v.ns : (size_t)(v.H + 2 * v.pad) * (v.W + 2 * v.pad) * v.C;
 }
 
 /* Lays out (base NULL: counts) every node's activations for N images of
- * H×W.  keep (the trainer): each conv's raw output and statistics and each
- * GELU's input have memory of their own, kept for the backward; otherwise
- * they share one scratch each.  sample_align (bytes, 0: none): views read
- * only by convolutions get per-sample strides that are multiples of it, so
- * a run of samples starting at any n0 stays aligned for cuDNN. */
+ * H×W.  keep (the trainer): each conv's raw output, statistics and FiLM
+ * affine and each GELU's input have memory of their own, kept for the
+ * backward; otherwise they share one scratch each.  sample_align (bytes,
+ * 0: none): views read only by convolutions get per-sample strides that
+ * are multiples of it, so a run of samples starting at any n0 stays
+ * aligned for cuDNN. */
 void plan_layout(const gen_plan *p, int N, int H, int W, int keep, size_t sample_align, dev_arena *ar,
                  act_layout *L);
 

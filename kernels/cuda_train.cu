@@ -15,7 +15,10 @@
  * too); a node read only by one linear slot or one attention has a bf16
  * gradient that this consumer writes (cuda_plan.cuh, node_plan.grad).
  * LoRA runs merged: the weights are repacked each step as W + s·B·A and
- * the factor gradients come from dW.  bf16 has fp32's exponent range, so
+ * the factor gradients come from dW.  A FiLM norm's per-sample affine is
+ * kept from the forward; its backward carries the per-sample d(gamma),
+ * d(beta) of the epilogue backward on into the norm's and FiLM's
+ * gradients and the context's.  bf16 has fp32's exponent range, so
  * no loss scaling is needed. */
 #include <math.h>
 #include <stdlib.h>
@@ -301,6 +304,11 @@ static int conv_forward(e2g_cuda_trainer *T, int i, int slot, char *err) {
         const e2g_conv_params *cp = e2g_node_conv(&nd, &T->P);
         TRY(block_stats(b.stats, a.src, s, err));
         a.sums = b.stats, a.gamma = cp->norm_w, a.beta = cp->norm_b;
+        if (sl.film) {
+            film_args f = plan_film(P, L, i, *cp);
+            TRY(film_affine(f, s, err));
+            a.gamma = f.gamma, a.beta = f.beta, a.gamma_ns = f.C;
+        }
     }
     if (nd.add >= 0) a.add = L.b[nd.add].v;
     return block_epilogue(a, s, err);
@@ -416,6 +424,20 @@ static int grad16(e2g_cuda_trainer *T, int i, bf16 **out, char *err) {
     return f32_to_bf16(T->dy16, T->g[i], T->acts.b[i].M * T->plan.net.node[i].cout, T->dc.stream, err);
 }
 
+/* Backward of FiLM conv node i's affine, whose per-sample gradients the
+ * epilogue backward left in dsums (N, 2, C: d(beta), then d(gamma)): into
+ * the norm's and FiLM's parameter gradients gp (NULL: frozen) and the
+ * context's gradient. */
+static int film_bwd(e2g_cuda_trainer *T, int i, const e2g_conv_params *cp, e2g_conv_params *gp, char *err) {
+    const gen_plan &P = T->plan;
+    int C = P.net.node[i].cout;
+    film_args f = plan_film(P, T->acts, i, *cp);
+    f.dgamma = T->dsums + C, f.dbeta = T->dsums, f.dns = 2 * C;
+    if (gp) f.dw = gp->film_w, f.db = gp->film_b, f.dnorm_w = gp->norm_w, f.dnorm_b = gp->norm_b;
+    f.dctx = T->g[P.net.node[i].in[1]]; /* fp32: a context read by a conv (cuda_plan.cu, plan_grads) */
+    return film_backward(f, T->dc.stream, err);
+}
+
 /* A CONV node: the raw gradient from its output's (the epilogue backward;
  * for the conv OUTPUT reads, the output layer + L1), then the weight and
  * input gradients. */
@@ -441,13 +463,16 @@ static int conv_backward(e2g_cuda_trainer *T, int i, int slot, float lambda, cha
         const e2g_conv_params *cp = e2g_node_conv(&nd, &T->P);
         e2g_conv_params *gp = T->lora ? NULL : e2g_node_conv(&nd, &T->G);
         a.bias = T->slots[np.slot].bias, a.relu = sl.relu, a.dout = T->g[i], a.draw = T->draw, a.dsums = T->dsums;
-        if (sl.norm) {
+        if (sl.film) { /* the per-sample affine: its gradients from dsums, below */
+            a.sums = b.stats, a.gamma = b.affine, a.beta = b.affine + (size_t)N * nd.cout, a.gamma_ns = nd.cout;
+        } else if (sl.norm) {
             a.sums = b.stats, a.gamma = cp->norm_w, a.beta = cp->norm_b;
             if (gp) a.dgamma = gp->norm_w, a.dbeta = gp->norm_b;
         } else if (gp && sl.bias) {
             a.dbias = gp->b;
         }
         TRY(block_epilogue_backward(a, s, err));
+        if (sl.film) TRY(film_bwd(T, i, cp, gp, err));
     }
     if (slot_trained(T, np.slot)) {
         TRY(conv_bwd_filter(&T->dc, T->dw16, in.p, T->draw, N, g.Hp, g.Wp, g.C, g.K, g.R, g.stride, g.pad, in.ns,

@@ -14,6 +14,10 @@ namespace e2g {
 /* Backward of block_epilogue (epilogue_bwd_args: cuda_bodies.cuh). */
 int block_epilogue_backward(const epilogue_bwd_args &a, cudaStream_t stream, char *err);
 
+/* Backward of film_affine: its parameters' gradients when a.dw is set,
+ * the context's when a.dctx is. */
+int film_backward(const film_args &a, cudaStream_t stream, char *err);
+
 /* g (N, H, W, C) += the gradient of the padded tensor dxp (N, H+2p, W+2p,
  * C) folded back through reflect padding (p = 0: a plain add). */
 int fold_grad(float *g, const bf16 *dxp, int N, int H, int W, int C, int pad, cudaStream_t stream,

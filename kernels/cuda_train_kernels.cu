@@ -1,8 +1,8 @@
 /* cuda_train_kernels.cu — the backward kernels of the GPU trainer
  * (cuda_train.cuh): conv block epilogue (bias, instance norm, ReLU, phase
- * scatter), reflect-pad folding, output layer + L1, bias sums, GELU, layer
- * norm, flash-style attention backward, the weight-gradient adjoint of the
- * packing, LoRA factor gradients, context rows and fused Adam.  fp32
+ * scatter), FiLM, reflect-pad folding, output layer + L1, bias sums, GELU,
+ * layer norm, flash-style attention backward, the weight-gradient adjoint
+ * of the packing, LoRA factor gradients, context rows and fused Adam.  fp32
  * arithmetic; reductions in shared memory or warps, then one atomic per
  * block.  The per-element work of each grid-stride kernel is a body of
  * cuda_bodies.cuh, which the CPU tests run too. */
@@ -56,6 +56,30 @@ int block_epilogue_backward(const epilogue_bwd_args &a, cudaStream_t stream, cha
     }
     epilogue_bwd_apply_kernel<<<blocks_for(epilogue_bwd_items(s), THREADS), THREADS, 0, stream>>>(a);
     LAUNCH_TRY();
+    return 0;
+}
+
+/* ---- FiLM ---------------------------------------------------------------------------- */
+
+__global__ void film_param_grad_kernel(film_args a) {
+    GRID_LOOP(i, (size_t)2 * a.C * (a.C4 + 1)) film_param_grad_body(a, i);
+}
+
+__global__ void film_context_grad_kernel(film_args a) {
+    GRID_LOOP(i, (size_t)a.N * a.T * a.C4) film_context_grad_body(a, i);
+}
+
+int film_backward(const film_args &a, cudaStream_t stream, char *err) {
+    if (a.dw) {
+        size_t n = (size_t)2 * a.C * (a.C4 + 1);
+        film_param_grad_kernel<<<blocks_for(n, THREADS), THREADS, 0, stream>>>(a);
+        LAUNCH_TRY();
+    }
+    if (a.dctx) {
+        size_t n = (size_t)a.N * a.T * a.C4;
+        film_context_grad_kernel<<<blocks_for(n, THREADS), THREADS, 0, stream>>>(a);
+        LAUNCH_TRY();
+    }
     return 0;
 }
 

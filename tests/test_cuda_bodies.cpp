@@ -7,7 +7,9 @@
  * phase kernels, merged LoRA terms) with cuDNN's convolution emulated by a
  * plain loop, the unmerged LoRA expand, and the trainer's bodies: epilogue
  * backward, reflect-pad fold, output + L1, GELU backward, the packing's
- * adjoint (exact, on integers), LoRA factor gradients, context rows, Adam.
+ * adjoint (exact, on integers), LoRA factor gradients, context rows, Adam;
+ * FiLM: the per-sample norm affine (forward and backward) and the
+ * epilogue reading it.
  * Built when nvcc was found (C++, CUDA include path; no CUDA runtime
  * call). Tolerances: bf16 keeps 8 significant bits (2⁻⁹ ≈ 2e-3 per
  * rounding); a result stored as bf16 after a few roundings is held to
@@ -24,6 +26,7 @@ extern "C" {
 #include "adam.h"
 #include "common.h"
 #include "conv.h"
+#include "layers.h"
 #include "ops.h"
 #include "testutil.h"
 }
@@ -84,6 +87,23 @@ static fvec host_stats(const conv_out &s) {
 
 static void host_epilogue(const epilogue_args &a) {
     for (size_t i = 0; i < epilogue_items(a.dst); i++) epilogue_body(a, i);
+}
+
+/* block_epilogue_backward on the host: the per-thread sums pass (its
+ * block reduction a sequential sum), the parameter pass, the apply pass. */
+static void host_epilogue_bwd(const epilogue_bwd_args &a) {
+    const conv_out &s = a.src;
+    for (int n = 0; n < s.N; n++)
+        for (int g = 0; g < s.C / 8; g++) {
+            float acc[16] = {0};
+            for (int p = 0; p < s.H * s.W; p++) epilogue_bwd_accumulate(a, n, g, p, acc);
+            for (int i = 0; i < 8; i++) {
+                a.dsums[(size_t)n * 2 * s.C + g * 8 + i] += acc[i];
+                a.dsums[(size_t)n * 2 * s.C + s.C + g * 8 + i] += acc[8 + i];
+            }
+        }
+    for (int c = 0; c < s.C; c++) epilogue_bwd_params_body(a, s.N, c);
+    for (size_t i = 0; i < epilogue_bwd_items(s); i++) epilogue_bwd_apply_body(a, i);
 }
 
 static void host_pack(const pack_args &a) {
@@ -454,17 +474,7 @@ START_TEST(test_epilogue_backward) {
             a.sums = sums.data(), a.gamma = gamma.data(), a.beta = beta.data(), a.dgamma = dg.data(), a.dbeta = db.data();
         else
             a.bias = bias.data(), a.dbias = dbias.data();
-        for (int n = 0; n < N; n++)
-            for (int g = 0; g < C / 8; g++) {
-                float acc[16] = {0};
-                for (int p = 0; p < HW; p++) epilogue_bwd_accumulate(a, n, g, p, acc);
-                for (int i = 0; i < 8; i++) {
-                    dsums[(size_t)n * 2 * C + g * 8 + i] += acc[i];
-                    dsums[(size_t)n * 2 * C + C + g * 8 + i] += acc[8 + i];
-                }
-            }
-        for (int c = 0; c < C; c++) epilogue_bwd_params_body(a, N, c);
-        for (size_t i = 0; i < epilogue_bwd_items(src); i++) epilogue_bwd_apply_body(a, i);
+        host_epilogue_bwd(a);
         fvec out(raw.size()), dv(raw.size(), 0.0f), dx(raw.size(), 0.0f), rdg(C, 0.0f), rdb(C, 0.0f);
         fvec mean((size_t)N * C), rstd((size_t)N * C), got = to_f32(draw);
         if (norm) {
@@ -483,6 +493,84 @@ START_TEST(test_epilogue_backward) {
             expect("epilogue backward: dbias", dbias.data(), rdb.data(), C, 1e-4);
         }
     }
+}
+END_TEST
+
+/* FiLM: the epilogue with a per-sample affine (gamma_ns = C), forward and
+ * backward, against instancenorm with per_sample; the per-sample
+ * d(gamma), d(beta) are the backward's dsums. */
+START_TEST(test_epilogue_per_sample) {
+    const int N = 3, H = 4, W = 6, C = 16, HW = H * W;
+    fvec raw = rnd((size_t)N * HW * C, 60, -2, 3);
+    round_bf16(raw);
+    bvec raw16 = to_bf16(raw), out16(raw.size());
+    fvec gamma = rnd((size_t)N * C, 61, -1.5f, 1.5f), beta = rnd((size_t)N * C, 62), dout = rnd(raw.size(), 63);
+    conv_out src = {raw16.data(), N, H, W, C, C, 0};
+    fvec sums = host_stats(src);
+    epilogue_args f = {};
+    f.src = src, f.sums = sums.data(), f.gamma = gamma.data(), f.beta = beta.data(), f.gamma_ns = C, f.relu = 1;
+    f.dst = {out16.data(), N, H, W, C, 0, 0};
+    host_epilogue(f);
+    fvec ref(raw.size()), mean((size_t)N * C), rstd((size_t)N * C), got = to_f32(out16);
+    e2g_instancenorm_forward(ref.data(), mean.data(), rstd.data(), raw.data(), gamma.data(), beta.data(), 1, 1, N, HW, C);
+    expect("per-sample epilogue", got.data(), ref.data(), ref.size(), 1e-2);
+
+    fvec dsums((size_t)N * 2 * C, 0.0f);
+    bvec draw(raw.size());
+    epilogue_bwd_args a = {};
+    a.src = src, a.sums = sums.data(), a.gamma = gamma.data(), a.beta = beta.data(), a.gamma_ns = C, a.relu = 1;
+    a.dout = dout.data(), a.draw = draw.data(), a.dsums = dsums.data();
+    host_epilogue_bwd(a);
+    fvec dv(raw.size(), 0.0f), dx(raw.size(), 0.0f), rdg((size_t)N * C, 0.0f), rdb((size_t)N * C, 0.0f);
+    e2g_relu_backward(dv.data(), dout.data(), ref.data(), ref.size());
+    e2g_instancenorm_backward(dx.data(), rdg.data(), rdb.data(), dv.data(), raw.data(), mean.data(), rstd.data(),
+                              gamma.data(), 1, N, HW, C);
+    fvec dg((size_t)N * C), db((size_t)N * C), gdraw = to_f32(draw);
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < C; c++)
+            db[(size_t)n * C + c] = dsums[(size_t)n * 2 * C + c], dg[(size_t)n * C + c] = dsums[(size_t)n * 2 * C + C + c];
+    expect("per-sample epilogue backward: draw", gdraw.data(), dx.data(), dx.size(), 2e-2);
+    expect("per-sample epilogue backward: dgamma", dg.data(), rdg.data(), dg.size(), 1e-3);
+    expect("per-sample epilogue backward: dbeta", db.data(), rdb.data(), db.size(), 1e-3);
+}
+END_TEST
+
+/* film_affine and film_backward's bodies against e2g_film_forward and
+ * e2g_film_backward, the context in bf16 as the device holds it; the
+ * per-sample gradients read with the epilogue backward's dsums layout. */
+START_TEST(test_film) {
+    const int N = 3, T = 4, C4 = 24, C = 8;
+    fvec ctx = rnd((size_t)N * T * C4, 64, -2, 2);
+    round_bf16(ctx);
+    bvec ctx16 = to_bf16(ctx);
+    fvec w = rnd((size_t)2 * C * C4, 65, -0.3f, 0.3f), b = rnd(2 * C, 66), nw = rnd(C, 67, 0.5f, 1.5f), nb = rnd(C, 68);
+    e2g_conv_params cp = {NULL, NULL, nw.data(), nb.data(), w.data(), b.data()};
+    fvec ref((size_t)2 * N * C), got((size_t)2 * N * C), mean((size_t)N * C4);
+    e2g_film_forward(ref.data(), &cp, ctx.data(), N, T, C4, C);
+    film_args a = {};
+    a.ctx = ctx16.data(), a.N = N, a.T = T, a.C4 = C4, a.C = C;
+    a.w = w.data(), a.b = b.data(), a.norm_w = nw.data(), a.norm_b = nb.data(), a.mean = mean.data();
+    a.gamma = got.data(), a.beta = got.data() + (size_t)N * C;
+    for (size_t i = 0; i < (size_t)N * C4; i++) film_mean_body(a, i);
+    for (size_t i = 0; i < (size_t)N * 2 * C; i++) film_affine_body(a, i);
+    expect("film affine", got.data(), ref.data(), ref.size(), 1e-5);
+
+    fvec daffine = rnd((size_t)2 * N * C, 69), dsums((size_t)N * 2 * C); /* CPU: (2, N, C); device: (N, 2, C) */
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < C; c++) {
+            dsums[(size_t)n * 2 * C + C + c] = daffine[(size_t)n * C + c];
+            dsums[(size_t)n * 2 * C + c] = daffine[(size_t)(N + n) * C + c];
+        }
+    fvec mem_ref((size_t)2 * C * C4 + 4 * C, 0.0f), mem_got(mem_ref), dctx_ref = rnd(ctx.size(), 70), dctx_got(dctx_ref);
+    e2g_conv_params gr = {NULL, NULL, &mem_ref[0], &mem_ref[C], &mem_ref[2 * C], &mem_ref[2 * C + 2 * C * C4]};
+    e2g_film_backward(&gr, dctx_ref.data(), daffine.data(), &cp, ctx.data(), N, T, C4, C);
+    a.dgamma = dsums.data() + C, a.dbeta = dsums.data(), a.dns = 2 * C;
+    a.dnorm_w = &mem_got[0], a.dnorm_b = &mem_got[C], a.dw = &mem_got[2 * C], a.db = &mem_got[2 * C + 2 * C * C4];
+    a.dctx = dctx_got.data();
+    for (size_t i = 0; i < (size_t)2 * C * (C4 + 1); i++) film_param_grad_body(a, i);
+    for (size_t i = 0; i < (size_t)N * T * C4; i++) film_context_grad_body(a, i);
+    expect("film backward: norm and FiLM parameters", mem_got.data(), mem_ref.data(), mem_ref.size(), 1e-5);
+    expect("film backward: context", dctx_got.data(), dctx_ref.data(), dctx_ref.size(), 1e-5);
 }
 END_TEST
 
@@ -661,6 +749,8 @@ int main(void) {
     tcase_add_test(tc, test_lora_expand);
     tcase_add_test(tc, test_bias_gelu);
     tcase_add_test(tc, test_epilogue_backward);
+    tcase_add_test(tc, test_epilogue_per_sample);
+    tcase_add_test(tc, test_film);
     tcase_add_test(tc, test_fold_grad);
     tcase_add_test(tc, test_output_l1);
     tcase_add_test(tc, test_gelu_backward);
