@@ -21,14 +21,15 @@
 
 /* Options both commands take (getopt_long values 1000+). */
 enum {
-    OPT_STEPS = 1000, OPT_BATCH, OPT_LR, OPT_L1, OPT_GAN, OPT_DECAY, OPT_SEED, OPT_EVAL_EVERY,
+    OPT_STEPS = 1000, OPT_BATCH, OPT_LR, OPT_L1, OPT_GAN, OPT_EDGE, OPT_DARK, OPT_DECAY, OPT_SEED, OPT_EVAL_EVERY,
     OPT_EVAL_PAIRS, OPT_CHECKPOINT, OPT_CHECKPOINT_EVERY, OPT_REPORT, OPT_THREADS, OPT_QUIET,
     OPT_DATA, OPT_OUT, OPT_PAIRS, OPT_CROP, OPT_TRAIN_CROPS, OPT_EVENTS, OPT_DEVICE, OPT_PRECISION
 };
 
 #define TRAIN_OPTIONS                                                                             \
     {"steps", 1, 0, OPT_STEPS}, {"batch", 1, 0, OPT_BATCH}, {"lr", 1, 0, OPT_LR},                 \
-        {"lambda-l1", 1, 0, OPT_L1}, {"gan-weight", 1, 0, OPT_GAN}, {"decay-from", 1, 0, OPT_DECAY}, \
+        {"lambda-l1", 1, 0, OPT_L1}, {"gan-weight", 1, 0, OPT_GAN}, {"edge-weight", 1, 0, OPT_EDGE}, \
+        {"dark-weight", 1, 0, OPT_DARK}, {"decay-from", 1, 0, OPT_DECAY},                          \
         {"seed", 1, 0, OPT_SEED}, {"eval-every", 1, 0, OPT_EVAL_EVERY},                           \
         {"eval-pairs", 1, 0, OPT_EVAL_PAIRS}, {"checkpoint", 1, 0, OPT_CHECKPOINT},               \
         {"checkpoint-every", 1, 0, OPT_CHECKPOINT_EVERY}, {"report", 1, 0, OPT_REPORT},           \
@@ -47,6 +48,11 @@ enum {
     "  --steps N [1000]  --batch B [8]  --lr X [2e-4]  --decay-from F [0.5: lr decays\n"         \
     "                        linearly to 0 over the last half]\n"                                  \
     "  --lambda-l1 X [100]   --gan-weight X [1; 0 trains with L1 alone, no D]\n"                  \
+    "  --edge-weight X [0]   adds X times the L1 of the images' horizontal and vertical\n"       \
+    "                        pixel differences (values like --lambda-l1 make sense)\n"          \
+    "  --dark-weight X [0]   L1 weighs each pixel by 1 + X * the teacher's darkness\n"          \
+    "                        (normalised to mean 1): dark strokes count more\n"                  \
+    "                        (docs/training.md#loss-terms-for-sketch-concepts)\n"              \
     "  --seed S [1]          the run is deterministic for a seed and thread count\n"              \
     "  --eval-every N [250]  --eval-pairs N [64; 0 = all validation pairs]\n"                    \
     "  --checkpoint FILE     resume from FILE if it exists; save to it every\n"                  \
@@ -55,8 +61,9 @@ enum {
     "  --threads T  --quiet\n"                                                                   \
     "  --device D [auto]     auto|cpu|cuda (default $E2GAN_DEVICE, else auto): auto trains on\n" \
     "                        the GPU when present and the run is supported there (LoRA\n"     \
-    "                        or full G, L1 only: --gan-weight 0), else on the CPU as\n"       \
-    "                        before; cuda refuses to fall back (docs/cuda.md)\n"                \
+    "                        or full G, L1 only: --gan-weight, --edge-weight and\n"           \
+    "                        --dark-weight 0), else on the CPU as before; cuda refuses\n"     \
+    "                        to fall back (docs/cuda.md)\n"                                    \
     "  --precision P [auto]  auto|fp32|bf16 on the CPU (default $E2GAN_PRECISION, else auto):\n" \
     "                        bf16 convolutions and linear layers with fp32 accumulation,\n" \
     "                        fp32 master weights and Adam; auto = bf16 where the CPU has\n" \
@@ -87,6 +94,8 @@ static int parse_train_option(int c, const char *arg, train_args *a) {
     case OPT_LR: return e2g_cli_parse_double(arg, 0, 1, &d) ? -1 : (o->lr = (float)d, 1);
     case OPT_L1: return e2g_cli_parse_double(arg, 0, 1e6, &d) ? -1 : (o->lambda_l1 = (float)d, 1);
     case OPT_GAN: return e2g_cli_parse_double(arg, 0, 1e6, &d) ? -1 : (o->gan_weight = (float)d, 1);
+    case OPT_EDGE: return e2g_cli_parse_double(arg, 0, 1e6, &d) ? -1 : (o->edge_weight = (float)d, 1);
+    case OPT_DARK: return e2g_cli_parse_double(arg, 0, 1e6, &d) ? -1 : (o->dark_weight = (float)d, 1);
     case OPT_DECAY: return e2g_cli_parse_double(arg, 0, 1, &d) ? -1 : (o->decay_from = (float)d, 1);
     case OPT_SEED: return e2g_cli_parse_long(arg, 0, 1L << 62, &v) ? -1 : (o->seed = (unsigned long long)v, 1);
     case OPT_EVAL_EVERY: return e2g_cli_parse_long(arg, 0, 100000000, &o->eval_every) ? -1 : 1;

@@ -30,15 +30,22 @@ const char *e2g_device_mode_name(e2g_device_mode mode);
 
 /* ---- training backend ----------------------------------------------------------- */
 
+/* Loss terms of a run beyond λ·L1 (train.h's options), as flags. */
+enum {
+    E2G_LOSS_GAN = 1 << 0,  /* gan_weight > 0: the PatchGAN term */
+    E2G_LOSS_EDGE = 1 << 1, /* edge_weight > 0: the gradient-domain L1 term */
+    E2G_LOSS_DARK = 1 << 2  /* dark_weight > 0: the dark-pixel-weighted L1 */
+};
+
 /* A trainer of the generator on a device, driven by engine/train.c in
  * place of its CPU forward/backward: one step is the forward, λ·L1, the
  * backward into the trained vector (all of G, or one adapter) and Adam.
  * Batches are staged in two host slots and uploaded while the previous
  * step runs.  kernels/cuda_trainer.h documents the CUDA one. */
 typedef struct {
-    /* 1 when it trains generator cfg (gan: with the PatchGAN term), else 0
-     * with the reason in err. */
-    int (*supports)(const e2g_gen_config *cfg, int gan, char *err);
+    /* 1 when it trains generator cfg with the loss terms loss_terms
+     * (E2G_LOSS_* flags; 0: λ·L1 alone), else 0 with the reason in err. */
+    int (*supports)(const e2g_gen_config *cfg, unsigned loss_terms, char *err);
     /* A trainer for batches of N crops of S×S: gen holds every G parameter
      * (e2g_gen_bind's layout), trained when lora is NULL, frozen otherwise;
      * the trained vector starts as gen or lora->memory, Adam state zero. */

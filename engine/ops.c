@@ -508,13 +508,69 @@ float e2g_mse_const_loss(float *grad, const float *pred, float target, size_t n,
     return (float)(s / n);
 }
 
+/* g·sign(d), 0 at d == 0 (PyTorch's gradient of |d|, scaled). */
+static inline float abs_grad(float d, float g) { return d > 0 ? g : (d < 0 ? -g : 0.0f); }
+
 float e2g_l1_loss(float *grad, const float *a, const float *b, size_t n, float scale) {
     double s = 0;
     float g = scale / (float)n;
     for (size_t i = 0; i < n; i++) {
         float d = a[i] - b[i];
         s += fabsf(d);
-        if (grad) grad[i] += d > 0 ? g : (d < 0 ? -g : 0.0f);
+        if (grad) grad[i] += abs_grad(d, g);
     }
     return (float)(s / n);
+}
+
+/* Adds one gradient-domain term between neighbours i and j (j = i + stride)
+ * of a and b: its |difference| to *sum and ±g to grad[j], grad[i]. */
+static inline void edge_term(float *grad, const float *a, const float *b, size_t i, size_t j, float g,
+                             double *sum) {
+    float d = (a[j] - a[i]) - (b[j] - b[i]);
+    *sum += fabsf(d);
+    if (grad) {
+        float s = abs_grad(d, g);
+        grad[j] += s, grad[i] -= s;
+    }
+}
+
+float e2g_edge_l1_loss(float *grad, const float *a, const float *b, int N, int H, int W, int C, float scale) {
+    size_t terms = (size_t)N * C * ((size_t)H * (W - 1) + (size_t)(H - 1) * W);
+    if (terms == 0) return 0.0f;
+    float g = scale / (float)terms;
+    size_t row = (size_t)W * C;
+    double s = 0;
+    for (int n = 0; n < N; n++)
+        for (int h = 0; h < H; h++)
+            for (int w = 0; w < W; w++)
+                for (int c = 0; c < C; c++) {
+                    size_t i = (((size_t)n * H + h) * W + w) * C + c;
+                    if (w + 1 < W) edge_term(grad, a, b, i, i + C, g, &s);
+                    if (h + 1 < H) edge_term(grad, a, b, i, i + row, g, &s);
+                }
+    return (float)(s / terms);
+}
+
+/* The weight 1 + dark_weight·d(p) of RGB pixel p (e2g_dark_l1_loss). */
+static float dark_pixel_weight(const float *p, float dark_weight) {
+    float luma = 0.299f * p[0] + 0.587f * p[1] + 0.114f * p[2];
+    return 1.0f + dark_weight * fminf(fmaxf(0.5f * (1.0f - luma), 0.0f), 1.0f);
+}
+
+float e2g_dark_l1_loss(float *grad, const float *a, const float *b, size_t pixels, float dark_weight,
+                       float scale) {
+    if (dark_weight == 0.0f) return e2g_l1_loss(grad, a, b, 3 * pixels, scale);
+    double wsum = 0;
+    for (size_t p = 0; p < pixels; p++) wsum += dark_pixel_weight(b + 3 * p, dark_weight);
+    double norm = 1.0 / (3.0 * wsum), s = 0;
+    for (size_t p = 0; p < pixels; p++) {
+        float w = dark_pixel_weight(b + 3 * p, dark_weight), g = (float)(scale * w * norm);
+        for (int c = 0; c < 3; c++) {
+            size_t i = 3 * p + c;
+            float d = a[i] - b[i];
+            s += w * fabsf(d);
+            if (grad) grad[i] += abs_grad(d, g);
+        }
+    }
+    return (float)(s * norm);
 }

@@ -88,5 +88,22 @@ void e2g_accumulate(float *dst, const float *src, size_t n);
 float e2g_mse_const_loss(float *grad, const float *pred, float target, size_t n, float scale);
 /* mean(|a − b|), gradient w.r.t. a (sign, 0 at a == b as PyTorch). */
 float e2g_l1_loss(float *grad, const float *a, const float *b, size_t n, float scale);
+/* Gradient-domain L1 of images a, b (N, H, W, C): the mean over every
+ * finite difference between neighbouring pixels, per sample and channel,
+ *   E = [Σ |(a[h,w+1] − a[h,w]) − (b[h,w+1] − b[h,w])|
+ *      + Σ |(a[h+1,w] − a[h,w]) − (b[h+1,w] − b[h,w])|] / (N·C·(H·(W−1) + (H−1)·W)),
+ * the first sum over the N·C·H·(W−1) horizontal, the second over the
+ * N·C·(H−1)·W vertical neighbours; gradient w.r.t. a (sign, 0 at a tie as
+ * PyTorch).  0 when there are no neighbours (H = W = 1). */
+float e2g_edge_l1_loss(float *grad, const float *a, const float *b, int N, int H, int W, int C, float scale);
+/* L1 of RGB images a, b (`pixels` pixels of 3 channels) weighted by the
+ * darkness of b (the target): each pixel's weight w = 1 + dark_weight·d(b),
+ * d = clamp((1 − (0.299 r + 0.587 g + 0.114 b)) / 2, 0, 1) (0 white, 1
+ * black for RGB in [−1, 1]), normalised to mean 1,
+ *   Σ_p w_p Σ_c |a − b| / (3 Σ_p w_p),
+ * so a uniform error costs what it costs in plain L1; gradient w.r.t. a
+ * (scale·w_p·sign / (3 Σ w)).  dark_weight 0 is e2g_l1_loss bit for bit. */
+float e2g_dark_l1_loss(float *grad, const float *a, const float *b, size_t pixels, float dark_weight,
+                       float scale);
 
 #endif

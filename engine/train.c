@@ -2,10 +2,12 @@
  *
  * One step: draw the batch of (seed, step); G forward; when the GAN term is
  * on, a D step on real and fake pairs (LSGAN, ½ each) and then G's
- * adversarial gradient through the updated D; λ·L1; G backward into the
- * full parameters or into the adapter; Adam.  The batch of a step depends
- * only on (seed, step) and every kernel is deterministic for a thread
- * count, so a run resumed from a checkpoint ends where an unbroken one does.
+ * adversarial gradient through the updated D; λ·L1 (with dark_weight, its
+ * dark-pixel-weighted form); with edge_weight, the gradient-domain L1 term;
+ * G backward into the full parameters or into the adapter; Adam.  The
+ * batch of a step depends only on (seed, step) and every kernel is
+ * deterministic for a thread count, so a run resumed from a checkpoint ends
+ * where an unbroken one does.
  *
  * On a device (opts->device) the same loop drives the backend's trainer
  * (backend.h; CUDA: kernels/cuda_trainer.h): the batch of step k+1 is
@@ -351,8 +353,11 @@ static float step_lr(const e2g_train_opts *o, long step) {
     return o->lr * (float)(o->steps - step) / (float)(o->steps - start);
 }
 
+/* A step's losses, unweighted: l1 is the plain mean |y − t| even when
+ * dark_l1 (the dark-pixel-weighted L1, dark_weight > 0) replaces it in the
+ * objective; edge is the gradient-domain L1 (edge_weight > 0). */
 typedef struct {
-    double l1, gan, d;
+    double l1, gan, d, edge, dark_l1;
 } step_losses;
 
 /* One LSGAN term: mean((D(src, tgt) − target)²), gradients scaled by
@@ -387,7 +392,13 @@ static step_losses train_step(trainer *tr, long step) {
         e2g_adam_step(&tr->adam_d, m->disc_memory, tr->d_grad, lr, o->beta1, o->beta2, 1e-8f);
         L.gan = disc_term(tr, tr->y, 1.0f, o->gan_weight, NULL, tr->dy);
     }
-    L.l1 = e2g_l1_loss(tr->dy, tr->y, tr->tgt, img, o->lambda_l1);
+    if (o->dark_weight > 0) {
+        L.dark_l1 = e2g_dark_l1_loss(tr->dy, tr->y, tr->tgt, img / 3, o->dark_weight, o->lambda_l1);
+        L.l1 = e2g_l1_loss(NULL, tr->y, tr->tgt, img, 0.0f);
+    } else {
+        L.l1 = e2g_l1_loss(tr->dy, tr->y, tr->tgt, img, o->lambda_l1);
+    }
+    if (o->edge_weight > 0) L.edge = e2g_edge_l1_loss(tr->dy, tr->y, tr->tgt, N, tr->S, tr->S, 3, o->edge_weight);
     memset(tr->g_grad, 0, tr->g_n * sizeof(float));
     memset(tr->dctx, 0, (size_t)N * ctx1 * sizeof(float));
     e2g_lora *lora = tr->t->lora;
@@ -403,6 +414,12 @@ static step_losses train_step(trainer *tr, long step) {
 }
 
 /* ---- a device backend ------------------------------------------------------------ */
+
+/* The run's loss terms beyond λ·L1, as backend.h's E2G_LOSS_* flags. */
+static unsigned extra_loss_terms(const e2g_train_opts *o) {
+    return (o->gan_weight > 0 ? E2G_LOSS_GAN : 0u) | (o->edge_weight > 0 ? E2G_LOSS_EDGE : 0u) |
+           (o->dark_weight > 0 ? E2G_LOSS_DARK : 0u);
+}
 
 /* Where the steps run: 1 on a device (tr->gpu made), 0 on the CPU, -1 when
  * a device was demanded and cannot be had (err says why). */
@@ -422,7 +439,7 @@ static int choose_device(trainer *tr, char *err) {
         }
         if (cand[i]->available(why) != 1) continue;
         present = 1;
-        if (tb->supports(&m->cfg, tr->gan, why) == 1 &&
+        if (tb->supports(&m->cfg, extra_loss_terms(tr->o), why) == 1 &&
             tb->create(&tr->gpu_state, &m->cfg, m->memory, tr->t->lora, tr->N, tr->S, why) == 0) {
             tr->device = cand[i], tr->gpu = tb, tr->staged_step = -1;
             if (!tr->o->quiet) fprintf(stderr, "training on %s\n", cand[i]->device);
@@ -542,13 +559,16 @@ static int load_checkpoint(trainer *tr, long *step, double *wall, json_t **histo
 
 /* ---- reports ------------------------------------------------------------------------ */
 
-static void progress(long step, long steps, const step_losses *L, double rate, int quiet) {
-    if (quiet) return;
-    double eta = rate > 0 ? (steps - step) / rate : 0;
-    fprintf(stderr, "\rstep %ld/%ld | L1 %.4f  G %.4f  D %.4f | %.2f steps/s | ETA %02d:%02d:%02d ",
-            step, steps, L->l1, L->gan, L->d, rate, (int)(eta / 3600), (int)fmod(eta / 60, 60),
+/* The progress line; the edge and dark-L1 losses when their terms are on. */
+static void progress(const e2g_train_opts *o, long step, const step_losses *L, double rate) {
+    if (o->quiet) return;
+    double eta = rate > 0 ? (o->steps - step) / rate : 0;
+    fprintf(stderr, "\rstep %ld/%ld | L1 %.4f  G %.4f  D %.4f", step, o->steps, L->l1, L->gan, L->d);
+    if (o->dark_weight > 0) fprintf(stderr, "  dark-L1 %.4f", L->dark_l1);
+    if (o->edge_weight > 0) fprintf(stderr, "  edge %.4f", L->edge);
+    fprintf(stderr, " | %.2f steps/s | ETA %02d:%02d:%02d ", rate, (int)(eta / 3600), (int)fmod(eta / 60, 60),
             (int)fmod(eta, 60));
-    if (!isatty(STDERR_FILENO) || step == steps) fputc('\n', stderr);
+    if (!isatty(STDERR_FILENO) || step == o->steps) fputc('\n', stderr);
 }
 
 /* One line of opts->events (see e2g_train); steals ev. */
@@ -640,12 +660,14 @@ int e2g_train(e2g_train_target *target, const e2g_dataset *train, const e2g_data
         rate = (step - first) / (now_seconds() - t0);
         if (step % o->log_every == 0 || step == o->steps) {
             json_array_append_new(json_object_get(history, "log"),
-                                  json_pack("[i,f,f,f]", step, L.l1, L.gan, L.d));
-            progress(step, o->steps, &L, rate, o->quiet);
-            emit_event(o->events, json_pack("{s:s,s:I,s:I,s:f,s:f,s:f,s:f,s:f}", "event", "step", "step",
-                                            (json_int_t)step, "steps", (json_int_t)o->steps, "l1", L.l1,
-                                            "gan", L.gan, "d", L.d, "steps_per_s", rate, "eta_s",
-                                            rate > 0 ? (o->steps - step) / rate : 0.0));
+                                  json_pack("[i,f,f,f,f,f]", step, L.l1, L.gan, L.d, L.edge, L.dark_l1));
+            progress(o, step, &L, rate);
+            json_t *ev = json_pack("{s:s,s:I,s:I,s:f,s:f,s:f,s:f,s:f}", "event", "step", "step", (json_int_t)step,
+                                   "steps", (json_int_t)o->steps, "l1", L.l1, "gan", L.gan, "d", L.d,
+                                   "steps_per_s", rate, "eta_s", rate > 0 ? (o->steps - step) / rate : 0.0);
+            if (o->edge_weight > 0) json_object_set_new(ev, "edge", json_real(L.edge));
+            if (o->dark_weight > 0) json_object_set_new(ev, "dark_l1", json_real(L.dark_l1));
+            emit_event(o->events, ev);
         }
         int eval_now = val && o->eval_every > 0 && step % o->eval_every == 0 && step < o->steps;
         int save_now = o->checkpoint && (step % o->checkpoint_every == 0 || step == o->steps);
@@ -659,9 +681,10 @@ int e2g_train(e2g_train_target *target, const e2g_dataset *train, const e2g_data
     if (val) evaluate_into(&tr, val, o->steps, history, o->report_dir ? sheet : NULL);
     if (o->report_dir) write_curve(o->report_dir, history);
     json_t *evals = json_object_get(history, "evals");
-    *report = json_pack("{s:{s:I,s:i,s:f,s:f,s:f,s:f,s:I},s:{s:f,s:I,s:i,s:s},s:O,s:O}",
+    *report = json_pack("{s:{s:I,s:i,s:f,s:f,s:f,s:f,s:f,s:f,s:I},s:{s:f,s:I,s:i,s:s},s:O,s:O}",
                         "options", "steps", (json_int_t)o->steps, "batch", o->batch, "lr", o->lr,
-                        "lambda_l1", o->lambda_l1, "gan_weight", o->gan_weight, "decay_from",
+                        "lambda_l1", o->lambda_l1, "gan_weight", o->gan_weight, "edge_weight",
+                        o->edge_weight, "dark_weight", o->dark_weight, "decay_from",
                         o->decay_from, "seed", (json_int_t)o->seed, "budget", "wall_s", wall,
                         "samples", (json_int_t)(o->steps * o->batch), "threads", e2g_get_threads(),
                         "device", on_gpu ? tr.device->name : "cpu",

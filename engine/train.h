@@ -1,8 +1,9 @@
 /* train.h — the trainer: full training of the generator (and PatchGAN D)
  * on several concepts — the base model, or one concept from scratch — and
  * LoRA fine-tuning of a new concept on a frozen base.  Adam, LSGAN + λ·L1
- * (docs/architecture.md §2), deterministic for a seed, checkpoint and resume,
- * validation PSNR/SSIM/edge F1 beside the identity and constant baselines
+ * (docs/architecture.md §2; optionally dark-pixel-weighted, plus a
+ * gradient-domain L1 term: docs/training.md), deterministic for a seed,
+ * checkpoint and resume, validation PSNR/SSIM/edge F1 beside the identity and constant baselines
  * with a per-concept "learned" verdict, progress on stderr and a report
  * (JSON, loss/quality curve, contact sheet).  It drives the engine only through its forward and
  * backward functions, so another backend can slot in underneath. */
@@ -22,6 +23,9 @@ typedef struct {
     float lr, beta1, beta2;
     float lambda_l1;   /* weight of the L1 term */
     float gan_weight;  /* weight of the LSGAN term; 0 trains without D */
+    float edge_weight; /* weight of the gradient-domain L1 term (e2g_edge_l1_loss); 0: off */
+    float dark_weight; /* > 0: the L1 term weighs each pixel by 1 + dark_weight·darkness of
+                          the teacher (e2g_dark_l1_loss); 0: plain L1 */
     float decay_from;  /* fraction of the run after which lr decays linearly to 0 */
     unsigned long long seed;
     long eval_every, checkpoint_every, log_every;
@@ -49,17 +53,20 @@ typedef struct {
 
 /* Runs the training.  opts->device "auto" trains on CUDA device 0 when the
  * build has CUDA, a device answers and the GPU trainer supports the run
- * (default form, no GAN term: docs/cuda.md), else exactly as on the CPU;
+ * (default form, λ·L1 alone — no GAN, edge or dark term: docs/cuda.md),
+ * else exactly as on the CPU;
  * "cuda" makes any of those an error; "cpu" never uses the GPU.  The GPU
  * run is not bit-deterministic (atomic reductions); its losses follow the
  * CPU's within bf16 rounding.  With opts->events, writes (and flushes) a line per
  * logged step, {"event":"step","step","steps","l1","gan","d","steps_per_s",
- * "eta_s"}, and per evaluation, {"event":"eval","step","psnr","ssim",
+ * "eta_s"} (plus "edge" with edge_weight > 0 and "dark_l1", the weighted
+ * L1, with dark_weight > 0; "l1" is always the plain mean |y − t|), and
+ * per evaluation, {"event":"eval","step","psnr","ssim",
  * "identity_psnr","constant_psnr","edge_f1","learned"} (means over the
  * concepts, edge_f1 null when no teacher had edges; learned: how many
  * concepts pass the verdict below), for a supervising process.  On success *report (a JSON object: options, budget,
- * loss history, evaluations, final per-concept metrics) is the caller's to
- * json_decref. */
+ * loss history — history.log rows [step, l1, gan, d, edge, dark_l1] —,
+ * evaluations, final per-concept metrics) is the caller's to json_decref. */
 int e2g_train(e2g_train_target *target, const e2g_dataset *train, const e2g_dataset *val,
               const e2g_train_opts *opts, json_t **report, char *err);
 

@@ -55,11 +55,22 @@ static int healthy(void *state, char *why) { return e2g_cuda_engine_healthy((e2g
 
 /* ---- training ------------------------------------------------------------------------------- */
 
-static int train_supports(const e2g_gen_config *cfg, int gan, char *err) {
-    if (gan) {
-        e2g_fail(err, "the GAN term (PatchGAN D) does not run on the GPU yet; use --gan-weight 0");
-        return 0;
-    }
+/* The GPU trainer runs λ·L1 alone; each other term keeps a run on the CPU. */
+static const struct {
+    unsigned term;
+    const char *why;
+} cpu_only_losses[] = {
+    {E2G_LOSS_GAN, "the GAN term (PatchGAN D) does not run on the GPU yet; use --gan-weight 0"},
+    {E2G_LOSS_EDGE, "the edge loss term does not run on the GPU yet; use --edge-weight 0"},
+    {E2G_LOSS_DARK, "the dark-pixel L1 weighting does not run on the GPU yet; use --dark-weight 0"},
+};
+
+static int train_supports(const e2g_gen_config *cfg, unsigned loss_terms, char *err) {
+    for (const auto &l : cpu_only_losses)
+        if (loss_terms & l.term) {
+            e2g_fail(err, "%s", l.why);
+            return 0;
+        }
     return e2g_cuda_check_config(cfg, err) == 0;
 }
 

@@ -75,6 +75,7 @@ static const option_spec option_specs[] = {
     {"lr", 'r', 1e-6, 1, 2e-3},          {"rank_search", 'b', 0, 1, 1},
     {"max_rank", 'i', 1, 64, 8},         {"rank", 'i', 1, 64, 4},
     {"keep_fraction", 'r', 0.01, 1, 0.5}, {"gan_weight", 'r', 0, 1000, 0},
+    {"edge_weight", 'r', 0, 1000, 0},    {"dark_weight", 'r', 0, 1000, 0},
     {"crop", 'i', 32, 512, 128},         {"train_crops", 'i', 16, 100000, 1024},
     {"eval_every", 'i', 0, 100000, 100}, {"seed", 'i', 0, 2147483647, 1},
 };
@@ -281,6 +282,8 @@ static char **trainer_argv(const e2g_jobs *j, const job *jb, char store[][4200],
     snprintf(store[k++], 4200, "--batch=%ld", OPT_I("batch"));
     snprintf(store[k++], 4200, "--lr=%.9g", OPT_R("lr"));
     snprintf(store[k++], 4200, "--gan-weight=%.9g", OPT_R("gan_weight"));
+    snprintf(store[k++], 4200, "--edge-weight=%.9g", OPT_R("edge_weight"));
+    snprintf(store[k++], 4200, "--dark-weight=%.9g", OPT_R("dark_weight"));
     snprintf(store[k++], 4200, "--crop=%ld", OPT_I("crop"));
     snprintf(store[k++], 4200, "--train-crops=%ld", OPT_I("train_crops"));
     snprintf(store[k++], 4200, "--eval-every=%ld", OPT_I("eval_every"));

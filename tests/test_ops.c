@@ -2,8 +2,9 @@
  * (tests/refs/ops_refs.py).  Tolerances: outputs 1e-5, gradients 1e-4,
  * relative to the reference tensor's largest magnitude (testutil.h).
  * Gradient buffers start at a non-zero value to check that the backward
- * functions accumulate. */
+ * functions and the losses accumulate. */
 #include <check.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -244,6 +245,41 @@ START_TEST(test_losses) {
 }
 END_TEST
 
+/* The trainer's optional terms against E.loss_edge_l1 and E.loss_dark_l1
+ * (NHWC here, NCHW there; ties where fake equals target); the dark-pixel
+ * weighting at weight 0 is the plain L1, bit for bit; a broken edge term
+ * (one direction left out) is caught. */
+START_TEST(test_sketch_losses) {
+    e2g_st_file *f = ref_open("op_sketch_losses");
+    int N = ref_meta_int(f, "N"), H = ref_meta_int(f, "H"), W = ref_meta_int(f, "W");
+    float dark_weight = (float)ref_meta_double(f, "dark_weight");
+    size_t pixels = (size_t)N * H * W, n = 3 * pixels;
+    float *fake = nchw_to_nhwc(ref_tensor(f, "fake", NULL), N, 3, H, W);
+    float *target = nchw_to_nhwc(ref_tensor(f, "target", NULL), N, 3, H, W);
+
+    float *g_edge = grad_buffer(n), want = ref_tensor(f, "loss_edge_l1", NULL)[0];
+    float edge = e2g_edge_l1_loss(g_edge, fake, target, N, H, W, 3, 1.0f);
+    check_out("loss_edge_l1", &edge, &want, 1);
+    check_grad("loss_edge_l1 fake", g_edge, nchw_to_nhwc(ref_tensor(f, "grad.loss_edge_l1", NULL), N, 3, H, W), n);
+    float rows_only = e2g_edge_l1_loss(NULL, fake, target, N * H, 1, W, 3, 1.0f); /* no vertical terms */
+    ck_assert(rel_error("edge term without its vertical half (expected to fail)", &rows_only, &want, 1, TOL_OUT) >
+              TOL_OUT);
+
+    float *g_dark = grad_buffer(n);
+    float dark = e2g_dark_l1_loss(g_dark, fake, target, pixels, dark_weight, 1.0f);
+    want = ref_tensor(f, "loss_dark_l1", NULL)[0];
+    check_out("loss_dark_l1", &dark, &want, 1);
+    check_grad("loss_dark_l1 fake", g_dark, nchw_to_nhwc(ref_tensor(f, "grad.loss_dark_l1", NULL), N, 3, H, W), n);
+
+    float *g_plain = grad_buffer(n), *g_dark0 = grad_buffer(n);
+    float plain = e2g_l1_loss(g_plain, fake, target, n, 100.0f);
+    float dark0 = e2g_dark_l1_loss(g_dark0, fake, target, pixels, 0.0f, 100.0f);
+    ck_assert(memcmp(&plain, &dark0, sizeof plain) == 0 && memcmp(g_plain, g_dark0, n * sizeof(float)) == 0);
+    ck_assert_msg(fabsf(dark - plain) > 1e-3f, "the dark weighting changed nothing");
+    e2g_st_close(f);
+}
+END_TEST
+
 /* Adam against torch.optim.Adam over three steps. */
 START_TEST(test_adam) {
     e2g_st_file *f = ref_open("op_adam");
@@ -317,6 +353,7 @@ int main(void) {
     tcase_add_test(tc, test_output);
     tcase_add_loop_test(tc, test_upconv, 0, 2);
     tcase_add_test(tc, test_losses);
+    tcase_add_test(tc, test_sketch_losses);
     tcase_add_test(tc, test_adam);
     tcase_add_test(tc, test_lowrank);
     tcase_add_test(tc, test_broken_op_is_caught);

@@ -131,7 +131,8 @@ static int process_alive(const char *text) {
 
 START_TEST(test_job_end_to_end) {
     const char *id = submit("inverted", "-F steps=24 -F batch=2 -F crop=32 -F train_crops=32 -F eval_every=8 "
-                                        "-F keep_fraction=0.5 -F rank_search=true -F max_rank=4");
+                                        "-F keep_fraction=0.5 -F rank_search=true -F max_rank=4 "
+                                        "-F edge_weight=20 -F dark_weight=2");
     char job_id[64];
     snprintf(job_id, sizeof job_id, "%s", id);
     /* The event stream ends when the job does; it replays from the start. */
@@ -142,7 +143,8 @@ START_TEST(test_job_end_to_end) {
     const char *text = (const char *)ev.body;
     const char *want[] = {"event: state\ndata: {\"event\":\"state\",\"state\":\"queued\"}",
                           "\"state\":\"running\"", "event: phase", "\"phase\":\"probe\"", "\"phase\":\"rank-search\"",
-                          "\"phase\":\"train\"", "event: step", "event: eval", "\"state\":\"succeeded\""};
+                          "\"phase\":\"train\"", "event: step", "\"edge\":", "\"dark_l1\":", "event: eval",
+                          "\"state\":\"succeeded\""};
     const char *at = text;
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) { /* present, in this order */
         const char *found = strstr(at, want[i]);
@@ -171,6 +173,9 @@ START_TEST(test_job_end_to_end) {
     ck_assert(json_integer_value(json_object_get(result, "adapter_bytes")) > 0);
     ck_assert(json_is_object(json_object_get(result, "ranks")));
     ck_assert_int_eq(json_integer_value(json_object_get(j, "attempts")), 1);
+    json_t *options = json_object_get(j, "options");
+    ck_assert_double_eq(json_number_value(json_object_get(options, "edge_weight")), 20);
+    ck_assert_double_eq(json_number_value(json_object_get(options, "dark_weight")), 2);
     json_decref(j);
 
     /* The adapter is a concept now, and edits with it. */
@@ -218,6 +223,8 @@ START_TEST(test_job_errors) {
     http_problem(400, "bad-name", POST_JOB "-F concept=../up %s" JOBS, pair_args);
     http_problem(400, "bad-request", POST_JOB "-F concept=x -F steps=0 %s" JOBS, pair_args);
     http_problem(400, "bad-request", POST_JOB "-F concept=x -F crop=30 %s" JOBS, pair_args);
+    http_problem(400, "bad-request", POST_JOB "-F concept=x -F edge_weight=-1 %s" JOBS, pair_args);
+    http_problem(400, "bad-request", POST_JOB "-F concept=x -F dark_weight=1e9 %s" JOBS, pair_args);
     http_problem(400, "bad-request", POST_JOB "-F concept=x -F colour=red %s" JOBS, pair_args);
     http_problem(409, "base-concept", POST_JOB "-F concept=base-a %s" JOBS, pair_args);
     /* one pair is too few; a src without its dst; an unsafe file name */

@@ -4,7 +4,9 @@
  * an unbroken run; runs are deterministic for a seed; training improves the
  * validation PSNR, and its evaluations carry consistent baselines and
  * verdicts; fine-tuning writes an adapter the engine loads and edits
- * with; bad options and data are refused with a message; without a GPU,
+ * with; the sketch loss terms (--edge-weight, --dark-weight) run, are
+ * reported and leave a weight-0 run bit-identical to plain L1; bad options
+ * and data are refused with a message; without a GPU,
  * --device auto trains on the CPU exactly as --device cpu and --device cuda
  * is refused. */
 #include <check.h>
@@ -346,6 +348,83 @@ START_TEST(test_rank_search_and_reduction) {
 }
 END_TEST
 
+/* The log rows of a report's history (train.h: [step, l1, gan, d, edge, dark_l1]). */
+static json_t *history_log(json_t *report) { return json_object_get(json_object_get(report, "history"), "log"); }
+
+/* The sketch loss terms (--edge-weight, --dark-weight): at weight 0 a run
+ * is the plain L1 run bit for bit (weights and logged losses); on, the
+ * report records the weights, the history and the events carry both
+ * terms' losses, the weights differ from the plain run's, and fine-tuning
+ * takes them too and shows them on the progress line.  They keep a run off
+ * the GPU: --device cuda is refused (with a GPU: naming the edge term). */
+START_TEST(test_sketch_loss_terms) {
+    const char *runs[][2] = {{"lt_plain", ""},
+                             {"lt_zero", "--edge-weight 0 --dark-weight 0"},
+                             {"lt_on", "--edge-weight 50 --dark-weight 4 --events"}};
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(sh("%s train " TRAIN_ARGS " --concepts sepia --steps 20 --gan-weight 0 "
+                            "--seed 3 %s --report %s/%s --out %s/%s.safetensors >%s/%s.events 2>/dev/null",
+                            test_bin(), dir, runs[i][1], dir, runs[i][0], dir, runs[i][0], dir, runs[i][0]),
+                         0);
+    json_t *r[3];
+    char path[3][300];
+    for (int i = 0; i < 3; i++) {
+        r[i] = load_report(runs[i][0]);
+        snprintf(path[i], sizeof path[i], "%s/%s.safetensors", dir, runs[i][0]);
+    }
+    ck_assert_msg(same_weights(path[0], path[1]), "--dark-weight 0 --edge-weight 0 changed the weights");
+    ck_assert_msg(json_equal(history_log(r[0]), history_log(r[1])), "weight 0 changed the logged losses");
+    ck_assert_msg(!same_weights(path[0], path[2]), "the loss terms did not change the training");
+    json_t *opts[3] = {json_object_get(r[0], "options"), json_object_get(r[1], "options"),
+                       json_object_get(r[2], "options")};
+    ck_assert_double_eq(json_number_value(json_object_get(opts[0], "edge_weight")), 0);
+    ck_assert_double_eq(json_number_value(json_object_get(opts[0], "dark_weight")), 0);
+    ck_assert_double_eq(json_number_value(json_object_get(opts[2], "edge_weight")), 50);
+    ck_assert_double_eq(json_number_value(json_object_get(opts[2], "dark_weight")), 4);
+    json_t *log[2] = {history_log(r[0]), history_log(r[2])}; /* steps 10 and 20 */
+    ck_assert_int_eq(json_array_size(log[0]), 2);
+    ck_assert_int_eq(json_array_size(log[1]), 2);
+    for (size_t k = 0; k < 2; k++) {
+        json_t *plain = json_array_get(log[0], k), *on = json_array_get(log[1], k);
+        ck_assert_int_eq(json_array_size(plain), 6);
+        ck_assert_double_eq(json_number_value(json_array_get(plain, 4)), 0);
+        ck_assert_double_eq(json_number_value(json_array_get(plain, 5)), 0);
+        ck_assert_msg(json_number_value(json_array_get(on, 4)) > 0 && json_number_value(json_array_get(on, 5)) > 0,
+                      "log row %zu: no edge / dark-L1 loss", k);
+    }
+    for (int i = 0; i < 3; i++) json_decref(r[i]);
+    ck_assert_int_eq(sh("grep -c '\"event\":\"step\".*\"edge\":.*\"dark_l1\":' %s/lt_on.events | grep -qx 2", dir),
+                     0);
+    ck_assert_int_eq(sh("grep -q '\"edge\"' %s/lt_plain.events", dir), 1);
+
+    ck_assert_int_eq(sh("%s init --ngf 8 --concepts sepia --seed 2 --out %s/lt_base.safetensors >/dev/null",
+                        test_bin(), dir),
+                     0);
+    ck_assert_int_eq(sh("%s finetune --model %s/lt_base.safetensors --data %s/ds --concept negate --rank 2 "
+                        "--batch 4 --threads 2 --eval-pairs 8 --steps 4 --gan-weight 0 --edge-weight 50 "
+                        "--dark-weight 4 --report %s/lt_ft --out %s/lt_ft.safetensors 2>%s/lt_ft.log",
+                        test_bin(), dir, dir, dir, dir, dir),
+                     0);
+    ck_assert_int_eq(sh("grep -q 'step 4/4 | L1 [0-9.]*  G 0.0000  D 0.0000  dark-L1 [0-9.]*  edge [0-9.]* |' "
+                        "%s/lt_ft.log",
+                        dir),
+                     0);
+    json_t *ft = load_report("lt_ft");
+    ck_assert_double_eq(json_number_value(json_object_get(json_object_get(ft, "options"), "edge_weight")), 50);
+    json_decref(ft);
+
+    char msg[E2G_ERR_LEN];
+    const e2g_backend *cuda = e2g_backend_find("cuda");
+    int gpu = cuda && cuda->available(msg) == 1;
+    ck_assert_int_eq(sh("%s train " TRAIN_ARGS " --concepts sepia --steps 2 --gan-weight 0 --edge-weight 50 "
+                        "--device cuda --out %s/lt_cuda.safetensors 2>%s/lt_cuda.log",
+                        test_bin(), dir, dir, dir),
+                     1);
+    ck_assert_int_eq(sh("grep -q 'cannot train on CUDA' %s/lt_cuda.log", dir), 0);
+    if (gpu) ck_assert_int_eq(sh("grep -q 'edge loss term' %s/lt_cuda.log", dir), 0);
+}
+END_TEST
+
 START_TEST(test_bad_options) {
     const char *cases[] = {
         "train --data %s/ds --out %s/x.safetensors --concepts nope",     /* unknown concept */
@@ -414,6 +493,7 @@ int main(void) {
     tcase_add_test(tc, test_bf16_training_matches_fp32);
     tcase_add_test(tc, test_finetune);
     tcase_add_test(tc, test_rank_search_and_reduction);
+    tcase_add_test(tc, test_sketch_loss_terms);
     tcase_add_test(tc, test_bad_options);
     tcase_add_test(tc, test_device_fallback);
     suite_add_tcase(s, tc);

@@ -1,10 +1,10 @@
 """e2gan_torch.py — the PyTorch reference implementation of the E²GAN contract
 (docs/architecture.md): generator (§1), PatchGAN discriminator and losses
-(§2), unmerged and merged LoRA with per-layer ranks, strength and blends (§3),
+(§2, and the trainer's optional edge and dark-pixel L1 terms), unmerged and merged LoRA with per-layer ranks, strength and blends (§3),
 and the safetensors base/adapter files (§4).
 
 It is written independently of the C engine and serves as the oracle for the
-engine's tests (tests/refs/model_refs.py), as the PyTorch peer in benchmarks
+engine's tests (tests/refs/model_refs.py, ops_refs.py), as the PyTorch peer in benchmarks
 and as the ONNX exporter for the onnxruntime peer.
 
 Module defaults are PyTorch's default initialisation (kaiming-uniform weights
@@ -284,6 +284,33 @@ def loss_g_gan(d_fake):
 def loss_l1(fake, target):
     """mean |G(x) − y| (the trainer multiplies it by λ = 100)."""
     return torch.mean(torch.abs(fake - target))
+
+
+def loss_edge_l1(fake, target):
+    """Gradient-domain L1 (the trainer's --edge-weight term): the mean of
+    |∂fake − ∂target| over every horizontal and every vertical difference of
+    neighbouring pixels, per sample and channel (N, C, H, W images):
+    [Σ|Δx fake − Δx target| + Σ|Δy fake − Δy target|] / (N·C·(H(W−1) + (H−1)W))."""
+    diff = fake - target
+    dx = diff[..., :, 1:] - diff[..., :, :-1]
+    dy = diff[..., 1:, :] - diff[..., :-1, :]
+    return (dx.abs().sum() + dy.abs().sum()) / (dx.numel() + dy.numel())
+
+
+def dark_pixel_weights(target, dark_weight):
+    """1 + dark_weight·d per pixel (N, 1, H, W), d = clamp((1 − luma)/2, 0, 1)
+    the darkness of an RGB target in [−1, 1], luma = 0.299 r + 0.587 g + 0.114 b."""
+    r, g, b = target.detach().unbind(1)
+    luma = 0.299 * r + 0.587 * g + 0.114 * b
+    return (1 + dark_weight * ((1 - luma) / 2).clamp(0, 1)).unsqueeze(1)
+
+
+def loss_dark_l1(fake, target, dark_weight):
+    """Dark-pixel-weighted L1 (the trainer's --dark-weight term, in place of
+    loss_l1): Σ w|fake − target| / Σ w over every element, w the pixel's
+    dark_pixel_weights (shared by its channels): weights of mean 1."""
+    w = dark_pixel_weights(target, dark_weight).expand_as(fake)
+    return (w * torch.abs(fake - target)).sum() / w.sum()
 
 
 # --------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
+import e2gan_torch as E  # noqa: E402
 import safetensors_io  # noqa: E402
 
 torch.manual_seed(1234)
@@ -108,6 +109,26 @@ def cases():
         yield name, {**inputs, "out": out, "dout": dout, **grads}, meta
 
 
+def sketch_loss_case():
+    """The trainer's optional loss terms (E.loss_edge_l1, E.loss_dark_l1 at
+    dark_weight 4) on fake, target (N, 3, H, W) in [−1, 1], H ≠ W; fake equals
+    target on a block so that ties (zero gradient) occur.  Stores each loss
+    (shape [1]) and its gradient w.r.t. fake: grad.<loss>."""
+    N, H, W, dark_weight = 2, 7, 9, 4.0
+    # float32-representable inputs: the engine reads them as stored
+    target = (torch.rand(N, 3, H, W, dtype=D) * 2 - 1).float().to(D)
+    fake = (torch.rand(N, 3, H, W, dtype=D) * 2 - 1).float().to(D)
+    fake[:, :, 2:5, 3:7] = target[:, :, 2:5, 3:7]
+    fake.requires_grad_(True)
+    tensors = {"fake": fake, "target": target}
+    for name, loss in (("loss_edge_l1", E.loss_edge_l1(fake, target)),
+                       ("loss_dark_l1", E.loss_dark_l1(fake, target, dark_weight))):
+        (grad,) = torch.autograd.grad(loss, fake)
+        tensors[name] = loss.reshape(1)
+        tensors[f"grad.{name}"] = grad
+    return "sketch_losses", tensors, dict(N=N, H=H, W=W, dark_weight=dark_weight)
+
+
 def adam_case():
     """Three torch.optim.Adam steps with the trainer's betas (0.5, 0.999)."""
     p = torch.randn(257, dtype=D)
@@ -138,7 +159,7 @@ def main():
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    for name, tensors, meta in [*cases(), adam_case(), lowrank_case()]:
+    for name, tensors, meta in [*cases(), sketch_loss_case(), adam_case(), lowrank_case()]:
         safetensors_io.save(os.path.join(args.out, f"op_{name}.safetensors"), tensors, meta)
 
 
