@@ -14,9 +14,10 @@
  *                                    base, adapterK (unmerged and merged), blend,
  *                                    mixed, one-merged, graphs (eager vs capture
  *                                    vs replay, graphs on or off and why), film
- *                                    (BASE given random FiLM weights: a batch of
- *                                    contexts of its own, eager, captured,
- *                                    replayed; merged with the first adapter)
+ *                                    (BASE given random FiLM weights, norms and
+ *                                    output gate: a batch of contexts of its
+ *                                    own, eager, captured, replayed; merged
+ *                                    with the first adapter)
  *   e2gan-gpu-check bench BASE [--only KEY] [--list]
  *                                    timings (forward, mixed adapters, switches)
  *   e2gan-gpu-check sticky BASE      a fault injected into the engine: the
@@ -484,10 +485,11 @@ static void graphs_check(const char *what, const e2g_runtime *cpu_rt, const e2g_
 
 /* The FiLM case: the model at path given FiLM (e2g_model_add_film) with
  * random FiLM weights, scaled so that W·c̄ moves the norms' scales and
- * shifts by about ±0.25, and each sample a context of its own (the batch's
- * perturbed), so that every sample has its own affine.  The batch (edits'
- * adapters, unmerged) eager, captured and replayed against the CPU
- * (graphs_check); with adapters, sample 1's merged over the batch too. */
+ * shifts and the output gate's gains of the image by about ±0.25, and
+ * each sample a context of its own (the batch's perturbed), so that every
+ * sample has its own affine and gains.  The batch (edits' adapters,
+ * unmerged) eager, captured and replayed against the CPU (graphs_check);
+ * with adapters, sample 1's merged over the batch too. */
 static void film_check(const char *path, const float *x, const e2g_edit *edits, int N, int H, int W, int n_ad) {
     char err[E2G_ERR_LEN];
     e2g_model *fm;
@@ -515,10 +517,10 @@ static void film_check(const char *path, const float *x, const e2g_edit *edits, 
     double rms = sqrt(sq / ((double)N * C4)), a = 0.25 * sqrt(3.0) / (sqrt((double)C4) * (rms > 1e-3 ? rms : 1e-3));
     e2g_tensor_entry tab[E2G_GEN_MAX_TENSORS];
     int nt = e2g_gen_tensors(&fm->cfg, &fm->params, tab);
-    for (int i = 0; i < nt; i++) {
-        const char *dot = strstr(tab[i].name, ".film.");
-        if (!dot) continue;
-        float lim = !strcmp(dot, ".film.weight") ? (float)a : 0.25f;
+    for (int i = 0; i < nt; i++) { /* the norms' FiLM and the output's gate */
+        const char *name = tab[i].name;
+        if (!strstr(name, ".film.") && strncmp(name, "out_gate.", 9)) continue;
+        float lim = !strcmp(strrchr(name, '.'), ".weight") ? (float)a : 0.25f;
         float *v = random_floats(tab[i].numel, -lim, lim, &seed);
         memcpy(*tab[i].slot, v, tab[i].numel * sizeof(float));
         free(v);
@@ -534,7 +536,8 @@ static void film_check(const char *path, const float *x, const e2g_edit *edits, 
         printf("film: %s\n", err);
         failures++;
     } else {
-        printf("film: FiLM weights within ±%.3g (context means' rms %.3g), biases within ±0.25\n", a, rms);
+        printf("film: FiLM and gate weights within ±%.3g (context means' rms %.3g), biases within ±0.25\n", a,
+               rms);
         graphs_check("film", cpu, gpu, x, own, N, H, W, 0);
         if (n_ad) compare_batch("psnr film, one adapter merged", cpu, gpu, x, same, N, H, W, 1);
         e2g_runtime_free(gpu);

@@ -5,10 +5,11 @@
  *   e2gan-gpu-train-check grads [--film] [NGF S N]
  *        one step's gradient on random weights and inputs, full G and LoRA
  *        (rank 4 on every crucial layer, B nonzero; --film: the generator
- *        with FiLM, its FiLM weights random), every parameter tensor
- *        against e2g_gen_backward: cosine ≥ 0.99 and max |gpu − cpu| ≤
- *        0.1 · max |cpu| (bf16 activations through the whole network), or
- *        the "grad_cos" / "grad_rel" lines of $E2G_TOLERANCES
+ *        with FiLM, its FiLM weights — norms and output gate — random),
+ *        every parameter tensor against e2g_gen_backward: cosine ≥ 0.99
+ *        and max |gpu − cpu| ≤ 0.1 · max |cpu| (bf16 activations through
+ *        the whole network), or the "grad_cos" / "grad_rel" lines of
+ *        $E2G_TOLERANCES
  *        (bench/gpu_calibrate.py: PyTorch bf16 vs fp32 gradients)
  *   e2gan-gpu-train-check bench lora|full NGF S N [RANK]
  *        median device ms per step (forward, L1, backward, Adam) on random
@@ -84,17 +85,19 @@ static e2g_gen_config make_cfg(int ngf, int film) {
     return cfg;
 }
 
-/* Random FiLM weights (initialised at zero): within ±1/√C4 and biases
- * within ±0.25, so that with N(0, 1) concepts (c̄ rms 1/√T) W·c̄ moves the
- * norms' scales and shifts by about ±0.1. */
+/* Random FiLM weights, the norms' and the output gate's (initialised at
+ * zero): within ±1/√C4 and biases within ±0.25, so that with N(0, 1)
+ * concepts (c̄ rms 1/√T) W·c̄ moves the norms' scales and shifts and the
+ * gains of the image by about ±0.1 (±0.25 with the biases). */
 static void randomise_film(const e2g_gen_config *cfg, e2g_gen_params *p, unsigned *seed) {
     e2g_tensor_entry tab[E2G_GEN_MAX_TENSORS];
     int nt = e2g_gen_tensors(cfg, p, tab);
     float lim_w = 1.0f / sqrtf((float)e2g_gen_c4(cfg));
     for (int i = 0; i < nt; i++) {
-        const char *dot = strstr(tab[i].name, ".film.");
-        if (dot) fill_random(*tab[i].slot, tab[i].numel, !strcmp(dot, ".film.weight") ? -lim_w : -0.25f,
-                             !strcmp(dot, ".film.weight") ? lim_w : 0.25f, seed);
+        const char *name = tab[i].name;
+        if (!strstr(name, ".film.") && strncmp(name, "out_gate.", 9)) continue;
+        float lim = !strcmp(strrchr(name, '.'), ".weight") ? lim_w : 0.25f;
+        fill_random(*tab[i].slot, tab[i].numel, -lim, lim, seed);
     }
 }
 

@@ -6,10 +6,11 @@
  * around these bodies, and tests/test_cuda_bodies.cpp runs the very same
  * bodies on the CPU (g++, CUDA include path, no GPU) against the engine's
  * fp32 ops: index arithmetic, phase gathers, reflect padding, weight
- * packing, LoRA, FiLM, the backward folds and Adam are checked on every build
- * that has nvcc.  What stays in the kernels only is the cooperation of
- * threads (shared-memory and warp reductions, atomics), which the host
- * versions here replace by a sequential sum (atomic_addf).
+ * packing, LoRA, FiLM (norms and the output's gate), the backward folds
+ * and Adam are checked on every build that has nvcc.  What stays in the
+ * kernels only is the cooperation of threads (shared-memory and warp
+ * reductions, atomics), which the host versions here replace by a
+ * sequential sum (atomic_addf).
  *
  * This header includes only cuda_bf16.h (and libc headers): no CUDA
  * runtime, no cuDNN. */
@@ -271,13 +272,30 @@ E2G_HD void prep_input_body(const tview &d, const float *x, size_t i) {
     store8(d.p + view_at(d, n, py, px), float_to_bf16x8(f));
 }
 
-/* y[i] (i over pixels·3) = tanh(o + bias (+ atanh(clamp(x)))), o the conv
- * output (pixels, Cs ≥ 3). */
-E2G_HD void output_body(float *y, const bf16 *o, int Cs, const float *bias, const float *x, int residual, size_t i) {
+/* The photo's term in the residual output: atanh(clamp(x)). */
+E2G_HD float output_photo(float x) { return atanhf(fminf(fmaxf(x, -0.999f), 0.999f)); }
+
+/* The output layer: y (N, hw, 3) = tanh(o + bias (+ g·atanh(clamp(x)))),
+ * o the conv output (N·hw pixels, Cs ≥ 3 channels), g the gain of the
+ * photo's channel in its sample (FiLM's gate: gain (N, 3)) or 1 (gain
+ * NULL). */
+struct output_args {
+    float *y;
+    const bf16 *o;
+    int Cs;
+    const float *bias, *x;
+    int residual;
+    const float *gain;
+    int N;
+    size_t hw;
+};
+
+/* Item i over N·hw·3. */
+E2G_HD void output_body(const output_args &a, size_t i) {
     int c = (int)(i % 3);
-    float v = __bfloat162float(o[i / 3 * Cs + c]) + bias[c];
-    if (residual) v += atanhf(fminf(fmaxf(x[i], -0.999f), 0.999f));
-    y[i] = tanhf(v);
+    float v = __bfloat162float(a.o[i / 3 * a.Cs + c]) + a.bias[c];
+    if (a.residual) v += (a.gain ? a.gain[i / (3 * a.hw) * 3 + c] : 1.0f) * output_photo(a.x[i]);
+    a.y[i] = tanhf(v);
 }
 
 /* x (M, C) in place, item i = 8 channels: x + bias, then GELU when gelu. */
@@ -473,26 +491,33 @@ E2G_HD void epilogue_bwd_apply_body(const epilogue_bwd_args &a, size_t i) {
     store8(a.draw + at, float_to_bf16x8(o));
 }
 
-/* ---- FiLM of a conv block's norm (engine/net.h) -------------------------------------------- */
+/* ---- FiLM (engine/net.h) ------------------------------------------------------------------ */
 
-/* The per-sample affine of a FiLM-conditioned instance norm, as
- * engine/layers.c's e2g_film_forward/backward: with c̄_n the mean of sample
- * n's T context tokens, [γ_n; β_n] = [norm_w; norm_b] + W·c̄_n + b.
+/* Rows W·c̄_n + b from the context, c̄_n the mean of sample n's T context
+ * tokens, as engine/layers.c computes them:
+ *  - a FiLM norm (e2g_film_forward/backward): 2C rows, [γ_n; β_n] =
+ *    [norm_w; norm_b] + W·c̄_n + b;
+ *  - the output's gate (gate 1; e2g_output_gain_forward/backward): C = 3
+ *    rows, the photo's gain g_n = 1 + W·c̄_n + b, written to gamma.
  * Forward: mean (N, C4) = c̄ (film_mean_body), then gamma, beta (N, C)
  * each, sample stride C (film_affine_body).  Backward, from c̄ and each
- * sample's d(gamma), d(beta) (sample stride dns): dw, db, dnorm_w,
- * dnorm_b += (the trainer passes all or none), dctx (N, T, C4) +=
- * W^T·d[γ; β] / T for each token (NULL: no context gradient). */
+ * sample's d(gamma), d(beta) (sample stride dns): dw, db += (both or
+ * neither), dnorm_w, dnorm_b += (with dw, for a norm), dctx (N, T, C4) +=
+ * Wᵀ·d(rows) / T for each token (NULL: no context gradient). */
 struct film_args {
     const bf16 *ctx; /* the context rows (N, T, C4), dense */
-    int N, T, C4, C; /* C: the norm's channels */
-    const float *w, *b, *norm_w, *norm_b; /* W (2C, C4): γ rows then β rows; b (2C); the norm's (C) */
+    int N, T, C4, C; /* C: the norm's channels, or the output's 3 */
+    int gate;        /* the output's gate: C rows, no norm, no beta */
+    const float *w, *b, *norm_w, *norm_b; /* W (rows, C4): γ rows then β rows; b (rows); the norm's (C) */
     float *mean;                          /* c̄ (N, C4) */
     float *gamma, *beta;                  /* forward */
     const float *dgamma, *dbeta;          /* backward */
     int dns;
     float *dw, *db, *dnorm_w, *dnorm_b, *dctx;
 };
+
+/* The rows of W: 2C for a norm, C for the gate. */
+E2G_HD int film_rows(const film_args &a) { return a.gate ? a.C : 2 * a.C; }
 
 /* Item i over N·C4: c̄ of sample i / C4, component i % C4. */
 E2G_HD void film_mean_body(const film_args &a, size_t i) {
@@ -502,23 +527,23 @@ E2G_HD void film_mean_body(const film_args &a, size_t i) {
     a.mean[i] = s / a.T;
 }
 
-/* Item i over N·2C: row r = i % 2C of sample n = i / 2C. */
+/* Item i over N·rows: row r = i % rows of sample n = i / rows. */
 E2G_HD void film_affine_body(const film_args &a, size_t i) {
-    int n = (int)(i / (2 * a.C)), r = (int)(i % (2 * a.C));
+    int R = film_rows(a), n = (int)(i / R), r = (int)(i % R);
     const float *m = a.mean + (size_t)n * a.C4, *w = a.w + (size_t)r * a.C4;
     float acc = a.b[r];
     for (int k = 0; k < a.C4; k++) acc += w[k] * m[k];
-    if (r < a.C) a.gamma[(size_t)n * a.C + r] = a.norm_w[r] + acc;
+    if (r < a.C) a.gamma[(size_t)n * a.C + r] = (a.gate ? 1.0f : a.norm_w[r]) + acc;
     else a.beta[(size_t)n * a.C + r - a.C] = a.norm_b[r - a.C] + acc;
 }
 
-/* d[γ; β] row r of sample n. */
+/* d(row r) of sample n. */
 E2G_HD float film_daffine(const film_args &a, int n, int r) {
     return r < a.C ? a.dgamma[(size_t)n * a.dns + r] : a.dbeta[(size_t)n * a.dns + r - a.C];
 }
 
-/* Item i over 2C·(C4 + 1): W's entry (r, k) for k < C4, else the biases
- * of row r (b's, and the norm's own, which its rows add to). */
+/* Item i over rows·(C4 + 1): W's entry (r, k) for k < C4, else the biases
+ * of row r (b's, and a norm's own, which its rows add to). */
 E2G_HD void film_param_grad_body(const film_args &a, size_t i) {
     int r = (int)(i / (a.C4 + 1)), k = (int)(i % (a.C4 + 1));
     float acc = 0;
@@ -527,16 +552,17 @@ E2G_HD void film_param_grad_body(const film_args &a, size_t i) {
         a.dw[(size_t)r * a.C4 + k] += acc;
     } else {
         a.db[r] += acc;
+        if (a.gate) return;
         if (r < a.C) a.dnorm_w[r] += acc;
         else a.dnorm_b[r - a.C] += acc;
     }
 }
 
-/* Item i over N·T·C4: dctx[i] += (W^T·d[γ; β]_n)_k / T. */
+/* Item i over N·T·C4: dctx[i] += (Wᵀ·d(rows)_n)_k / T. */
 E2G_HD void film_context_grad_body(const film_args &a, size_t i) {
     int k = (int)(i % a.C4), n = (int)(i / ((size_t)a.T * a.C4));
     float acc = 0;
-    for (int r = 0; r < 2 * a.C; r++) acc += a.w[(size_t)r * a.C4 + k] * film_daffine(a, n, r);
+    for (int r = 0; r < film_rows(a); r++) acc += a.w[(size_t)r * a.C4 + k] * film_daffine(a, n, r);
     a.dctx[i] += acc / a.T;
 }
 
@@ -564,14 +590,17 @@ E2G_HD void fold_grad_body(float *g, const bf16 *dxp, int H, int W, int C, int p
 
 /* L1 through the output layer, pixel p: dout (pixels, 8) bf16 with
  * channels 3..7 zero, g = λ/(pixels·3); acc[c] += the bias gradient,
- * acc[3] += Σ|y − t|. */
-E2G_HD void output_l1_body(bf16 *dout, const float *y, const float *t, float g, size_t p, float *acc) {
+ * acc[3] += Σ|y − t|, and with the image x (FiLM's gate; NULL: none)
+ * acc[4 + c] += the gain's gradient, d(logit)·atanh(clamp(x)). */
+E2G_HD void output_l1_body(bf16 *dout, const float *y, const float *t, const float *x, float g, size_t p,
+                           float *acc) {
     float o[8] = {0};
     for (int c = 0; c < 3; c++) {
         float yv = y[p * 3 + c], d = yv - t[p * 3 + c];
         float dy = d > 0 ? g : (d < 0 ? -g : 0.0f);
         o[c] = dy * (1.0f - yv * yv);
         acc[c] += o[c], acc[3] += fabsf(d);
+        if (x) acc[4 + c] += o[c] * output_photo(x[p * 3 + c]);
     }
     store8(dout + p * 8, float_to_bf16x8(o));
 }

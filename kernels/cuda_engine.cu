@@ -15,7 +15,8 @@
  * (cudnnFindConvolutionForwardAlgorithmEx) on the first, eager run.  A
  * FiLM norm's affine is per sample: film_affine computes it on the device
  * from the batch's context rows just before its conv's epilogue, which
- * reads it with a per-sample stride.
+ * reads it with a per-sample stride; so are the FiLM output gate's gains
+ * of the image, just before the output layer.
  *
  * Adapters: an LRU cache bounded in bytes holds each adapter's A/B (fp32)
  * and its conv A packed for cuDNN, and merged weight sets (private copies
@@ -135,6 +136,7 @@ struct e2g_cuda_engine {
     site sites[E2G_N_CRUCIAL];
     void *weights;                    /* one allocation: packed slots, biases, norms, masters */
     float *ln_w[PLAN_MAX], *ln_b[PLAN_MAX]; /* LAYERNORM nodes' weight and bias */
+    e2g_linear_params gate;          /* the OUTPUT's FiLM gate (3, C4), (3); NULL without FiLM */
     bucket *buckets;
     dev_adapter *adapters;
     dev_merged *merges;
@@ -208,6 +210,7 @@ static void layout_weights(e2g_cuda_engine *E, dev_arena *ar) {
             E->ln_w[i] = ar->take<float>(P.net.node[i].cout);
             E->ln_b[i] = ar->take<float>(P.net.node[i].cout);
         }
+    if (P.net.node[P.net.output].film) E->gate = {ar->take<float>((size_t)3 * E->c4), ar->take<float>(3)};
 }
 
 /* Packs slot s from fp32 OIHW parts (NULL: leave that row block alone),
@@ -275,6 +278,11 @@ static int upload_weights(e2g_cuda_engine *E, char *err) {
         const e2g_linear_params *lp = e2g_node_linear(&nd, p);
         rc = upload(E, E->ln_w[i], lp->w, nd.cout * sizeof(float), err);
         if (!rc) rc = upload(E, E->ln_b[i], lp->b, nd.cout * sizeof(float), err);
+    }
+    if (!rc && E->gate.w) {
+        const e2g_linear_params *gate = e2g_node_linear(&P.net.node[P.net.output], p);
+        rc = upload(E, E->gate.w, gate->w, (size_t)3 * E->c4 * sizeof(float), err);
+        if (!rc) rc = upload(E, E->gate.b, gate->b, 3 * sizeof(float), err);
     }
     if (!rc) rc = cudaStreamSynchronize(E->dc.stream) ? e2g_fail(err, "CUDA: uploading weights failed") : 0;
     cudaFree(tmp);
@@ -697,17 +705,14 @@ static int conv_node(e2g_cuda_engine *E, bucket *B, const run_plan *rp, int i, c
     TRY(conv_fwd(&E->dc, b.raw, in.p, slot_w(E, rp, np.slot), B->N, g.Hp, g.Wp, g.C, g.K, g.R, g.stride, g.pad,
                  in.ns, err));
     if (!rp->merged && nd.crucial >= 0) TRY(lora_conv(E, B, rp, nd.crucial, in, g, b.raw, err));
-    if (np.to_output)
-        return output_layer(B->y32, b.raw, g.Cs, d.bias, B->x32, P.net.node[P.net.output].residual,
-                            (size_t)B->N * g.Ho * g.Wo, s, err);
+    if (np.to_output) return plan_output_layer(P, A, B->y32, d.bias, B->x32, &E->gate, s, err);
     epilogue_args a = {};
     a.src = plan_raw(P, A, i), a.bias = d.bias, a.relu = sl.relu, a.dst = b.v;
     if (sl.norm) {
         TRY(block_stats(b.stats, a.src, s, err));
         a.sums = b.stats, a.gamma = d.gamma, a.beta = d.beta;
         if (sl.film) { /* the affine per sample, from each sample's context */
-            e2g_conv_params cp = {NULL, NULL, d.gamma, d.beta, d.film_w, d.film_b};
-            film_args f = plan_film(P, A, i, cp);
+            film_args f = plan_film(P, A, i, d.film_w, d.film_b, d.gamma, d.beta);
             TRY(film_affine(f, s, err));
             a.gamma = f.gamma, a.beta = f.beta, a.gamma_ns = f.C;
         }

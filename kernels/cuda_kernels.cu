@@ -2,11 +2,11 @@
  * kernels (see cuda_kernels.cuh): instance-norm statistics and the conv
  * block epilogue (bias, norm, ReLU, residual/skip add, upsample phase
  * gather and reflect padding of the next layer's input in one pass), the
- * FiLM norms' per-sample affine, the input and output layers, bias +
- * GELU, residual + layer norm, weight packing with LoRA merging, and the
- * unmerged LoRA paths.  bf16 in memory,
- * fp32 arithmetic.  The per-element work of each grid-stride kernel is a
- * body of cuda_bodies.cuh, which the CPU tests run too. */
+ * FiLM norms' per-sample affine and the output gate's gains, the input and
+ * output layers, bias + GELU, residual + layer norm, weight packing with
+ * LoRA merging, and the unmerged LoRA paths.  bf16 in memory, fp32
+ * arithmetic.  The per-element work of each grid-stride kernel is a body
+ * of cuda_bodies.cuh, which the CPU tests run too. */
 #include "cuda_kernels.cuh"
 
 namespace e2g {
@@ -72,13 +72,13 @@ __global__ void film_mean_kernel(film_args a) {
 }
 
 __global__ void film_affine_kernel(film_args a) {
-    GRID_LOOP(i, (size_t)a.N * 2 * a.C) film_affine_body(a, i);
+    GRID_LOOP(i, (size_t)a.N * film_rows(a)) film_affine_body(a, i);
 }
 
 int film_affine(const film_args &a, cudaStream_t stream, char *err) {
     film_mean_kernel<<<blocks_for((size_t)a.N * a.C4, THREADS), THREADS, 0, stream>>>(a);
     LAUNCH_TRY();
-    film_affine_kernel<<<blocks_for((size_t)a.N * 2 * a.C, THREADS), THREADS, 0, stream>>>(a);
+    film_affine_kernel<<<blocks_for((size_t)a.N * film_rows(a), THREADS), THREADS, 0, stream>>>(a);
     LAUNCH_TRY();
     return 0;
 }
@@ -97,14 +97,12 @@ int prep_input(const tview &dst, const float *x, cudaStream_t stream, char *err)
     return 0;
 }
 
-__global__ void output_kernel(float *y, const bf16 *o, int Cs, const float *bias, const float *x,
-                              int residual, size_t pixels) {
-    GRID_LOOP(i, pixels * 3) output_body(y, o, Cs, bias, x, residual, i);
+__global__ void output_kernel(output_args a) {
+    GRID_LOOP(i, a.N * a.hw * 3) output_body(a, i);
 }
 
-int output_layer(float *y, const bf16 *o, int Cs, const float *bias, const float *x, int residual,
-                 size_t pixels, cudaStream_t stream, char *err) {
-    output_kernel<<<blocks_for(pixels * 3, THREADS), THREADS, 0, stream>>>(y, o, Cs, bias, x, residual, pixels);
+int output_layer(const output_args &a, cudaStream_t stream, char *err) {
+    output_kernel<<<blocks_for(a.N * a.hw * 3, THREADS), THREADS, 0, stream>>>(a);
     LAUNCH_TRY();
     return 0;
 }

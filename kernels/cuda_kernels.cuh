@@ -9,8 +9,9 @@
 
 namespace e2g {
 
-/* tview, conv_out and their index functions, epilogue_args, pack_args,
- * lora_entry: cuda_bodies.cuh (through cuda_util.cuh). */
+/* tview, conv_out and their index functions, epilogue_args, film_args,
+ * output_args, pack_args, lora_entry: cuda_bodies.cuh (through
+ * cuda_util.cuh). */
 
 /* The end of a per-(n, channel) reduction over pixels by a block of
  * `threads` threads laid out as lanes × C/8 channel groups (thread t: group
@@ -39,17 +40,16 @@ __device__ __forceinline__ void reduce_channel_pairs(float (*red)[16], float *ac
  * mean = K + Σ(v − K)/HW, var = Σ(v − K)²/HW − (Σ(v − K)/HW)². */
 int block_stats(float *sums, const conv_out &src, cudaStream_t stream, char *err);
 int block_epilogue(const epilogue_args &a, cudaStream_t stream, char *err);
-/* A FiLM norm's context mean and per-sample gamma and beta (film_args:
- * cuda_bodies.cuh). */
+/* FiLM's context mean, then a norm's per-sample gamma and beta or the
+ * output gate's gains (film_args: cuda_bodies.cuh). */
 int film_affine(const film_args &a, cudaStream_t stream, char *err);
 
 /* x (N, H, W, 3) fp32 → dst (pad 3, C 8) bf16 with channels 3..7 zero. */
 int prep_input(const tview &dst, const float *x, cudaStream_t stream, char *err);
 
-/* y (N, H, W, 3) = tanh(o + bias (+ atanh(clamp(x)))), o the conv output
- * (N, H, W, Cs ≥ 3). */
-int output_layer(float *y, const bf16 *o, int Cs, const float *bias, const float *x, int residual,
-                 size_t pixels, cudaStream_t stream, char *err);
+/* y (N, H, W, 3) = tanh(o + bias (+ g·atanh(clamp(x)))), o the conv
+ * output (N, H, W, Cs ≥ 3); output_args: cuda_bodies.cuh. */
+int output_layer(const output_args &a, cudaStream_t stream, char *err);
 
 /* x (M, C) bf16 in place: x + bias, then GELU (tanh form) when gelu. */
 int bias_act(bf16 *x, const float *bias, int gelu, size_t M, int C, cudaStream_t stream, char *err);

@@ -118,7 +118,8 @@ extern "C" int e2g_cuda_check_output(float *y, const float *o, const float *x, i
     TRY(s.f32_in(&dx, x, n, err));
     TRY(s.f32_in(&bias, zeros, 3, err));
     TRY(s.alloc(&dy, n, err));
-    TRY(output_layer(dy, dout, 3, bias, dx, residual, n / 3, 0, err));
+    output_args a = {dy, dout, 3, bias, dx, residual, NULL, 1, n / 3};
+    TRY(output_layer(a, 0, err));
     CUDA_TRY(cudaMemcpy(y, dy, n * sizeof(float), cudaMemcpyDeviceToHost));
     return 0;
 }

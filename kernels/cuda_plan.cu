@@ -104,6 +104,8 @@ int plan_output(gen_plan *p, char *err) {
         return e2g_fail(err, "%s: the GPU needs a biased 3-channel conv read only by the output", out.name);
     if (out.in[1] != net.input || net.node[net.input].cout != 3)
         return e2g_fail(err, "%s: the GPU's output layer reads the 3-channel image input", out.name);
+    if (out.film && (!out.residual || out.in[2] != net.context))
+        return e2g_fail(err, "%s: the GPU's output gate scales the image's term from the context", out.name);
     p->np[c].to_output = 1;
     p->np[o].fused_into = c;
     return 0;
@@ -172,9 +174,9 @@ int plan_storage(gen_plan *p, char *err) {
             } else if (cn.op == E2G_OP_CONV && role == R_ADD) {
                 if (!np.has_bf16 || np.ld != np.C || net.node[j].cout != cn.cout)
                     why = "a conv's add must be a whole view of its channels";
-            } else if (cn.op == E2G_OP_CONV && role == R_IN1) {
+            } else if ((cn.op == E2G_OP_CONV && role == R_IN1) || (cn.op == E2G_OP_OUTPUT && role == R_IN2)) {
                 np.dense = 1, need = 0;
-                if (!cn.film || !rows_ok) why = "a FiLM norm reads whole bf16 token rows of its context";
+                if (!cn.film || !rows_ok) why = "FiLM reads whole bf16 token rows of its context";
             } else if (cn.op == E2G_OP_OUTPUT) {
                 /* in[0]: the fused conv; in[1]: the input image, read in fp32 */
             } else {
@@ -330,8 +332,8 @@ void plan_layout(const gen_plan *p, int N, int H, int W, int keep, size_t sample
             L->raw_max = std::max(L->raw_max, (size_t)N * b.g.Hg * b.g.Wg * b.g.Cs);
             L->conv_in_max = std::max(L->conv_in_max, (size_t)N * b.g.Hp * b.g.Wp * b.g.C);
             if (nd.norm) L->stats_max = std::max(L->stats_max, (size_t)N * 2 * nd.cout);
-            if (nd.film) L->affine_max = std::max(L->affine_max, plan_film_floats(net, N, i));
         }
+        if (nd.film) L->affine_max = std::max(L->affine_max, plan_film_floats(net, N, i));
         if (nd.op == E2G_OP_LINEAR && nd.add >= 0) proj_max = std::max(proj_max, b.M * nd.cout);
     }
     for (int i = 0; i < net.n; i++) {
@@ -374,19 +376,18 @@ void plan_layout(const gen_plan *p, int N, int H, int W, int keep, size_t sample
         if (nd.op == E2G_OP_CONV && keep) {
             b.raw = ar->take<bf16>((size_t)N * b.g.Hg * b.g.Wg * b.g.Cs);
             if (nd.norm) b.stats = ar->take<float>((size_t)N * 2 * nd.cout);
-            if (nd.film) b.affine = ar->take<float>(plan_film_floats(net, N, i));
         }
+        if (nd.film && keep) b.affine = ar->take<float>(plan_film_floats(net, N, i));
     }
-    if (!keep) { /* inference: one raw conv output, set of statistics and FiLM affine at a time */
+    if (!keep) { /* inference: one raw conv output, set of statistics and FiLM rows at a time */
         bf16 *raw = ar->take<bf16>(L->raw_max);
         float *stats = ar->take<float>(std::max(L->stats_max, (size_t)1));
         float *affine = ar->take<float>(std::max(L->affine_max, (size_t)1));
-        for (int i = 0; i < net.n; i++)
-            if (net.node[i].op == E2G_OP_CONV) {
-                L->b[i].raw = raw;
-                if (net.node[i].norm) L->b[i].stats = stats;
-                if (net.node[i].film) L->b[i].affine = affine;
-            }
+        for (int i = 0; i < net.n; i++) {
+            if (net.node[i].op == E2G_OP_CONV) L->b[i].raw = raw;
+            if (net.node[i].norm) L->b[i].stats = stats;
+            if (net.node[i].film) L->b[i].affine = affine;
+        }
     }
     L->proj = ar->take<bf16>(std::max(proj_max, (size_t)1));
 }
@@ -396,6 +397,19 @@ int plan_attention(const gen_plan &P, const act_layout &L, int i, cudaStream_t s
     int q = nd.in[0], k = nd.in[1], v = nd.in[2];
     return attention(L.b[i].rows, L.b[q].rows, P.np[q].ld, L.b[k].rows, L.b[v].rows, P.np[k].ld, L.N,
                      L.sh[i].h * L.sh[i].w, L.sh[k].h * L.sh[k].w, nd.cout, nd.heads, stream, err);
+}
+
+int plan_output_layer(const gen_plan &P, const act_layout &L, float *y, const float *bias, const float *x,
+                      const e2g_linear_params *gate, cudaStream_t stream, char *err) {
+    int o = P.net.output, c = P.net.node[o].in[0];
+    const conv_geom &g = L.b[c].g;
+    output_args a = {y, L.b[c].raw, g.Cs, bias, x, P.net.node[o].residual, NULL, L.N, (size_t)g.Ho * g.Wo};
+    if (P.net.node[o].film) { /* each sample's gains of the image, from its context */
+        film_args f = plan_film(P, L, o, gate->w, gate->b, NULL, NULL);
+        TRY(film_affine(f, stream, err));
+        a.gain = f.gamma;
+    }
+    return output_layer(a, stream, err);
 }
 
 }  // namespace e2g

@@ -13,7 +13,8 @@
  *    block of a slot's concatenated output; the fp32 residual stream — and
  *    the fusions found by peephole: a LINEAR with an `add` followed by the
  *    LAYERNORM of its output is one residual_layernorm; the conv that feeds
- *    OUTPUT ends in output_layer instead of an epilogue;
+ *    OUTPUT ends in output_layer instead of an epilogue (with FiLM, after
+ *    the gate's gains);
  *  - for the trainer, how each node's gradient is stored;
  *  - the device layout of every activation for a batch of N images of H×W.
  *
@@ -106,7 +107,8 @@ struct node_buf {
     float *f32;  /* the fp32 residual stream */
     bf16 *raw;   /* CONV: raw conv output (geometry g) */
     float *stats;/* CONV with a norm: (N, 2, C) mean and variance */
-    float *affine;/* CONV with FiLM: the norm's gamma (N, C), beta (N, C), then the context mean (N, C4) */
+    float *affine;/* CONV with FiLM: the norm's gamma (N, C), beta (N, C), then the context mean (N, C4);
+                   * OUTPUT with FiLM: the gains (N, 3), then the context mean */
     bf16 *pre;   /* LINEAR with GELU when kept: before the activation */
     conv_geom g; /* CONV */
 };
@@ -127,21 +129,31 @@ static inline conv_out plan_raw(const gen_plan &p, const act_layout &L, int i) {
     return o;
 }
 
-/* The floats of FiLM CONV node i's node_buf.affine. */
+/* The context node a FiLM node reads: a CONV's in[1], the OUTPUT's in[2]. */
+static inline int plan_film_context(const e2g_node &nd) { return nd.op == E2G_OP_OUTPUT ? nd.in[2] : nd.in[1]; }
+
+/* The floats of FiLM node i's node_buf.affine: its rows (film_rows) and
+ * the context mean, per sample. */
 static inline size_t plan_film_floats(const e2g_net &net, int N, int i) {
-    return (size_t)N * (2 * net.node[i].cout + net.node[net.node[i].in[1]].cout);
+    const e2g_node &nd = net.node[i];
+    int rows = nd.op == E2G_OP_OUTPUT ? nd.cout : 2 * nd.cout;
+    return (size_t)N * (rows + net.node[plan_film_context(nd)].cout);
 }
 
-/* FiLM CONV node i: the film_args of its norm's per-sample affine, into
- * L.b[i].affine from its context's rows, with the parameters cp (device
- * pointers: norm_w, norm_b, film_w, film_b); backward fields unset. */
-static inline film_args plan_film(const gen_plan &p, const act_layout &L, int i, const e2g_conv_params &cp) {
+/* FiLM node i — a CONV's norm or the OUTPUT's gate — the film_args of its
+ * per-sample rows, into L.b[i].affine from its context's rows, with the
+ * device parameters w, b (and the norm's norm_w, norm_b; NULL for the
+ * gate); backward fields unset. */
+static inline film_args plan_film(const gen_plan &p, const act_layout &L, int i, const float *w, const float *b,
+                                  const float *norm_w, const float *norm_b) {
     const e2g_node &nd = p.net.node[i];
-    int ctx = nd.in[1];
+    int ctx = plan_film_context(nd);
     film_args a = {};
     a.ctx = L.b[ctx].rows, a.N = L.N, a.T = L.sh[ctx].h * L.sh[ctx].w, a.C4 = p.net.node[ctx].cout, a.C = nd.cout;
-    a.w = cp.film_w, a.b = cp.film_b, a.norm_w = cp.norm_w, a.norm_b = cp.norm_b;
-    a.gamma = L.b[i].affine, a.beta = a.gamma + (size_t)L.N * a.C, a.mean = a.beta + (size_t)L.N * a.C;
+    a.gate = nd.op == E2G_OP_OUTPUT;
+    a.w = w, a.b = b, a.norm_w = norm_w, a.norm_b = norm_b;
+    a.gamma = L.b[i].affine, a.beta = a.gate ? NULL : a.gamma + (size_t)L.N * a.C;
+    a.mean = a.gamma + (size_t)L.N * film_rows(a);
     return a;
 }
 
@@ -162,6 +174,12 @@ void plan_layout(const gen_plan *p, int N, int H, int W, int keep, size_t sample
 
 /* An ATTENTION node, from the rows of its q, k, v nodes into its own. */
 int plan_attention(const gen_plan &P, const act_layout &L, int i, cudaStream_t stream, char *err);
+
+/* The OUTPUT node, from its conv's raw output: y = tanh(o + bias (+ the
+ * image's term)), x the image (fp32); with FiLM the gains first, from the
+ * gate's device parameters gate (NULL without FiLM). */
+int plan_output_layer(const gen_plan &P, const act_layout &L, float *y, const float *bias, const float *x,
+                      const e2g_linear_params *gate, cudaStream_t stream, char *err);
 
 }  // namespace e2g
 

@@ -18,8 +18,9 @@
  * the factor gradients come from dW.  A FiLM norm's per-sample affine is
  * kept from the forward; its backward carries the per-sample d(gamma),
  * d(beta) of the epilogue backward on into the norm's and FiLM's
- * gradients and the context's.  bf16 has fp32's exponent range, so
- * no loss scaling is needed. */
+ * gradients and the context's; likewise the FiLM output gate's d(gain),
+ * which the output layer's L1 backward sums per sample.  bf16 has fp32's
+ * exponent range, so no loss scaling is needed. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,6 +82,7 @@ struct e2g_cuda_trainer {
     bf16 *gb[PLAN_MAX];
     char *grad_lo, *grad_hi;
     float *dscratch; /* the frozen output bias's gradient lands here */
+    float *dgain;    /* FiLM: the output gate's gradient (N, 3) */
     bf16 *dy16, *dx16, *draw, *dxp, *dw16;
     float *dw32, *dsums, *att_stats;
 };
@@ -134,6 +136,7 @@ static void layout_acts(e2g_cuda_trainer *T, dev_arena *ar) {
     for (int i = 0; i < net.n; i++)
         T->g[i] = P.np[i].grad == GRAD_F32 ? ar->take<float>(L.b[i].M * net.node[i].cout) : NULL;
     T->dscratch = ar->take<float>(8);
+    T->dgain = ar->take<float>((size_t)3 * N);
     if (ar->base) T->grad_lo = ar->base + lo, T->grad_hi = ar->base + ar->used;
 }
 
@@ -256,6 +259,12 @@ static int lora_layer(const e2g_cuda_trainer *T, int i) {
     return T->lora && l >= 0 && T->rank[l] ? l : -1;
 }
 
+/* The OUTPUT's FiLM gate in params (T->P or T->G), or NULL without FiLM. */
+static e2g_linear_params *gate(const e2g_cuda_trainer *T, const e2g_gen_params *params) {
+    const e2g_node &out = T->plan.net.node[T->plan.net.output];
+    return out.film ? e2g_node_linear(&out, params) : NULL;
+}
+
 /* Packs every slot from the fp32 masters (merging the adapter into its
  * crucial layers) and gathers the concatenated biases. */
 static int pack_all(e2g_cuda_trainer *T, char *err) {
@@ -296,8 +305,7 @@ static int conv_forward(e2g_cuda_trainer *T, int i, int slot, char *err) {
     TRY(conv_fwd(&T->dc, b.raw, in.p, T->slots[np.slot].w, T->N, g.Hp, g.Wp, g.C, g.K, g.R, g.stride, g.pad, in.ns,
                  err));
     if (np.to_output)
-        return output_layer(T->y32, b.raw, g.Cs, T->slots[np.slot].bias, T->x32[slot],
-                            P.net.node[P.net.output].residual, (size_t)T->N * g.Ho * g.Wo, s, err);
+        return plan_output_layer(P, L, T->y32, T->slots[np.slot].bias, T->x32[slot], gate(T, &T->P), s, err);
     epilogue_args a = {};
     a.src = plan_raw(P, L, i), a.bias = T->slots[np.slot].bias, a.relu = sl.relu, a.dst = b.v;
     if (sl.norm) {
@@ -305,7 +313,7 @@ static int conv_forward(e2g_cuda_trainer *T, int i, int slot, char *err) {
         TRY(block_stats(b.stats, a.src, s, err));
         a.sums = b.stats, a.gamma = cp->norm_w, a.beta = cp->norm_b;
         if (sl.film) {
-            film_args f = plan_film(P, L, i, *cp);
+            film_args f = plan_film(P, L, i, cp->film_w, cp->film_b, cp->norm_w, cp->norm_b);
             TRY(film_affine(f, s, err));
             a.gamma = f.gamma, a.beta = f.beta, a.gamma_ns = f.C;
         }
@@ -431,10 +439,23 @@ static int grad16(e2g_cuda_trainer *T, int i, bf16 **out, char *err) {
 static int film_bwd(e2g_cuda_trainer *T, int i, const e2g_conv_params *cp, e2g_conv_params *gp, char *err) {
     const gen_plan &P = T->plan;
     int C = P.net.node[i].cout;
-    film_args f = plan_film(P, T->acts, i, *cp);
+    film_args f = plan_film(P, T->acts, i, cp->film_w, cp->film_b, cp->norm_w, cp->norm_b);
     f.dgamma = T->dsums + C, f.dbeta = T->dsums, f.dns = 2 * C;
     if (gp) f.dw = gp->film_w, f.db = gp->film_b, f.dnorm_w = gp->norm_w, f.dnorm_b = gp->norm_b;
     f.dctx = T->g[P.net.node[i].in[1]]; /* fp32: a context read by a conv (cuda_plan.cu, plan_grads) */
+    return film_backward(f, T->dc.stream, err);
+}
+
+/* Backward of the output gate from dgain (N, 3): into its parameters'
+ * gradients (full G) and the context's. */
+static int gate_bwd(e2g_cuda_trainer *T, char *err) {
+    const gen_plan &P = T->plan;
+    int o = P.net.output;
+    const e2g_linear_params *cp = gate(T, &T->P), *gp = T->lora ? NULL : gate(T, &T->G);
+    film_args f = plan_film(P, T->acts, o, cp->w, cp->b, NULL, NULL);
+    f.dgamma = T->dgain, f.dns = 3;
+    if (gp) f.dw = gp->w, f.db = gp->b;
+    f.dctx = T->g[plan_film_context(P.net.node[o])]; /* fp32, as film_bwd's */
     return film_backward(f, T->dc.stream, err);
 }
 
@@ -454,8 +475,10 @@ static int conv_backward(e2g_cuda_trainer *T, int i, int slot, float lambda, cha
     cudaStream_t s = T->dc.stream;
     if (np.to_output) { /* draw (pixels, 8), channels 3..7 zero */
         float *dbias = !T->lora ? e2g_node_conv(&nd, &T->G)->b : T->dscratch;
-        TRY(output_l1_backward(T->draw, dbias, T->loss, T->y32, T->t32[slot], lambda, (size_t)N * g.Ho * g.Wo, s,
-                               err));
+        int film = P.net.node[P.net.output].film;
+        TRY(output_l1_backward(T->draw, dbias, film ? T->dgain : NULL, T->loss, T->y32, T->t32[slot], T->x32[slot],
+                               lambda, N, (size_t)g.Ho * g.Wo, s, err));
+        if (film) TRY(gate_bwd(T, err));
     } else {
         epilogue_bwd_args a = {};
         a.src = plan_raw(P, L, i);

@@ -14,8 +14,8 @@ namespace e2g {
 /* Backward of block_epilogue (epilogue_bwd_args: cuda_bodies.cuh). */
 int block_epilogue_backward(const epilogue_bwd_args &a, cudaStream_t stream, char *err);
 
-/* Backward of film_affine: its parameters' gradients when a.dw is set,
- * the context's when a.dctx is. */
+/* Backward of film_affine (a norm's or the output gate's rows): its
+ * parameters' gradients when a.dw is set, the context's when a.dctx is. */
 int film_backward(const film_args &a, cudaStream_t stream, char *err);
 
 /* g (N, H, W, C) += the gradient of the padded tensor dxp (N, H+2p, W+2p,
@@ -25,11 +25,13 @@ int fold_grad(float *g, const bf16 *dxp, int N, int H, int W, int C, int pad, cu
 /* dst += src, n floats. */
 int add_f32(float *dst, const float *src, size_t n, cudaStream_t stream, char *err);
 
-/* L1 loss λ·mean|y − t| through the output layer y = tanh(o + ...):
- * do (pixels, 8) bf16 with channels 3..7 zero, dbias (3) +=, *loss_sum +=
- * Σ|y − t| (fp32). */
-int output_l1_backward(bf16 *dout, float *dbias, float *loss_sum, const float *y, const float *t,
-                       float lambda, size_t pixels, cudaStream_t stream, char *err);
+/* L1 loss λ·mean|y − t| through the output layer y = tanh(o + ...) for N
+ * images of hw pixels: do (pixels, 8) bf16 with channels 3..7 zero, dbias
+ * (3) +=, *loss_sum += Σ|y − t| (fp32), and when dgain is set (FiLM's
+ * gate) dgain (N, 3) += Σ d(logit)·atanh(clamp(x)) per sample and channel,
+ * x the input image. */
+int output_l1_backward(bf16 *dout, float *dbias, float *dgain, float *loss_sum, const float *y, const float *t,
+                       const float *x, float lambda, int N, size_t hw, cudaStream_t stream, char *err);
 
 /* db (C) += column sums of x (M rows of ld, C columns from col0). */
 int col_sum(float *db, const bf16 *x, int ld, int col0, size_t M, int C, cudaStream_t stream,

@@ -1,6 +1,7 @@
 /* cuda_train_kernels.cu — the backward kernels of the GPU trainer
  * (cuda_train.cuh): conv block epilogue (bias, instance norm, ReLU, phase
- * scatter), FiLM, reflect-pad folding, output layer + L1, bias sums, GELU,
+ * scatter), FiLM (norms and the output gate), reflect-pad folding, output
+ * layer + L1 (and the gate's per-sample gradient), bias sums, GELU,
  * layer norm, flash-style attention backward, the weight-gradient adjoint
  * of the packing, LoRA factor gradients, context rows and fused Adam.  fp32
  * arithmetic; reductions in shared memory or warps, then one atomic per
@@ -62,7 +63,7 @@ int block_epilogue_backward(const epilogue_bwd_args &a, cudaStream_t stream, cha
 /* ---- FiLM ---------------------------------------------------------------------------- */
 
 __global__ void film_param_grad_kernel(film_args a) {
-    GRID_LOOP(i, (size_t)2 * a.C * (a.C4 + 1)) film_param_grad_body(a, i);
+    GRID_LOOP(i, (size_t)film_rows(a) * (a.C4 + 1)) film_param_grad_body(a, i);
 }
 
 __global__ void film_context_grad_kernel(film_args a) {
@@ -71,7 +72,7 @@ __global__ void film_context_grad_kernel(film_args a) {
 
 int film_backward(const film_args &a, cudaStream_t stream, char *err) {
     if (a.dw) {
-        size_t n = (size_t)2 * a.C * (a.C4 + 1);
+        size_t n = (size_t)film_rows(a) * (a.C4 + 1);
         film_param_grad_kernel<<<blocks_for(n, THREADS), THREADS, 0, stream>>>(a);
         LAUNCH_TRY();
     }
@@ -107,30 +108,36 @@ int add_f32(float *dst, const float *src, size_t n, cudaStream_t stream, char *e
 
 /* ---- output layer and L1 ------------------------------------------------------------ */
 
-__global__ void output_l1_kernel(bf16 *dout, float *dbias, float *loss_sum, const float *y, const float *t,
-                                 float g, size_t pixels) {
-    __shared__ float red[THREADS][4];
-    float acc[4] = {0};
-    GRID_LOOP(p, pixels) output_l1_body(dout, y, t, g, p, acc);
-    for (int i = 0; i < 4; i++) red[threadIdx.x][i] = acc[i];
+/* Blocks (chunk, n) over sample n's pixels: acc[0..2] the bias gradient,
+ * acc[3] Σ|y − t|, acc[4..6] the gate's (x NULL: none). */
+__global__ void output_l1_kernel(bf16 *dout, float *dbias, float *dgain, float *loss_sum, const float *y,
+                                 const float *t, const float *x, float g, size_t hw) {
+    __shared__ float red[THREADS][7];
+    float acc[7] = {0};
+    size_t n = blockIdx.y;
+    for (size_t q = blockIdx.x * (size_t)THREADS + threadIdx.x; q < hw; q += (size_t)gridDim.x * THREADS)
+        output_l1_body(dout, y, t, x, g, n * hw + q, acc);
+    for (int i = 0; i < 7; i++) red[threadIdx.x][i] = acc[i];
     __syncthreads();
     for (int s = THREADS / 2; s; s >>= 1) {
         if (threadIdx.x < s)
-            for (int i = 0; i < 4; i++) red[threadIdx.x][i] += red[threadIdx.x + s][i];
+            for (int i = 0; i < 7; i++) red[threadIdx.x][i] += red[threadIdx.x + s][i];
         __syncthreads();
     }
     if (threadIdx.x == 0) {
         for (int c = 0; c < 3; c++) atomicAdd(&dbias[c], red[0][c]);
         atomicAdd(loss_sum, red[0][3]);
+        if (x)
+            for (int c = 0; c < 3; c++) atomicAdd(&dgain[n * 3 + c], red[0][4 + c]);
     }
 }
 
-int output_l1_backward(bf16 *dout, float *dbias, float *loss_sum, const float *y, const float *t, float lambda,
-                       size_t pixels, cudaStream_t stream, char *err) {
-    unsigned blocks = blocks_for(pixels, THREADS);
-    if (blocks > 1024) blocks = 1024;
-    output_l1_kernel<<<blocks, THREADS, 0, stream>>>(dout, dbias, loss_sum, y, t, lambda / (float)(pixels * 3),
-                                                      pixels);
+int output_l1_backward(bf16 *dout, float *dbias, float *dgain, float *loss_sum, const float *y, const float *t,
+                       const float *x, float lambda, int N, size_t hw, cudaStream_t stream, char *err) {
+    unsigned chunks = blocks_for(hw, THREADS), most = std::max(1024 / N, 1);
+    dim3 grid(std::min(chunks, most), N);
+    output_l1_kernel<<<grid, THREADS, 0, stream>>>(dout, dbias, dgain, loss_sum, y, t, dgain ? x : NULL,
+                                                   lambda / (float)(N * hw * 3), hw);
     LAUNCH_TRY();
     return 0;
 }

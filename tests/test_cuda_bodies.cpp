@@ -9,7 +9,8 @@
  * backward, reflect-pad fold, output + L1, GELU backward, the packing's
  * adjoint (exact, on integers), LoRA factor gradients, context rows, Adam;
  * FiLM: the per-sample norm affine (forward and backward) and the
- * epilogue reading it.
+ * epilogue reading it, the output gate's gains, the output layer reading
+ * them and their backward.
  * Built when nvcc was found (C++, CUDA include path; no CUDA runtime
  * call). Tolerances: bf16 keeps 8 significant bits (2⁻⁹ ≈ 2e-3 per
  * rounding); a result stored as bf16 after a few roundings is held to
@@ -326,7 +327,8 @@ START_TEST(test_output_layer) {
     e2g_conv2d_forward(o.data(), x.data(), w.data(), b.data(), N, H, W, &cs);
     for (int residual = 0; residual < 2; residual++) {
         e2g_output_forward(ref.data(), o.data(), img.data(), residual, o.size());
-        for (size_t i = 0; i < o.size(); i++) output_body(got.data(), raw.data(), 8, b.data(), img.data(), residual, i);
+        output_args oa = {got.data(), raw.data(), 8, b.data(), img.data(), residual, NULL, N, (size_t)HW};
+        for (size_t i = 0; i < o.size(); i++) output_body(oa, i);
         expect(residual ? "output layer, residual" : "output layer, plain", got.data(), ref.data(), ref.size(), 1e-2);
     }
 }
@@ -574,6 +576,66 @@ START_TEST(test_film) {
 }
 END_TEST
 
+/* FiLM's output gate: the gains (film_mean_body, film_affine_body as the
+ * gate) against e2g_output_gain_forward, the output layer reading them
+ * against e2g_output_gated_forward per sample, the gain's gradient that
+ * output + L1 sums per sample against e2g_output_gated_backward's, and
+ * the gate's backward bodies against e2g_output_gain_backward. */
+START_TEST(test_output_gate) {
+    const int N = 3, T = 4, C4 = 24, HW = 40;
+    const size_t n = (size_t)N * HW * 3, one = (size_t)HW * 3;
+    const float lambda = 10.0f;
+    fvec ctx = rnd((size_t)N * T * C4, 80, -2, 2);
+    round_bf16(ctx);
+    bvec ctx16 = to_bf16(ctx);
+    fvec w = rnd((size_t)3 * C4, 81, -0.3f, 0.3f), b = rnd(3, 82, -0.25f, 0.25f);
+    e2g_linear_params gate = {w.data(), b.data()};
+    fvec gain_ref((size_t)N * 3), gain((size_t)N * 3), mean((size_t)N * C4);
+    e2g_output_gain_forward(gain_ref.data(), &gate, ctx.data(), N, T, C4);
+    film_args a = {};
+    a.ctx = ctx16.data(), a.N = N, a.T = T, a.C4 = C4, a.C = 3, a.gate = 1;
+    a.w = w.data(), a.b = b.data(), a.mean = mean.data(), a.gamma = gain.data();
+    for (size_t i = 0; i < (size_t)N * C4; i++) film_mean_body(a, i);
+    for (size_t i = 0; i < (size_t)N * film_rows(a); i++) film_affine_body(a, i);
+    expect("gate gains", gain.data(), gain_ref.data(), gain_ref.size(), 1e-5);
+
+    /* the output layer over a conv output of 8 stored channels, zero bias */
+    fvec o = rnd(n, 83, -2, 2), x = rnd(n, 84), tgt = rnd(n, 85), zero(3, 0.0f), y_ref(n), y(n);
+    round_bf16(o);
+    bvec o16((size_t)N * HW * 8, __float2bfloat16(0.0f));
+    for (size_t i = 0; i < n; i++) o16[i / 3 * 8 + i % 3] = __float2bfloat16(o[i]);
+    for (int s = 0; s < N; s++)
+        e2g_output_gated_forward(&y_ref[s * one], &o[s * one], &x[s * one], &gain_ref[3 * s], one);
+    output_args oa = {y.data(), o16.data(), 8, zero.data(), x.data(), 1, gain.data(), N, (size_t)HW};
+    for (size_t i = 0; i < n; i++) output_body(oa, i);
+    expect("gated output layer", y.data(), y_ref.data(), n, 1e-4);
+
+    /* L1 through it: the gain's gradient, per sample as the kernel's blocks sum it */
+    fvec dy(n, 0.0f), d_o(n, 0.0f), dgain_ref((size_t)N * 3, 0.0f), dgain((size_t)N * 3);
+    e2g_l1_loss(dy.data(), y_ref.data(), tgt.data(), n, lambda);
+    for (int s = 0; s < N; s++)
+        e2g_output_gated_backward(&d_o[s * one], NULL, &dgain_ref[3 * s], &dy[s * one], &y_ref[s * one],
+                                  &x[s * one], &gain_ref[3 * s], one);
+    bvec dout((size_t)N * HW * 8);
+    for (int s = 0; s < N; s++) {
+        float acc[7] = {0};
+        for (int q = 0; q < HW; q++)
+            output_l1_body(dout.data(), y_ref.data(), tgt.data(), x.data(), lambda / (float)n, (size_t)s * HW + q, acc);
+        for (int c = 0; c < 3; c++) dgain[3 * s + c] = acc[4 + c];
+    }
+    expect("gate gradient", dgain.data(), dgain_ref.data(), dgain.size(), 1e-4);
+
+    fvec mem_ref((size_t)3 * C4 + 3, 0.0f), mem_got(mem_ref), dctx_ref = rnd(ctx.size(), 86), dctx_got(dctx_ref);
+    e2g_linear_params gr = {&mem_ref[0], &mem_ref[3 * C4]};
+    e2g_output_gain_backward(&gr, dctx_ref.data(), dgain_ref.data(), &gate, ctx.data(), N, T, C4);
+    a.dgamma = dgain_ref.data(), a.dns = 3, a.dw = &mem_got[0], a.db = &mem_got[3 * C4], a.dctx = dctx_got.data();
+    for (size_t i = 0; i < (size_t)film_rows(a) * (C4 + 1); i++) film_param_grad_body(a, i);
+    for (size_t i = 0; i < (size_t)N * T * C4; i++) film_context_grad_body(a, i);
+    expect("gate backward: parameters", mem_got.data(), mem_ref.data(), mem_ref.size(), 1e-5);
+    expect("gate backward: context", dctx_got.data(), dctx_ref.data(), dctx_ref.size(), 1e-5);
+}
+END_TEST
+
 START_TEST(test_fold_grad) {
     const int N = 2, H = 7, W = 5, C = 8;
     for (int pad = 1; pad <= 3; pad += 2) {
@@ -596,8 +658,8 @@ START_TEST(test_output_l1) {
     float l1 = e2g_l1_loss(dy.data(), y.data(), t.data(), n, lambda);
     e2g_output_backward(d_o.data(), NULL, dy.data(), y.data(), x.data(), 1, n);
     bvec dout(P * 8);
-    float acc[4] = {0};
-    for (size_t p = 0; p < P; p++) output_l1_body(dout.data(), y.data(), t.data(), lambda / (float)n, p, acc);
+    float acc[7] = {0};
+    for (size_t p = 0; p < P; p++) output_l1_body(dout.data(), y.data(), t.data(), NULL, lambda / (float)n, p, acc);
     fvec got(n), rb(3, 0.0f);
     for (size_t p = 0; p < P; p++)
         for (int c = 0; c < 8; c++) {
@@ -751,6 +813,7 @@ int main(void) {
     tcase_add_test(tc, test_epilogue_backward);
     tcase_add_test(tc, test_epilogue_per_sample);
     tcase_add_test(tc, test_film);
+    tcase_add_test(tc, test_output_gate);
     tcase_add_test(tc, test_fold_grad);
     tcase_add_test(tc, test_output_l1);
     tcase_add_test(tc, test_gelu_backward);
