@@ -3,15 +3,15 @@
 # same LoRA fine-tune of each sketch concept (thin dark lines on paper) on
 # the base, with: L1 alone; L1 + the GAN term; the dark-pixel-weighted L1;
 # L1 + the gradient-domain term; both terms (docs/training.md#loss-terms-for-sketch-concepts).
-# Same rank, steps, batch, learning rate, seed and data; two runs at a time,
-# one thread each.  Writes a table (PSNR beside the constant image, edge F1,
+# Same rank, steps, batch, learning rate, seed and data; PARALLEL runs at a
+# time, one thread each.  Writes a table (PSNR beside the constant image, edge F1,
 # learned, wall time) and a contact sheet per run (source | teacher |
-# model, JPEG) to OUT and OUT's folder.
+# model, JPEG) to OUT and OUT's folder, for every run of CONCEPTS so far.
 #
 # usage: tools/sketch_loss_experiment.sh   (after tools/setup.sh and tools/make_dataset.py)
 # env:   E2GAN (build/e2gan), DATA (build/dataset), BASE (models/e2gan-s.safetensors),
 #        CONCEPTS ("line-art pencil"), VARIANTS ("l1 gan dark edge dark+edge"),
-#        STEPS (300), RANK (4), LR (2e-3), DARK (10), EDGE (100),
+#        STEPS (300), RANK (4), LR (2e-3), DARK (10), EDGE (100), PARALLEL (2),
 #        WORK (build/sketch-loss), OUT (docs/sketch-loss.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +26,7 @@ RANK=${RANK:-4}
 LR=${LR:-2e-3}
 DARK=${DARK:-10}
 EDGE=${EDGE:-100}
+PARALLEL=${PARALLEL:-2}
 WORK=${WORK:-build/sketch-loss}
 OUT=${OUT:-docs/sketch-loss.md}
 SHEETS=$(dirname "$OUT")/sketch-loss
@@ -53,21 +54,27 @@ run() { # CONCEPT VARIANT: one fine-tune unless done
 
 jobs=()
 for concept in $CONCEPTS; do for v in $VARIANTS; do jobs+=("$concept $v"); done; done
-for ((i = 0; i < ${#jobs[@]}; i += 2)); do
-  # shellcheck disable=SC2086
-  run ${jobs[i]} &
-  # shellcheck disable=SC2086
-  if ((i + 1 < ${#jobs[@]})); then run ${jobs[i + 1]} & fi
+for ((i = 0; i < ${#jobs[@]}; i += PARALLEL)); do
+  for ((j = i; j < i + PARALLEL && j < ${#jobs[@]}; j++)); do
+    # shellcheck disable=SC2086
+    run ${jobs[j]} &
+  done
   wait
 done
 
-for job in "${jobs[@]}"; do
-  read -r concept v <<<"$job"
-  convert "$WORK/$concept-$v/contact.png" -quality 85 "$SHEETS/$concept-$v.jpg"
+# the table: every run of these concepts in WORK, also those of earlier
+# invocations with other VARIANTS
+done_runs=()
+for concept in $CONCEPTS; do
+  for v in l1 gan dark edge dark+edge; do
+    [ -f "$WORK/$concept-$v/report.json" ] || continue
+    done_runs+=("$concept $v")
+    convert "$WORK/$concept-$v/contact.png" -quality 85 "$SHEETS/$concept-$v.jpg"
+  done
 done
 
 /usr/bin/python3 - "$WORK" "$OUT" "$(basename "$SHEETS")" "$STEPS" "$RANK" "$LR" "$DARK" "$EDGE" "$BASE" \
-  "$(git rev-parse --short HEAD)" "$(lscpu | sed -n 's/^Model name: *//p' | head -n 1)" "${jobs[@]}" <<'PY'
+  "$(git rev-parse --short HEAD)" "$(lscpu | sed -n 's/^Model name: *//p' | head -n 1)" "${done_runs[@]}" <<'PY'
 import json, sys, datetime
 work, out, sheets, steps, rank, lr, dark, edge, base, commit, cpu, *jobs = sys.argv[1:]
 labels = {"l1": "L1 (λ 100)", "gan": "L1 + GAN term (weight 1, D from scratch)",
@@ -77,7 +84,7 @@ lines = [
     "# Loss terms for sketch concepts",
     "",
     f"- made by tools/sketch_loss_experiment.sh on {datetime.date.today()}, commit {commit}",
-    f"- machine: {cpu}; two runs at a time, one thread each",
+    f"- machine: {cpu}; one thread per run",
     f"- every run: LoRA rank {rank} on every crucial layer plus the concept embedding, on {base},",
     f"  {steps} steps of 8 crops of 128², Adam lr {lr}, seed 1; only the loss differs",
     "- quality: every validation pair of the concept (docs/training.md#quality); contact sheets:",

@@ -1,46 +1,70 @@
 #!/usr/bin/env bash
 # train_models.sh — trains the shipped models on this machine's CPU, as they
-# were made: the dataset, the base `e2gan-s` (ngf 32) on the 8 base concepts,
-# then one adapter per new concept with rank search and data reduction.
-# Resumable: the base trains from a checkpoint, finished steps are skipped.
-# Copies the results into models/ and writes their quality table to
-# models/README.md's data (build/train-*/report.json, contact sheets).
+# were made: the dataset; the base `e2gan-s` (ngf 32) on the 8 base concepts
+# in phases, each continuing from the one before; then one adapter per new
+# concept with rank search and data reduction.  Resumable: each phase
+# trains from its checkpoint, finished phases and adapters are skipped.
+# Copies the results into models/ (the evaluation for models/README.md:
+# tools/quality_table.py on the reports).
+#
+#   phase 1  plain (no FiLM), BASE_STEPS steps, seed 1       — the first CPU base
+#   phase 2  + FiLM (zero-initialised), FILM_STEPS steps     — the conditioning experiment's FiLM arm
+#   phase 3  FiLM, LONG_STEPS steps, seed 3                   — the long run (0 skips it)
 #
 # usage: tools/train_models.sh        (after tools/setup.sh)
-# env:   BASE_STEPS (3500), ADAPTER_STEPS (500), BATCH (8), THREADS (2),
-#        NEW_CONCEPTS ("cartoon pencil line-art"), KEEP (0.5), BASE_LR (2e-4)
-# The shipped models were made with these defaults.  (The first base used
-# BASE_LR 1e-3 and did not learn its concepts apart: docs/training.md.)
+# env:   BASE_STEPS (3500), FILM_STEPS (600), LONG_STEPS (0), BATCH (8), THREADS (2),
+#        BASE_LR (2e-4), ADAPTER_STEPS (500), NEW_CONCEPTS ("cartoon pencil line-art"),
+#        KEEP (0.5), SKETCH_CONCEPTS ("line-art"), SKETCH_LOSS ("--dark-weight 10
+#        --edge-weight 100": the loss terms that made line-art draw, docs/sketch-loss.md)
+# The shipped models were made with these defaults (phase 1 with 2 threads,
+# phase 2 with one: tools/conditioning_experiment.sh; models/README.md says
+# how each shipped file was run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BASE_STEPS=${BASE_STEPS:-3500}
-ADAPTER_STEPS=${ADAPTER_STEPS:-500}
+FILM_STEPS=${FILM_STEPS:-600}
+LONG_STEPS=${LONG_STEPS:-0}
 BATCH=${BATCH:-8}
 THREADS=${THREADS:-2}
+BASE_LR=${BASE_LR:-2e-4}
+ADAPTER_STEPS=${ADAPTER_STEPS:-500}
 NEW_CONCEPTS=${NEW_CONCEPTS:-"cartoon pencil line-art"}
 KEEP=${KEEP:-0.5}
-BASE_LR=${BASE_LR:-2e-4}
+SKETCH_CONCEPTS=${SKETCH_CONCEPTS:-"line-art"}
+SKETCH_LOSS=${SKETCH_LOSS:-"--dark-weight 10 --edge-weight 100"}
 BASE_CONCEPTS=oil-paint,charcoal,sepia,pop-art,winter,night,vivid,thermal
 
 [ -f build/dataset/manifest.json ] || /usr/bin/python3 tools/make_dataset.py
-mkdir -p build/train-base models/adapters
+mkdir -p models/adapters
 
-if [ ! -f build/train-base/e2gan-s.safetensors ]; then
-  build/e2gan train --data build/dataset --concepts "$BASE_CONCEPTS" --ngf 32 --batch "$BATCH" \
-    --steps "$BASE_STEPS" --lr "$BASE_LR" --gan-weight 0 --eval-every 500 --eval-pairs 0 \
-    --checkpoint build/train-base/ckpt.safetensors --checkpoint-every 100 \
-    --report build/train-base --threads "$THREADS" --out build/train-base/e2gan-s.safetensors
-fi
-cp build/train-base/e2gan-s.safetensors models/e2gan-s.safetensors
+phase() { # NAME STEPS SEED ARGS…: one base phase unless done; prints its output
+  local name=$1 steps=$2 seed=$3 dir=build/train-$1
+  shift 3
+  mkdir -p "$dir"
+  if [ ! -f "$dir/e2gan-s.safetensors" ]; then
+    build/e2gan train --data build/dataset --concepts "$BASE_CONCEPTS" --ngf 32 --batch "$BATCH" \
+      --steps "$steps" --lr "$BASE_LR" --seed "$seed" --gan-weight 0 --eval-every $((steps / 6)) \
+      --eval-pairs 0 --checkpoint "$dir/ckpt.safetensors" --checkpoint-every 100 --report "$dir" \
+      --threads "$THREADS" --out "$dir/e2gan-s.safetensors" "$@" >&2
+  fi
+  echo "$dir/e2gan-s.safetensors"
+}
+base=$(phase base "$BASE_STEPS" 1)
+base=$(phase film "$FILM_STEPS" 1 --init "$base" --film)
+[ "$LONG_STEPS" -gt 0 ] && base=$(phase long "$LONG_STEPS" 3 --init "$base" --film)
+cp "$base" models/e2gan-s.safetensors
 
 for concept in $NEW_CONCEPTS; do
   out=build/train-$concept
+  loss=""
+  case " $SKETCH_CONCEPTS " in *" $concept "*) loss=$SKETCH_LOSS ;; esac
   mkdir -p "$out"
   if [ ! -f "$out/$concept.safetensors" ]; then
+    # shellcheck disable=SC2086
     build/e2gan finetune --model models/e2gan-s.safetensors --data build/dataset --concept "$concept" \
       --rank-search --max-rank 8 --keep-fraction "$KEEP" --steps "$ADAPTER_STEPS" --batch "$BATCH" \
-      --lr 2e-3 --gan-weight 0 --eval-every 100 --eval-pairs 0 --report "$out" --threads "$THREADS" \
+      --lr 2e-3 --gan-weight 0 $loss --eval-every 100 --eval-pairs 0 --report "$out" --threads "$THREADS" \
       --out "$out/$concept.safetensors"
   fi
   cp "$out/$concept.safetensors" "models/adapters/$concept.safetensors"
