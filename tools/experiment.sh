@@ -10,8 +10,11 @@
 #
 # usage: tools/experiment.sh   (after tools/setup.sh and tools/make_dataset.py)
 # env:   DATA (build/dataset), NGF (16), BATCH (8), BASE_STEPS (1500),
-#        STEPS (400), RANKS ("2 8"), KEEP (0.25), CONCEPTS ("cartoon pencil
+#        BASE_LR (2e-4), STEPS (400), RANKS ("2 8"), KEEP (0.25), CONCEPTS ("cartoon pencil
 #        line-art"), BASE_CONCEPTS (the 8 base concepts), THREADS (2),
+#        FILM (1: the bases with FiLM, the shipped recipe), SKETCH_CONCEPTS
+#        ("line-art") and SKETCH_LOSS ("--dark-weight 10 --edge-weight 100"):
+#        the loss terms of the shipped recipe for those concepts' runs,
 #        WORK (build/experiment), OUT (docs/experiment.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,12 +24,18 @@ DATA=${DATA:-build/dataset}
 NGF=${NGF:-16}
 BATCH=${BATCH:-8}
 BASE_STEPS=${BASE_STEPS:-1500}
+BASE_LR=${BASE_LR:-2e-4}
 STEPS=${STEPS:-400}
 RANKS=${RANKS:-"2 8"}
 KEEP=${KEEP:-0.25}
 CONCEPTS=${CONCEPTS:-"cartoon pencil line-art"}
 BASE_CONCEPTS=${BASE_CONCEPTS:-oil-paint,charcoal,sepia,pop-art,winter,night,vivid,thermal}
 THREADS=${THREADS:-2}
+FILM=${FILM:-1}
+SKETCH_CONCEPTS=${SKETCH_CONCEPTS:-"line-art"}
+SKETCH_LOSS=${SKETCH_LOSS:-"--dark-weight 10 --edge-weight 100"}
+FILM_FLAG=""
+[ "$FILM" = 1 ] && FILM_FLAG=--film
 WORK=${WORK:-build/experiment}
 OUT=${OUT:-docs/experiment.md}
 EVAL_EVERY=$((STEPS / 8))
@@ -52,7 +61,7 @@ echo "bases: default and paper-like, ngf $NGF, $BASE_STEPS steps" >&2
 for form in default paper-like; do
   flag=""; [ "$form" = paper-like ] && flag=--paper-like
   [ -f "$WORK/base-$form.safetensors" ] || "$E2GAN" train "${COMMON[@]}" --concepts "$BASE_CONCEPTS" \
-    --ngf "$NGF" $flag --steps "$BASE_STEPS" --lr 1e-3 --report "$WORK/base-$form" \
+    --ngf "$NGF" $flag $FILM_FLAG --steps "$BASE_STEPS" --lr "$BASE_LR" --report "$WORK/base-$form" \
     --out "$WORK/base-$form.safetensors"
 done
 BASE=$WORK/base-default.safetensors
@@ -64,7 +73,8 @@ G_PARAMS=$(params_of "$BASE")
   echo "- made by tools/experiment.sh on $(date -u '+%Y-%m-%d'), commit $(git rev-parse --short HEAD)"
   echo "- machine: $(lscpu | sed -n 's/^Model name: *//p' | head -n 1), $THREADS threads"
   echo "- generator ngf $NGF at ${BATCH}×128² crops (smaller than the shipped ngf 32, for the budget);"
-  echo "  L1 loss only (λ = 100, no GAN term), Adam lr 1e-3 for full training, 2e-3 for LoRA"
+  echo "  FiLM $([ "$FILM" = 1 ] && echo on || echo off); L1 (λ = 100, no GAN term)$([ -n "$SKETCH_CONCEPTS" ] && echo ", plus \`$SKETCH_LOSS\` for $SKETCH_CONCEPTS");"
+  echo "  Adam lr $BASE_LR for the bases, 1e-3 for full training of one concept, 2e-3 for LoRA"
   echo "- budgets: the bases $BASE_STEPS steps; every run below $STEPS steps of batch $BATCH"
   echo "  (rank search: its probe and search count inside the same $STEPS steps)"
   echo "- quality: PSNR/SSIM against the teacher on every validation pair"
@@ -94,11 +104,18 @@ for concept in $CONCEPTS; do
     [ -f "$dir/report.json" ] || "$E2GAN" finetune "${COMMON[@]}" --model "$BASE" --concept "$concept" \
       --steps "$STEPS" --lr 2e-3 --eval-every "$EVAL_EVERY" --report "$dir" --out "$dir.safetensors" "$@"
   }
-  run_train "$d/a-scratch" --ngf "$NGF"
-  run_train "$d/b-full" --init "$BASE"
-  for r in $RANKS; do run_lora "$d/c-rank$r" --rank "$r"; done
-  run_lora "$d/d-search" --rank-search --max-rank 8
-  run_lora "$d/e-search-keep" --rank-search --max-rank 8 --keep-fraction "$KEEP"
+  loss=""
+  case " $SKETCH_CONCEPTS " in *" $concept "*) loss=$SKETCH_LOSS ;; esac
+  # shellcheck disable=SC2086
+  run_train "$d/a-scratch" --ngf "$NGF" $FILM_FLAG $loss
+  # shellcheck disable=SC2086
+  run_train "$d/b-full" --init "$BASE" $loss
+  # shellcheck disable=SC2086
+  for r in $RANKS; do run_lora "$d/c-rank$r" --rank "$r" $loss; done
+  # shellcheck disable=SC2086
+  run_lora "$d/d-search" --rank-search --max-rank 8 $loss
+  # shellcheck disable=SC2086
+  run_lora "$d/e-search-keep" --rank-search --max-rank 8 --keep-fraction "$KEEP" $loss
   {
     echo
     echo "## $concept"
