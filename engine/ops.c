@@ -436,17 +436,30 @@ void e2g_gelu_backward(float *dinp, const float *dout, const float *inp, size_t 
 
 #define OUT_CLAMP 0.999f
 
-static float clamped_atanh(float x) { return atanhf(fminf(fmaxf(x, -OUT_CLAMP), OUT_CLAMP)); }
+static float clamped_atanh(float x) {
+    return fast_atanh(x < -OUT_CLAMP ? -OUT_CLAMP : x > OUT_CLAMP ? OUT_CLAMP : x);
+}
+
+/* Pixels per vector block of the output: 16 RGB pixels, 48 floats, so the
+ * per-channel gain is a fixed 48-float pattern and the loop vectorises. */
+#define OUT_BLOCK 48
 
 /* y = tanh(o + gain·atanh(clamp(x))), gain per channel (NULL: 1; residual 0: no x). */
 static void output_forward(float *y, const float *o, const float *x, int residual, const float *gain,
                            size_t n) {
+    float pattern[OUT_BLOCK];
+    for (int j = 0; j < OUT_BLOCK; j++) pattern[j] = residual ? (gain ? gain[j % 3] : 1.0f) : 0.0f;
+    const float *xs = residual ? x : o; /* read but multiplied by 0 when there is no x */
+    const size_t blocks = n / OUT_BLOCK;
 #pragma omp parallel for schedule(static) if (n > 32768)
-    for (size_t i = 0; i < n; i++) {
-        float logit = o[i];
-        if (residual) logit += (gain ? gain[i % 3] : 1.0f) * clamped_atanh(x[i]);
-        y[i] = fast_tanh(logit);
+    for (size_t b = 0; b < blocks; b++) {
+        const size_t at = b * OUT_BLOCK;
+#pragma omp simd
+        for (int j = 0; j < OUT_BLOCK; j++)
+            y[at + j] = fast_tanh(o[at + j] + pattern[j] * clamped_atanh(xs[at + j]));
     }
+    for (size_t i = blocks * OUT_BLOCK; i < n; i++)
+        y[i] = fast_tanh(o[i] + pattern[i % 3] * clamped_atanh(xs[i]));
 }
 
 static void output_backward(float *d_o, float *dx, float *dgain, const float *dy, const float *y,

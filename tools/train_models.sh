@@ -11,9 +11,13 @@
 #   phase 2  + FiLM (zero-initialised), FILM_STEPS steps     — the conditioning experiment's FiLM arm
 #   phase 3  FiLM, LONG_STEPS steps, seed 3                   — the long run (0 skips it)
 #
+# FROM=FILE starts phase 3 from FILE instead of running phases 1-2: how a
+# later session continues the shipped base (FROM=models/e2gan-s.safetensors;
+# Adam's moments start afresh, the weights carry on).
+#
 # usage: tools/train_models.sh        (after tools/setup.sh)
 # env:   BASE_STEPS (3500), FILM_STEPS (600), LONG_STEPS (0), BATCH (8), THREADS (2),
-#        BASE_LR (2e-4), ADAPTER_STEPS (500), NEW_CONCEPTS ("cartoon pencil line-art"),
+#        FROM (unset), BASE_LR (2e-4), ADAPTER_STEPS (500), NEW_CONCEPTS ("cartoon pencil line-art"),
 #        KEEP (0.5), SKETCH_CONCEPTS ("line-art"), SKETCH_LOSS ("--dark-weight 10
 #        --edge-weight 100": the loss terms that made line-art draw, docs/sketch-loss.md)
 # The shipped models were made with these defaults (phase 1 with 2 threads,
@@ -25,6 +29,7 @@ cd "$(dirname "$0")/.."
 BASE_STEPS=${BASE_STEPS:-3500}
 FILM_STEPS=${FILM_STEPS:-600}
 LONG_STEPS=${LONG_STEPS:-0}
+FROM=${FROM:-}
 BATCH=${BATCH:-8}
 THREADS=${THREADS:-2}
 BASE_LR=${BASE_LR:-2e-4}
@@ -50,8 +55,12 @@ phase() { # NAME STEPS SEED ARGS…: one base phase unless done; prints its outp
   fi
   echo "$dir/e2gan-s.safetensors"
 }
-base=$(phase base "$BASE_STEPS" 1)
-base=$(phase film "$FILM_STEPS" 1 --init "$base" --film)
+if [ -n "$FROM" ]; then
+  base=$FROM
+else
+  base=$(phase base "$BASE_STEPS" 1)
+  base=$(phase film "$FILM_STEPS" 1 --init "$base" --film)
+fi
 [ "$LONG_STEPS" -gt 0 ] && base=$(phase long "$LONG_STEPS" 3 --init "$base" --film)
 cp "$base" models/e2gan-s.safetensors
 
