@@ -416,7 +416,7 @@ void e2g_leakyrelu_backward(float *dinp, const float *dout, const float *inp, fl
 #define GELU_C 0.044715f
 
 void e2g_gelu_forward(float *out, const float *inp, size_t n) {
-#pragma omp parallel for simd schedule(static) if (n > 32768)
+#pragma omp parallel for schedule(static) if (n > 32768)
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
         out[i] = 0.5f * x * (1.0f + fast_tanh(GELU_K * (x + GELU_C * x * x * x)));
@@ -424,7 +424,7 @@ void e2g_gelu_forward(float *out, const float *inp, size_t n) {
 }
 
 void e2g_gelu_backward(float *dinp, const float *dout, const float *inp, size_t n) {
-#pragma omp parallel for simd schedule(static) if (n > 32768)
+#pragma omp parallel for schedule(static) if (n > 32768)
     for (size_t i = 0; i < n; i++) {
         float x = inp[i], t = fast_tanh(GELU_K * (x + GELU_C * x * x * x));
         float dt = GELU_K * (1.0f + 3.0f * GELU_C * x * x) * (1.0f - t * t);
@@ -436,30 +436,31 @@ void e2g_gelu_backward(float *dinp, const float *dout, const float *inp, size_t 
 
 #define OUT_CLAMP 0.999f
 
-static float clamped_atanh(float x) {
+static inline float clamped_atanh(float x) {
     return fast_atanh(x < -OUT_CLAMP ? -OUT_CLAMP : x > OUT_CLAMP ? OUT_CLAMP : x);
 }
 
-/* Pixels per vector block of the output: 16 RGB pixels, 48 floats, so the
- * per-channel gain is a fixed 48-float pattern and the loop vectorises. */
-#define OUT_BLOCK 48
-
-/* y = tanh(o + gain·atanh(clamp(x))), gain per channel (NULL: 1; residual 0: no x). */
+/* y = tanh(o + gain·atanh(clamp(x))), gain per RGB channel (NULL: 1;
+ * residual 0: no x).  With a gain, one iteration per pixel, so the three
+ * gains are scalars and the loop vectorises over pixels. */
 static void output_forward(float *y, const float *o, const float *x, int residual, const float *gain,
                            size_t n) {
-    float pattern[OUT_BLOCK];
-    for (int j = 0; j < OUT_BLOCK; j++) pattern[j] = residual ? (gain ? gain[j % 3] : 1.0f) : 0.0f;
     const float *xs = residual ? x : o; /* read but multiplied by 0 when there is no x */
-    const size_t blocks = n / OUT_BLOCK;
+    if (!gain) {
+        const float g = residual ? 1.0f : 0.0f;
 #pragma omp parallel for schedule(static) if (n > 32768)
-    for (size_t b = 0; b < blocks; b++) {
-        const size_t at = b * OUT_BLOCK;
-#pragma omp simd
-        for (int j = 0; j < OUT_BLOCK; j++)
-            y[at + j] = fast_tanh(o[at + j] + pattern[j] * clamped_atanh(xs[at + j]));
+        for (size_t i = 0; i < n; i++) y[i] = fast_tanh(o[i] + g * clamped_atanh(xs[i]));
+        return;
     }
-    for (size_t i = blocks * OUT_BLOCK; i < n; i++)
-        y[i] = fast_tanh(o[i] + pattern[i % 3] * clamped_atanh(xs[i]));
+    E2G_ASSERT(residual && n % 3 == 0);
+    const float g0 = gain[0], g1 = gain[1], g2 = gain[2];
+    const size_t pixels = n / 3;
+#pragma omp parallel for schedule(static) if (n > 32768)
+    for (size_t p = 0; p < pixels; p++) {
+        y[3 * p] = fast_tanh(o[3 * p] + g0 * clamped_atanh(xs[3 * p]));
+        y[3 * p + 1] = fast_tanh(o[3 * p + 1] + g1 * clamped_atanh(xs[3 * p + 1]));
+        y[3 * p + 2] = fast_tanh(o[3 * p + 2] + g2 * clamped_atanh(xs[3 * p + 2]));
+    }
 }
 
 static void output_backward(float *d_o, float *dx, float *dgain, const float *dy, const float *y,
