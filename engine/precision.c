@@ -12,6 +12,7 @@
 
 #include <cpuid.h>
 #include <immintrin.h>
+#include <omp.h>
 #include <oneapi/dnnl/dnnl.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -192,15 +193,26 @@ bf16_from_f32_avx512(uint16_t *dst, const float *src, size_t n) {
 
 #define CONVERT_CHUNK 16384 /* values per OpenMP work item (a multiple of 32) */
 
+static void convert_span(int fast, uint16_t *dst, const float *src, size_t n) {
+    if (fast)
+        bf16_from_f32_avx512(dst, src, n);
+    else
+        e2g_bf16_from_f32_generic(dst, src, n);
+}
+
+/* Small conversions and those called from inside a parallel region (a row
+ * of a padded copy) run on the calling thread without entering OpenMP: even
+ * a one-thread nested region costs libgomp a team and futex wake-ups. */
 void e2g_bf16_from_f32(uint16_t *dst, const float *src, size_t n) {
     int fast = e2g_cpu_has_avx512_bf16();
     size_t chunks = (n + CONVERT_CHUNK - 1) / CONVERT_CHUNK;
-#pragma omp parallel for schedule(static) if (chunks > 4)
+    if (chunks <= 4 || omp_in_parallel()) {
+        convert_span(fast, dst, src, n);
+        return;
+    }
+#pragma omp parallel for schedule(static)
     for (size_t c = 0; c < chunks; c++) {
         size_t i = c * CONVERT_CHUNK, m = n - i < CONVERT_CHUNK ? n - i : CONVERT_CHUNK;
-        if (fast)
-            bf16_from_f32_avx512(dst + i, src + i, m);
-        else
-            e2g_bf16_from_f32_generic(dst + i, src + i, m);
+        convert_span(fast, dst + i, src + i, m);
     }
 }
