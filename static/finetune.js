@@ -10,8 +10,8 @@ import { readEventStream } from './sse.js';
 import { drawLossChart } from './chart.js';
 
 const FINAL = new Set(['succeeded', 'failed', 'cancelled']);
-const IMAGE = /^(.+)\.(png|jpe?g)$/i;
-const ROLE_IMAGE = /^(.+)\.(src|dst)\.(png|jpe?g)$/i;
+const IMAGE = /^(.+)\.(png|jpe?g|webp)$/i; // the formats the server decodes
+const ROLE_IMAGE = /^(.+)\.(src|dst)\.(png|jpe?g|webp)$/i;
 
 let hooks = { reloadConcepts: async () => {}, tryConcept: async () => false };
 
@@ -39,13 +39,13 @@ function findPairs() {
     const m = ROLE_IMAGE.exec(file.name);
     if (m) add(m[1], m[2].toLowerCase(), file);
     else if (IMAGE.test(file.name)) problems.push(`${file.name} is not named STEM.src.EXT or STEM.dst.EXT (or choose it as a source or a target).`);
-    else problems.push(`${file.name} is not a PNG or JPEG image.`);
+    else problems.push(`${file.name} is not a PNG, JPEG or WebP image.`);
   }
   for (const [role, files] of [['src', picked.sources], ['dst', picked.targets]]) {
     for (const file of files.values()) {
       const m = IMAGE.exec(file.name);
       if (m) add(m[1].replace(/\.(src|dst)$/i, ''), role, file);
-      else problems.push(`${file.name} is not a PNG or JPEG image.`);
+      else problems.push(`${file.name} is not a PNG, JPEG or WebP image.`);
     }
   }
   const pairs = [];
@@ -55,7 +55,8 @@ function findPairs() {
       problems.push(`Pair ${stem} has two ${what}: ${files.map((f) => f.name).join(', ')}.`);
     } else if (!src.length || !dst.length) {
       const [lone, missing] = src.length ? [src[0], 'target'] : [dst[0], 'source'];
-      problems.push(`${lone.name} has no ${missing} (${stem}.${missing === 'target' ? 'dst' : 'src'}.png, or a ${missing} of the same name).`);
+      const ext = lone.name.slice(lone.name.lastIndexOf('.'));
+      problems.push(`${lone.name} has no ${missing} (${stem}.${missing === 'target' ? 'dst' : 'src'}${ext}, or a ${missing} of the same name).`);
     } else {
       pairs.push({ stem, src: src[0], dst: dst[0] });
     }

@@ -81,6 +81,17 @@ await runBrowser({ chromiumPath: opts.chromium, width: Number(opts.width), timeo
     await expect((await textOf(page, '#ft-jobs-note')) === 'No jobs yet.', 'no "No jobs yet." note');
   }, { fatal: true });
 
+  await check('a WebP pair is found, a file that is not an image is named as left out, Clear empties the list', async () => {
+    await page.setInputFiles('#ft-files', [file('notes.txt', Buffer.from('not an image')),
+      file('w0.src.webp', p0[0]), file('w0.dst.WEBP', p0[1]), file('w1.src.webp', p1[0])]);
+    await page.waitForSelector('#ft-pairs[data-pairs="1"][data-problems="2"]');
+    const bad = await page.$$eval('#ft-pair-list .pair-bad', (lis) => lis.map((li) => li.textContent));
+    await expect(bad.some((t) => t.startsWith('notes.txt is not a PNG, JPEG or WebP image')), `flagged ${JSON.stringify(bad)}`);
+    await expect(bad.some((t) => t.includes('w1.src.webp has no target (w1.dst.webp')), `flagged ${JSON.stringify(bad)}`);
+    await page.click('#ft-clear');
+    await page.waitForSelector('#ft-pairs[data-pairs="0"][data-problems="0"]');
+  });
+
   await check('a lone image is refused before sending, naming its missing partner', async () => {
     await page.fill('#ft-concept', CONCEPT);
     await page.setInputFiles('#ft-files', [file('p0.src.png', p0[0])]);
