@@ -12,7 +12,8 @@
  *    convolution, the output) pull what they need band by band.
  *
  * Band nodes must have no norm (a norm needs the whole image): the form
- * with norm_ends uses the planned executor instead (infer.c). */
+ * with norm_ends uses the planned executor instead (infer.c).  A batch is
+ * walked in passes of a few images (E2G_INFER_PASS_PIXELS, model.h). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -230,9 +231,9 @@ static void last_uses(const lean *ln, int *last) {
     }
 }
 
-void e2g_gen_infer(const e2g_gen_config *cfg, float *y, const e2g_gen_params *p, const float *x,
-                   const e2g_edit *edits, int N, int H, int W) {
-    E2G_ASSERT(!cfg->norm_ends && H % 8 == 0 && W % 8 == 0);
+/* One pass of the walk over N images. */
+static void infer_pass(const e2g_gen_config *cfg, float *y, const e2g_gen_params *p, const float *x,
+                       const e2g_edit *edits, int N, int H, int W) {
     lean ln = {.p = p, .edits = edits, .N = N, .H = H, .W = W};
     e2g_gen_net(&ln.net, cfg);
     const e2g_net *net = &ln.net;
@@ -279,4 +280,15 @@ void e2g_gen_infer(const e2g_gen_config *cfg, float *y, const e2g_gen_params *p,
     }
     for (int j = 0; j < net->n; j++)
         if (j != net->input) free(ln.whole[j]);
+}
+
+void e2g_gen_infer(const e2g_gen_config *cfg, float *y, const e2g_gen_params *p, const float *x,
+                   const e2g_edit *edits, int N, int H, int W) {
+    E2G_ASSERT(!cfg->norm_ends && H % 8 == 0 && W % 8 == 0);
+    size_t pixels = (size_t)H * W, image = pixels * 3;
+    int per_pass = pixels >= E2G_INFER_PASS_PIXELS ? 1 : (int)(E2G_INFER_PASS_PIXELS / pixels);
+    for (int n0 = 0; n0 < N; n0 += per_pass) {
+        int n = N - n0 < per_pass ? N - n0 : per_pass;
+        infer_pass(cfg, y + n0 * image, p, x + n0 * image, edits + n0, n, H, W);
+    }
 }

@@ -207,20 +207,23 @@ END_TEST
 
 /* The lean inference path against the planned forward on an image tall
  * enough for several bands with a partial last one, with per-sample LoRA,
- * in the default form and without skips or residual output. */
+ * in the default form and without skips or residual output.  At 136×192
+ * (26,112 pixels) the walk takes 2 images per pass (E2G_INFER_PASS_PIXELS),
+ * so the batch of 3 runs as passes of 2 and 1. */
 START_TEST(test_lean_inference) {
     char err[E2G_ERR_LEN];
     lora_fixture fx = open_lora("g_lora_default_ngf16");
     e2g_model *m = fx.m;
     e2g_adapter *ad = fx.ad;
-    int N = 2, H = 136, W = 48;
+    int N = 3, H = 136, W = 192;
+    ck_assert_int_eq(E2G_INFER_PASS_PIXELS / ((size_t)H * W), 2);
     size_t img = (size_t)N * H * W * 3;
     float *x = test_alloc(img * sizeof(float)), *y = test_alloc(img * sizeof(float)),
           *y_lean = test_alloc(img * sizeof(float));
     fill_random(x, img, 11);
-    e2g_request req[2];
-    e2g_edit edits[2];
-    const char *specs[2] = {"lora-x", "base-a"};
+    e2g_request req[3];
+    e2g_edit edits[3];
+    const char *specs[3] = {"lora-x", "base-a", "base-a"};
     for (int n = 0; n < N; n++) {
         ck_assert_msg(e2g_request_resolve(&req[n], m, &ad, 1, specs[n], 0.8f, err) == 0, "%s", err);
         edits[n] = req[n].edit;
