@@ -225,7 +225,7 @@ static int prepare(train_args *a, const char *usage_text) {
 static const char train_usage[] =
     "usage: e2gan train --data DIR --out BASE.safetensors [--concepts a,b,...]\n"
     "                   [--ngf N] [--ndf N] [--paper-like] [--film] [--init BASE]\n"
-    "                   [training options]\n"
+    "                   [--concept-weights NAME=K,...] [training options]\n"
     "  Trains the whole generator (and, with the GAN term, the PatchGAN D) on the\n"
     "  dataset's concepts (all of them unless --concepts), one learned embedding\n"
     "  per concept: the base model.  With one concept it is the pix2pix-style\n"
@@ -233,16 +233,19 @@ static const char train_usage[] =
     "  PyTorch-default initialisation (full fine-tuning): a dataset concept the\n"
     "  base lacks gets a new embedding, started at the mean of the base's.\n"
     "  --film conditions the decoder's instance norms on the concept (FiLM,\n"
-    "  docs/architecture.md); with --init, a base without FiLM gets it, at zero.\n" TRAIN_OPTIONS_HELP;
+    "  docs/architecture.md); with --init, a base without FiLM gets it, at zero.\n"
+    "  --concept-weights draws each listed concept's pairs K times as often as\n"
+    "  the others' (K an integer 1..100): a concept that lags gets more steps.\n" TRAIN_OPTIONS_HELP;
 
 int e2g_cmd_train(int argc, char **argv) {
     static const struct option opts[] = {TRAIN_OPTIONS,         {"concepts", 1, 0, 'c'},
                                          {"ngf", 1, 0, 'n'},   {"ndf", 1, 0, 'd'},
                                          {"paper-like", 0, 0, 'p'}, {"init", 1, 0, 'i'},
-                                         {"film", 0, 0, 'f'},  {0, 0, 0, 0}};
+                                         {"film", 0, 0, 'f'},  {"concept-weights", 1, 0, 'w'},
+                                         {0, 0, 0, 0}};
     train_args a;
     train_args_init(&a);
-    const char *concepts = NULL, *init = NULL;
+    const char *concepts = NULL, *init = NULL, *weights = NULL;
     long ngf = 32, ndf = 64;
     int paper = 0, film = 0, c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -254,6 +257,7 @@ int e2g_cmd_train(int argc, char **argv) {
         if (c == 'p') paper = 1;
         if (c == 'f') film = 1;
         if (c == 'i') init = optarg;
+        if (c == 'w') weights = optarg;
     }
     if (optind != argc || prepare(&a, train_usage)) return 2;
     char err[E2G_ERR_LEN];
@@ -263,6 +267,10 @@ int e2g_cmd_train(int argc, char **argv) {
     char *report_text = NULL;
     int rc = 1;
     if (load_data(&a, concepts, &train, &val, err)) goto out;
+    if (weights) {
+        if (e2g_dataset_weigh(train, weights, err)) goto out;
+        fprintf(stderr, "concept weights %s: batches are drawn from %d pairs\n", weights, train->n_pairs);
+    }
     if (init) { /* continue from a base; concepts it lacks start at its mean */
         if (e2g_model_load(&m, init, err)) goto out;
         for (int c = 0; c < train->n_concepts; c++) e2g_model_add_concept(m, train->concepts[c]);
@@ -274,6 +282,7 @@ int e2g_cmd_train(int argc, char **argv) {
     }
     e2g_train_target target = {m, NULL};
     if (e2g_train(&target, train, val, &a.opts, &report, err)) goto out;
+    if (weights) json_object_set_new(report, "concept_weights", json_string(weights));
     report_text = finish_report(report, &a, "base model (full training)");
     const char *meta[] = {"provenance", "e2gan train", "training_report", report_text, NULL};
     if (e2g_model_save(m, a.out, meta, err)) goto out;

@@ -136,6 +136,41 @@ fail:
     return -1;
 }
 
+int e2g_dataset_weigh(e2g_dataset *d, const char *weights, char *err) {
+    char **items;
+    int n_items = split_names(weights, &items), rc = 0;
+    int *times = e2g_xmalloc(d->n_concepts * sizeof(int));
+    for (int c = 0; c < d->n_concepts; c++) times[c] = 1;
+    for (int i = 0; i < n_items && !rc; i++) {
+        char *eq = strchr(items[i], '='), *end = NULL;
+        long k = eq ? strtol(eq + 1, &end, 10) : 0;
+        if (!eq || end == eq + 1 || *end || k < 1 || k > 100) {
+            rc = e2g_fail(err, "concept weight '%s' is not NAME=K with K an integer 1..100", items[i]);
+            break;
+        }
+        *eq = '\0';
+        int c = 0;
+        while (c < d->n_concepts && strcmp(d->concepts[c], items[i])) c++;
+        if (c == d->n_concepts) rc = e2g_fail(err, "concept weight for '%s', which is not trained", items[i]);
+        else times[c] = (int)k;
+    }
+    if (!n_items) rc = e2g_fail(err, "no concept weight given");
+    if (!rc) { /* each pair's copies, in the original order */
+        int n = 0;
+        for (int i = 0; i < d->n_pairs; i++) n += times[d->pairs[i].concept];
+        e2g_pair *pairs = e2g_xmalloc((size_t)n * sizeof *pairs);
+        n = 0;
+        for (int i = 0; i < d->n_pairs; i++)
+            for (int k = 0; k < times[d->pairs[i].concept]; k++) pairs[n++] = d->pairs[i];
+        free(d->pairs);
+        d->pairs = pairs, d->n_pairs = n;
+    }
+    for (int i = 0; i < n_items; i++) free(items[i]);
+    free(items);
+    free(times);
+    return rc;
+}
+
 void e2g_dataset_select(e2g_dataset *d, const unsigned char *keep) {
     int n = 0;
     for (int i = 0; i < d->n_pairs; i++)

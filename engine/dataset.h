@@ -55,6 +55,12 @@ int e2g_pairs_count(const char *dir, char *err);
 int e2g_dataset_from_pairs(e2g_dataset **train, e2g_dataset **val, const char *dir,
                            const char *concept, const e2g_pairs_opts *o, char *err);
 
+/* Draws some concepts more often: `weights` is a comma list NAME=K (K an
+ * integer 1..100), and each pair of NAME then appears K times in the
+ * pairs that batches are drawn from.  Unknown names and bad K are errors;
+ * on error nothing changes. */
+int e2g_dataset_weigh(e2g_dataset *d, const char *weights, char *err);
+
 /* Keeps only the pairs whose index has keep[i] set (data reduction). */
 void e2g_dataset_select(e2g_dataset *d, const unsigned char *keep);
 

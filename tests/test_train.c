@@ -5,7 +5,8 @@
  * validation PSNR, and its evaluations carry consistent baselines and
  * verdicts; fine-tuning writes an adapter the engine loads and edits
  * with; the sketch loss terms (--edge-weight, --dark-weight) run, are
- * reported and leave a weight-0 run bit-identical to plain L1; bad options
+ * reported and leave a weight-0 run bit-identical to plain L1; concept
+ * weights draw a concept's pairs K times as often; bad options
  * and data are refused with a message; without a GPU,
  * --device auto trains on the CPU exactly as --device cpu and --device cuda
  * is refused. */
@@ -23,6 +24,7 @@
 
 #include "backend.h"
 #include "common.h"
+#include "dataset.h"
 #include "safetensors.h"
 #include "testutil.h"
 #include "train.h"
@@ -425,13 +427,52 @@ START_TEST(test_sketch_loss_terms) {
 }
 END_TEST
 
+/* Pairs of concept `name` among the n drawn by batches of one epoch. */
+static int drawn(const e2g_dataset *d, const char *name) {
+    int *idx = e2g_xmalloc(d->n_pairs * sizeof(int)), count = 0;
+    e2g_dataset_batch(d, 7, 0, d->n_pairs, idx);
+    for (int i = 0; i < d->n_pairs; i++) count += strcmp(d->concepts[d->pairs[idx[i]].concept], name) == 0;
+    free(idx);
+    return count;
+}
+
+/* --concept-weights negate=3: an epoch draws each negate pair three times
+ * and each sepia pair once; bad lists are refused and change nothing. */
+START_TEST(test_concept_weights) {
+    char path[300], err[E2G_ERR_LEN];
+    snprintf(path, sizeof path, "%s/ds", dir);
+    e2g_dataset *d = NULL;
+    ck_assert_msg(e2g_dataset_load(&d, path, "train", NULL, err) == 0, "%s", err);
+    int n = d->n_pairs, sepia = drawn(d, "sepia"), negate = drawn(d, "negate");
+    ck_assert_int_eq(sepia + negate, n);
+    ck_assert_int_gt(negate, 0);
+    const char *bad[] = {"negate=0", "negate=101", "nope=2", "negate", "negate=2x", "negate=", ","};
+    for (int i = 0; i < 7; i++) {
+        ck_assert_msg(e2g_dataset_weigh(d, bad[i], err) != 0, "'%s' accepted", bad[i]);
+        ck_assert_int_eq(d->n_pairs, n);
+    }
+    ck_assert_msg(e2g_dataset_weigh(d, "negate=3,sepia=1", err) == 0, "%s", err);
+    ck_assert_int_eq(d->n_pairs, sepia + 3 * negate);
+    ck_assert_int_eq(drawn(d, "sepia"), sepia);
+    ck_assert_int_eq(drawn(d, "negate"), 3 * negate);
+    e2g_dataset_free(d);
+    ck_assert_int_eq(sh("%s train " TRAIN_ARGS " --concept-weights negate=2 --steps 2 --gan-weight 0 --report %s/cw "
+                        "--out %s/cw.safetensors 2>%s/cw.log",
+                        test_bin(), dir, dir, dir, dir),
+                     0);
+    ck_assert_int_eq(sh("grep -q 'batches are drawn from %d pairs' %s/cw.log", sepia + 2 * negate, dir), 0);
+    ck_assert_int_eq(sh("grep -q '\"concept_weights\": \"negate=2\"' %s/cw/report.json", dir), 0);
+}
+END_TEST
+
 START_TEST(test_bad_options) {
     const char *cases[] = {
         "train --data %s/ds --out %s/x.safetensors --concepts nope",     /* unknown concept */
         "train --data %s/nothing --out %s/x.safetensors",                /* no dataset */
         "finetune --model %s/missing --data %s/ds --concept negate --out x", /* no base */
+        "train --data %s/ds --out %s/x.safetensors --concept-weights nope=2", /* not a trained concept */
     };
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 4; i++) {
         char args[1024];
         snprintf(args, sizeof args, cases[i], dir, dir);
         ck_assert_int_eq(sh("%s %s --steps 1 --quiet 2>%s/bad.log", test_bin(), args, dir), 1);
@@ -494,6 +535,7 @@ int main(void) {
     tcase_add_test(tc, test_finetune);
     tcase_add_test(tc, test_rank_search_and_reduction);
     tcase_add_test(tc, test_sketch_loss_terms);
+    tcase_add_test(tc, test_concept_weights);
     tcase_add_test(tc, test_bad_options);
     tcase_add_test(tc, test_device_fallback);
     suite_add_tcase(s, tc);

@@ -10,13 +10,16 @@
 #   phase 1  plain (no FiLM), BASE_STEPS steps, seed 1       — the first CPU base
 #   phase 2  + FiLM (zero-initialised), FILM_STEPS steps     — the conditioning experiment's FiLM arm
 #   phase 3  FiLM, LONG_STEPS steps, seed 3                   — the long run (0 skips it)
+#   phase 4  FiLM, WEIGHTED_STEPS steps, seed 4, CONCEPT_WEIGHTS — more steps for a concept
+#            that lags (--concept-weights; 0 skips it)
 #
-# FROM=FILE starts phase 3 from FILE instead of running phases 1-2: how a
+# FROM=FILE starts phase 3 (or 4) from FILE instead of running phases 1-2: how a
 # later session continues the shipped base (FROM=models/e2gan-s.safetensors;
 # Adam's moments start afresh, the weights carry on).
 #
 # usage: tools/train_models.sh        (after tools/setup.sh)
-# env:   BASE_STEPS (3500), FILM_STEPS (600), LONG_STEPS (0), BATCH (8), THREADS (2),
+# env:   BASE_STEPS (3500), FILM_STEPS (600), LONG_STEPS (0), WEIGHTED_STEPS (0),
+#        CONCEPT_WEIGHTS ("oil-paint=4"), BATCH (8), THREADS (2),
 #        FROM (unset), BASE_LR (2e-4), ADAPTER_STEPS (500), NEW_CONCEPTS ("cartoon pencil line-art"),
 #        KEEP (0.5), SKETCH_CONCEPTS ("line-art"), SKETCH_LOSS ("--dark-weight 10
 #        --edge-weight 100": the loss terms that made line-art draw, docs/sketch-loss.md)
@@ -29,6 +32,8 @@ cd "$(dirname "$0")/.."
 BASE_STEPS=${BASE_STEPS:-3500}
 FILM_STEPS=${FILM_STEPS:-600}
 LONG_STEPS=${LONG_STEPS:-0}
+WEIGHTED_STEPS=${WEIGHTED_STEPS:-0}
+CONCEPT_WEIGHTS=${CONCEPT_WEIGHTS:-oil-paint=4}
 FROM=${FROM:-}
 BATCH=${BATCH:-8}
 THREADS=${THREADS:-2}
@@ -62,6 +67,8 @@ else
   base=$(phase film "$FILM_STEPS" 1 --init "$base" --film)
 fi
 [ "$LONG_STEPS" -gt 0 ] && base=$(phase long "$LONG_STEPS" 3 --init "$base" --film)
+[ "$WEIGHTED_STEPS" -gt 0 ] &&
+  base=$(phase weighted "$WEIGHTED_STEPS" 4 --init "$base" --film --concept-weights "$CONCEPT_WEIGHTS")
 cp "$base" models/e2gan-s.safetensors
 
 for concept in $NEW_CONCEPTS; do
