@@ -212,7 +212,7 @@ static void bench_conversion(int H, int W, int C, int reps) {
 
 static void bench_generator(int reps) {
     const char *names[] = {"a", "b"};
-    e2g_gen_config cfg = {32, 8, 2, 1, 1, 0, 0};
+    e2g_gen_config cfg = {32, 8, 2, 1, 1, 0, 0, 0};
     e2g_model *m = e2g_model_new(&cfg, names, 0, 1);
     int S = 256;
     size_t n = (size_t)S * S * 3;

@@ -483,9 +483,10 @@ static void graphs_check(const char *what, const e2g_runtime *cpu_rt, const e2g_
     for (int k = 0; k < 3; k++) free(out[k]);
 }
 
-/* The FiLM case: the model at path given FiLM (e2g_model_add_film) with
- * random FiLM weights, scaled so that W·c̄ moves the norms' scales and
- * shifts and the output gate's gains of the image by about ±0.25, and
+/* The FiLM case: the model at path given FiLM and the skip gates
+ * (e2g_model_add_conditioning) with random weights, scaled so that W·c̄
+ * moves the norms' scales and shifts, the output gate's gains of the image
+ * and the skip gates' gains by about ±0.25, and
  * each sample a context of its own (the batch's perturbed), so that every
  * sample has its own affine and gains.  The batch (edits' adapters,
  * unmerged) eager, captured and replayed against the CPU (graphs_check);
@@ -498,7 +499,7 @@ static void film_check(const char *path, const float *x, const e2g_edit *edits, 
         failures++;
         return;
     }
-    e2g_model_add_film(fm);
+    e2g_model_add_conditioning(fm, 1, 1);
     int T = fm->cfg.ctx_tokens, C4 = e2g_gen_c4(&fm->cfg);
     size_t one = (size_t)T * C4;
     unsigned seed = seed_of("film");
@@ -517,9 +518,9 @@ static void film_check(const char *path, const float *x, const e2g_edit *edits, 
     double rms = sqrt(sq / ((double)N * C4)), a = 0.25 * sqrt(3.0) / (sqrt((double)C4) * (rms > 1e-3 ? rms : 1e-3));
     e2g_tensor_entry tab[E2G_GEN_MAX_TENSORS];
     int nt = e2g_gen_tensors(&fm->cfg, &fm->params, tab);
-    for (int i = 0; i < nt; i++) { /* the norms' FiLM and the output's gate */
+    for (int i = 0; i < nt; i++) { /* the norms' FiLM, the output's gate and the skip gates */
         const char *name = tab[i].name;
-        if (!strstr(name, ".film.") && strncmp(name, "out_gate.", 9)) continue;
+        if (!strstr(name, ".film.") && !strstr(name, ".skip_gate.") && strncmp(name, "out_gate.", 9)) continue;
         float lim = !strcmp(strrchr(name, '.'), ".weight") ? (float)a : 0.25f;
         float *v = random_floats(tab[i].numel, -lim, lim, &seed);
         memcpy(*tab[i].slot, v, tab[i].numel * sizeof(float));
@@ -536,7 +537,7 @@ static void film_check(const char *path, const float *x, const e2g_edit *edits, 
         printf("film: %s\n", err);
         failures++;
     } else {
-        printf("film: FiLM and gate weights within ±%.3g (context means' rms %.3g), biases within ±0.25\n", a,
+        printf("film: FiLM, gate and skip-gate weights within ±%.3g (context means' rms %.3g), biases within ±0.25\n", a,
                rms);
         graphs_check("film", cpu, gpu, x, own, N, H, W, 0);
         if (n_ad) compare_batch("psnr film, one adapter merged", cpu, gpu, x, same, N, H, W, 1);

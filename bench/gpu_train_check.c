@@ -5,7 +5,8 @@
  *   e2gan-gpu-train-check grads [--film] [NGF S N]
  *        one step's gradient on random weights and inputs, full G and LoRA
  *        (rank 4 on every crucial layer, B nonzero; --film: the generator
- *        with FiLM, its FiLM weights — norms and output gate — random),
+ *        with FiLM and skip gates, their weights — norms, output gate,
+ *        skip gates — random),
  *        every parameter tensor against e2g_gen_backward: cosine ≥ 0.99
  *        and max |gpu − cpu| ≤ 0.1 · max |cpu| (bf16 activations through
  *        the whole network), or the "grad_cos" / "grad_rel" lines of
@@ -81,12 +82,12 @@ static void judge(const char *what, const char *name, const float *gpu, const fl
 
 static e2g_gen_config make_cfg(int ngf, int film) {
     e2g_gen_config cfg = {.ngf = ngf, .ctx_tokens = 8, .n_concepts = 2, .unet_skips = 1, .residual_out = 1,
-                          .norm_ends = 0, .film = film};
+                          .norm_ends = 0, .film = film, .skip_gate = film};
     return cfg;
 }
 
-/* Random FiLM weights, the norms' and the output gate's (initialised at
- * zero): within ±1/√C4 and biases within ±0.25, so that with N(0, 1)
+/* Random FiLM weights, the norms', the output gate's and the skip gates'
+ * (initialised at zero): within ±1/√C4 and biases within ±0.25, so that with N(0, 1)
  * concepts (c̄ rms 1/√T) W·c̄ moves the norms' scales and shifts and the
  * gains of the image by about ±0.1 (±0.25 with the biases). */
 static void randomise_film(const e2g_gen_config *cfg, e2g_gen_params *p, unsigned *seed) {
@@ -95,7 +96,7 @@ static void randomise_film(const e2g_gen_config *cfg, e2g_gen_params *p, unsigne
     float lim_w = 1.0f / sqrtf((float)e2g_gen_c4(cfg));
     for (int i = 0; i < nt; i++) {
         const char *name = tab[i].name;
-        if (!strstr(name, ".film.") && strncmp(name, "out_gate.", 9)) continue;
+        if (!strstr(name, ".film.") && !strstr(name, ".skip_gate.") && strncmp(name, "out_gate.", 9)) continue;
         float lim = !strcmp(strrchr(name, '.'), ".weight") ? lim_w : 0.25f;
         fill_random(*tab[i].slot, tab[i].numel, -lim, lim, seed);
     }

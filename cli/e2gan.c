@@ -38,21 +38,22 @@ static int fail(const char *cmd, const char *msg) {
 
 static const char init_usage[] =
     "usage: e2gan init --ngf N --concepts a,b,c [--seed S] [--ctx-tokens T] [--ndf D]\n"
-    "                  [--paper-like] [--film] --out FILE\n"
+    "                  [--paper-like] [--film] [--skip-gate] --out FILE\n"
     "  A base model with PyTorch-default initialisation (for tests and benchmarks).\n"
     "  --ndf D also stores a discriminator of width D; --paper-like sets the\n"
     "  metadata flags unet_skips=false residual_out=false norm_ends=true; --film\n"
-    "  conditions the decoder's norms on the concept (metadata film=true).\n";
+    "  conditions the decoder's norms on the concept (metadata film=true);\n"
+    "  --skip-gate scales the U-Net skips per concept (metadata skip_gate=true).\n";
 
 static int cmd_init(int argc, char **argv) {
     static const struct option opts[] = {{"ngf", 1, 0, 'n'},        {"concepts", 1, 0, 'c'},
                                          {"seed", 1, 0, 's'},       {"ctx-tokens", 1, 0, 't'},
                                          {"ndf", 1, 0, 'd'},        {"paper-like", 0, 0, 'p'},
                                          {"out", 1, 0, 'o'},        {"film", 0, 0, 'f'},
-                                         {0, 0, 0, 0}};
+                                         {"skip-gate", 0, 0, 'g'},  {0, 0, 0, 0}};
     long ngf = 0, seed = 0, tokens = 8, ndf = 0;
     const char *concepts = NULL, *out = NULL;
-    int paper = 0, film = 0, c;
+    int paper = 0, film = 0, skip_gate = 0, c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         long *target = c == 'n' ? &ngf : c == 's' ? &seed : c == 't' ? &tokens : c == 'd' ? &ndf : NULL;
         if (target && e2g_cli_parse_long(optarg, 0, 1L << 30, target)) return e2g_cli_usage(init_usage);
@@ -60,6 +61,7 @@ static int cmd_init(int argc, char **argv) {
         if (c == 'o') out = optarg;
         if (c == 'p') paper = 1;
         if (c == 'f') film = 1;
+        if (c == 'g') skip_gate = 1;
         if (c == '?') return e2g_cli_usage(init_usage);
     }
     if (ngf < 1 || ngf > 512 || tokens < 1 || tokens > 256 || ndf > 1024 || !concepts || !out ||
@@ -70,7 +72,7 @@ static int cmd_init(int argc, char **argv) {
     for (char *save = NULL, *tok = strtok_r(list, ",", &save); tok && n < 256; tok = strtok_r(NULL, ",", &save))
         names[n++] = tok;
     if (n == 0) return e2g_cli_usage(init_usage);
-    e2g_gen_config cfg = {(int)ngf, (int)tokens, n, !paper, !paper, paper, film};
+    e2g_gen_config cfg = {(int)ngf, (int)tokens, n, !paper, !paper, paper, film, skip_gate};
     e2g_model *m = e2g_model_new(&cfg, (const char *const *)names, (int)ndf, (unsigned long long)seed);
     char err[E2G_ERR_LEN], seed_str[32];
     snprintf(seed_str, sizeof seed_str, "%ld", seed);

@@ -224,8 +224,8 @@ static int prepare(train_args *a, const char *usage_text) {
 
 static const char train_usage[] =
     "usage: e2gan train --data DIR --out BASE.safetensors [--concepts a,b,...]\n"
-    "                   [--ngf N] [--ndf N] [--paper-like] [--film] [--init BASE]\n"
-    "                   [--concept-weights NAME=K,...] [training options]\n"
+    "                   [--ngf N] [--ndf N] [--paper-like] [--film] [--skip-gate]\n"
+    "                   [--init BASE] [--concept-weights NAME=K,...] [training options]\n"
     "  Trains the whole generator (and, with the GAN term, the PatchGAN D) on the\n"
     "  dataset's concepts (all of them unless --concepts), one learned embedding\n"
     "  per concept: the base model.  With one concept it is the pix2pix-style\n"
@@ -234,6 +234,7 @@ static const char train_usage[] =
     "  base lacks gets a new embedding, started at the mean of the base's.\n"
     "  --film conditions the decoder's instance norms on the concept (FiLM,\n"
     "  docs/architecture.md); with --init, a base without FiLM gets it, at zero.\n"
+    "  --skip-gate scales the U-Net skips per concept and channel (the same way).\n"
     "  --concept-weights draws each listed concept's pairs K times as often as\n"
     "  the others' (K an integer 1..100): a concept that lags gets more steps.\n" TRAIN_OPTIONS_HELP;
 
@@ -242,12 +243,12 @@ int e2g_cmd_train(int argc, char **argv) {
                                          {"ngf", 1, 0, 'n'},   {"ndf", 1, 0, 'd'},
                                          {"paper-like", 0, 0, 'p'}, {"init", 1, 0, 'i'},
                                          {"film", 0, 0, 'f'},  {"concept-weights", 1, 0, 'w'},
-                                         {0, 0, 0, 0}};
+                                         {"skip-gate", 0, 0, 'g'}, {0, 0, 0, 0}};
     train_args a;
     train_args_init(&a);
     const char *concepts = NULL, *init = NULL, *weights = NULL;
     long ngf = 32, ndf = 64;
-    int paper = 0, film = 0, c;
+    int paper = 0, film = 0, skip_gate = 0, c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         int r = parse_train_option(c, optarg, &a);
         if (r < 0 || (r == 0 && c == '?')) return e2g_cli_usage(train_usage);
@@ -256,6 +257,7 @@ int e2g_cmd_train(int argc, char **argv) {
         if (c == 'd' && e2g_cli_parse_long(optarg, 1, 1024, &ndf)) return e2g_cli_usage(train_usage);
         if (c == 'p') paper = 1;
         if (c == 'f') film = 1;
+        if (c == 'g') skip_gate = 1;
         if (c == 'i') init = optarg;
         if (c == 'w') weights = optarg;
     }
@@ -274,9 +276,9 @@ int e2g_cmd_train(int argc, char **argv) {
     if (init) { /* continue from a base; concepts it lacks start at its mean */
         if (e2g_model_load(&m, init, err)) goto out;
         for (int c = 0; c < train->n_concepts; c++) e2g_model_add_concept(m, train->concepts[c]);
-        if (film) e2g_model_add_film(m);
+        e2g_model_add_conditioning(m, film, skip_gate);
     } else {
-        e2g_gen_config cfg = {(int)ngf, 8, train->n_concepts, !paper, !paper, paper, film};
+        e2g_gen_config cfg = {(int)ngf, 8, train->n_concepts, !paper, !paper, paper, film, skip_gate};
         m = e2g_model_new(&cfg, (const char *const *)train->concepts, a.opts.gan_weight > 0 ? (int)ndf : 0,
                           a.opts.seed);
     }

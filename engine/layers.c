@@ -260,16 +260,33 @@ void e2g_film_backward(e2g_conv_params *gp, float *dctx, const float *daffine, c
     free(dgb);
 }
 
+/* gain (N, C) = 1 + W·c̄_n + b: the output's gate and the skip gates. */
+static void context_gain_forward(float *gain, const float *W, const float *b, const float *ctx, int N, int T,
+                                 int C4, int C) {
+    context_linear_forward(gain, W, b, ctx, N, T, C4, C);
+    for (int i = 0; i < C * N; i++) gain[i] += 1.0f;
+}
+
 void e2g_output_gain_forward(float *gain, const e2g_linear_params *gate, const float *ctx, int N, int T,
                              int C4) {
-    context_linear_forward(gain, gate->w, gate->b, ctx, N, T, C4, 3);
-    for (int i = 0; i < 3 * N; i++) gain[i] += 1.0f;
+    context_gain_forward(gain, gate->w, gate->b, ctx, N, T, C4, 3);
 }
 
 void e2g_output_gain_backward(e2g_linear_params *ggate, float *dctx, const float *dgain,
                               const e2g_linear_params *gate, const float *ctx, int N, int T, int C4) {
     context_linear_backward(ggate ? ggate->w : NULL, ggate ? ggate->b : NULL, dctx, dgain, gate->w, ctx, N, T,
                             C4, 3);
+}
+
+void e2g_skip_gain_forward(float *gain, const e2g_conv_params *cp, const float *ctx, int N, int T, int C4,
+                           int cout) {
+    context_gain_forward(gain, cp->gate_w, cp->gate_b, ctx, N, T, C4, cout);
+}
+
+void e2g_skip_gain_backward(e2g_conv_params *gp, float *dctx, const float *dgain, const e2g_conv_params *cp,
+                            const float *ctx, int N, int T, int C4, int cout) {
+    context_linear_backward(gp ? gp->gate_w : NULL, gp ? gp->gate_b : NULL, dctx, dgain, cp->gate_w, ctx, N, T,
+                            C4, cout);
 }
 
 /* ---- conv blocks ----------------------------------------------------------------- */

@@ -61,6 +61,13 @@ void e2g_output_gain_forward(float *gain, const e2g_linear_params *gate, const f
 void e2g_output_gain_backward(e2g_linear_params *ggate, float *dctx, const float *dgain,
                               const e2g_linear_params *gate, const float *ctx, int N, int T, int C4);
 
+/* The skip gate of a block (net.h add_gate): gain (N, cout) = 1 + W·c̄_n + b,
+ * the weight of the added skip in each sample (e2g_add_gated_forward). */
+void e2g_skip_gain_forward(float *gain, const e2g_conv_params *cp, const float *ctx, int N, int T, int C4,
+                           int cout);
+void e2g_skip_gain_backward(e2g_conv_params *gp, float *dctx, const float *dgain, const e2g_conv_params *cp,
+                            const float *ctx, int N, int T, int C4, int cout);
+
 /* A block's conv: conv2d, or upconv2x (×2 upsample fused) when upsample. */
 void e2g_layer_conv_forward(float *out, const float *in, const float *w, const float *bias, int N,
                         int H, int W, const e2g_conv_shape *cs, int upsample);

@@ -37,6 +37,7 @@ typedef struct {
     e2g_node_shape shape[E2G_NET_MAX_NODES];
     int band[E2G_NET_MAX_NODES];
     float *whole[E2G_NET_MAX_NODES]; /* whole-batch outputs while alive */
+    float *gain[E2G_NET_MAX_NODES];  /* skip gates' gains (N, cout), made on first use */
 } lean;
 
 /* A band of rows [lo, lo + rows) of one image's node output. */
@@ -69,6 +70,18 @@ static void gather_rows(float *dst, const float *src, int src_lo, int r0, int r1
 }
 
 static rows_view node_rows(lean *ln, int i, int n, int r0, int r1);
+
+/* The gains of node i's skip gate for the batch. */
+static const float *skip_gain(lean *ln, int i) {
+    const e2g_node *nd = &ln->net.node[i];
+    if (!ln->gain[i]) {
+        const e2g_node_shape *ctx = &ln->shape[nd->in[1]];
+        ln->gain[i] = e2g_xmalloc((size_t)ln->N * nd->cout * sizeof(float));
+        e2g_skip_gain_forward(ln->gain[i], e2g_node_conv(nd, ln->p), ln->whole[nd->in[1]], ln->N,
+                              ctx->h * ctx->w, ctx->c, nd->cout);
+    }
+    return ln->gain[i];
+}
 
 /* Rows [r0, r1) of node i's input j for image n, clipped to the image. */
 static rows_view input_rows(lean *ln, int j, int n, int r0, int r1) {
@@ -124,7 +137,12 @@ static rows_view node_rows(lean *ln, int i, int n, int r0, int r1) {
     if (nd->act == E2G_ACT_LRELU) e2g_leakyrelu_forward(v.p, v.p, E2G_LRELU_SLOPE, count);
     if (nd->add >= 0) {
         rows_view a = input_rows(ln, nd->add, n, r0, r1);
-        e2g_add_forward(v.p, v.p, a.p + (size_t)(r0 - a.lo) * row, count);
+        const float *skip = a.p + (size_t)(r0 - a.lo) * row;
+        if (nd->add_gate)
+            e2g_add_gated_forward(v.p, v.p, skip, skip_gain(ln, i) + (size_t)n * nd->cout, 1, count / nd->cout,
+                                  nd->cout);
+        else
+            e2g_add_forward(v.p, v.p, skip, count);
         release(&a);
     }
     return v;
@@ -177,7 +195,10 @@ static void run_whole(lean *ln, int i) {
         break;
     case E2G_OP_CONV:
         conv_whole(ln, i, out);
-        if (add) e2g_add_forward(out, out, add, n);
+        if (nd->add_gate)
+            e2g_add_gated_forward(out, out, add, skip_gain(ln, i), N, (size_t)L, nd->cout);
+        else if (add)
+            e2g_add_forward(out, out, add, n);
         break;
     case E2G_OP_LAYERNORM: {
         const e2g_linear_params *lp = e2g_node_linear(nd, ln->p);
@@ -278,8 +299,10 @@ static void infer_pass(const e2g_gen_config *cfg, float *y, const e2g_gen_params
         for (int j = 0; j < i; j++)
             if (last[j] == i && j != net->input) free(ln.whole[j]), ln.whole[j] = NULL;
     }
-    for (int j = 0; j < net->n; j++)
+    for (int j = 0; j < net->n; j++) {
         if (j != net->input) free(ln.whole[j]);
+        free(ln.gain[j]);
+    }
 }
 
 void e2g_gen_infer(const e2g_gen_config *cfg, float *y, const e2g_gen_params *p, const float *x,

@@ -24,6 +24,8 @@ typedef struct {
     int film;         /* 1: the decoder's instance norms take a per-sample scale and
                        * shift, and the residual output a per-sample gain of the
                        * photo, from the context (FiLM, docs/architecture.md §1) */
+    int skip_gate;    /* 1: each U-Net skip is scaled per sample and channel by
+                       * s_n = 1 + W·c̄_n + b (docs/architecture.md §1) */
 } e2g_gen_config;
 
 int e2g_gen_c4(const e2g_gen_config *cfg);
@@ -36,6 +38,7 @@ int e2g_gen_heads(const e2g_gen_config *cfg);
 typedef struct {
     float *w, *b, *norm_w, *norm_b;
     float *film_w, *film_b; /* (2·cout, C4), (2·cout): scale rows, then shift rows */
+    float *gate_w, *gate_b; /* the skip gate added to the block: (cout, C4), (cout) */
 } e2g_conv_params;
 
 typedef struct {

@@ -128,7 +128,7 @@ int e2g_model_load(e2g_model **out, const char *path, char *err) {
         meta_flag(f, "unet_skips", 1, &m->cfg.unet_skips, err) ||
         meta_flag(f, "residual_out", 1, &m->cfg.residual_out, err) ||
         meta_flag(f, "norm_ends", 0, &m->cfg.norm_ends, err) || meta_flag(f, "film", 0, &m->cfg.film, err) ||
-        parse_concepts(m, concepts, err))
+        meta_flag(f, "skip_gate", 0, &m->cfg.skip_gate, err) || parse_concepts(m, concepts, err))
         goto fail;
     m->memory = e2g_xmalloc(e2g_gen_param_count(&m->cfg) * sizeof(float));
     e2g_gen_bind(&m->cfg, &m->params, m->memory);
@@ -202,6 +202,7 @@ int e2g_model_save(e2g_model *m, const char *path, const char *const *extra_meta
     for (size_t i = 0; i < sizeof meta / sizeof *meta && !bad; i += 2)
         bad = e2g_st_writer_meta(w, meta[i], meta[i + 1], err);
     if (!bad && m->cfg.film) bad = e2g_st_writer_meta(w, "film", "true", err); /* absent: false */
+    if (!bad && m->cfg.skip_gate) bad = e2g_st_writer_meta(w, "skip_gate", "true", err);
     free(names_json);
     for (int i = 0; !bad && extra_meta && extra_meta[i]; i += 2)
         bad = e2g_st_writer_meta(w, extra_meta[i], extra_meta[i + 1], err);
@@ -218,12 +219,12 @@ int e2g_model_concept(const e2g_model *m, const char *name) {
     return -1;
 }
 
-void e2g_model_add_film(e2g_model *m) {
-    if (m->cfg.film) return;
+void e2g_model_add_conditioning(e2g_model *m, int film, int skip_gate) {
     e2g_gen_config cfg = m->cfg;
-    cfg.film = 1;
+    cfg.film |= film, cfg.skip_gate |= skip_gate;
+    if (cfg.film == m->cfg.film && cfg.skip_gate == m->cfg.skip_gate) return;
     e2g_gen_params params;
-    float *memory = e2g_xcalloc(e2g_gen_param_count(&cfg), sizeof(float)); /* FiLM tensors start at 0 */
+    float *memory = e2g_xcalloc(e2g_gen_param_count(&cfg), sizeof(float)); /* new tensors start at 0 */
     e2g_gen_bind(&cfg, &params, memory);
     e2g_tensor_entry old[E2G_GEN_MAX_TENSORS], now[E2G_GEN_MAX_TENSORS];
     int n_old = e2g_gen_tensors(&m->cfg, &m->params, old), n_now = e2g_gen_tensors(&cfg, &params, now);

@@ -34,10 +34,10 @@ int e2g_model_concept(const e2g_model *m, const char *name);
  * fine-tuning of a base on a new concept); returns its index, or the
  * existing one's. */
 int e2g_model_add_concept(e2g_model *m, const char *name);
-/* Gives a model without FiLM (cfg.film 0) its FiLM tensors, zero, so it
- * computes what it computed before and can learn them (e2gan train
- * --init OLD --film); no-op when it has them. */
-void e2g_model_add_film(e2g_model *m);
+/* Gives a model the FiLM tensors (film) and the skip gates (skip_gate) it
+ * lacks, zero, so it computes what it computed before and can learn them
+ * (e2gan train --init OLD --film --skip-gate); no-op when it has them. */
+void e2g_model_add_conditioning(e2g_model *m, int film, int skip_gate);
 /* The (T, C4) embedding of base concept i. */
 const float *e2g_model_context(const e2g_model *m, int concept);
 

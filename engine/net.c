@@ -150,6 +150,10 @@ void e2g_gen_net(e2g_net *net, const e2g_gen_config *cfg) {
     int dec1 = add_conv(net, "dec1", dec2, (e2g_conv_shape){2 * ngf, ngf, 3, 1, 1, E2G_PAD_ZERO},
                         1, !ends_norm, ends_norm, E2G_ACT_RELU, E2G_L_DEC1, GP(dec1));
     if (cfg->unet_skips) net->node[dec1].add = enc1;
+    if (cfg->skip_gate && cfg->unet_skips) { /* how much of the encoder's detail each concept keeps */
+        int skips[2] = {dec2, dec1};
+        for (int j = 0; j < 2; j++) net->node[skips[j]].add_gate = 1, net->node[skips[j]].in[1] = net->context;
+    }
     if (cfg->film) /* every norm after the transformer block: the concept reaches full resolution */
         for (int i = t3 + 1; i <= dec1; i++)
             if (net->node[i].norm) use_film(net, i);
@@ -261,6 +265,11 @@ int e2g_net_tensors(const e2g_net *net, void *params, e2g_tensor_entry *out, int
                 int c4 = net->node[nd->in[1]].cout;
                 add_tensor(&out[n++], nd->nname, "film.weight", E2G_INIT_ZEROS, &cp->film_w, 2, 2 * cs->cout, c4, 0, 0);
                 add_tensor(&out[n++], nd->nname, "film.bias", E2G_INIT_ZEROS, &cp->film_b, 1, 2 * cs->cout, 0, 0, 0);
+            }
+            if (nd->add_gate) { /* zero: gain 1, the plain skip */
+                int c4 = net->node[nd->in[1]].cout;
+                add_tensor(&out[n++], nd->name, "skip_gate.weight", E2G_INIT_ZEROS, &cp->gate_w, 2, cs->cout, c4, 0, 0);
+                add_tensor(&out[n++], nd->name, "skip_gate.bias", E2G_INIT_ZEROS, &cp->gate_b, 1, cs->cout, 0, 0, 0);
             }
         } else if (nd->op == E2G_OP_LINEAR) {
             e2g_linear_params *lp = e2g_node_linear(nd, params);

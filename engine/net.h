@@ -44,6 +44,9 @@ typedef struct {
     e2g_op op;
     int in[3];       /* inputs (node ids), -1 when unused */
     int add;         /* node added to the output after the activation (residual, skip), or -1 */
+    int add_gate;    /* CONV: the added node is scaled per sample and channel,
+                      * s_n = 1 + W·c̄_n + b, c̄_n the mean of the context (in[1]);
+                      * parameters `<name>.skip_gate.*` */
     /* CONV */
     e2g_conv_shape conv;
     int upsample;    /* nearest ×2 before the conv (fused, never materialised) */

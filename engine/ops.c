@@ -505,6 +505,33 @@ void e2g_add_forward(float *out, const float *a, const float *b, size_t n) {
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
+void e2g_add_gated_forward(float *out, const float *a, const float *b, const float *gain, int N, size_t pixels,
+                           int C) {
+#pragma omp parallel for schedule(static) if ((size_t)N * pixels * C > 32768)
+    for (size_t p = 0; p < (size_t)N * pixels; p++) {
+        const float *g = gain + (p / pixels) * C;
+        for (int c = 0; c < C; c++) out[p * C + c] = a[p * C + c] + g[c] * b[p * C + c];
+    }
+}
+
+void e2g_add_gated_backward(float *db, float *dgain, const float *dout, const float *b, const float *gain,
+                            int N, size_t pixels, int C) {
+    for (int n = 0; n < N; n++) {
+        const float *g = gain + (size_t)n * C;
+        size_t at = (size_t)n * pixels * C;
+        if (db)
+#pragma omp parallel for schedule(static) if (pixels * C > 32768)
+            for (size_t p = 0; p < pixels; p++)
+                for (int c = 0; c < C; c++) db[at + p * C + c] += g[c] * dout[at + p * C + c];
+        if (!dgain) continue;
+        double *sum = e2g_xcalloc((size_t)C, sizeof(double)); /* in order: independent of the thread count */
+        for (size_t p = 0; p < pixels; p++)
+            for (int c = 0; c < C; c++) sum[c] += (double)dout[at + p * C + c] * b[at + p * C + c];
+        for (int c = 0; c < C; c++) dgain[(size_t)n * C + c] += (float)sum[c];
+        free(sum);
+    }
+}
+
 void e2g_accumulate(float *dst, const float *src, size_t n) {
 #pragma omp parallel for schedule(static) if (n > 32768)
     for (size_t i = 0; i < n; i++) dst[i] += src[i];

@@ -79,6 +79,13 @@ void e2g_output_gated_backward(float *d_o, float *dx, float *dgain, const float 
 
 /* out = a + b, elementwise (out may alias a or b). */
 void e2g_add_forward(float *out, const float *a, const float *b, size_t n);
+/* out = a + gain[n, c]·b for NHWC tensors of N samples, `pixels` pixels and
+ * C channels each (the skip gate, net.h; out may alias a); the backward
+ * accumulates db (may be NULL) and dgain (N, C; may be NULL). */
+void e2g_add_gated_forward(float *out, const float *a, const float *b, const float *gain, int N, size_t pixels,
+                           int C);
+void e2g_add_gated_backward(float *db, float *dgain, const float *dout, const float *b, const float *gain,
+                            int N, size_t pixels, int C);
 /* dst += src */
 void e2g_accumulate(float *dst, const float *src, size_t n);
 

@@ -18,6 +18,7 @@ typedef struct {
     block_acts blk;    /* CONV: conv (+ LoRA), statistics, activation (before any add) */
     float *pre;        /* LINEAR with an activation: its input */
     float *mean, *rstd; /* LAYERNORM statistics; ATTENTION: lse in mean; OUTPUT: FiLM gains in mean */
+    float *gain;        /* CONV with a skip gate: its gains (N, cout), or their gradient */
 } node_acts;
 
 struct e2g_planned {
@@ -65,6 +66,7 @@ static void plan(e2g_planned *pl, arena *ar, int grads) {
                 a->blk.mean = a->blk.rstd = NULL;
                 a->blk.affine = nd->film ? e2g_arena_take(ar, 2 * (size_t)pl->N * nd->cout) : NULL;
             }
+            if (nd->add_gate) a->gain = e2g_arena_take(ar, (size_t)pl->N * nd->cout);
             break;
         }
         case E2G_OP_LAYERNORM:
@@ -154,7 +156,13 @@ void e2g_planned_forward(e2g_planned *pl, const void *params, const float *x, co
                 e2g_film_forward(a->blk.affine, e2g_node_conv(nd, params), pl->act[nd->in[1]].out, N,
                                  rows(pl, nd->in[1]), pl->shape[nd->in[1]].c, nd->cout);
             e2g_block_forward(&a->blk, nd, e2g_node_conv(nd, params), in, N, edits);
-            if (add) e2g_add_forward(a->out, a->blk.out, add, n);
+            if (nd->add_gate) {
+                e2g_skip_gain_forward(a->gain, e2g_node_conv(nd, params), pl->act[nd->in[1]].out, N,
+                                      rows(pl, nd->in[1]), pl->shape[nd->in[1]].c, nd->cout);
+                e2g_add_gated_forward(a->out, a->blk.out, add, a->gain, N, (size_t)L, nd->cout);
+            } else if (add) {
+                e2g_add_forward(a->out, a->blk.out, add, n);
+            }
             break;
         case E2G_OP_LAYERNORM: {
             const e2g_linear_params *lp = e2g_node_linear(nd, params);
@@ -211,7 +219,15 @@ void e2g_planned_backward(e2g_planned *pl, void *grads, e2g_lora *dlora, const e
         float *din = i0 >= 0 ? pl->grad[i0].out : NULL;
         size_t n = numel(pl, i);
         int L = rows(pl, i);
-        if (nd->add >= 0 && pl->grad[nd->add].out) e2g_accumulate(pl->grad[nd->add].out, d->out, n);
+        if (nd->add_gate) {
+            e2g_add_gated_backward(pl->grad[nd->add].out, d->gain, d->out, pl->act[nd->add].out, a->gain, N,
+                                   (size_t)L, nd->cout);
+            e2g_skip_gain_backward(grads ? e2g_node_conv(nd, grads) : NULL, pl->grad[nd->in[1]].out, d->gain,
+                                   e2g_node_conv(nd, params), pl->act[nd->in[1]].out, N, rows(pl, nd->in[1]),
+                                   pl->shape[nd->in[1]].c, nd->cout);
+        } else if (nd->add >= 0 && pl->grad[nd->add].out) {
+            e2g_accumulate(pl->grad[nd->add].out, d->out, n);
+        }
         switch (nd->op) {
         case E2G_OP_INPUT: break;
         case E2G_OP_CONTEXT:

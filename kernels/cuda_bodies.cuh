@@ -211,7 +211,8 @@ E2G_HD void stats_final_body(float *sums, const conv_out &s, int i) {
  * bias, norm (sums) and add.p may each be NULL/absent; with a norm the
  * bias is skipped (the norm cancels it exactly; block_stats leaves it out).
  * The norm's affine of sample n is gamma/beta + n·gamma_ns: shared by the
- * batch (gamma_ns 0) or per sample (FiLM: gamma_ns = C, film_affine). */
+ * batch (gamma_ns 0) or per sample (FiLM: gamma_ns = C, film_affine); a
+ * skip gate scales the add per sample and channel (add_gain). */
 struct epilogue_args {
     conv_out src;
     const float *bias;
@@ -220,6 +221,7 @@ struct epilogue_args {
     int gamma_ns;
     int relu;
     tview add; /* add.p NULL: no addition */
+    const float *add_gain; /* (N, C): the add's scale per sample and channel (skip gate), or NULL: 1 */
     tview dst; /* written interior and reflected border */
 };
 
@@ -252,7 +254,7 @@ E2G_HD void epilogue_body(const epilogue_args &a, size_t i) {
         float fr[8];
         bf16x8_to_float(load8(a.add.p + view_index(a.add, n, y, x) + c0), fr);
         E2G_UNROLL
-        for (int j = 0; j < 8; j++) f[j] += fr[j];
+        for (int j = 0; j < 8; j++) f[j] += (a.add_gain ? a.add_gain[(size_t)n * d.C + c0 + j] : 1.0f) * fr[j];
     }
     store8(d.p + view_at(d, n, py, px) + c0, float_to_bf16x8(f));
 }
@@ -404,6 +406,34 @@ E2G_HD void lora_conv_expand_body(bf16 *out, int Cs, int cout, int groups, const
  * dbias (each may be NULL).  dsums (N, 2, C) is scratch that ends holding
  * each sample's d(beta) (Σ dv), then d(gamma) (Σ dv·xhat): what a FiLM
  * backward (film_args) reads, its dgamma/dbeta left NULL here. */
+/* Backward of a skip gate's add, out = … + gain[n, c]·add (epilogue_args
+ * add_gain): d(add) += gain·dout, one item per element of the dense
+ * (N, H, W, C) gradients (skip_dadd_body); dgain (N, C) = Σ over the
+ * pixels of dout·add, one item per (n, c) (skip_dgain_body). */
+struct skip_bwd_args {
+    const float *dout; /* (N, H, W, C) fp32 */
+    float *dadd;       /* (N, H, W, C) fp32, += */
+    tview add;         /* the add as stored (bf16) */
+    const float *gain; /* (N, C) */
+    float *dgain;      /* (N, C), = */
+    int N, H, W, C;
+};
+
+E2G_HD void skip_dadd_body(const skip_bwd_args &a, size_t i) {
+    size_t c = i % a.C, n = i / ((size_t)a.H * a.W * a.C);
+    a.dadd[i] += a.gain[n * a.C + c] * a.dout[i];
+}
+
+E2G_HD void skip_dgain_body(const skip_bwd_args &a, size_t i) {
+    int n = (int)(i / a.C), c = (int)(i % a.C);
+    float acc = 0;
+    for (int y = 0; y < a.H; y++)
+        for (int x = 0; x < a.W; x++)
+            acc += a.dout[(((size_t)n * a.H + y) * a.W + x) * a.C + c] *
+                   __bfloat162float(a.add.p[view_index(a.add, n, y, x) + c]);
+    a.dgain[i] = acc;
+}
+
 struct epilogue_bwd_args {
     conv_out src;
     const float *sums, *gamma, *beta, *bias;
@@ -498,7 +528,9 @@ E2G_HD void epilogue_bwd_apply_body(const epilogue_bwd_args &a, size_t i) {
  *  - a FiLM norm (e2g_film_forward/backward): 2C rows, [γ_n; β_n] =
  *    [norm_w; norm_b] + W·c̄_n + b;
  *  - the output's gate (gate 1; e2g_output_gain_forward/backward): C = 3
- *    rows, the photo's gain g_n = 1 + W·c̄_n + b, written to gamma.
+ *    rows, the photo's gain g_n = 1 + W·c̄_n + b, written to gamma;
+ *  - a skip gate (gate 1; e2g_skip_gain_forward/backward): C = the conv's
+ *    channels, the gains of its add, written to gamma.
  * Forward: mean (N, C4) = c̄ (film_mean_body), then gamma, beta (N, C)
  * each, sample stride C (film_affine_body).  Backward, from c̄ and each
  * sample's d(gamma), d(beta) (sample stride dns): dw, db += (both or

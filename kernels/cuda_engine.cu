@@ -16,7 +16,8 @@
  * FiLM norm's affine is per sample: film_affine computes it on the device
  * from the batch's context rows just before its conv's epilogue, which
  * reads it with a per-sample stride; so are the FiLM output gate's gains
- * of the image, just before the output layer.
+ * of the image, just before the output layer, and a skip gate's gains of
+ * its add, just before its conv's epilogue.
  *
  * Adapters: an LRU cache bounded in bytes holds each adapter's A/B (fp32)
  * and its conv A packed for cuDNN, and merged weight sets (private copies
@@ -53,6 +54,7 @@ struct slot {
     bf16 *w;                    /* packed: (rows, k, k, cin_pad) or phase (4·cout, 2, 2, cin) */
     float *bias, *gamma, *beta; /* NULL when absent; bias concatenated over the parts */
     float *film_w, *film_b;     /* a FiLM norm's (2·cout, C4), (2·cout); NULL when absent */
+    float *gate_w, *gate_b;     /* a skip gate's (cout, C4), (cout); NULL when absent */
 };
 
 /* Where crucial layer l lives: its node, slot, the first output row inside
@@ -200,6 +202,8 @@ static void layout_weights(e2g_cuda_engine *E, dev_arena *ar) {
         d->beta = sl.norm ? ar->take<float>(sl.cout) : NULL;
         d->film_w = sl.film ? ar->take<float>((size_t)2 * sl.cout * E->c4) : NULL;
         d->film_b = sl.film ? ar->take<float>((size_t)2 * sl.cout) : NULL;
+        d->gate_w = sl.skip_gate ? ar->take<float>((size_t)sl.cout * E->c4) : NULL;
+        d->gate_b = sl.skip_gate ? ar->take<float>(sl.cout) : NULL;
     }
     for (int l = 0; l < E2G_N_CRUCIAL; l++) {
         site *st = &E->sites[l];
@@ -268,6 +272,11 @@ static int upload_weights(e2g_cuda_engine *E, char *err) {
             if (!rc) rc = upload(E, d->beta, cp->norm_b, sl.cout * sizeof(float), err);
             if (!rc && d->film_w) rc = upload(E, d->film_w, cp->film_w, (size_t)2 * sl.cout * E->c4 * sizeof(float), err);
             if (!rc && d->film_b) rc = upload(E, d->film_b, cp->film_b, (size_t)2 * sl.cout * sizeof(float), err);
+        }
+        if (!rc && d->gate_w) {
+            const e2g_conv_params *cp = e2g_node_conv(&P.net.node[sl.part_node[0]], p);
+            rc = upload(E, d->gate_w, cp->gate_w, (size_t)sl.cout * E->c4 * sizeof(float), err);
+            if (!rc) rc = upload(E, d->gate_b, cp->gate_b, sl.cout * sizeof(float), err);
         }
         if (!rc) rc = pack_slot(E, d->w, s, dev_parts, NULL, NULL, err);
         if (!rc) rc = cudaStreamSynchronize(E->dc.stream) ? e2g_fail(err, "CUDA: packing weights failed") : 0;
@@ -718,6 +727,11 @@ static int conv_node(e2g_cuda_engine *E, bucket *B, const run_plan *rp, int i, c
         }
     }
     if (nd.add >= 0) a.add = A.b[nd.add].v;
+    if (sl.skip_gate) { /* the add's gains per sample, from each sample's context */
+        film_args f = plan_skip_gate(P, A, i, d.gate_w, d.gate_b);
+        TRY(film_affine(f, s, err));
+        a.add_gain = f.gamma;
+    }
     return block_epilogue(a, s, err);
 }
 

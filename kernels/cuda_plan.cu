@@ -53,6 +53,7 @@ int plan_slots(gen_plan *p, char *err) {
             s.cin = c.cin, s.cin_pad = round8(c.cin), s.k = c.k, s.stride = c.stride, s.pad = c.pad;
             s.reflect = c.pad_mode == E2G_PAD_REFLECT, s.phase = nd.upsample, s.is_conv = 1;
             s.bias = nd.bias && !nd.norm, s.norm = nd.norm, s.film = nd.film, s.relu = nd.act == E2G_ACT_RELU;
+            s.skip_gate = nd.add_gate;
             s.w_elems = s.phase ? (size_t)4 * s.cout_pad * 4 * s.cin : (size_t)s.cout_pad * s.k * s.k * s.cin_pad;
             np.slot = p->n_slots++, np.part = 0;
         } else if (nd.op == E2G_OP_LINEAR) {
@@ -176,7 +177,7 @@ int plan_storage(gen_plan *p, char *err) {
                     why = "a conv's add must be a whole view of its channels";
             } else if ((cn.op == E2G_OP_CONV && role == R_IN1) || (cn.op == E2G_OP_OUTPUT && role == R_IN2)) {
                 np.dense = 1, need = 0;
-                if (!cn.film || !rows_ok) why = "FiLM reads whole bf16 token rows of its context";
+                if (!(cn.film || cn.add_gate) || !rows_ok) why = "FiLM reads whole bf16 token rows of its context";
             } else if (cn.op == E2G_OP_OUTPUT) {
                 /* in[0]: the fused conv; in[1]: the input image, read in fp32 */
             } else {
@@ -378,6 +379,7 @@ void plan_layout(const gen_plan *p, int N, int H, int W, int keep, size_t sample
             if (nd.norm) b.stats = ar->take<float>((size_t)N * 2 * nd.cout);
         }
         if (nd.film && keep) b.affine = ar->take<float>(plan_film_floats(net, N, i));
+        if (nd.add_gate) b.skip = ar->take<float>(plan_skip_floats(net, N, i)); /* small: one per node */
     }
     if (!keep) { /* inference: one raw conv output, set of statistics and FiLM rows at a time */
         bf16 *raw = ar->take<bf16>(L->raw_max);

@@ -44,6 +44,7 @@ struct wslot {
     int k, stride, pad, reflect, phase, is_conv;
     int bias; /* a bias is applied (not before an instance norm, which cancels it) */
     int norm, film, relu, gelu; /* film: the norm's affine is per sample (net.h) */
+    int skip_gate;              /* the add is scaled per sample and channel (net.h add_gate) */
     size_t w_elems; /* packed bf16 filter: (cout_pad, k, k, cin_pad) or phase (4·cout_pad, 2, 2, cin) */
 };
 
@@ -109,6 +110,7 @@ struct node_buf {
     float *stats;/* CONV with a norm: (N, 2, C) mean and variance */
     float *affine;/* CONV with FiLM: the norm's gamma (N, C), beta (N, C), then the context mean (N, C4);
                    * OUTPUT with FiLM: the gains (N, 3), then the context mean */
+    float *skip;  /* CONV with a skip gate: the add's gains (N, C), then the context mean (N, C4) */
     bf16 *pre;   /* LINEAR with GELU when kept: before the activation */
     conv_geom g; /* CONV */
 };
@@ -154,6 +156,26 @@ static inline film_args plan_film(const gen_plan &p, const act_layout &L, int i,
     a.w = w, a.b = b, a.norm_w = norm_w, a.norm_b = norm_b;
     a.gamma = L.b[i].affine, a.beta = a.gate ? NULL : a.gamma + (size_t)L.N * a.C;
     a.mean = a.gamma + (size_t)L.N * film_rows(a);
+    return a;
+}
+
+/* The floats of node_buf.skip: the gains and the context mean, per sample. */
+static inline size_t plan_skip_floats(const e2g_net &net, int N, int i) {
+    const e2g_node &nd = net.node[i];
+    return (size_t)N * (nd.cout + net.node[nd.in[1]].cout);
+}
+
+/* CONV node i's skip gate as film_args in gate mode (gains 1 + W·c̄ + b)
+ * into L.b[i].skip, from the device parameters w, b; backward fields
+ * unset. */
+static inline film_args plan_skip_gate(const gen_plan &p, const act_layout &L, int i, const float *w,
+                                       const float *b) {
+    const e2g_node &nd = p.net.node[i];
+    int ctx = nd.in[1];
+    film_args a = {};
+    a.ctx = L.b[ctx].rows, a.N = L.N, a.T = L.sh[ctx].h * L.sh[ctx].w, a.C4 = p.net.node[ctx].cout, a.C = nd.cout;
+    a.gate = 1, a.w = w, a.b = b;
+    a.gamma = L.b[i].skip, a.mean = a.gamma + (size_t)L.N * a.C;
     return a;
 }
 

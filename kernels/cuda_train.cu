@@ -83,6 +83,7 @@ struct e2g_cuda_trainer {
     char *grad_lo, *grad_hi;
     float *dscratch; /* the frozen output bias's gradient lands here */
     float *dgain;    /* FiLM: the output gate's gradient (N, 3) */
+    float *dskip;    /* a skip gate's gradient (N, C) */
     bf16 *dy16, *dx16, *draw, *dxp, *dw16;
     float *dw32, *dsums, *att_stats;
 };
@@ -137,6 +138,7 @@ static void layout_acts(e2g_cuda_trainer *T, dev_arena *ar) {
         T->g[i] = P.np[i].grad == GRAD_F32 ? ar->take<float>(L.b[i].M * net.node[i].cout) : NULL;
     T->dscratch = ar->take<float>(8);
     T->dgain = ar->take<float>((size_t)3 * N);
+    T->dskip = ar->take<float>(sums_max); /* N·2·C of the widest conv covers N·C */
     if (ar->base) T->grad_lo = ar->base + lo, T->grad_hi = ar->base + ar->used;
 }
 
@@ -319,6 +321,12 @@ static int conv_forward(e2g_cuda_trainer *T, int i, int slot, char *err) {
         }
     }
     if (nd.add >= 0) a.add = L.b[nd.add].v;
+    if (sl.skip_gate) {
+        const e2g_conv_params *cp = e2g_node_conv(&nd, &T->P);
+        film_args f = plan_skip_gate(P, L, i, cp->gate_w, cp->gate_b);
+        TRY(film_affine(f, s, err));
+        a.add_gain = f.gamma;
+    }
     return block_epilogue(a, s, err);
 }
 
@@ -459,6 +467,25 @@ static int gate_bwd(e2g_cuda_trainer *T, char *err) {
     return film_backward(f, T->dc.stream, err);
 }
 
+/* Conv node i's gradient passed on to its add through the skip gate:
+ * d(add) and the gate's gains, then its parameters' gradients (full G)
+ * and the context's. */
+static int skip_gate_bwd(e2g_cuda_trainer *T, int i, char *err) {
+    const gen_plan &P = T->plan;
+    const act_layout &L = T->acts;
+    const e2g_node &nd = P.net.node[i];
+    const e2g_node_shape &sh = L.sh[i];
+    skip_bwd_args a = {T->g[i], T->g[nd.add], L.b[nd.add].v, L.b[i].skip, T->dskip, T->N, sh.h, sh.w, nd.cout};
+    TRY(skip_gate_backward(a, T->dc.stream, err));
+    const e2g_conv_params *cp = e2g_node_conv(&nd, &T->P);
+    e2g_conv_params *gp = T->lora ? NULL : e2g_node_conv(&nd, &T->G);
+    film_args f = plan_skip_gate(P, L, i, cp->gate_w, cp->gate_b);
+    f.dgamma = T->dskip, f.dns = nd.cout;
+    if (gp) f.dw = gp->gate_w, f.db = gp->gate_b;
+    f.dctx = T->g[nd.in[1]]; /* fp32, as film_bwd's */
+    return film_backward(f, T->dc.stream, err);
+}
+
 /* A CONV node: the raw gradient from its output's (the epilogue backward;
  * for the conv OUTPUT reads, the output layer + L1), then the weight and
  * input gradients. */
@@ -578,7 +605,8 @@ static int backward(e2g_cuda_trainer *T, int slot, float lambda, char *err) {
         const e2g_node &nd = P.net.node[i];
         const node_plan &np = P.np[i];
         /* every consumer of i came later and is done: pass i's gradient on to its add */
-        if (nd.add >= 0) TRY(add_f32(T->g[nd.add], T->g[i], L.b[i].M * nd.cout, s, err));
+        if (nd.add_gate) TRY(skip_gate_bwd(T, i, err));
+        else if (nd.add >= 0) TRY(add_f32(T->g[nd.add], T->g[i], L.b[i].M * nd.cout, s, err));
         switch (nd.op) {
         case E2G_OP_INPUT: break;
         case E2G_OP_OUTPUT: break; /* its conv's backward starts from the loss */

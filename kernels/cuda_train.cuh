@@ -22,6 +22,8 @@ int film_backward(const film_args &a, cudaStream_t stream, char *err);
  * C) folded back through reflect padding (p = 0: a plain add). */
 int fold_grad(float *g, const bf16 *dxp, int N, int H, int W, int C, int pad, cudaStream_t stream,
               char *err);
+/* A skip gate's add backward (skip_bwd_args): d(add) and d(gain). */
+int skip_gate_backward(const skip_bwd_args &a, cudaStream_t stream, char *err);
 /* dst += src, n floats. */
 int add_f32(float *dst, const float *src, size_t n, cudaStream_t stream, char *err);
 

@@ -96,6 +96,22 @@ int fold_grad(float *g, const bf16 *dxp, int N, int H, int W, int C, int pad, cu
     return 0;
 }
 
+__global__ void skip_dadd_kernel(skip_bwd_args a) {
+    GRID_LOOP(i, (size_t)a.N * a.H * a.W * a.C) skip_dadd_body(a, i);
+}
+
+__global__ void skip_dgain_kernel(skip_bwd_args a) {
+    GRID_LOOP(i, (size_t)a.N * a.C) skip_dgain_body(a, i);
+}
+
+int skip_gate_backward(const skip_bwd_args &a, cudaStream_t stream, char *err) {
+    skip_dadd_kernel<<<blocks_for((size_t)a.N * a.H * a.W * a.C, THREADS), THREADS, 0, stream>>>(a);
+    LAUNCH_TRY();
+    skip_dgain_kernel<<<blocks_for((size_t)a.N * a.C, THREADS), THREADS, 0, stream>>>(a);
+    LAUNCH_TRY();
+    return 0;
+}
+
 __global__ void add_f32_kernel(float *dst, const float *src, size_t n) {
     GRID_LOOP(i, n) dst[i] += src[i];
 }

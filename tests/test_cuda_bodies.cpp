@@ -10,7 +10,8 @@
  * adjoint (exact, on integers), LoRA factor gradients, context rows, Adam;
  * FiLM: the per-sample norm affine (forward and backward) and the
  * epilogue reading it, the output gate's gains, the output layer reading
- * them and their backward.
+ * them and their backward; the skip gates' gains, the epilogue scaling its
+ * add by them and their backward.
  * Built when nvcc was found (C++, CUDA include path; no CUDA runtime
  * call). Tolerances: bf16 keeps 8 significant bits (2⁻⁹ ≈ 2e-3 per
  * rounding); a result stored as bf16 after a few roundings is held to
@@ -546,7 +547,7 @@ START_TEST(test_film) {
     round_bf16(ctx);
     bvec ctx16 = to_bf16(ctx);
     fvec w = rnd((size_t)2 * C * C4, 65, -0.3f, 0.3f), b = rnd(2 * C, 66), nw = rnd(C, 67, 0.5f, 1.5f), nb = rnd(C, 68);
-    e2g_conv_params cp = {NULL, NULL, nw.data(), nb.data(), w.data(), b.data()};
+    e2g_conv_params cp = {NULL, NULL, nw.data(), nb.data(), w.data(), b.data(), NULL, NULL};
     fvec ref((size_t)2 * N * C), got((size_t)2 * N * C), mean((size_t)N * C4);
     e2g_film_forward(ref.data(), &cp, ctx.data(), N, T, C4, C);
     film_args a = {};
@@ -564,7 +565,7 @@ START_TEST(test_film) {
             dsums[(size_t)n * 2 * C + c] = daffine[(size_t)(N + n) * C + c];
         }
     fvec mem_ref((size_t)2 * C * C4 + 4 * C, 0.0f), mem_got(mem_ref), dctx_ref = rnd(ctx.size(), 70), dctx_got(dctx_ref);
-    e2g_conv_params gr = {NULL, NULL, &mem_ref[0], &mem_ref[C], &mem_ref[2 * C], &mem_ref[2 * C + 2 * C * C4]};
+    e2g_conv_params gr = {NULL, NULL, &mem_ref[0], &mem_ref[C], &mem_ref[2 * C], &mem_ref[2 * C + 2 * C * C4], NULL, NULL};
     e2g_film_backward(&gr, dctx_ref.data(), daffine.data(), &cp, ctx.data(), N, T, C4, C);
     a.dgamma = dsums.data() + C, a.dbeta = dsums.data(), a.dns = 2 * C;
     a.dnorm_w = &mem_got[0], a.dnorm_b = &mem_got[C], a.dw = &mem_got[2 * C], a.db = &mem_got[2 * C + 2 * C * C4];
@@ -633,6 +634,73 @@ START_TEST(test_output_gate) {
     for (size_t i = 0; i < (size_t)N * T * C4; i++) film_context_grad_body(a, i);
     expect("gate backward: parameters", mem_got.data(), mem_ref.data(), mem_ref.size(), 1e-5);
     expect("gate backward: context", dctx_got.data(), dctx_ref.data(), dctx_ref.size(), 1e-5);
+}
+END_TEST
+
+/* The skip gate: its gains (film bodies in gate mode) against
+ * e2g_skip_gain_forward, the epilogue scaling a padded add by them
+ * against e2g_add_gated_forward, and the backward bodies (d(add), d(gain),
+ * then the gate's parameters and context) against e2g_add_gated_backward
+ * and e2g_skip_gain_backward. */
+START_TEST(test_skip_gate) {
+    const int N = 3, T = 4, C4 = 24, H = 5, W = 6, C = 16, HW = H * W;
+    const size_t n = (size_t)N * HW * C;
+    fvec ctx = rnd((size_t)N * T * C4, 90, -2, 2);
+    round_bf16(ctx);
+    bvec ctx16 = to_bf16(ctx);
+    fvec w = rnd((size_t)C * C4, 91, -0.3f, 0.3f), b = rnd(C, 92, -0.25f, 0.25f);
+    e2g_conv_params cp = {};
+    cp.gate_w = w.data(), cp.gate_b = b.data();
+    fvec gain_ref((size_t)N * C), gain((size_t)N * C), mean((size_t)N * C4);
+    e2g_skip_gain_forward(gain_ref.data(), &cp, ctx.data(), N, T, C4, C);
+    film_args a = {};
+    a.ctx = ctx16.data(), a.N = N, a.T = T, a.C4 = C4, a.C = C, a.gate = 1;
+    a.w = w.data(), a.b = b.data(), a.mean = mean.data(), a.gamma = gain.data();
+    for (size_t i = 0; i < (size_t)N * C4; i++) film_mean_body(a, i);
+    for (size_t i = 0; i < (size_t)N * film_rows(a); i++) film_affine_body(a, i);
+    expect("skip gains", gain.data(), gain_ref.data(), gain_ref.size(), 1e-5);
+
+    /* forward: raw + bias, then + gain·add, the add stored with pad 1 */
+    fvec raw = rnd(n, 93, -2, 2), bias = rnd(C, 94), addp = rnd((size_t)N * (H + 2) * (W + 2) * C, 95);
+    round_bf16(raw), round_bf16(addp);
+    bvec raw16 = to_bf16(raw), add16 = to_bf16(addp), out16(n);
+    fvec pre(n), add(n), ref(n);
+    for (int q = 0; q < N; q++)
+        for (int y = 0; y < H; y++)
+            for (int x = 0; x < W; x++)
+                for (int c = 0; c < C; c++) {
+                    size_t i = (((size_t)q * H + y) * W + x) * C + c;
+                    pre[i] = raw[i] + bias[c];
+                    add[i] = addp[(((size_t)q * (H + 2) + y + 1) * (W + 2) + x + 1) * C + c];
+                }
+    e2g_add_gated_forward(ref.data(), pre.data(), add.data(), gain_ref.data(), N, HW, C);
+    epilogue_args e = {};
+    e.src = {raw16.data(), N, H, W, C, C, 0}, e.bias = bias.data();
+    e.add = {add16.data(), N, H, W, C, 1, 0}, e.add_gain = gain.data();
+    e.dst = {out16.data(), N, H, W, C, 0, 0};
+    host_epilogue(e);
+    fvec got = to_f32(out16);
+    expect("epilogue with a skip gate", got.data(), ref.data(), n, 1e-2);
+
+    /* backward */
+    fvec dout = rnd(n, 96), dadd_ref = rnd(n, 97), dadd(dadd_ref), dgain_ref((size_t)N * C, 0.0f), dgain((size_t)N * C);
+    e2g_add_gated_backward(dadd_ref.data(), dgain_ref.data(), dout.data(), add.data(), gain_ref.data(), N, HW, C);
+    skip_bwd_args sb = {dout.data(), dadd.data(), e.add, gain.data(), dgain.data(), N, H, W, C};
+    for (size_t i = 0; i < n; i++) skip_dadd_body(sb, i);
+    for (size_t i = 0; i < (size_t)N * C; i++) skip_dgain_body(sb, i);
+    expect("skip gate backward: d(add)", dadd.data(), dadd_ref.data(), n, 1e-5);
+    expect("skip gate backward: d(gain)", dgain.data(), dgain_ref.data(), dgain.size(), 1e-4);
+
+    fvec mem_ref((size_t)C * C4 + C, 0.0f), mem_got(mem_ref), dctx_ref = rnd(ctx.size(), 98), dctx_got(dctx_ref);
+    e2g_conv_params gr = {};
+    gr.gate_w = &mem_ref[0], gr.gate_b = &mem_ref[(size_t)C * C4];
+    e2g_skip_gain_backward(&gr, dctx_ref.data(), dgain_ref.data(), &cp, ctx.data(), N, T, C4, C);
+    a.dgamma = dgain_ref.data(), a.dns = C, a.dw = &mem_got[0], a.db = &mem_got[(size_t)C * C4];
+    a.dctx = dctx_got.data();
+    for (size_t i = 0; i < (size_t)film_rows(a) * (C4 + 1); i++) film_param_grad_body(a, i);
+    for (size_t i = 0; i < (size_t)N * T * C4; i++) film_context_grad_body(a, i);
+    expect("skip gate backward: parameters", mem_got.data(), mem_ref.data(), mem_ref.size(), 1e-5);
+    expect("skip gate backward: context", dctx_got.data(), dctx_ref.data(), dctx_ref.size(), 1e-5);
 }
 END_TEST
 
@@ -813,6 +881,7 @@ int main(void) {
     tcase_add_test(tc, test_epilogue_backward);
     tcase_add_test(tc, test_epilogue_per_sample);
     tcase_add_test(tc, test_film);
+    tcase_add_test(tc, test_skip_gate);
     tcase_add_test(tc, test_output_gate);
     tcase_add_test(tc, test_fold_grad);
     tcase_add_test(tc, test_output_l1);

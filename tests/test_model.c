@@ -2,12 +2,13 @@
  * (tests/refs/model_refs.py, an independent implementation of
  * docs/architecture.md): outputs (tolerance 1e-5), input, context and every
  * parameter gradient (1e-4), for the default form at three widths, the
- * paper-like form and the form with FiLM; LoRA adapters unmerged and merged, with their gradients;
+ * paper-like form, the form with FiLM and with FiLM and skip gates; LoRA adapters unmerged and merged, with their gradients;
  * a two-concept blend; the PatchGAN discriminator. */
 #include <check.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "adapter.h"
 #include "common.h"
@@ -43,7 +44,7 @@ static void check(const char *what, const float *got, const float *want, size_t 
 }
 
 static const char *g_variants[] = {"default_ngf8", "default_ngf16", "paperlike_ngf16",
-                                   "default_ngf32", "film_ngf16"};
+                                   "default_ngf32", "film_ngf16", "skipgate_ngf16"};
 
 /* Forward and full backward of the base generator. */
 START_TEST(test_generator) {
@@ -114,7 +115,7 @@ static void close_lora(lora_fixture *fx) {
     e2g_st_close(fx->f);
 }
 
-static const char *lora_variants[] = {"default_ngf16", "default_ngf32", "film_ngf16"};
+static const char *lora_variants[] = {"default_ngf16", "default_ngf32", "film_ngf16", "skipgate_ngf16"};
 
 /* An adapter on every crucial layer, ranks differing per layer: unmerged
  * forward, merged forward, and the LoRA and embedding gradients. */
@@ -316,6 +317,47 @@ START_TEST(test_discriminator) {
 }
 END_TEST
 
+/* A base given FiLM and the skip gates (e2gan train --init OLD --film
+ * --skip-gate) computes exactly what it computed before, since the new
+ * tensors start at zero; saved and loaded, it keeps them and the flags. */
+START_TEST(test_add_conditioning) {
+    char err[E2G_ERR_LEN], path[] = "/tmp/e2g_test_conditioningXXXXXX";
+    e2g_st_file *f = ref_open("g_default_ngf16");
+    e2g_model *m = load_base(f);
+    int N = ref_meta_int(f, "N"), H = ref_meta_int(f, "H"), W = ref_meta_int(f, "W");
+    int T = m->cfg.ctx_tokens, c4 = e2g_gen_c4(&m->cfg);
+    size_t img = (size_t)N * H * W * 3;
+    float *x = ref_image(f, "x", N, H, W), *ctx = ref_tensor(f, "ctx", NULL);
+    e2g_edit edits[8] = {0};
+    for (int n = 0; n < N; n++) edits[n].context = ctx + (size_t)n * T * c4;
+    float *before = test_alloc(img * sizeof(float)), *after = test_alloc(img * sizeof(float));
+    e2g_gen_infer(&m->cfg, before, &m->params, x, edits, N, H, W);
+    size_t params_before = e2g_gen_param_count(&m->cfg);
+    e2g_model_add_conditioning(m, 1, 1);
+    ck_assert(m->cfg.film && m->cfg.skip_gate);
+    ck_assert_uint_eq(e2g_gen_param_count(&m->cfg) - params_before,
+                      /* ngf 16: FiLM of us, rb3.a, rb3.b (64 channels), dec2 (32); the output
+                       * gate (3); the skip gates of dec2 (32) and dec1 (16); C4 + 1 each */
+                      (size_t)(2 * (64 + 64 + 64 + 32) + 3 + 32 + 16) * (c4 + 1));
+    e2g_gen_infer(&m->cfg, after, &m->params, x, edits, N, H, W);
+    ck_assert_msg(memcmp(before, after, img * sizeof(float)) == 0, "zero FiLM and skip gates changed the output");
+
+    int fd = mkstemp(path);
+    ck_assert(fd >= 0);
+    close(fd);
+    ck_assert_msg(e2g_model_save(m, path, NULL, err) == 0, "%s", err);
+    e2g_model *back = NULL;
+    ck_assert_msg(e2g_model_load(&back, path, err) == 0, "%s", err);
+    ck_assert(back->cfg.film && back->cfg.skip_gate);
+    e2g_gen_infer(&back->cfg, after, &back->params, x, edits, N, H, W);
+    ck_assert_msg(memcmp(before, after, img * sizeof(float)) == 0, "the saved model computes otherwise");
+    unlink(path);
+    e2g_model_free(back);
+    e2g_model_free(m);
+    e2g_st_close(f);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("model");
     TCase *tc = tcase_create("model");
@@ -326,6 +368,7 @@ int main(void) {
     tcase_add_test(tc, test_mixed_batch);
     tcase_add_test(tc, test_lean_inference);
     tcase_add_test(tc, test_discriminator);
+    tcase_add_test(tc, test_add_conditioning);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }

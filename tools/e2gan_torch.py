@@ -195,12 +195,12 @@ class Generator(nn.Module):
     """E²GAN-G of §1.  forward(x, ctx): x N×3×H×W in [-1, 1], ctx N×T×C4."""
 
     def __init__(self, ngf, n_concepts, ctx_tokens=8, unet_skips=True, residual_out=True, norm_ends=False,
-                 film=False):
+                 film=False, skip_gate=False):
         super().__init__()
         c1, c2, c4 = ngf, 2 * ngf, 4 * ngf
         self.ngf, self.ctx_tokens = ngf, ctx_tokens
         self.unet_skips, self.residual_out, self.norm_ends = unet_skips, residual_out, norm_ends
-        self.film = film
+        self.film, self.skip_gate = film, skip_gate and unet_skips
         f = c4 if film else 0  # FiLM on every norm after the transformer block
         self.concept_names = [str(i) for i in range(n_concepts)]
         self.enc1 = ConvBlock(3, c1, 7, 1, 3, True, not norm_ends, norm_ends, True)
@@ -215,11 +215,21 @@ class Generator(nn.Module):
         self.dec2 = ConvBlock(c4, c2, 3, 1, 1, False, False, True, True, f)
         self.dec1 = ConvBlock(c2, c1, 3, 1, 1, False, not norm_ends, norm_ends, True, f)
         self.out = LoRAConv2d(c1, 3, 7, 1, 0, bias=True)
+        if self.skip_gate:  # each skip's gain per channel, 1 at start: keys dec2.skip_gate.*, dec1.skip_gate.*
+            for block, c in ((self.dec2, c2), (self.dec1, c1)):
+                block.skip_gate = nn.Linear(c4, c)
+                nn.init.zeros_(block.skip_gate.weight)
+                nn.init.zeros_(block.skip_gate.bias)
         if film and residual_out:  # the photo's gain per channel in the residual output, 1 at start
             self.out_gate = nn.Linear(c4, 3)
             nn.init.zeros_(self.out_gate.weight)
             nn.init.zeros_(self.out_gate.bias)
         self.concepts = nn.Parameter(torch.randn(n_concepts, ctx_tokens, c4))
+
+    def _skip_gain(self, block, ctx):
+        if not self.skip_gate:
+            return 1
+        return 1 + block.skip_gate(ctx.mean(1))[:, :, None, None]
 
     def concept_context(self, names_or_indices):
         """N×T×C4 context: one base concept (name or row index) per sample."""
@@ -234,10 +244,10 @@ class Generator(nn.Module):
         h = self.rb3(self.us(_up(h), ctx), ctx)
         h = self.dec2(_up(h), ctx)
         if self.unet_skips:
-            h = h + e2
+            h = h + self._skip_gain(self.dec2, ctx) * e2
         h = self.dec1(_up(h), ctx)
         if self.unet_skips:
-            h = h + e1
+            h = h + self._skip_gain(self.dec1, ctx) * e1
         o = self.out(F.pad(h, [3] * 4, mode="reflect"))
         if self.residual_out:
             gain = 1 + self.out_gate(ctx.mean(1))[:, :, None, None] if self.film else 1
@@ -480,6 +490,8 @@ def save_base(G, path, concept_names, D=None, extra_meta=None, dtype="F32"):
     }
     if G.film:
         meta["film"] = "true"  # absent: false
+    if G.skip_gate:
+        meta["skip_gate"] = "true"
     meta.update(extra_meta or {})
     safetensors_io.save(path, tensors, meta, dtype)
 
@@ -498,6 +510,7 @@ def load_base(path):
         _flag(meta, "residual_out", True),
         _flag(meta, "norm_ends", False),
         _flag(meta, "film", False),
+        _flag(meta, "skip_gate", False),
     )
     G.concept_names = list(names)
     G.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items() if not k.startswith("disc.")})

@@ -11,7 +11,8 @@
 #   phase 2  + FiLM (zero-initialised), FILM_STEPS steps     — the conditioning experiment's FiLM arm
 #   phase 3  FiLM, LONG_STEPS steps, seed 3                   — the long run (0 skips it)
 #   phase 4  FiLM, WEIGHTED_STEPS steps, seed 4, CONCEPT_WEIGHTS — more steps for a concept
-#            that lags (--concept-weights; 0 skips it)
+#            that lags (--concept-weights; 0 skips it); SKIP_GATE=1 adds the skip gates
+#            (--skip-gate, zero-initialised) and names the phase build/train-gated
 #
 # FROM=FILE starts phase 3 (or 4) from FILE instead of running phases 1-2: how a
 # later session continues the shipped base (FROM=models/e2gan-s.safetensors;
@@ -19,7 +20,7 @@
 #
 # usage: tools/train_models.sh        (after tools/setup.sh)
 # env:   BASE_STEPS (3500), FILM_STEPS (600), LONG_STEPS (0), WEIGHTED_STEPS (0),
-#        CONCEPT_WEIGHTS ("oil-paint=4"), BATCH (8), THREADS (2),
+#        CONCEPT_WEIGHTS ("oil-paint=4"), SKIP_GATE (0), BATCH (8), THREADS (2),
 #        FROM (unset), BASE_LR (2e-4), ADAPTER_STEPS (500), NEW_CONCEPTS ("cartoon pencil line-art"),
 #        KEEP (0.5), SKETCH_CONCEPTS ("line-art"), SKETCH_LOSS ("--dark-weight 10
 #        --edge-weight 100": the loss terms that made line-art draw, docs/sketch-loss.md)
@@ -34,6 +35,7 @@ FILM_STEPS=${FILM_STEPS:-600}
 LONG_STEPS=${LONG_STEPS:-0}
 WEIGHTED_STEPS=${WEIGHTED_STEPS:-0}
 CONCEPT_WEIGHTS=${CONCEPT_WEIGHTS:-oil-paint=4}
+SKIP_GATE=${SKIP_GATE:-0}
 FROM=${FROM:-}
 BATCH=${BATCH:-8}
 THREADS=${THREADS:-2}
@@ -67,8 +69,11 @@ else
   base=$(phase film "$FILM_STEPS" 1 --init "$base" --film)
 fi
 [ "$LONG_STEPS" -gt 0 ] && base=$(phase long "$LONG_STEPS" 3 --init "$base" --film)
-[ "$WEIGHTED_STEPS" -gt 0 ] &&
+if [ "$WEIGHTED_STEPS" -gt 0 ] && [ "$SKIP_GATE" = 1 ]; then
+  base=$(phase gated "$WEIGHTED_STEPS" 4 --init "$base" --film --skip-gate --concept-weights "$CONCEPT_WEIGHTS")
+elif [ "$WEIGHTED_STEPS" -gt 0 ]; then
   base=$(phase weighted "$WEIGHTED_STEPS" 4 --init "$base" --film --concept-weights "$CONCEPT_WEIGHTS")
+fi
 cp "$base" models/e2gan-s.safetensors
 
 for concept in $NEW_CONCEPTS; do

@@ -35,16 +35,17 @@ VARIANTS = {
     "paperlike_ngf16": dict(ngf=16, unet_skips=False, residual_out=False, norm_ends=True),
     "default_ngf32": dict(ngf=32),
     "film_ngf16": dict(ngf=16, film=True),
+    "skipgate_ngf16": dict(ngf=16, film=True, skip_gate=True),
 }
-LORA_VARIANTS = ["default_ngf16", "default_ngf32", "film_ngf16"]
+LORA_VARIANTS = ["default_ngf16", "default_ngf32", "film_ngf16", "skipgate_ngf16"]
 LORA_STRENGTH = 0.7
 BLEND = (0.6, 0.4)  # adapter weight, base concept 0 weight
 
 
 def perturb_norms(model):
-    """Every IN/LN affine weight ~ 1 + 0.2·N(0,1), bias ~ 0.1·N(0,1); FiLM
-    and output-gate weights ~ 0.2·N(0,1)/√C4, biases ~ 0.1·N(0,1) (they start
-    at zero)."""
+    """Every IN/LN affine weight ~ 1 + 0.2·N(0,1), bias ~ 0.1·N(0,1); FiLM,
+    output-gate and skip-gate weights ~ 0.2·N(0,1)/√C4, biases ~ 0.1·N(0,1)
+    (they start at zero)."""
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, (torch.nn.InstanceNorm2d, torch.nn.LayerNorm, E.FiLMNorm)):
@@ -53,9 +54,11 @@ def perturb_norms(model):
             if isinstance(m, E.FiLMNorm):
                 m.film.weight.copy_(0.2 * torch.randn_like(m.film.weight) / m.film.weight.shape[1] ** 0.5)
                 m.film.bias.copy_(0.1 * torch.randn_like(m.film.bias))
-        if getattr(model, "out_gate", None) is not None:
-            model.out_gate.weight.copy_(0.2 * torch.randn_like(model.out_gate.weight) / model.out_gate.weight.shape[1] ** 0.5)
-            model.out_gate.bias.copy_(0.1 * torch.randn_like(model.out_gate.bias))
+        gates = [getattr(model, "out_gate", None)] + [getattr(getattr(model, m, None), "skip_gate", None)
+                                                      for m in ("dec2", "dec1")]
+        for gate in filter(None, gates):
+            gate.weight.copy_(0.2 * torch.randn_like(gate.weight) / gate.weight.shape[1] ** 0.5)
+            gate.bias.copy_(0.1 * torch.randn_like(gate.bias))
 
 
 def uniform_pm1(*shape):
@@ -244,6 +247,9 @@ def check_flags():
     assert film - default == {f"{m}.norm.film.{p}" for m in ("us", "rb3.a", "rb3.b", "dec2") for p in ("weight", "bias")} | {
         "out_gate.weight", "out_gate.bias"}
     assert default - film == set()
+    gated = set(E.Generator(8, 1, film=True, skip_gate=True).state_dict())
+    assert gated - film == {f"{m}.skip_gate.{p}" for m in ("dec2", "dec1") for p in ("weight", "bias")}
+    assert set(E.Generator(8, 1, unet_skips=False, skip_gate=True).state_dict()) == default
 
 
 PHOTO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "chelsea.png")
