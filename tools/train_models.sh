@@ -19,10 +19,10 @@
 # Adam's moments start afresh, the weights carry on).
 #
 # usage: tools/train_models.sh        (after tools/setup.sh)
-# env:   BASE_STEPS (3500), FILM_STEPS (600), LONG_STEPS (0), WEIGHTED_STEPS (0),
-#        CONCEPT_WEIGHTS ("oil-paint=4"), SKIP_GATE (0), BATCH (8), THREADS (2),
+# env:   BASE_STEPS (3500), FILM_STEPS (600), LONG_STEPS (14000), WEIGHTED_STEPS (10000),
+#        CONCEPT_WEIGHTS ("oil-paint=4"), SKIP_GATE (1), BATCH (8), THREADS (2),
 #        FROM (unset), BASE_LR (2e-4), ADAPTER_STEPS (500), NEW_CONCEPTS ("cartoon pencil line-art"),
-#        KEEP (0.5), SKETCH_CONCEPTS ("line-art"), SKETCH_LOSS ("--dark-weight 10
+#        KEEP (0.5), ADAPTER_SEEDS ("pencil=2": a concept's seed, others 1), SKETCH_CONCEPTS ("line-art"), SKETCH_LOSS ("--dark-weight 10
 #        --edge-weight 100": the loss terms that made line-art draw, docs/sketch-loss.md)
 # The shipped models were made with these defaults (phase 1 with 2 threads,
 # phase 2 with one: tools/conditioning_experiment.sh; models/README.md says
@@ -32,10 +32,10 @@ cd "$(dirname "$0")/.."
 
 BASE_STEPS=${BASE_STEPS:-3500}
 FILM_STEPS=${FILM_STEPS:-600}
-LONG_STEPS=${LONG_STEPS:-0}
-WEIGHTED_STEPS=${WEIGHTED_STEPS:-0}
+LONG_STEPS=${LONG_STEPS:-14000}
+WEIGHTED_STEPS=${WEIGHTED_STEPS:-10000}
 CONCEPT_WEIGHTS=${CONCEPT_WEIGHTS:-oil-paint=4}
-SKIP_GATE=${SKIP_GATE:-0}
+SKIP_GATE=${SKIP_GATE:-1}
 FROM=${FROM:-}
 BATCH=${BATCH:-8}
 THREADS=${THREADS:-2}
@@ -43,6 +43,7 @@ BASE_LR=${BASE_LR:-2e-4}
 ADAPTER_STEPS=${ADAPTER_STEPS:-500}
 NEW_CONCEPTS=${NEW_CONCEPTS:-"cartoon pencil line-art"}
 KEEP=${KEEP:-0.5}
+ADAPTER_SEEDS=${ADAPTER_SEEDS:-pencil=2}
 SKETCH_CONCEPTS=${SKETCH_CONCEPTS:-"line-art"}
 SKETCH_LOSS=${SKETCH_LOSS:-"--dark-weight 10 --edge-weight 100"}
 BASE_CONCEPTS=oil-paint,charcoal,sepia,pop-art,winter,night,vivid,thermal
@@ -80,12 +81,14 @@ for concept in $NEW_CONCEPTS; do
   out=build/train-$concept
   loss=""
   case " $SKETCH_CONCEPTS " in *" $concept "*) loss=$SKETCH_LOSS ;; esac
+  seed=1
+  for entry in $ADAPTER_SEEDS; do [ "${entry%%=*}" = "$concept" ] && seed=${entry#*=}; done
   mkdir -p "$out"
   if [ ! -f "$out/$concept.safetensors" ]; then
     # shellcheck disable=SC2086
     build/e2gan finetune --model models/e2gan-s.safetensors --data build/dataset --concept "$concept" \
       --rank-search --max-rank 8 --keep-fraction "$KEEP" --steps "$ADAPTER_STEPS" --batch "$BATCH" \
-      --lr 2e-3 --gan-weight 0 $loss --eval-every 100 --eval-pairs 0 --report "$out" --threads "$THREADS" \
+      --lr 2e-3 --seed "$seed" --gan-weight 0 $loss --eval-every 100 --eval-pairs 0 --report "$out" --threads "$THREADS" \
       --out "$out/$concept.safetensors"
   fi
   cp "$out/$concept.safetensors" "models/adapters/$concept.safetensors"
