@@ -12,7 +12,9 @@
 # env:   DATA (build/dataset), NGF (16), BATCH (8), BASE_STEPS (1500),
 #        BASE_LR (2e-4), STEPS (400), RANKS ("2 8"), KEEP (0.25), CONCEPTS ("cartoon pencil
 #        line-art"), BASE_CONCEPTS (the 8 base concepts), THREADS (2),
-#        FILM (1: the bases with FiLM, the shipped recipe), SKETCH_CONCEPTS
+#        FILM (1: the bases with FiLM, the shipped recipe), SKIP_GATE (1: the
+#        default-form base and the scratch runs with skip gates, the shipped recipe;
+#        the paper-like form has no U-Net skips to gate), SKETCH_CONCEPTS
 #        ("line-art") and SKETCH_LOSS ("--dark-weight 10 --edge-weight 100"):
 #        the loss terms of the shipped recipe for those concepts' runs,
 #        WORK (build/experiment), OUT (docs/experiment.md)
@@ -32,10 +34,13 @@ CONCEPTS=${CONCEPTS:-"cartoon pencil line-art"}
 BASE_CONCEPTS=${BASE_CONCEPTS:-oil-paint,charcoal,sepia,pop-art,winter,night,vivid,thermal}
 THREADS=${THREADS:-2}
 FILM=${FILM:-1}
+SKIP_GATE=${SKIP_GATE:-1}
 SKETCH_CONCEPTS=${SKETCH_CONCEPTS:-"line-art"}
 SKETCH_LOSS=${SKETCH_LOSS:-"--dark-weight 10 --edge-weight 100"}
 FILM_FLAG=""
 [ "$FILM" = 1 ] && FILM_FLAG=--film
+GATE_FLAG=""
+[ "$SKIP_GATE" = 1 ] && GATE_FLAG=--skip-gate
 WORK=${WORK:-build/experiment}
 OUT=${OUT:-docs/experiment.md}
 EVAL_EVERY=$((STEPS / 8))
@@ -59,7 +64,7 @@ params_of() { "$E2GAN" info "$1" | sed -n 's/^parameters: \([0-9]*\) .*/\1/p'; }
 
 echo "bases: default and paper-like, ngf $NGF, $BASE_STEPS steps" >&2
 for form in default paper-like; do
-  flag=""; [ "$form" = paper-like ] && flag=--paper-like
+  flag=$GATE_FLAG; [ "$form" = paper-like ] && flag=--paper-like
   [ -f "$WORK/base-$form.safetensors" ] || "$E2GAN" train "${COMMON[@]}" --concepts "$BASE_CONCEPTS" \
     --ngf "$NGF" $flag $FILM_FLAG --steps "$BASE_STEPS" --lr "$BASE_LR" --report "$WORK/base-$form" \
     --out "$WORK/base-$form.safetensors"
@@ -73,7 +78,7 @@ G_PARAMS=$(params_of "$BASE")
   echo "- made by tools/experiment.sh on $(date -u '+%Y-%m-%d'), commit $(git rev-parse --short HEAD)"
   echo "- machine: $(lscpu | sed -n 's/^Model name: *//p' | head -n 1), $THREADS threads"
   echo "- generator ngf $NGF at ${BATCH}×128² crops (smaller than the shipped ngf 32, for the budget);"
-  echo "  FiLM $([ "$FILM" = 1 ] && echo on || echo off); L1 (λ = 100, no GAN term)$([ -n "$SKETCH_CONCEPTS" ] && echo ", plus \`$SKETCH_LOSS\` for $SKETCH_CONCEPTS");"
+  echo "  FiLM $([ "$FILM" = 1 ] && echo on || echo off), skip gates $([ "$SKIP_GATE" = 1 ] && echo on || echo off) (default form); L1 (λ = 100, no GAN term)$([ -n "$SKETCH_CONCEPTS" ] && echo ", plus \`$SKETCH_LOSS\` for $SKETCH_CONCEPTS");"
   echo "  Adam lr $BASE_LR for the bases, 1e-3 for full training of one concept, 2e-3 for LoRA"
   echo "- budgets: the bases $BASE_STEPS steps; every run below $STEPS steps of batch $BATCH"
   echo "  (rank search: its probe and search count inside the same $STEPS steps)"
@@ -107,7 +112,7 @@ for concept in $CONCEPTS; do
   loss=""
   case " $SKETCH_CONCEPTS " in *" $concept "*) loss=$SKETCH_LOSS ;; esac
   # shellcheck disable=SC2086
-  run_train "$d/a-scratch" --ngf "$NGF" $FILM_FLAG $loss
+  run_train "$d/a-scratch" --ngf "$NGF" $FILM_FLAG $GATE_FLAG $loss
   # shellcheck disable=SC2086
   run_train "$d/b-full" --init "$BASE" $loss
   # shellcheck disable=SC2086
