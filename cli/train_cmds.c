@@ -501,6 +501,7 @@ int e2g_cmd_evaluate(int argc, char **argv) {
         json_decref(result);
         goto out;
     }
+    json_object_set_new(result, "precision", json_string(e2g_precision_name(e2g_get_precision())));
     json_dumpf(result, stdout, JSON_INDENT(2) | JSON_SORT_KEYS);
     putchar('\n');
     fflush(stdout);

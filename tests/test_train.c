@@ -209,7 +209,7 @@ START_TEST(test_training_improves) {
     /* the model file carries the report */
     ck_assert_int_eq(sh("%s info %s/t.safetensors | grep -q 'training_report: {'", test_bin(), dir), 0);
     /* `evaluate` on the saved model measures what training's last evaluation did */
-    ck_assert_int_eq(sh("%s evaluate --model %s/t.safetensors --data %s/ds --pairs 8 --threads 2 --report %s/ev "
+    ck_assert_int_eq(sh("%s evaluate --model %s/t.safetensors --data %s/ds --pairs 8 --threads 2 --precision fp32 --report %s/ev "
                         ">/dev/null",
                         test_bin(), dir, dir, dir),
                      0);
@@ -219,6 +219,7 @@ START_TEST(test_training_improves) {
     json_t *ev = json_load_file(path, 0, &jerr);
     ck_assert_msg(ev != NULL, "%s", jerr.text);
     ck_assert_double_eq_tol(json_number_value(json_object_get(ev, "mean_psnr")), last, 1e-6);
+    ck_assert_str_eq(json_string_value(json_object_get(ev, "precision")), "fp32");
     check_quality(ev);
     json_decref(ev);
     ck_assert_int_eq(sh("test -s %s/ev/contact.png", dir), 0);
