@@ -13,6 +13,7 @@ Usage: /usr/bin/python3 tests/dataset_check.py --out DIR
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -232,6 +233,25 @@ def check_errors(c, root, inputs):
             rc != 0 and "teacher big made a 64x64 image" in err, err[-300:])
 
 
+def check_train_only_split(c):
+    """Train-only photos (a curated package added later) all go to train and
+    leave the validation photos exactly as they were without them."""
+    spec = importlib.util.spec_from_file_location("make_dataset", TOOL)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    old = [tool.Image(f"old/{i:02d}.jpg", Path(f"{i}.jpg")) for i in range(20)]
+    added = [tool.Image(f"added/{i:02d}.jpg", Path(f"a{i}.jpg"), train_only=True)
+             for i in range(30)]
+    before_train, before_val = tool.split_photos(old, 0.15, 1)   # val: at least 4
+    train, val = tool.split_photos(added[:15] + old + added[15:], 0.15, 1)
+    c.check("train-only photos leave the val photos unchanged",
+            [p.key for p in val] == [p.key for p in before_val] and len(val) == 4,
+            f"{[p.key for p in before_val]} -> {[p.key for p in val]}")
+    c.check("train-only photos all go to train",
+            sorted(p.key for p in train) == sorted(p.key for p in before_train + added),
+            f"{len(train)} train")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="scratch folder")
@@ -250,6 +270,7 @@ def main():
         check_rebuilds(c, root, inputs, out)
         check_resume(c, inputs, out)
     check_errors(c, root, inputs)
+    check_train_only_split(c)
     print(f"{c.passed} passed, {c.failed} failed")
     return 1 if c.failed else 0
 

@@ -65,17 +65,26 @@ class Curation:
     `one_per` is a regex whose first group names a picture shipped in several
     sizes: of those only the widest one at most 2560 pixels wide is kept.
     `version` is the package version the rules were written against, by
-    looking at every image.
+    looking at every image.  `train_only` photos never enter the photo split
+    and all go to train: such a package was added after the validation photos
+    were fixed, so the validation set stays the one every shipped model was
+    measured on.
     """
     version: str
     root: str
     rules: tuple
     one_per: str = ""
+    train_only: bool = False
 
 
 PLASMA_PHOTOS = ("BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour",
                  "EveningGlow", "FallenLeaf", "Grey", "Kite", "OneStandsOut",
                  "Path", "summer_1am")
+SCRATCH_NOT_PHOTOS = ("Indoors/chalkboard.jpg", "Indoors/party-room.jpg",
+                      "Indoors/room?.jpg", "Indoors/spotlight-stage.jpg",
+                      "Nature/woods-and-bench.jpg", "Outdoors/brick-wall1.jpg",
+                      "Outdoors/school2.jpg", "Outdoors/*mural*.jpg",
+                      "Outdoors/graffiti.jpg", "Sports/basketball-court1-a.jpg")
 SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg",
                   "motorcycle_left.png")
 
@@ -84,7 +93,9 @@ SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg",
 # gnome-backgrounds 43.1 (only rendered patterns, gradients and SVG art).
 # Added to the five packages first surveyed (docs/data.md):
 # lomiri-wallpapers-16.04/-20.04, Ubuntu's wallpaper-contest photographs,
-# which double the number of photos.
+# which double the number of photos.  Added later, for variety (people,
+# rooms, streets), train-only and used only when named with --packages:
+# kphotoalbum's demo album and scratch's photo backgrounds.
 PHOTO_PACKAGES = {
     "mate-backgrounds": Curation("1.26.0-1", "usr/share/backgrounds/mate", (
         ("nature/*.jpg", KEEP, "close-up and landscape photographs"),
@@ -111,7 +122,20 @@ PHOTO_PACKAGES = {
         ("Kleiber_by_*", KEEP, "photograph"),
         ("*", SKIP, "rendered art and a photo composite"),
     )),
+    "kphotoalbum": Curation("5.9.1-1", "usr/share/kphotoalbum/demo", (
+        ("CategoryImages/*", SKIP, "thumbnails of the photos below"),
+        ("*.jpg", KEEP, "snapshots: people, pets, bars, beaches, canyons"),
+    ), train_only=True),
+    "scratch": Curation("1.4.0.6~dfsg1-6.1", "usr/share/scratch/Media/Backgrounds", (
+        tuple((name, SKIP, "drawn, or a photo whose subject is a painting")
+              for name in SCRATCH_NOT_PHOTOS) + (
+            ("*.jpg", KEEP, "photographs: rooms, streets, buildings, fields, nature"),
+            ("*", SKIP, "GIF drawings"),
+        )), train_only=True),
 }
+
+# The default photos: those every shipped model was trained on.
+DEFAULT_PACKAGES = [name for name, rules in PHOTO_PACKAGES.items() if not rules.train_only]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 PAIR_ID_BASE = 900000     # pair crops are numbered from here in each split
@@ -138,6 +162,7 @@ class Image:
     digest: str = ""
     work: Path | None = None
     size: tuple = (0, 0)
+    train_only: bool = False
 
 
 @dataclass
@@ -326,7 +351,7 @@ def curate(package, curation, root):
         if rule is None:
             log(f"{package}: {rel} matches no curation rule; skipped")
         elif rule[1] == KEEP:
-            kept.append(Image(f"{package}/{rel}", path))
+            kept.append(Image(f"{package}/{rel}", path, train_only=curation.train_only))
     if not curation.one_per:
         return kept
     pictures = {}
@@ -454,6 +479,14 @@ def split_items(items, val_fraction, rng):
     rng.shuffle(items)
     n_val = max(round(val_fraction * len(items)), min(4, len(items) - 1))
     return items[n_val:], items[:n_val]
+
+
+def split_photos(photos, val_fraction, seed):
+    """(train, val) photos: a seeded split of all but the train-only ones,
+    which are added to train, so adding such photos leaves val unchanged."""
+    train, val = split_items(sorted((p for p in photos if not p.train_only), key=lambda p: p.key),
+                             val_fraction, random.Random(f"{seed}/photo-split"))
+    return train + [p for p in photos if p.train_only], val
 
 
 def random_box(rng, size, crop):
@@ -664,8 +697,10 @@ def parse_args(argv):
     p.add_argument("--photos-from", choices=("debian", "none"),
                    help="photo packages: debian (the default unless --photos is "
                         "given) or none")
-    p.add_argument("--packages", default=",".join(PHOTO_PACKAGES),
-                   help="comma list of curated packages to use (default: all: %(default)s)")
+    p.add_argument("--packages", default=",".join(DEFAULT_PACKAGES),
+                   help="comma list of curated packages to use (default: all but the "
+                   f"train-only ones, {', '.join(sorted(set(PHOTO_PACKAGES) - set(DEFAULT_PACKAGES)))}: "
+                   "%(default)s)")
     p.add_argument("--photos", type=Path, action="append", default=[], metavar="DIR",
                    help="a folder of JPEG/PNG photos (repeatable)")
     p.add_argument("--cache", type=Path, default=REPO / "build" / "photo-cache",
@@ -751,8 +786,7 @@ def build(args):
     images = photos + [i for s in pair_sets for p in s.pairs for i in (p.src, p.dst)]
     run_parallel("working copies", [(1, lambda i=i: make_work_copy(i, args.cache, args.photo_side))
                                     for i in images], args.jobs)
-    train, val = split_items(sorted(photos, key=lambda p: p.key), args.val_fraction,
-                             random.Random(f"{args.seed}/photo-split"))
+    train, val = split_photos(photos, args.val_fraction, args.seed)
     log(f"{len(photos)} photos: {len(train)} train, {len(val)} val")
     crops = plan_photo_crops(train, val, args)
     first_ids = {"train": PAIR_ID_BASE, "val": PAIR_ID_BASE}

@@ -13,6 +13,10 @@
 #   phase 4  FiLM, WEIGHTED_STEPS steps, seed 4, CONCEPT_WEIGHTS — more steps for a concept
 #            that lags (--concept-weights; 0 skips it); SKIP_GATE=1 adds the skip gates
 #            (--skip-gate, zero-initialised) and names the phase build/train-gated
+#   phase 5  VARIED_STEPS steps (0, the shipped state, skips it), seed 5, lr 1.5e-4,
+#            VARIED_WEIGHTS, on build/dataset-varied: the default photos plus the
+#            train-only packages (docs/data.md); the adapters then train on it too.
+#            A candidate for pop-art on new photos, not shipped yet (docs/training.md)
 #
 # FROM=FILE starts phase 3 (or 4) from FILE instead of running phases 1-2: how a
 # later session continues the shipped base (FROM=models/e2gan-s.safetensors;
@@ -20,7 +24,8 @@
 #
 # usage: tools/train_models.sh        (after tools/setup.sh)
 # env:   BASE_STEPS (3500), FILM_STEPS (600), LONG_STEPS (14000), WEIGHTED_STEPS (10000),
-#        CONCEPT_WEIGHTS ("oil-paint=4"), SKIP_GATE (1), BATCH (8), THREADS (2),
+#        CONCEPT_WEIGHTS ("oil-paint=4"), SKIP_GATE (1), VARIED_STEPS (0),
+#        VARIED_WEIGHTS ("pop-art=6,oil-paint=3"), BATCH (8), THREADS (2),
 #        FROM (unset), BASE_LR (2e-4), ADAPTER_STEPS (500), NEW_CONCEPTS ("cartoon pencil line-art"),
 #        KEEP (0.5), ADAPTER_SEEDS ("pencil=2": a concept's seed, others 1), SKETCH_CONCEPTS ("line-art"), SKETCH_LOSS ("--dark-weight 10
 #        --edge-weight 100": the loss terms that made line-art draw, docs/sketch-loss.md)
@@ -36,6 +41,8 @@ LONG_STEPS=${LONG_STEPS:-14000}
 WEIGHTED_STEPS=${WEIGHTED_STEPS:-10000}
 CONCEPT_WEIGHTS=${CONCEPT_WEIGHTS:-oil-paint=4}
 SKIP_GATE=${SKIP_GATE:-1}
+VARIED_STEPS=${VARIED_STEPS:-0}
+VARIED_WEIGHTS=${VARIED_WEIGHTS:-pop-art=6,oil-paint=3}
 FROM=${FROM:-}
 BATCH=${BATCH:-8}
 THREADS=${THREADS:-2}
@@ -49,15 +56,21 @@ SKETCH_LOSS=${SKETCH_LOSS:-"--dark-weight 10 --edge-weight 100"}
 BASE_CONCEPTS=oil-paint,charcoal,sepia,pop-art,winter,night,vivid,thermal
 
 [ -f build/dataset/manifest.json ] || /usr/bin/python3 tools/make_dataset.py
+data=build/dataset
+if [ "$VARIED_STEPS" -gt 0 ]; then
+  data=build/dataset-varied
+  [ -f $data/manifest.json ] || /usr/bin/python3 tools/make_dataset.py --out $data \
+    --packages mate-backgrounds,plasma-workspace-wallpapers,python3-skimage,lomiri-wallpapers-16.04,lomiri-wallpapers-20.04,kphotoalbum,scratch
+fi
 mkdir -p models/adapters
 
-phase() { # NAME STEPS SEED ARGS…: one base phase unless done; prints its output
+phase() { # NAME STEPS SEED ARGS…: one base phase unless done (BASE_DATA, LR); prints its output
   local name=$1 steps=$2 seed=$3 dir=build/train-$1
   shift 3
   mkdir -p "$dir"
   if [ ! -f "$dir/e2gan-s.safetensors" ]; then
-    build/e2gan train --data build/dataset --concepts "$BASE_CONCEPTS" --ngf 32 --batch "$BATCH" \
-      --steps "$steps" --lr "$BASE_LR" --seed "$seed" --gan-weight 0 --eval-every $((steps / 6)) \
+    build/e2gan train --data "${BASE_DATA:-build/dataset}" --concepts "$BASE_CONCEPTS" --ngf 32 --batch "$BATCH" \
+      --steps "$steps" --lr "${LR:-$BASE_LR}" --seed "$seed" --gan-weight 0 --eval-every $((steps / 6)) \
       --eval-pairs 0 --checkpoint "$dir/ckpt.safetensors" --checkpoint-every 100 --report "$dir" \
       --threads "$THREADS" --out "$dir/e2gan-s.safetensors" "$@" >&2
   fi
@@ -75,6 +88,12 @@ if [ "$WEIGHTED_STEPS" -gt 0 ] && [ "$SKIP_GATE" = 1 ]; then
 elif [ "$WEIGHTED_STEPS" -gt 0 ]; then
   base=$(phase weighted "$WEIGHTED_STEPS" 4 --init "$base" --film --concept-weights "$CONCEPT_WEIGHTS")
 fi
+if [ "$VARIED_STEPS" -gt 0 ]; then
+  gate=""
+  [ "$SKIP_GATE" = 1 ] && gate=--skip-gate
+  base=$(BASE_DATA=$data LR=1.5e-4 phase varied "$VARIED_STEPS" 5 --init "$base" --film $gate \
+    --concept-weights "$VARIED_WEIGHTS")
+fi
 cp "$base" models/e2gan-s.safetensors
 
 for concept in $NEW_CONCEPTS; do
@@ -86,7 +105,7 @@ for concept in $NEW_CONCEPTS; do
   mkdir -p "$out"
   if [ ! -f "$out/$concept.safetensors" ]; then
     # shellcheck disable=SC2086
-    build/e2gan finetune --model models/e2gan-s.safetensors --data build/dataset --concept "$concept" \
+    build/e2gan finetune --model models/e2gan-s.safetensors --data $data --concept "$concept" \
       --rank-search --max-rank 8 --keep-fraction "$KEEP" --steps "$ADAPTER_STEPS" --batch "$BATCH" \
       --lr 2e-3 --seed "$seed" --gan-weight 0 $loss --eval-every 100 --eval-pairs 0 --report "$out" --threads "$THREADS" \
       --out "$out/$concept.safetensors"

@@ -21,7 +21,10 @@
 #
 # usage: tools/unseen_eval.sh        (after tools/setup.sh)
 # env:   OUT (build/unseen/reports), SHIP (models/reports/unseen),
-#        SETS ("test-128 test-whole val-1024"), PRECISION (fp32), THREADS (2)
+#        SETS ("test-128 test-whole val-1024"), PRECISION (fp32), THREADS (2),
+#        MODEL (models/e2gan-s.safetensors), ADAPTERS (models/adapters: every
+#        *.safetensors in it; an empty folder evaluates the base alone) — a
+#        candidate is measured before it is shipped with MODEL, ADAPTERS and SHIP
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +33,8 @@ SHIP=${SHIP:-models/reports/unseen}
 SETS=${SETS:-"test-128 test-whole val-1024"}
 PRECISION=${PRECISION:-fp32}
 THREADS=${THREADS:-2}
+MODEL=${MODEL:-models/e2gan-s.safetensors}
+ADAPTERS=${ADAPTERS:-models/adapters}
 WORK=build/unseen
 BASE_CONCEPTS=oil-paint,charcoal,sepia,pop-art,winter,night,vivid,thermal
 # The photographs among opencv-doc's sample images (version 4.6.0+dfsg-12),
@@ -78,10 +83,11 @@ evaluate() { # SET NAME ARGS…: one `e2gan evaluate` (its log is shown if it fa
 for set in $SETS; do
   data=$WORK/data-$set
   dataset "$set"
-  common=(--model models/e2gan-s.safetensors --data "$data" --precision "$PRECISION" --threads "$THREADS")
+  common=(--model "$MODEL" --data "$data" --precision "$PRECISION" --threads "$THREADS")
   evaluate "$set" base "${common[@]}" --concepts "$BASE_CONCEPTS"
   reports=("$SHIP/$set-base.json")
-  for adapter in models/adapters/*.safetensors; do
+  for adapter in "$ADAPTERS"/*.safetensors; do
+    [ -f "$adapter" ] || continue
     concept=$(basename "$adapter" .safetensors)
     evaluate "$set" "$concept" "${common[@]}" --adapter "$adapter" --concept "$concept"
     reports+=("$SHIP/$set-$concept.json")
