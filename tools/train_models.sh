@@ -13,21 +13,25 @@
 #   phase 4  FiLM, WEIGHTED_STEPS steps, seed 4, CONCEPT_WEIGHTS — more steps for a concept
 #            that lags (--concept-weights; 0 skips it); SKIP_GATE=1 adds the skip gates
 #            (--skip-gate, zero-initialised) and names the phase build/train-gated
-#   phase 5  VARIED_STEPS steps (0, the shipped state, skips it), seed 5, lr 1.5e-4,
+#   phase 5  VARIED_STEPS steps (0 skips it and phase 6), seed 5, lr 1.5e-4,
 #            VARIED_WEIGHTS, on build/dataset-varied: the default photos plus the
-#            train-only packages (docs/data.md); the adapters then train on it too.
-#            A candidate for pop-art on new photos, not shipped yet (docs/training.md)
+#            train-only packages (docs/data.md); the adapters then train on it too
+#   phase 6  VARIED_LONG_STEPS steps (0 skips it), seed 6, lr 1.5e-4, VARIED_LONG_WEIGHTS,
+#            on the same photos, from phase 5: what made pop-art hold on new photos
+#            (docs/training.md)
 #
-# FROM=FILE starts phase 3 (or 4) from FILE instead of running phases 1-2: how a
-# later session continues the shipped base (FROM=models/e2gan-s.safetensors;
-# Adam's moments start afresh, the weights carry on).
+# FROM=FILE starts the first phase that runs (3, 4 or 5) from FILE instead of
+# running phases 1-2: how a later session continues the shipped base
+# (FROM=models/e2gan-s.safetensors LONG_STEPS=0 WEIGHTED_STEPS=0; Adam's
+# moments start afresh, the weights carry on).
 #
 # usage: tools/train_models.sh        (after tools/setup.sh)
 # env:   BASE_STEPS (3500), FILM_STEPS (600), LONG_STEPS (14000), WEIGHTED_STEPS (10000),
-#        CONCEPT_WEIGHTS ("oil-paint=4"), SKIP_GATE (1), VARIED_STEPS (0),
-#        VARIED_WEIGHTS ("pop-art=6,oil-paint=3"), BATCH (8), THREADS (2),
+#        CONCEPT_WEIGHTS ("oil-paint=4"), SKIP_GATE (1), VARIED_STEPS (3200),
+#        VARIED_WEIGHTS ("pop-art=6,oil-paint=3"), VARIED_LONG_STEPS (6400),
+#        VARIED_LONG_WEIGHTS ("pop-art=8,oil-paint=3"), BATCH (8), THREADS (2),
 #        FROM (unset), BASE_LR (2e-4), ADAPTER_STEPS (500), NEW_CONCEPTS ("cartoon pencil line-art"),
-#        KEEP (0.5), ADAPTER_SEEDS ("pencil=2": a concept's seed, others 1), SKETCH_CONCEPTS ("line-art"), SKETCH_LOSS ("--dark-weight 10
+#        KEEP (0.5), ADAPTER_SEEDS ("": CONCEPT=SEED entries, others 1), SKETCH_CONCEPTS ("line-art"), SKETCH_LOSS ("--dark-weight 10
 #        --edge-weight 100": the loss terms that made line-art draw, docs/sketch-loss.md)
 # The shipped models were made with these defaults (phase 1 with 2 threads,
 # phase 2 with one: tools/conditioning_experiment.sh; models/README.md says
@@ -41,8 +45,10 @@ LONG_STEPS=${LONG_STEPS:-14000}
 WEIGHTED_STEPS=${WEIGHTED_STEPS:-10000}
 CONCEPT_WEIGHTS=${CONCEPT_WEIGHTS:-oil-paint=4}
 SKIP_GATE=${SKIP_GATE:-1}
-VARIED_STEPS=${VARIED_STEPS:-0}
+VARIED_STEPS=${VARIED_STEPS:-3200}
 VARIED_WEIGHTS=${VARIED_WEIGHTS:-pop-art=6,oil-paint=3}
+VARIED_LONG_STEPS=${VARIED_LONG_STEPS:-6400}
+VARIED_LONG_WEIGHTS=${VARIED_LONG_WEIGHTS:-pop-art=8,oil-paint=3}
 FROM=${FROM:-}
 BATCH=${BATCH:-8}
 THREADS=${THREADS:-2}
@@ -50,7 +56,7 @@ BASE_LR=${BASE_LR:-2e-4}
 ADAPTER_STEPS=${ADAPTER_STEPS:-500}
 NEW_CONCEPTS=${NEW_CONCEPTS:-"cartoon pencil line-art"}
 KEEP=${KEEP:-0.5}
-ADAPTER_SEEDS=${ADAPTER_SEEDS:-pencil=2}
+ADAPTER_SEEDS=${ADAPTER_SEEDS:-}
 SKETCH_CONCEPTS=${SKETCH_CONCEPTS:-"line-art"}
 SKETCH_LOSS=${SKETCH_LOSS:-"--dark-weight 10 --edge-weight 100"}
 BASE_CONCEPTS=oil-paint,charcoal,sepia,pop-art,winter,night,vivid,thermal
@@ -93,6 +99,10 @@ if [ "$VARIED_STEPS" -gt 0 ]; then
   [ "$SKIP_GATE" = 1 ] && gate=--skip-gate
   base=$(BASE_DATA=$data LR=1.5e-4 phase varied "$VARIED_STEPS" 5 --init "$base" --film $gate \
     --concept-weights "$VARIED_WEIGHTS")
+  if [ "$VARIED_LONG_STEPS" -gt 0 ]; then
+    base=$(BASE_DATA=$data LR=1.5e-4 phase varied-long "$VARIED_LONG_STEPS" 6 --init "$base" --film \
+      $gate --concept-weights "$VARIED_LONG_WEIGHTS")
+  fi
 fi
 cp "$base" models/e2gan-s.safetensors
 
